@@ -1,0 +1,124 @@
+"""FLUX.1 Kontext [dev]: instruction edits, text-to-image, and masked edits with an optional reference.
+
+How several images are used: Kontext conditions on one image. A reference image
+is either placed side by side with the source into one conditioning image (the
+stitching method Kontext's authors and community use for multi-image prompts),
+or, with a mask, passed as `image_reference` to FluxKontextInpaintPipeline,
+which paints the masked area from it. The inpaint pipeline is built with
+`from_pipe`, so both tasks share one copy of the weights.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
+from PIL import Image
+
+from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+
+# Uncalibrated, deliberately generous: activation bytes per token of the joint
+# sequence (hidden 3072, ~64 live activations of it in bf16), and per output
+# pixel for the VAE decode. A GPU calibration replaces these (configs/, later).
+_BYTES_PER_TOKEN = 3072 * 2 * 64
+_VAE_BYTES_PER_PIXEL = 2048
+_TEXT_TOKENS = 512
+
+
+def stitch_side_by_side(images: list[Image.Image], height: int) -> Image.Image:
+    """Scale every image to `height` and lay them left to right into one canvas."""
+    scaled = [im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
+              for im in images]
+    canvas = Image.new("RGB", (sum(im.width for im in scaled), height))
+    x = 0
+    for im in scaled:
+        canvas.paste(im, (x, 0))
+        x += im.width
+    return canvas
+
+
+class FluxKontextFamily(Family):
+    """FLUX.1 Kontext [dev] served through FluxKontextPipeline / FluxKontextInpaintPipeline."""
+
+    name: ClassVar[str] = "flux-kontext"
+    pipeline_class: ClassVar[str] = "FluxKontextPipeline"
+    size_multiple: ClassVar[int] = 16
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+
+    _edit: FluxKontextPipeline | None = None
+    _inpaint: FluxKontextInpaintPipeline | None = None
+
+    @classmethod
+    def check(cls, params: RenderParams) -> None:
+        super().check(params)
+        if params.task is Task.INPAINT and not 0.0 < params.strength <= 1.0:
+            raise ParamError("strength", "strength must be in (0, 1] for masked edits")
+
+    @classmethod
+    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        out_tokens = (params.width // 16) * (params.height // 16)
+        cond_tokens = out_tokens * (1 + params.num_references) if params.num_sources else 0
+        per_image = (out_tokens + cond_tokens + _TEXT_TOKENS) * _BYTES_PER_TOKEN
+        vae = params.width * params.height * _VAE_BYTES_PER_PIXEL
+        return batch * params.num_images * per_image + vae
+
+    def load(self) -> None:
+        pipe = FluxKontextPipeline.from_pretrained(
+            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
+        )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self._edit = pipe
+        # Shares every module with `pipe`: no second copy of the weights.
+        self._inpaint = FluxKontextInpaintPipeline.from_pipe(pipe)
+        self._inpaint.set_progress_bar_config(disable=True)
+
+    @property
+    def edit_pipeline(self) -> FluxKontextPipeline:
+        """The text/edit pipeline (loaded)."""
+        if self._edit is None:
+            raise RuntimeError("family not loaded")
+        return self._edit
+
+    @property
+    def inpaint_pipeline(self) -> FluxKontextInpaintPipeline:
+        """The masked-edit pipeline sharing the edit pipeline's modules."""
+        if self._inpaint is None:
+            raise RuntimeError("family not loaded")
+        return self._inpaint
+
+    def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
+        p = spec.params
+        area = p.width * p.height
+        common: dict[str, object] = dict(
+            prompt=p.prompt,
+            height=p.height,
+            width=p.width,
+            num_inference_steps=p.num_inference_steps,
+            guidance_scale=p.guidance_scale,
+            num_images_per_prompt=p.num_images,
+            generator=self.generators(p.seeds),
+            # Kontext otherwise snaps to a ~1 MP bucket and ignores the requested size.
+            max_area=area,
+            _auto_resize=False,
+            callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
+        )
+        with torch.inference_mode():
+            if p.task is Task.GENERATE:
+                images = self.edit_pipeline(**common).images
+            elif p.task is Task.EDIT:
+                cond = spec.sources[0]
+                if spec.references:
+                    cond = stitch_side_by_side([cond, *spec.references], cond.height)
+                cond = fit_within(cond, area * (1 + len(spec.references)), self.size_multiple)
+                images = self.edit_pipeline(image=cond, **common).images
+            else:
+                assert spec.mask is not None
+                src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
+                mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
+                ref = fit_within(spec.references[0], area, self.size_multiple) if spec.references else None
+                images = self.inpaint_pipeline(
+                    image=src, mask_image=mask, image_reference=ref, strength=p.strength, **common
+                ).images
+        return RenderResult(images=list(images))

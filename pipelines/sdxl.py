@@ -1,0 +1,115 @@
+"""SDXL 1.0 base: img2img variations, inpainting and text-to-image on one set of weights.
+
+The img2img pipeline owns the modules; the inpaint and text-to-image pipelines
+are built from it with `from_pipe`, so the three tasks share one copy of the
+weights (SDXL base's 4-channel UNet inpaints by blending masked latents).
+SDXL takes one source image; it has no native multi-image conditioning.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task
+
+# Uncalibrated and generous (see flux_kontext): UNet activations per latent
+# pixel per image (x2 for classifier-free guidance), VAE decode per pixel.
+_UNET_BYTES_PER_LATENT_PIXEL = 320 * 2 * 48 * 2
+_VAE_BYTES_PER_PIXEL = 1536
+
+
+class SDXLFamily(Family):
+    """SDXL base served through StableDiffusionXL{Img2Img,Inpaint,}Pipeline."""
+
+    name: ClassVar[str] = "sdxl"
+    pipeline_class: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
+    size_multiple: ClassVar[int] = 64
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+
+    _img2img: StableDiffusionXLImg2ImgPipeline | None = None
+    _inpaint: StableDiffusionXLInpaintPipeline | None = None
+    _txt2img: StableDiffusionXLPipeline | None = None
+
+    @classmethod
+    def check(cls, params: RenderParams) -> None:
+        super().check(params)
+        if params.task is Task.GENERATE:
+            return
+        if not 0.0 < params.strength <= 1.0:
+            raise ParamError("strength", "strength must be in (0, 1]")
+        # diffusers runs int(steps * strength) denoising steps; zero crashes deep inside the scheduler.
+        if int(params.num_inference_steps * params.strength) < 1:
+            raise ParamError(
+                "num_inference_steps",
+                f"num_inference_steps x strength must be at least 1 (got {params.num_inference_steps} x "
+                f"{params.strength}); raise num_inference_steps or strength",
+            )
+
+    @classmethod
+    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        latent_pixels = (params.width // 8) * (params.height // 8)
+        unet = batch * params.num_images * latent_pixels * _UNET_BYTES_PER_LATENT_PIXEL
+        return unet + params.width * params.height * _VAE_BYTES_PER_PIXEL
+
+    def load(self) -> None:
+        pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
+        )
+        pipe.to(self.device)
+        self._img2img = pipe
+        self._inpaint = StableDiffusionXLInpaintPipeline.from_pipe(pipe)
+        self._txt2img = StableDiffusionXLPipeline.from_pipe(pipe)
+        for p in (self._img2img, self._inpaint, self._txt2img):
+            p.set_progress_bar_config(disable=True)
+
+    @property
+    def img2img_pipeline(self) -> StableDiffusionXLImg2ImgPipeline:
+        """The pipeline that owns the modules."""
+        if self._img2img is None:
+            raise RuntimeError("family not loaded")
+        return self._img2img
+
+    @property
+    def inpaint_pipeline(self) -> StableDiffusionXLInpaintPipeline:
+        """Inpaint pipeline sharing the img2img modules."""
+        if self._inpaint is None:
+            raise RuntimeError("family not loaded")
+        return self._inpaint
+
+    @property
+    def txt2img_pipeline(self) -> StableDiffusionXLPipeline:
+        """Text-to-image pipeline sharing the img2img modules."""
+        if self._txt2img is None:
+            raise RuntimeError("family not loaded")
+        return self._txt2img
+
+    def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
+        p = spec.params
+        common: dict[str, object] = dict(
+            prompt=p.prompt,
+            num_inference_steps=p.num_inference_steps,
+            guidance_scale=p.guidance_scale,
+            num_images_per_prompt=p.num_images,
+            generator=self.generators(p.seeds),
+        )
+        # img2img runs int(steps*strength) steps, which is what progress counts.
+        denoise_steps = p.num_inference_steps if p.task is Task.GENERATE else int(p.num_inference_steps * p.strength)
+        common["callback_on_step_end"] = self.step_callback(on_step, denoise_steps)
+        with torch.inference_mode():
+            if p.task is Task.GENERATE:
+                images = self.txt2img_pipeline(height=p.height, width=p.width, **common).images
+            else:
+                src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
+                if p.task is Task.EDIT:
+                    images = self.img2img_pipeline(image=src, strength=p.strength, **common).images
+                else:
+                    assert spec.mask is not None
+                    mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
+                    images = self.inpaint_pipeline(
+                        image=src, mask_image=mask, height=p.height, width=p.width, strength=p.strength, **common
+                    ).images
+        return RenderResult(images=list(images))

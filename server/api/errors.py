@@ -1,0 +1,77 @@
+"""Rendering every failure as `{"error": {"code", "message", "field"}}` — never a trace or a path."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.errors import ApiError, ErrorCode
+
+log = logging.getLogger("darkroom.api")
+
+_FIELD_CODES = {"prompt": {"string_too_long": ErrorCode.PROMPT_TOO_LONG}}
+
+
+def error_response(err: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON response for an ApiError."""
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def from_validation_errors(errors: Sequence[Any], valid_fields: Sequence[str] = ()) -> ApiError:
+    """Turn the first pydantic error into one ApiError with a stable code and the field to change."""
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    field = ".".join(loc) or None
+    kind = first.get("type", "")
+    top = loc[0] if loc else ""
+    if kind == "extra_forbidden":
+        hint = f"; valid fields: {', '.join(valid_fields)}" if valid_fields else ""
+        return ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown field {field!r}: remove it{hint}", field)
+    if kind == "missing":
+        return ApiError(422, ErrorCode.MISSING_FIELD, f"{field} is required", field)
+    if kind in ("json_invalid", "model_attributes_type", "dict_type", "model_type"):
+        return ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object", field)
+    code = _FIELD_CODES.get(top, {}).get(kind, ErrorCode.INVALID_REQUEST)
+    if code is ErrorCode.PROMPT_TOO_LONG:
+        limit = (first.get("ctx") or {}).get("max_length", "the limit")
+        return ApiError(422, code, f"prompt is longer than {limit} characters; shorten it", field)
+    # pydantic's message names the constraint ("Input should be less than or equal to 200") and holds no paths.
+    return ApiError(422, code, f"{field}: {first.get('msg', 'invalid value')}", field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception type the app can raise to the one error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(from_validation_errors(exc.errors()))
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(from_validation_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            err = ApiError(404, ErrorCode.NOT_FOUND, "no such route or resource")
+        elif exc.status_code == 405:
+            err = ApiError(405, ErrorCode.METHOD_NOT_ALLOWED, "this route does not accept that method")
+        else:
+            err = ApiError(exc.status_code, ErrorCode.INVALID_REQUEST, "the request could not be processed")
+        return error_response(err, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(ApiError(500, ErrorCode.INTERNAL_ERROR, "internal error; the server log has details"))

@@ -1,0 +1,37 @@
+"""Liveness (/health: the process answers) and readiness (/ready: models located, workers alive)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    """The process is up. Cheap, unauthenticated, never touches the engine."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """200 when every model's weights are located, the preload finished and every worker thread is alive."""
+    ctx = request.app.state.ctx
+    workers = [{"name": w.name, "device": w.device, "alive": bool(w.thread and w.thread.is_alive()),
+                "loaded": sorted(w.loaded()), "busy_with": list(w.busy_with)} for w in ctx.engine.workers]
+    problems = []
+    if ctx.draining:
+        problems.append("draining")
+    if not ctx.engine.alive():
+        problems.append("worker not running")
+    if not ctx.engine.ready.is_set():
+        problems.append("models still loading")
+    body = {
+        "status": "ready" if not problems else "not_ready",
+        "problems": problems,
+        "workers": workers,
+        "weights": {name: ("demo" if w.demo else "real") for name, w in ctx.located.items()},
+        "jobs": ctx.store.counts(),
+    }
+    return JSONResponse(body, status_code=200 if not problems else 503)

@@ -1,0 +1,268 @@
+"""The hosted platform's own API (Qolaba-compatible): /api/v1/images/generate, /api/v1/tasks, models.
+
+The only place its field names are known. JSON bodies and multipart uploads
+both land in `GenerateBody`, then in a dialect-neutral `ImageAsk`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.datastructures import UploadFile
+
+from server.api.errors import from_validation_errors
+from server.context import AppContext
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import JobRecord, JobStatus
+from server.service import SEED_MAX, ImageAsk, ImageInput
+
+router = APIRouter()
+
+# Fields the hosted API takes that mean nothing for a local diffusion model: accepted, named in `warnings`.
+HOSTED_ONLY: dict[str, str] = {
+    "temperature": "temperature is a Gemini sampling setting with no meaning for the local model; ignored",
+}
+_MAX_LIST = 64
+
+
+class GenerateBody(BaseModel):
+    """Request body of POST /api/v1/images/generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, description="Exact model id, see /api/v1/images/models.")
+    prompt: str = Field(min_length=1, max_length=4000, description="Editing instruction or description.")
+    image_urls: list[str] = Field(default_factory=list, max_length=_MAX_LIST,
+                                  description="Source images: http(s) URLs or data: URLs.")
+    reference_images: list[str] = Field(default_factory=list, max_length=_MAX_LIST,
+                                        description="Reference images for subject/style consistency.")
+    aspect_ratio: str = Field("auto", max_length=20, description="'auto' (match the first source) or W:H.")
+    quality: str | None = Field(None, max_length=10, description="'512', '1K', '2K' or '4K' as the model lists.")
+    num_images: int | None = Field(None, ge=1, le=_MAX_LIST)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    celery: bool = Field(False, description="true: answer 202 with a task id at once; false: wait for the images.")
+    # darkroom extensions
+    mask_url: str | None = Field(None, description="Mask (white = repaint) as an http(s) or data: URL.")
+    num_inference_steps: int | None = Field(None, ge=1, le=200)
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+    # hosted fields with no local meaning
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _jpg(cls, v: object) -> object:
+        return "jpeg" if isinstance(v, str) and v.lower() in ("jpg", "jpeg") else v.lower() if isinstance(v, str) else v
+
+
+_LIST_FIELDS = {"image_urls", "reference_images"}
+_FILE_ROLES = {"image": "image_urls", "images": "image_urls", "image_urls": "image_urls",
+               "reference_images": "reference_images", "reference_image": "reference_images",
+               "mask": "mask_url", "mask_url": "mask_url"}
+VALID_FIELDS = tuple(GenerateBody.model_fields)
+
+
+def _ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+async def _read_body(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """Parse JSON or multipart into (fields, uploaded files by role)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json" or ctype.endswith("+json") or not ctype:
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+        return data, {}
+    if ctype == "multipart/form-data":
+        return await _read_multipart(request, ctx)
+    raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                   "send application/json or multipart/form-data", None)
+
+
+async def _read_multipart(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    limit = ctx.settings.max_image_bytes
+    try:
+        form = await request.form(max_files=2 * _MAX_LIST + 1, max_fields=64, max_part_size=limit)
+    except Exception:  # noqa: BLE001 - multipart parser errors carry parser internals; say what to fix
+        raise ApiError(400, ErrorCode.INVALID_REQUEST,
+                       f"the multipart body is malformed or over its limits (parts up to {limit} bytes)") from None
+    fields: dict[str, Any] = {}
+    files: dict[str, list[bytes]] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                role = _FILE_ROLES.get(name)
+                if role is None:
+                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD,
+                                   f"unknown file field {name!r}: use image, reference_images or mask", name)
+                data = await value.read(limit + 1)
+                if len(data) > limit:
+                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {limit} bytes", name)
+                files.setdefault(role, []).append(data)
+            elif name in _LIST_FIELDS:
+                fields.setdefault(name, []).append(value)
+            elif name in fields:
+                raise ApiError(422, ErrorCode.INVALID_REQUEST, f"field {name!r} was sent twice", name)
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, files
+
+
+def _to_ask(body: GenerateBody, files: dict[str, list[bytes]], demo: bool) -> ImageAsk:
+    sources = [ImageInput(field=f"image_urls[{i}]", url=u) for i, u in enumerate(body.image_urls)]
+    sources += [ImageInput(field="image", data=d) for d in files.get("image_urls", [])]
+    refs = [ImageInput(field=f"reference_images[{i}]", url=u) for i, u in enumerate(body.reference_images)]
+    refs += [ImageInput(field="reference_images", data=d) for d in files.get("reference_images", [])]
+    masks = files.get("mask_url", [])
+    if len(masks) > 1 or (masks and body.mask_url):
+        raise ApiError(422, ErrorCode.TOO_MANY_IMAGES, "send at most one mask", "mask_url")
+    mask = (ImageInput(field="mask", data=masks[0]) if masks
+            else ImageInput(field="mask_url", url=body.mask_url) if body.mask_url else None)
+    warnings = [msg for name, msg in HOSTED_ONLY.items() if getattr(body, name) is not None]
+    if demo:
+        warnings.append("this model runs on random demo weights: outputs are noise, not edits")
+    return ImageAsk(
+        model=body.model, prompt=body.prompt, sources=tuple(sources), references=tuple(refs), mask=mask,
+        aspect_ratio=body.aspect_ratio, quality=body.quality, num_images=body.num_images, seed=body.seed,
+        output_format=body.output_format, num_inference_steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale, strength=body.strength, warnings=tuple(warnings),
+    )
+
+
+def _images(record: JobRecord, base: str) -> list[dict[str, Any]]:
+    assert record.result is not None
+    return [{"url": f"{base}/files/{im['file']}", "width": im["width"], "height": im["height"],
+             "content_type": im["content_type"], "seed": im["seed"]} for im in record.result["images"]]
+
+
+def task_view(record: JobRecord, base: str) -> dict[str, Any]:
+    """The task object of GET /api/v1/tasks/{id} (and the sync answer's superset)."""
+    req = record.request
+    view: dict[str, Any] = {
+        "task_id": record.id,
+        "status": str(record.status),
+        "model": record.model,
+        "prompt": req["prompt"],
+        "seed": req["seeds"][0],
+        "seeds": req["seeds"],
+        "width": req["width"],
+        "height": req["height"],
+        "warnings": req["warnings"],
+        "progress": {"step": record.progress_step, "total": record.progress_total},
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "completed_at": record.finished_at,
+        "error": record.error,
+    }
+    if record.status is JobStatus.COMPLETED and record.result is not None:
+        view["images"] = _images(record, base)
+        view["usage"] = {"images_generated": len(view["images"]), "cost_usd": 0.0, "cost_credits": 0,
+                         "compute_seconds": record.result["timings"]["pipeline_s"]}
+        view["darkroom"] = {"timings": record.result["timings"], "runtime": record.result["runtime"],
+                            "task": req["task"], "num_inference_steps": req["num_inference_steps"],
+                            "guidance_scale": req["guidance_scale"], "strength": req["strength"]}
+    return view
+
+
+@router.post(
+    "/api/v1/images/generate",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": GenerateBody.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object"}},
+    }}},
+)
+async def generate(request: Request) -> JSONResponse:
+    """Text-to-image and image-to-image. celery=false waits and returns images; true returns 202 + task_id."""
+    ctx = _ctx(request)
+    fields, files = await _read_body(request, ctx)
+    try:
+        body = GenerateBody.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
+    spec = ctx.catalog.get(body.model)
+    demo = ctx.located[spec.weights].demo
+    job_id, _ = await ctx.service.submit(_to_ask(body, files, demo))
+    base = ctx.public_base(str(request.base_url))
+    if body.celery:
+        record = ctx.service.get(job_id)
+        assert record is not None
+        return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
+                            status_code=202)
+    record = await ctx.service.wait(job_id, ctx.settings.sync_timeout_s)
+    if record.status is JobStatus.COMPLETED:
+        return JSONResponse(task_view(record, base))
+    if record.status is JobStatus.FAILED:
+        assert record.error is not None
+        err = record.error
+        status = 422 if err.get("code") == "invalid_request" else 500
+        return JSONResponse({"task_id": job_id, "status": "failed", "error": err}, status_code=status)
+    # Still running after sync_timeout_s: hand back the task id instead of holding the connection.
+    return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
+                        status_code=202)
+
+
+@router.get("/api/v1/tasks/{task_id}")
+async def get_task(task_id: str, request: Request) -> JSONResponse:
+    """Status of a task; completed tasks carry images and usage, failed ones the error."""
+    ctx = _ctx(request)
+    record = ctx.service.get(task_id) if len(task_id) <= 100 else None
+    if record is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {task_id[:100]!r}", "task_id")
+    view = task_view(record, ctx.public_base(str(request.base_url)))
+    if record.status is JobStatus.PENDING:
+        view["queue_position"] = ctx.store.queue_position(record.id)
+    return JSONResponse(view)
+
+
+@router.get("/api/v1/images/models")
+async def list_models(request: Request) -> JSONResponse:
+    """Every model id with its limits, and what runs it locally."""
+    ctx = _ctx(request)
+    models = []
+    for spec in ctx.catalog.specs():
+        entry = ctx.catalog.weights_for(spec)
+        where = ctx.located[spec.weights]
+        models.append({
+            "id": spec.id,
+            "name": spec.name,
+            "type": "image",
+            "provider": "darkroom",
+            "providerName": "darkroom (local)",
+            "description": spec.description,
+            "capabilities": spec.capabilities,
+            "imageSize": spec.aspect_ratios,
+            "quality": spec.quality,
+            "defaultQuality": spec.default_quality,
+            "outputFormat": [f"image/{f}" for f in spec.output_formats],
+            "maxNumImages": spec.max_num_images,
+            "defaultNumImages": spec.default_num_images,
+            "maxSourceImages": spec.max_source_images,
+            "maxReferenceImages": spec.max_reference_images,
+            "supportsSeed": spec.supports_seed,
+            "defaults": spec.defaults.model_dump(),
+            "local": {
+                "family": spec.family,
+                "weights": entry.name,
+                "repo": entry.repo,
+                "revision": entry.revision,
+                "license": entry.license,
+                "license_url": entry.license_url,
+                "commercial_use": entry.commercial_use,
+                "weights_kind": "demo" if where.demo else "real",
+                "demo_notice": ("random demo weights: outputs are noise; run `darkroom weights pull "
+                                f"{entry.name}` for the real model") if where.demo else None,
+            },
+        })
+    return JSONResponse({"models": models})

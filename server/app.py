@@ -1,0 +1,101 @@
+"""create_app(settings): assembles the server from its parts. No module-level state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.api import files, health, qolaba
+from server.api.auth import ApiKeyMiddleware
+from server.api.errors import install_error_handlers
+from server.catalog import Catalog
+from server.context import AppContext
+from server.engine.completion import CompletionHub
+from server.engine.loop import Engine
+from server.engine.scheduler import OldestFirstGrouped
+from server.engine.worker import Worker, resolve_devices, resolve_dtype
+from server.jobs.store import JobStore
+from server.media.fetch import FetchLimits, ImageFetcher
+from server.media.netguard import Allowlist
+from server.media.storage import InputStore, OutputStore
+from server.service import ImageService
+from server.settings import Settings
+from weights.demo import build_demo
+from weights.locate import LocatedWeights, locate
+from weights.manifest import WeightsEntry, load_manifest
+
+log = logging.getLogger("darkroom")
+
+
+def prepare_weights(settings: Settings, manifest: dict[str, WeightsEntry], needed: set[str]) -> dict[str, LocatedWeights]:
+    """Locate every needed weights entry; build demo weights where real ones are missing (unless demo=never)."""
+    located: dict[str, LocatedWeights] = {}
+    for name in sorted(needed):
+        entry = manifest[name]
+        where = locate(entry, settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
+        if where is None and settings.demo != "never":
+            log.warning("building demo weights for %s (no real weights in %s)", name, settings.resolved_weights_dir)
+            build_demo(entry, settings.demo_weights_dir)
+            where = locate(entry, settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
+        if where is None:
+            raise RuntimeError(f"no weights for {name}: run `darkroom weights pull {name}` (or allow demo weights)")
+        located[name] = where
+    demo = sorted(n for n, w in located.items() if w.demo)
+    if demo:
+        banner = "!" * 78
+        log.warning("%s\nDEMO MODE: %s run on tiny RANDOM weights. Outputs are noise, not edits.\n"
+                    "Pull real weights with `darkroom weights pull NAME` (see `darkroom weights list`).\n%s",
+                    banner, ", ".join(demo), banner)
+    return located
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the ASGI app. Workers start with the app's lifespan and stop with it."""
+    settings.check_bind_safety()
+    manifest = load_manifest()
+    catalog = Catalog.load(manifest)
+    needed = {spec.weights for spec in catalog.specs()}
+    located = prepare_weights(settings, manifest, needed)
+
+    data = settings.data_dir
+    store = JobStore(data / "jobs.sqlite3")
+    requeued = store.requeue_interrupted()
+    if requeued:
+        log.warning("re-queued %d job(s) interrupted by the last shutdown", requeued)
+    outputs = OutputStore(data / "files", settings.png_compress_level)
+    inputs = InputStore(data / "inputs")
+    hub = CompletionHub()
+    workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located)
+               for i, dev in enumerate(resolve_devices(settings.device))]
+    engine = Engine(store, OldestFirstGrouped(settings.max_batch), workers, outputs, hub.finished,
+                    preload=sorted(needed))
+    fetcher = ImageFetcher(
+        Allowlist(settings.url_allowlist),
+        FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
+                    settings.fetch_max_redirects),
+    )
+    service = ImageService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels)
+    ctx = AppContext(settings, catalog, located, store, engine, service, outputs)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            ctx.draining = True
+            engine.stop()
+            store.close()
+
+    app = FastAPI(title="darkroom", version="0.1.0", lifespan=lifespan,
+                  description="Self-hosted image editing that speaks the hosted platforms' APIs.")
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    for module in (health, qolaba, files):
+        app.include_router(module.router)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    return app

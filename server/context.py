@@ -1,0 +1,35 @@
+"""Everything the routes need, built once by create_app and reached through `request.app.state.ctx`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.catalog import Catalog
+from server.engine.loop import Engine
+from server.jobs.store import JobStore
+from server.media.storage import OutputStore
+from server.service import ImageService
+from server.settings import Settings
+from weights.locate import LocatedWeights
+
+
+@dataclass
+class AppContext:
+    """The running server's parts, passed explicitly (no module globals)."""
+
+    settings: Settings
+    catalog: Catalog
+    located: dict[str, LocatedWeights]
+    store: JobStore
+    engine: Engine
+    service: ImageService
+    outputs: OutputStore
+    draining: bool = False
+
+    def public_base(self, request_base_url: str) -> str:
+        """Base of URLs handed to clients: the configured public URL, else what the client called."""
+        return (self.settings.public_base_url or request_base_url).rstrip("/")
+
+    def any_demo(self) -> bool:
+        """True when at least one model runs on demo weights."""
+        return any(w.demo for w in self.located.values())

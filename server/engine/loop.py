@@ -1,0 +1,168 @@
+"""The engine loop: per worker, schedule -> claim -> execute -> record, with plain data between steps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from typing import Any
+
+from pipelines.base import ParamError
+from server.engine.request import GenerationRequest
+from server.engine.scheduler import Scheduler, WorkerView
+from server.engine.worker import Worker
+from server.jobs.store import JobRecord, JobStore
+from server.media.storage import OutputStore
+
+log = logging.getLogger("darkroom.engine")
+
+
+def _versions() -> dict[str, str]:
+    return {pkg: version(pkg) for pkg in ("torch", "diffusers", "transformers")}
+
+
+class Engine:
+    """Runs pending jobs on the workers. Each worker has its own thread; the scheduler decides what it runs."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        scheduler: Scheduler,
+        workers: Sequence[Worker],
+        outputs: OutputStore,
+        on_finished: Callable[[str], None],
+        preload: Sequence[str] = (),
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.workers = list(workers)
+        self.outputs = outputs
+        self.on_finished = on_finished
+        self.preload = list(preload)
+        self._cond = threading.Condition()
+        self._plan_lock = threading.Lock()
+        self._stopping = False
+        self._versions = _versions()
+        self.ready = threading.Event()
+        self._preloaded = 0
+
+    def start(self) -> None:
+        """Start one thread per worker."""
+        for worker in self.workers:
+            worker.thread = threading.Thread(target=self._run, args=(worker,), name=f"worker-{worker.name}",
+                                             daemon=True)
+            worker.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the threads to stop after their current job and wait for them."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for worker in self.workers:
+            if worker.thread is not None:
+                worker.thread.join(timeout)
+
+    def notify(self) -> None:
+        """New work was queued."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def alive(self) -> bool:
+        """Every worker thread is running."""
+        return bool(self.workers) and all(w.thread is not None and w.thread.is_alive() for w in self.workers)
+
+    # ---- worker thread -----------------------------------------------------------------
+    def _run(self, worker: Worker) -> None:
+        self._warm(worker)
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                jobs = self._claim_next(worker)
+                if not jobs:
+                    # The timeout also picks up work re-queued by another process or a missed notify.
+                    self._cond.wait(timeout=1.0)
+                    continue
+            worker.busy_with = tuple(j.id for j in jobs)
+            try:
+                for job in jobs:
+                    self._execute(worker, job)
+            finally:
+                worker.busy_with = ()
+
+    def _warm(self, worker: Worker) -> None:
+        for weights in self.preload:
+            try:
+                worker.family(weights)
+            except Exception:  # noqa: BLE001 - a model that cannot load must not kill the worker; jobs report it
+                log.exception("could not preload %s on %s", weights, worker.device)
+        with self._cond:
+            self._preloaded += 1
+            if self._preloaded == len(self.workers):
+                self.ready.set()
+
+    def _claim_next(self, worker: Worker) -> list[JobRecord]:
+        with self._plan_lock:
+            queue = self.store.pending()
+            if not queue:
+                return []
+            view = WorkerView(name=worker.name, device=worker.device, loaded=worker.loaded())
+            plans = self.scheduler.schedule(queue, [view])
+            if not plans:
+                return []
+            return self.store.claim(list(plans[0].job_ids), worker.name)
+
+    def _execute(self, worker: Worker, job: JobRecord) -> None:
+        request = GenerationRequest.from_json(job.request)
+        started = time.time()
+        last = [0.0]
+
+        def on_step(step: int, total: int) -> None:
+            now = time.perf_counter()
+            # Progress is for humans polling: a write per 100 ms is plenty.
+            if step == total or now - last[0] >= 0.1:
+                last[0] = now
+                self.store.set_progress(job.id, step, total)
+
+        try:
+            rendered = worker.render(request, on_step)
+            save_started = time.perf_counter()
+            stored = [self.outputs.save(img, request.output_format) for img in rendered.images]
+            save_s = time.perf_counter() - save_started
+            where = worker.located[request.weights]
+            result: dict[str, Any] = {
+                "images": [
+                    {"file": s.name, "width": s.width, "height": s.height, "content_type": s.content_type,
+                     "seed": seed}
+                    for s, seed in zip(stored, request.seeds, strict=True)
+                ],
+                "timings": {
+                    "queued_s": round(started - job.created_at, 4),
+                    "load_s": round(rendered.load_s, 4),
+                    "pipeline_s": round(rendered.pipeline_s, 4),
+                    "save_s": round(save_s, 4),
+                },
+                "runtime": {
+                    "worker": worker.name,
+                    "device": worker.device,
+                    "dtype": str(worker.dtype).removeprefix("torch."),
+                    "weights": request.weights,
+                    "demo_weights": where.demo,
+                    "family": request.family,
+                    "versions": self._versions,
+                },
+            }
+            self.store.complete(job.id, result)
+        except ParamError as exc:
+            self.store.fail(job.id, {"code": "invalid_request", "message": exc.message, "field": exc.field})
+        except Exception:  # noqa: BLE001 - any pipeline fault fails this job only; details go to the log
+            log.exception("job %s failed on %s", job.id, worker.device)
+            self.store.fail(job.id, {
+                "code": "generation_failed",
+                "message": f"the model failed while rendering this job; the server log has details for {job.id}",
+                "field": None,
+            })
+        finally:
+            self.on_finished(job.id)

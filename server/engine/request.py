@@ -1,0 +1,64 @@
+"""GenerationRequest: the one provider-agnostic request every dialect translates into.
+
+It is plain data that survives a restart: images are referenced by the path of
+their normalised copy under the data dir, never carried as bytes or tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipelines.base import RenderParams, Task
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to render, fully resolved (defaults applied, size computed, seeds chosen)."""
+
+    model_id: str
+    weights: str
+    family: str
+    task: Task
+    prompt: str
+    width: int
+    height: int
+    num_images: int
+    seeds: tuple[int, ...]
+    num_inference_steps: int
+    guidance_scale: float
+    strength: float
+    output_format: str
+    source_paths: tuple[str, ...] = ()
+    reference_paths: tuple[str, ...] = ()
+    mask_path: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def render_params(self) -> RenderParams:
+        """The pixel-free part handed to the family."""
+        return RenderParams(
+            task=self.task,
+            prompt=self.prompt,
+            width=self.width,
+            height=self.height,
+            num_images=self.num_images,
+            seeds=self.seeds,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            strength=self.strength,
+            num_sources=len(self.source_paths),
+            num_references=len(self.reference_paths),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe dict for the job store."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationRequest:
+        """Inverse of to_json."""
+        data = dict(data)
+        data["task"] = Task(data["task"])
+        for key in ("seeds", "source_paths", "reference_paths", "warnings"):
+            data[key] = tuple(data[key])
+        return cls(**data)

@@ -1,0 +1,218 @@
+"""Durable job store on SQLite (WAL).
+
+A job row is committed before the client hears "accepted"; results and
+failures are recorded in the same row. Jobs found `processing` at start-up
+were interrupted by a crash and go back to `pending`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id             TEXT PRIMARY KEY,
+    status         TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    batch_key      TEXT NOT NULL,
+    request        TEXT NOT NULL,
+    result         TEXT,
+    error          TEXT,
+    progress_step  INTEGER NOT NULL DEFAULT 0,
+    progress_total INTEGER NOT NULL DEFAULT 0,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    worker         TEXT,
+    created_at     REAL NOT NULL,
+    started_at     REAL,
+    finished_at    REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, created_at);
+"""
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job; the words are the hosted API's."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of the jobs table."""
+
+    id: str
+    status: JobStatus
+    model: str
+    batch_key: str
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    progress_step: int
+    progress_total: int
+    attempts: int
+    worker: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler sees of a pending job: no request body, no pixels."""
+
+    id: str
+    model: str
+    batch_key: str
+    created_at: float
+
+
+def new_task_id() -> str:
+    """`task_<ms>_<random>`, the hosted platform's shape; 64 random bits make it unguessable."""
+    return f"task_{int(time.time() * 1000)}_{secrets.token_hex(8)}"
+
+
+class JobStore:
+    """All job state. Safe to call from the event loop and worker threads (one lock, short statements)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across process crashes (kill -9) in WAL mode; FULL would add power-loss safety.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def create(self, job_id: str, model: str, batch_key: str, request: dict[str, Any]) -> None:
+        """Insert a pending job; returns only after the row is committed."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO jobs (id, status, model, batch_key, request, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time()),
+            )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None for an unknown id."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def pending(self, limit: int = 1000) -> list[QueuedJob]:
+        """Pending jobs, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, model, batch_key, created_at FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT ?",
+                (JobStatus.PENDING, limit),
+            ).fetchall()
+        return [QueuedJob(r["id"], r["model"], r["batch_key"], r["created_at"]) for r in rows]
+
+    def queue_position(self, job_id: str) -> int | None:
+        """0-based position among pending jobs, or None when the job is not pending."""
+        with self._lock:
+            row = self._conn.execute("SELECT status, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] != JobStatus.PENDING:
+                return None
+            (ahead,) = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND (created_at < ? OR (created_at = ? AND id < ?))",
+                (JobStatus.PENDING, row["created_at"], row["created_at"], job_id),
+            ).fetchone()
+        return int(ahead)
+
+    def claim(self, job_ids: list[str], worker: str) -> list[JobRecord]:
+        """Atomically move the still-pending ones of `job_ids` to processing for `worker`."""
+        now = time.time()
+        claimed = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for jid in job_ids:
+                    cur = self._conn.execute(
+                        "UPDATE jobs SET status = ?, worker = ?, started_at = ?, attempts = attempts + 1 "
+                        "WHERE id = ? AND status = ?",
+                        (JobStatus.PROCESSING, worker, now, jid, JobStatus.PENDING),
+                    )
+                    if cur.rowcount:
+                        claimed.append(jid)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            rows = [self._conn.execute("SELECT * FROM jobs WHERE id = ?", (j,)).fetchone() for j in claimed]
+        return [_record(r) for r in rows]
+
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        """Record denoising progress of a running job."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?", (step, total, job_id)
+            )
+
+    def complete(self, job_id: str, result: dict[str, Any]) -> None:
+        """Mark done with its result (outputs must already be on disk)."""
+        self._finish(job_id, JobStatus.COMPLETED, result=result)
+
+    def fail(self, job_id: str, error: dict[str, Any]) -> None:
+        """Mark failed with a client-safe error object."""
+        self._finish(job_id, JobStatus.FAILED, error=error)
+
+    def _finish(self, job_id: str, status: JobStatus, result: dict[str, Any] | None = None,
+                error: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, json.dumps(result) if result is not None else None,
+                 json.dumps(error) if error is not None else None, time.time(), job_id),
+            )
+
+    def requeue_interrupted(self) -> int:
+        """At start-up: jobs left `processing` by a crash go back to `pending`. Returns how many."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE jobs SET status = ?, worker = NULL, progress_step = 0 WHERE status = ?",
+                (JobStatus.PENDING, JobStatus.PROCESSING),
+            )
+        return cur.rowcount
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status."""
+        with self._lock:
+            rows = self._conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        return {r["status"]: r["n"] for r in rows}
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        status=JobStatus(row["status"]),
+        model=row["model"],
+        batch_key=row["batch_key"],
+        request=json.loads(row["request"]),
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=json.loads(row["error"]) if row["error"] else None,
+        progress_step=row["progress_step"],
+        progress_total=row["progress_total"],
+        attempts=row["attempts"],
+        worker=row["worker"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

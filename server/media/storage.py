@@ -1,0 +1,111 @@
+"""Files darkroom writes: normalised inputs of accepted jobs and generated outputs.
+
+Output names are random (192 bits) and are the only names the file route will
+serve. Every write goes to a temporary file, is fsynced, then renamed, so a
+crash never leaves a half-written file under a real name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp)$")
+_BY_EXT = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file, or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def encode(image: Image.Image, fmt: str, png_compress_level: int) -> bytes:
+    """Encode deterministically (no timestamps in the metadata), so a seed reproduces the same bytes."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, "PNG", compress_level=png_compress_level)
+    elif fmt == "jpeg":
+        image.save(buf, "JPEG", quality=95)
+    elif fmt == "webp":
+        image.save(buf, "WEBP", quality=95, method=4)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An output image on disk."""
+
+    name: str
+    width: int
+    height: int
+    content_type: str
+    bytes: int
+
+
+class OutputStore:
+    """Generated images under `<data_dir>/files`."""
+
+    def __init__(self, root: Path, png_compress_level: int = 1) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.png_compress_level = png_compress_level
+
+    def save(self, image: Image.Image, fmt: str) -> StoredImage:
+        """Encode and store one image under a fresh unguessable name."""
+        data = encode(image, fmt, self.png_compress_level)
+        name = f"{secrets.token_urlsafe(24)}.{_EXT[fmt]}"
+        atomic_write(self.root / name, data)
+        return StoredImage(name, image.width, image.height, CONTENT_TYPES[fmt], len(data))
+
+    def open_path(self, name: str) -> tuple[Path, str] | None:
+        """(path, content type) for a name this store generated; None for anything else.
+
+        Only the generated-name shape is accepted, so no traversal is possible,
+        and a symlink planted in the folder is not followed.
+        """
+        if not _NAME.fullmatch(name):
+            return None
+        path = self.root / name
+        try:
+            if path.is_symlink() or not path.is_file():
+                return None
+        except OSError:
+            return None
+        return path, _BY_EXT[name.rsplit(".", 1)[1]]
+
+
+class InputStore:
+    """Normalised copies of accepted jobs' input images under `<data_dir>/inputs/<job id>/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, job_id: str, role: str, index: int, image: Image.Image) -> str:
+        """Store one input losslessly; returns the path the job records."""
+        folder = self.root / job_id
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{role}-{index}.png"
+        atomic_write(path, encode(image, "png", 1))
+        return str(path)
+
+    @staticmethod
+    def load(path: str, mode: str) -> Image.Image:
+        """Read back an input written by `save`."""
+        with Image.open(path) as im:
+            return im.convert(mode)

@@ -1,0 +1,199 @@
+"""The dialect-neutral image service every HTTP dialect calls.
+
+A dialect maps its wire fields to an `ImageAsk`; this module validates it
+against the model's limits, fetches and decodes the images, resolves size and
+seeds, stores the inputs, commits the job and wakes the engine. It knows no
+wire format and no torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from PIL import Image
+
+from pipelines.base import ParamError, RenderParams, Task
+from pipelines.registry import family_class
+from server.catalog import QUALITY_LONG_SIDE, Catalog, ModelSpec, parse_ratio
+from server.engine.completion import CompletionHub
+from server.engine.loop import Engine
+from server.engine.request import GenerationRequest
+from server.engine.sizing import output_size
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import JobRecord, JobStatus, JobStore, new_task_id
+from server.media.decode import decode_image
+from server.media.fetch import ImageFetcher
+from server.media.storage import InputStore
+
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One input image as the client sent it: a URL / data URL, or uploaded bytes. `field` names it in errors."""
+
+    field: str
+    url: str | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ImageAsk:
+    """A request for images, in darkroom's own terms."""
+
+    model: str
+    prompt: str
+    sources: tuple[ImageInput, ...] = ()
+    references: tuple[ImageInput, ...] = ()
+    mask: ImageInput | None = None
+    aspect_ratio: str = "auto"
+    quality: str | None = None
+    num_images: int | None = None
+    seed: int | None = None
+    output_format: str = "png"
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    strength: float | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class ImageService:
+    """Accepts asks as durable jobs and reports on them."""
+
+    def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
+                 inputs: InputStore, hub: CompletionHub, max_pixels: int) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.engine = engine
+        self.fetcher = fetcher
+        self.inputs = inputs
+        self.hub = hub
+        self.max_pixels = max_pixels
+
+    # ---- accept ------------------------------------------------------------------------
+    async def submit(self, ask: ImageAsk) -> tuple[str, GenerationRequest]:
+        """Validate, store inputs, commit the job, wake the engine. Returns (job id, request)."""
+        spec = self.catalog.get(ask.model)
+        self._check_limits(spec, ask)
+        fam = family_class(spec.family)
+        task = Task.INPAINT if ask.mask else Task.EDIT if (ask.sources or ask.references) else Task.GENERATE
+        if task is Task.INPAINT and not ask.sources:
+            raise ApiError(422, ErrorCode.MISSING_FIELD, "a mask needs a source image in image_urls", "image_urls")
+        num_images = ask.num_images or spec.default_num_images
+        base_seed = ask.seed if ask.seed is not None else secrets.randbelow(SEED_MAX + 1)
+        seeds = tuple((base_seed + i) % (SEED_MAX + 1) for i in range(num_images))
+        steps = ask.num_inference_steps or spec.defaults.num_inference_steps
+        guidance = ask.guidance_scale if ask.guidance_scale is not None else spec.defaults.guidance_scale
+        strength = ask.strength if ask.strength is not None else spec.defaults.strength
+
+        # Size-independent checks before any download.
+        long_side = QUALITY_LONG_SIDE[ask.quality or spec.default_quality]
+        probe = self._params(task, ask, long_side, long_side, num_images, seeds, steps, guidance, strength)
+        self._family_check(fam.check, probe)
+
+        sources, references, mask = await self._decode_all(ask)
+        # With no source, the first reference anchors the edit (references alone still condition Kontext).
+        if not sources and references:
+            sources, references = references[:1], references[1:]
+        ratio = (sources[0].size if sources else (1, 1)) if ask.aspect_ratio == "auto" else parse_ratio(
+            ask.aspect_ratio)
+        width, height = output_size(long_side, ratio, fam.size_multiple)
+        params = self._params(task, ask, width, height, num_images, seeds, steps, guidance, strength,
+                              len(sources), len(references))
+        self._family_check(fam.check, params)
+
+        job_id = new_task_id()
+        request = GenerationRequest(
+            model_id=spec.id, weights=spec.weights, family=spec.family, task=task, prompt=ask.prompt,
+            width=width, height=height, num_images=num_images, seeds=seeds, num_inference_steps=steps,
+            guidance_scale=guidance, strength=strength, output_format=ask.output_format,
+            source_paths=tuple(self.inputs.save(job_id, "source", i, im) for i, im in enumerate(sources)),
+            reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
+            mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
+            warnings=ask.warnings,
+        )
+        batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
+        self.store.create(job_id, spec.id, batch_key, request.to_json())
+        self.engine.notify()
+        return job_id, request
+
+    def _check_limits(self, spec: ModelSpec, ask: ImageAsk) -> None:
+        if len(ask.sources) > spec.max_source_images:
+            raise ApiError(422, ErrorCode.TOO_MANY_IMAGES,
+                           f"{spec.id} takes at most {spec.max_source_images} source image(s) in image_urls; "
+                           f"got {len(ask.sources)}", "image_urls")
+        if len(ask.references) > spec.max_reference_images:
+            raise ApiError(422, ErrorCode.TOO_MANY_IMAGES,
+                           f"{spec.id} takes at most {spec.max_reference_images} reference image(s); "
+                           f"got {len(ask.references)}", "reference_images")
+        if ask.aspect_ratio not in spec.aspect_ratios:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_ASPECT_RATIO,
+                           f"{spec.id} supports aspect_ratio {', '.join(spec.aspect_ratios)}; got "
+                           f"{ask.aspect_ratio[:20]!r}", "aspect_ratio")
+        if ask.quality is not None and ask.quality not in spec.quality:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_QUALITY,
+                           f"{spec.id} supports quality {', '.join(spec.quality)}; got {ask.quality[:20]!r}",
+                           "quality")
+        if ask.num_images is not None and not 1 <= ask.num_images <= spec.max_num_images:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST,
+                           f"{spec.id} makes 1 to {spec.max_num_images} images per request", "num_images")
+        if ask.output_format not in spec.output_formats:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST,
+                           f"output_format must be one of {', '.join(spec.output_formats)}", "output_format")
+
+    @staticmethod
+    def _params(task: Task, ask: ImageAsk, width: int, height: int, num_images: int, seeds: tuple[int, ...],
+                steps: int, guidance: float, strength: float, n_src: int = 0, n_ref: int = 0) -> RenderParams:
+        return RenderParams(task=task, prompt=ask.prompt, width=width, height=height, num_images=num_images,
+                            seeds=seeds, num_inference_steps=steps, guidance_scale=guidance, strength=strength,
+                            num_sources=n_src, num_references=n_ref)
+
+    @staticmethod
+    def _family_check(check: object, params: RenderParams) -> None:
+        try:
+            check(params)  # type: ignore[operator]
+        except ParamError as exc:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
+
+    async def _decode_all(self, ask: ImageAsk) -> tuple[list[Image.Image], list[Image.Image], Image.Image | None]:
+        items = [*ask.sources, *ask.references] + ([ask.mask] if ask.mask else [])
+        blobs = await asyncio.gather(*(self._bytes_of(item) for item in items))
+        # Decoding is CPU work; off the event loop so other requests keep flowing.
+        images = await asyncio.to_thread(
+            lambda: [decode_image(b, item.field, self.max_pixels, "L" if item is ask.mask else "RGB")
+                     for item, b in zip(items, blobs, strict=True)]
+        )
+        n_src, n_ref = len(ask.sources), len(ask.references)
+        return images[:n_src], images[n_src:n_src + n_ref], images[n_src + n_ref] if ask.mask else None
+
+    async def _bytes_of(self, item: ImageInput) -> bytes:
+        if item.data is not None:
+            if len(item.data) > self.fetcher.limits.max_bytes:
+                raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE,
+                               f"image is larger than {self.fetcher.limits.max_bytes} bytes", item.field)
+            return item.data
+        assert item.url is not None
+        return await self.fetcher.fetch(item.url, item.field)
+
+    # ---- report ------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None for an id this server never issued."""
+        return self.store.get(job_id)
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+        """Wait until the job is final or `timeout` passes; returns its latest record."""
+        event = self.hub.register(job_id)
+        try:
+            record = self.store.get(job_id)
+            if record is not None and record.status in (JobStatus.PENDING, JobStatus.PROCESSING):
+                try:
+                    await asyncio.wait_for(event.wait(), timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            self.hub.unregister(job_id, event)
+        record = self.store.get(job_id)
+        assert record is not None
+        return record

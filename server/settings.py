@@ -1,0 +1,91 @@
+"""Typed server settings: environment (DARKROOM_*), .env, or CLI flags — one field each.
+
+Settings are built once in the CLI (or a test) and passed explicitly to
+``create_app``; nothing reads them from a global.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is also a `darkroom serve --flag`."""
+
+    model_config = SettingsConfigDict(env_prefix="DARKROOM_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback requires an API key.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = pick a free one).")
+    api_key: SecretStr | None = Field(None, description="Key clients send as Bearer or X-API-Key; unset = no auth.")
+    data_dir: Path = Field(Path("./darkroom-data"), description="Jobs database, inputs, outputs and weights live here.")
+    weights_dir: Path | None = Field(None, description="Where real weights are pulled to (default: <data_dir>/weights).")
+    demo_weights_path: Path | None = Field(
+        None, description="Where demo weights are built (default: <data_dir>/demo-weights)."
+    )
+    public_base_url: str | None = Field(
+        None, description="Base URL put in image links (e.g. https://gpu1.studio.lan); default: from the Host header."
+    )
+    url_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs whose private addresses image URLs may use (comma-separated).",
+    )
+    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest source image, fetched or uploaded.")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="Largest source image in pixels (checked before decode).")
+    fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for image URLs.")
+    fetch_total_timeout_s: float = Field(30.0, gt=0, description="Whole-download timeout for one image URL.")
+    fetch_max_redirects: int = Field(3, ge=0, le=10, description="Redirect hops followed (same host only).")
+    sync_timeout_s: float = Field(
+        600.0, gt=0, description="How long a celery=false request waits before answering 202 with its task id."
+    )
+    device: str = Field("auto", description="'auto' (every CUDA GPU, else CPU), 'cpu', or a list like 'cuda:0,cuda:1'.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Serving dtype: auto = bfloat16 on GPU, float32 on CPU."
+    )
+    demo: Literal["auto", "always", "never"] = Field(
+        "auto", description="Demo (tiny random) weights: auto = when real weights are missing."
+    )
+    max_batch: int = Field(1, ge=1, description="Most queued jobs the scheduler hands a worker at once.")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @property
+    def resolved_weights_dir(self) -> Path:
+        """Directory of pulled real weights."""
+        return self.weights_dir or self.data_dir / "weights"
+
+    @property
+    def demo_weights_dir(self) -> Path:
+        """Directory of the tiny demo weights built by `darkroom weights demo`."""
+        return self.demo_weights_path or self.data_dir / "demo-weights"
+
+    def binds_loopback_only(self) -> bool:
+        """True when `host` is a loopback address or `localhost`."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def check_bind_safety(self) -> None:
+        """Refuse to expose an unauthenticated server beyond this machine."""
+        if not self.binds_loopback_only() and self.api_key is None:
+            raise ValueError(
+                f"refusing to bind to {self.host} without an API key: set DARKROOM_API_KEY (or --api-key), "
+                "or bind to 127.0.0.1"
+            )

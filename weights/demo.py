@@ -1,0 +1,42 @@
+"""Build the tiny random-weight demo set: every manifest entry, with its family's real classes."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from weights.manifest import WeightsEntry
+from weights.tiny.flux_kontext import build_flux_kontext
+from weights.tiny.sdxl import build_sdxl
+
+TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "flux-kontext": build_flux_kontext,
+    "sdxl": build_sdxl,
+}
+
+
+def build_demo(entry: WeightsEntry, demo_dir: Path, force: bool = False) -> Path:
+    """Build one entry's tiny pipeline under `demo_dir/<name>` atomically; reuse it when already there."""
+    target = demo_dir / entry.name
+    if (target / "model_index.json").is_file() and not force:
+        return target
+    builder = TINY_BUILDERS[entry.family]
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a crash never leaves a half-written model that looks ready.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=demo_dir))
+    try:
+        builder(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_all(entries: dict[str, WeightsEntry], demo_dir: Path, force: bool = False) -> list[Path]:
+    """Build every entry's demo weights."""
+    return [build_demo(e, demo_dir, force) for e in entries.values()]

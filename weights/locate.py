@@ -1,0 +1,46 @@
+"""Where each weights entry lives on disk, and whether it is real or demo."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from weights.manifest import WeightsEntry
+
+LOCK_FILE = ".darkroom-lock.json"
+
+
+@dataclass(frozen=True)
+class LocatedWeights:
+    """A weights entry resolved to a directory to load from."""
+
+    entry: WeightsEntry
+    path: Path
+    demo: bool
+
+
+def real_weights_ready(path: Path) -> bool:
+    """Pulled and verified: `darkroom weights pull` writes the lock file last."""
+    return (path / "model_index.json").is_file() and (path / LOCK_FILE).is_file()
+
+
+def demo_weights_ready(path: Path) -> bool:
+    """Built by `darkroom weights demo` (it writes model_index.json last, via save_pretrained)."""
+    return (path / "model_index.json").is_file()
+
+
+def locate(entry: WeightsEntry, weights_dir: Path, demo_dir: Path, demo_mode: str) -> LocatedWeights | None:
+    """Real weights when present (unless demo='always'); demo weights when allowed and built; else None."""
+    real = weights_dir / entry.name
+    if demo_mode != "always" and real_weights_ready(real):
+        return LocatedWeights(entry, real, demo=False)
+    demo = demo_dir / entry.name
+    if demo_mode != "never" and demo_weights_ready(demo):
+        return LocatedWeights(entry, demo, demo=True)
+    return None
+
+
+def read_lock(path: Path) -> dict[str, object]:
+    """The lock record of pulled weights (repo, commit, files)."""
+    return json.loads((path / LOCK_FILE).read_text())

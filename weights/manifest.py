@@ -1,0 +1,42 @@
+"""The manifest of real checkpoints (weights/manifest.toml), typed."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_PATH = Path(__file__).with_name("manifest.toml")
+
+
+class WeightsEntry(BaseModel):
+    """One downloadable set of weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    family: str
+    repo: str
+    revision: str
+    license: str
+    license_url: str
+    commercial_use: bool
+    gated: bool = False
+    allow_patterns: list[str] = Field(min_length=1)
+
+    @property
+    def revision_pinned(self) -> bool:
+        """True when `revision` is a full commit hash rather than a branch name."""
+        return len(self.revision) == 40 and all(c in "0123456789abcdef" for c in self.revision)
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, WeightsEntry]:
+    """Parse and validate the manifest; every pattern must fetch safetensors or small text files only."""
+    raw = tomllib.loads(path.read_text())
+    entries = {name: WeightsEntry(name=name, **body) for name, body in raw.get("weights", {}).items()}
+    for entry in entries.values():
+        for pattern in entry.allow_patterns:
+            if pattern.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) or pattern in ("*", "**"):
+                raise ValueError(f"{entry.name}: pattern {pattern!r} could fetch pickled weights")
+    return entries

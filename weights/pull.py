@@ -1,0 +1,79 @@
+"""Download real weights from the Hugging Face Hub (safetensors only) and verify them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from weights.locate import LOCK_FILE
+from weights.manifest import WeightsEntry
+from weights.safetensors_header import tensor_sizes
+
+
+class PullError(RuntimeError):
+    """A download or verification failure, phrased as one sentence for the operator."""
+
+
+def verify(entry: WeightsEntry, path: Path) -> list[str]:
+    """Check a downloaded folder: model_index.json, every component's safetensors readable, no pickles."""
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise PullError(f"{entry.name}: model_index.json is missing in the download")
+    pickles = [p for p in path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    if pickles:
+        raise PullError(f"{entry.name}: refusing pickled files in the download ({len(pickles)} found)")
+    files = []
+    index = json.loads(index_path.read_text())
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+            continue
+        folder = path / name
+        if not folder.is_dir():
+            raise PullError(f"{entry.name}: component folder {name}/ is missing")
+        for st in sorted(folder.glob("*.safetensors")):
+            try:
+                tensor_sizes(st)
+            except (OSError, ValueError) as exc:
+                raise PullError(f"{entry.name}: {name}/{st.name} is not a readable safetensors file") from exc
+            files.append(f"{name}/{st.name}")
+    return files
+
+
+def pull(entry: WeightsEntry, weights_dir: Path, token: str | None = None) -> Path:
+    """Download `entry` into `weights_dir/<name>` with a progress bar, verify it, then write the lock file."""
+    # Imported here so serving never imports the hub client.
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    target = weights_dir / entry.name
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        commit = HfApi().repo_info(entry.repo, revision=entry.revision, token=token).sha
+        snapshot_download(
+            repo_id=entry.repo,
+            revision=commit,
+            allow_patterns=entry.allow_patterns,
+            local_dir=target,
+            token=token,
+        )
+    except GatedRepoError:
+        raise PullError(
+            f"{entry.repo} is gated: accept its licence on the Hub, then set HF_TOKEN and pull again"
+        ) from None
+    except RepositoryNotFoundError:
+        raise PullError(f"{entry.repo} was not found on the Hub (or needs a token)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        kind = type(exc).__name__
+        raise PullError(
+            f"could not download {entry.repo} ({kind}); check the network connection to the Hugging Face Hub "
+            "(or HF_ENDPOINT) and try again"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many transport types; the operator needs one line
+        kind = type(exc).__name__
+        raise PullError(f"could not download {entry.repo} ({kind}); check the network and try again") from None
+    files = verify(entry, target)
+    lock = {"repo": entry.repo, "revision": entry.revision, "commit": commit, "files": files,
+            "license": entry.license, "pulled_at": time.time()}
+    (target / LOCK_FILE).write_text(json.dumps(lock, indent=2))
+    return target

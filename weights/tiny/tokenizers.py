@@ -1,0 +1,55 @@
+"""Tokenizers for the tiny demo models, built from in-code vocabularies.
+
+Nothing here downloads: transformers 5 tokenizers accept their vocabulary in the
+constructor, so each one is assembled from the byte alphabet and saved with the
+pipeline. The real checkpoints bring their real tokenizers; these only have to
+be the same classes with the same special-token layout.
+"""
+
+from __future__ import annotations
+
+import string
+
+from transformers import CLIPTokenizer, T5Tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible byte -> printable-unicode table, which CLIP's BPE expects.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+CLIP_VOCAB_SIZE = 514
+CLIP_BOS_ID = 512
+CLIP_EOS_ID = 513
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """Byte-level CLIP BPE with no merges: 256 bytes, 256 word-final bytes, bos, eos."""
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab |= {c + "</w>": 256 + i for i, c in enumerate(chars)}
+    vocab["<|startoftext|>"] = CLIP_BOS_ID
+    vocab["<|endoftext|>"] = CLIP_EOS_ID
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
+
+
+def t5_tokenizer(model_max_length: int = 512) -> T5Tokenizer:
+    """Unigram T5 tokenizer over printable ASCII; pad=0, eos=1, unk=2 as in T5."""
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    ascii_chars = [c for c in string.printable if c not in " \t\n\r\x0b\x0c"]
+    pieces += [(c, -5.0) for c in ascii_chars]
+    pieces += [("▁" + c, -4.0) for c in ascii_chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def t5_vocab_size() -> int:
+    """Number of ids the tiny T5 tokenizer can emit (sizes the tiny encoder's embedding)."""
+    return len(t5_tokenizer().get_vocab())
