@@ -33,6 +33,15 @@ def _build_settings(given: dict[str, Any]) -> Settings:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if level != "debug":
+        # Per-component load bars and dtype notices from the libraries drown the server's own log.
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
 
 
 @click.group()

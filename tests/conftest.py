@@ -1,0 +1,46 @@
+"""Session fixtures: tiny demo weights built once, and real servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess
+from weights.demo import build_all
+from weights.manifest import load_manifest
+
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every family's tiny random pipeline, built with the real classes and saved with save_pretrained."""
+    path = tmp_path_factory.mktemp("demo-weights")
+    build_all(load_manifest(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
+    """An open server (no key, default URL policy)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("data") / "open", demo_dir)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
+    """A server with an API key that trusts 127.0.0.1 for image URLs (so loopback test hosts work)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("data") / "keyed", demo_dir,
+                         env={"DARKROOM_API_KEY": API_KEY, "DARKROOM_URL_ALLOWLIST": "127.0.0.1/32",
+                              "DARKROOM_MAX_IMAGE_BYTES": "200000"})
+    try:
+        proc.wait_ready(headers={"X-API-Key": API_KEY})
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,72 @@
+"""configs/models.toml validation and the id -> family/manifest/builder parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.registry import FAMILIES
+from server.catalog import Catalog, ModelSpec
+from server.errors import ApiError
+from weights.demo import TINY_BUILDERS
+from weights.manifest import load_manifest
+
+MANIFEST = load_manifest()
+GOOD = {
+    "family": "sdxl", "weights": "sdxl-base-1.0", "name": "x", "description": "x", "capabilities": [],
+    "quality": ["512", "1K"], "default_quality": "1K", "aspect_ratios": ["auto", "1:1"],
+    "max_source_images": 1, "max_reference_images": 0, "max_num_images": 4, "default_num_images": 1,
+    "defaults": {"num_inference_steps": 30, "guidance_scale": 5.0, "strength": 0.6},
+}
+
+
+def test_every_id_resolves_to_family_manifest_and_builder() -> None:
+    catalog = Catalog.load(MANIFEST)
+    assert catalog.ids() == ["flux-kontext-max", "flux-kontext-pro", "seedream-4.0"]
+    for spec in catalog.specs():
+        assert spec.family in FAMILIES
+        entry = catalog.weights_for(spec)
+        assert entry.family == spec.family
+        assert entry.family in TINY_BUILDERS
+        assert entry.license and entry.license_url.startswith("https://")
+
+
+def test_lookup_is_exact() -> None:
+    catalog = Catalog.load(MANIFEST)
+    for near in ("FLUX-KONTEXT-PRO", "flux-kontext", "kontext-pro", " flux-kontext-pro"):
+        with pytest.raises(ApiError) as exc:
+            catalog.get(near)
+        assert exc.value.code == "unknown_model"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"quality": ["8K"]}, "unknown quality"),
+    ({"default_quality": "512", "quality": ["1K"]}, "default_quality"),
+    ({"default_num_images": 5}, "default_num_images"),
+    ({"aspect_ratios": ["wide"]}, "W:H"),
+    ({"output_formats": ["gif"]}, "output_formats"),
+    ({"colour": "red"}, "Extra inputs"),
+    ({"defaults": {"num_inference_steps": 0, "guidance_scale": 1.0, "strength": 0.5}}, "greater than or equal"),
+])
+def test_bad_model_config_is_rejected(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelSpec(id="m", **{**GOOD, **change})
+
+
+def test_cross_checks(tmp_path: Path) -> None:
+    spec = ModelSpec(id="m", **GOOD)
+    with pytest.raises(ValueError, match="family 'nope'"):
+        Catalog({"m": spec.model_copy(update={"family": "nope"})}, MANIFEST)
+    with pytest.raises(ValueError, match="not in weights/manifest.toml"):
+        Catalog({"m": spec.model_copy(update={"weights": "nope"})}, MANIFEST)
+    with pytest.raises(ValueError, match="are for family"):
+        Catalog({"m": spec.model_copy(update={"family": "flux-kontext"})}, MANIFEST)
+
+
+def test_manifest_refuses_pickle_patterns(tmp_path: Path) -> None:
+    bad = tmp_path / "m.toml"
+    bad.write_text('[weights.x]\nfamily="sdxl"\nrepo="a/b"\nrevision="main"\nlicense="l"\nlicense_url="u"\n'
+                   'commercial_use=true\nallow_patterns=["unet/*.bin"]\n')
+    with pytest.raises(ValueError, match="pickled"):
+        load_manifest(bad)

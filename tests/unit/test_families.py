@@ -1,0 +1,85 @@
+"""The real diffusers classes behind each family, on the tiny demo weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.base import ParamError, RenderParams, RenderSpec, Task
+from pipelines.flux_kontext import FluxKontextFamily
+from pipelines.sdxl import SDXLFamily
+from weights.safetensors_header import folder_parameter_count
+
+
+def _params(task: Task, **kw: object) -> RenderParams:
+    base = dict(task=task, prompt="p", width=64, height=64, num_images=1, seeds=(3,), num_inference_steps=2,
+                guidance_scale=2.5, strength=1.0)
+    return RenderParams(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_sdxl_tasks_share_one_copy_of_the_weights(demo_dir: Path) -> None:
+    fam = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32)
+    fam.load()
+    assert type(fam.img2img_pipeline).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert type(fam.inpaint_pipeline).__name__ == "StableDiffusionXLInpaintPipeline"
+    for other in (fam.inpaint_pipeline, fam.txt2img_pipeline):
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            a, b = getattr(fam.img2img_pipeline, name), getattr(other, name)
+            assert a is b
+            assert all(p.data_ptr() == q.data_ptr() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_kontext_inpaint_shares_weights(demo_dir: Path) -> None:
+    fam = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32)
+    fam.load()
+    assert type(fam.edit_pipeline).__name__ == "FluxKontextPipeline"
+    assert type(fam.inpaint_pipeline).__name__ == "FluxKontextInpaintPipeline"
+    assert fam.inpaint_pipeline.transformer is fam.edit_pipeline.transformer
+    assert fam.inpaint_pipeline.text_encoder_2 is fam.edit_pipeline.text_encoder_2
+
+
+def test_kontext_keeps_the_requested_size(demo_dir: Path) -> None:
+    fam = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32)
+    fam.load()
+    spec = RenderSpec(_params(Task.EDIT, width=96, height=64, num_sources=1), sources=(Image.new("RGB", (300, 90)),))
+    steps: list[tuple[int, int]] = []
+    out = fam.run(spec, lambda s, t: steps.append((s, t)))
+    assert [im.size for im in out.images] == [(96, 64)]
+    assert steps[-1] == (2, 2)
+
+
+def test_family_is_deterministic_per_seed(demo_dir: Path) -> None:
+    fam = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32)
+    fam.load()
+    spec = RenderSpec(_params(Task.GENERATE, num_images=2, seeds=(5, 6)))
+    a = fam.run(spec, lambda *_: None).images
+    b = fam.run(spec, lambda *_: None).images
+    assert [x.tobytes() for x in a] == [y.tobytes() for y in b]
+    assert a[0].tobytes() != a[1].tobytes()
+
+
+def test_components_bytes_from_headers(demo_dir: Path) -> None:
+    fam = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32)
+    comps = {c.name: c for c in fam.components()}
+    assert set(comps) >= {"unet", "vae", "text_encoder", "text_encoder_2"}
+    unet_params = folder_parameter_count(demo_dir / "sdxl-base-1.0" / "unet")
+    assert comps["unet"].bytes == unet_params * 4
+    half = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.bfloat16).components()
+    assert {c.name: c.bytes for c in half}["unet"] == unet_params * 2
+
+
+def test_sdxl_rejects_zero_denoising_steps() -> None:
+    with pytest.raises(ParamError) as exc:
+        SDXLFamily.check(_params(Task.EDIT, num_inference_steps=3, strength=0.3))
+    assert exc.value.field == "num_inference_steps"
+    SDXLFamily.check(_params(Task.EDIT, num_inference_steps=4, strength=0.25))
+    SDXLFamily.check(_params(Task.GENERATE, num_inference_steps=1, strength=0.1))  # strength unused
+
+
+def test_size_grid_enforced() -> None:
+    with pytest.raises(ParamError):
+        SDXLFamily.check(_params(Task.GENERATE, width=96))
+    FluxKontextFamily.check(_params(Task.GENERATE, width=96))
