@@ -4,6 +4,10 @@ Families know nothing of HTTP or jobs: the engine hands them `RenderSpec`s
 (decoded PIL images and numbers) and gets PIL images back. One family instance
 is owned by exactly one worker thread, so its diffusers pipelines are never
 called from two threads.
+
+torch and diffusers are imported only inside `load`/`run`: the static facts
+(tasks, size grid, checks, batch key, memory estimate) serve the HTTP side,
+which must start without them.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from PIL import Image
 
 from weights.safetensors_header import folder_bytes_at
+
+if TYPE_CHECKING:
+    import torch
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, steps total)."""
@@ -87,7 +93,7 @@ class RenderResult:
 
 def dtype_bytes(dtype: torch.dtype) -> int:
     """Bytes per element of a floating dtype."""
-    return torch.finfo(dtype).bits // 8
+    return dtype.itemsize
 
 
 class Family(ABC):
@@ -151,6 +157,8 @@ class Family(ABC):
     @staticmethod
     def generators(seeds: Sequence[int]) -> list[torch.Generator]:
         """One CPU generator per image: CPU noise is identical on every device, so seeds travel."""
+        import torch
+
         return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
     @staticmethod

@@ -10,13 +10,14 @@ which paints the masked area from it. The inpaint pipeline is built with
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
 from PIL import Image
 
 from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+
+if TYPE_CHECKING:
+    from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
 
 # Uncalibrated, deliberately generous: activation bytes per token of the joint
 # sequence (hidden 3072, ~64 live activations of it in bf16), and per output
@@ -64,6 +65,8 @@ class FluxKontextFamily(Family):
         return batch * params.num_images * per_image + vae
 
     def load(self) -> None:
+        from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
+
         pipe = FluxKontextPipeline.from_pretrained(
             self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
         )
@@ -104,6 +107,8 @@ class FluxKontextFamily(Family):
             _auto_resize=False,
             callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
         )
+        import torch
+
         with torch.inference_mode():
             if p.task is Task.GENERATE:
                 images = self.edit_pipeline(**common).images

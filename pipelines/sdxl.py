@@ -8,13 +8,14 @@ SDXL takes one source image; it has no native multi-image conditioning.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
 # Uncalibrated and generous (see flux_kontext): UNet activations per latent
 # pixel per image (x2 for classifier-free guidance), VAE decode per pixel.
@@ -56,6 +57,8 @@ class SDXLFamily(Family):
         return unet + params.width * params.height * _VAE_BYTES_PER_PIXEL
 
     def load(self) -> None:
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+
         pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
             self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
         )
@@ -99,6 +102,8 @@ class SDXLFamily(Family):
         # img2img runs int(steps*strength) steps, which is what progress counts.
         denoise_steps = p.num_inference_steps if p.task is Task.GENERATE else int(p.num_inference_steps * p.strength)
         common["callback_on_step_end"] = self.step_callback(on_step, denoise_steps)
+        import torch
+
         with torch.inference_mode():
             if p.task is Task.GENERATE:
                 images = self.txt2img_pipeline(height=p.height, width=p.width, **common).images

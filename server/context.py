@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.catalog import Catalog
-from server.engine.loop import Engine
 from server.jobs.store import JobStore
 from server.media.storage import OutputStore
 from server.service import ImageService
 from server.settings import Settings
 from weights.locate import LocatedWeights
+
+if TYPE_CHECKING:
+    from server.engine.loop import Engine
 
 
 @dataclass

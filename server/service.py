@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -18,7 +19,6 @@ from pipelines.base import ParamError, RenderParams, Task
 from pipelines.registry import family_class
 from server.catalog import QUALITY_LONG_SIDE, Catalog, ModelSpec, parse_ratio
 from server.engine.completion import CompletionHub
-from server.engine.loop import Engine
 from server.engine.request import GenerationRequest
 from server.engine.sizing import output_size
 from server.errors import ApiError, ErrorCode
@@ -26,6 +26,9 @@ from server.jobs.store import JobRecord, JobStatus, JobStore, new_task_id
 from server.media.decode import decode_image
 from server.media.fetch import ImageFetcher
 from server.media.storage import InputStore
+
+if TYPE_CHECKING:
+    from server.engine.loop import Engine
 
 SEED_MAX = 2**32 - 1
 

@@ -8,12 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from weights.manifest import WeightsEntry
-from weights.tiny.flux_kontext import build_flux_kontext
-from weights.tiny.sdxl import build_sdxl
+
+
+# Builders import diffusers when called, not when this module is imported.
+def _flux_kontext(out: Path) -> Path:
+    from weights.tiny.flux_kontext import build_flux_kontext
+
+    return build_flux_kontext(out)
+
+
+def _sdxl(out: Path) -> Path:
+    from weights.tiny.sdxl import build_sdxl
+
+    return build_sdxl(out)
+
 
 TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
-    "flux-kontext": build_flux_kontext,
-    "sdxl": build_sdxl,
+    "flux-kontext": _flux_kontext,
+    "sdxl": _sdxl,
 }
 
 

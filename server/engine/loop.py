@@ -7,14 +7,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.base import ParamError
 from server.engine.request import GenerationRequest
 from server.engine.scheduler import Scheduler, WorkerView
-from server.engine.worker import Worker
 from server.jobs.store import JobRecord, JobStore
 from server.media.storage import OutputStore
+
+if TYPE_CHECKING:
+    # The worker module imports torch; the engine loop itself only passes workers around.
+    from server.engine.worker import Worker
 
 log = logging.getLogger("darkroom.engine")
 
