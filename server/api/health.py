@@ -16,7 +16,7 @@ async def health() -> JSONResponse:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """200 when every model's weights are located, the preload finished and every worker thread is alive."""
+    """200 when every model's weights are located and loaded and every worker thread is alive; else 503."""
     ctx = request.app.state.ctx
     workers = [{"name": w.name, "device": w.device, "alive": bool(w.thread and w.thread.is_alive()),
                 "loaded": sorted(w.loaded()), "busy_with": list(w.busy_with)} for w in ctx.engine.workers]
@@ -27,6 +27,7 @@ async def ready(request: Request) -> JSONResponse:
         problems.append("worker not running")
     if not ctx.engine.ready.is_set():
         problems.append("models still loading")
+    problems.extend(sorted(ctx.engine.load_failures.values()))
     body = {
         "status": "ready" if not problems else "not_ready",
         "problems": problems,

@@ -50,6 +50,7 @@ class Engine:
         self._versions = _versions()
         self.ready = threading.Event()
         self._preloaded = 0
+        self.load_failures: dict[str, str] = {}
 
     def start(self) -> None:
         """Start one thread per worker."""
@@ -101,6 +102,7 @@ class Engine:
                 worker.family(weights)
             except Exception:  # noqa: BLE001 - a model that cannot load must not kill the worker; jobs report it
                 log.exception("could not preload %s on %s", weights, worker.device)
+                self.load_failures[weights] = f"{weights} could not be loaded on {worker.device}"
         with self._cond:
             self._preloaded += 1
             if self._preloaded == len(self.workers):
