@@ -61,6 +61,20 @@ class ServerProcess:
             time.sleep(0.05)
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
 
+    def wait_listening(self, timeout: float = 120.0) -> float:
+        """Block until /health answers; returns seconds since start."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"server not listening after {timeout}s:\n{self.log()}")
+
     def log(self) -> str:
         """The tail of what the server printed."""
         self._log.flush()

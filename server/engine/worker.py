@@ -20,6 +20,17 @@ from weights.locate import LocatedWeights
 log = logging.getLogger("darkroom.worker")
 
 
+def _quiet_load_progress() -> None:
+    """Per-component progress bars are for notebooks; in a server log they are noise (kept at debug level)."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def resolve_devices(setting: str) -> list[str]:
     """'auto' -> every CUDA device, else ['cpu']; otherwise a comma-separated list."""
     if setting == "auto":
@@ -67,6 +78,7 @@ class Worker:
         if fam is not None:
             return fam, 0.0
         where = self.located[weights]
+        _quiet_load_progress()
         started = time.perf_counter()
         fam = family_class(where.entry.family)(where.path, self.device, self.dtype)
         fam.load()
