@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
@@ -110,6 +110,15 @@ class Family(ABC):
         self.model_dir = model_dir
         self.device = device
         self.dtype = dtype
+        self.pipelines: dict[str, Any] = {}
+        """Loaded diffusers pipelines by role; `load` fills it, sharing modules between roles."""
+
+    def pipeline(self, role: str) -> Any:
+        """The loaded pipeline for `role` (e.g. 'edit', 'inpaint'); RuntimeError before `load`."""
+        try:
+            return self.pipelines[role]
+        except KeyError:
+            raise RuntimeError(f"{self.name}: no loaded {role!r} pipeline (call load first)") from None
 
     # ---- static facts, usable before loading -------------------------------------------
     def components(self) -> list[ComponentInfo]:

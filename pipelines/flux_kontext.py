@@ -10,14 +10,12 @@ which paints the masked area from it. The inpaint pipeline is built with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from PIL import Image
 
 from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
 
-if TYPE_CHECKING:
-    from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
 
 # Uncalibrated, deliberately generous: activation bytes per token of the joint
 # sequence (hidden 3072, ~64 live activations of it in bf16), and per output
@@ -47,9 +45,6 @@ class FluxKontextFamily(Family):
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
 
-    _edit: FluxKontextPipeline | None = None
-    _inpaint: FluxKontextInpaintPipeline | None = None
-
     @classmethod
     def check(cls, params: RenderParams) -> None:
         super().check(params)
@@ -71,25 +66,10 @@ class FluxKontextFamily(Family):
             self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
         )
         pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self._edit = pipe
-        # Shares every module with `pipe`: no second copy of the weights.
-        self._inpaint = FluxKontextInpaintPipeline.from_pipe(pipe)
-        self._inpaint.set_progress_bar_config(disable=True)
-
-    @property
-    def edit_pipeline(self) -> FluxKontextPipeline:
-        """The text/edit pipeline (loaded)."""
-        if self._edit is None:
-            raise RuntimeError("family not loaded")
-        return self._edit
-
-    @property
-    def inpaint_pipeline(self) -> FluxKontextInpaintPipeline:
-        """The masked-edit pipeline sharing the edit pipeline's modules."""
-        if self._inpaint is None:
-            raise RuntimeError("family not loaded")
-        return self._inpaint
+        # from_pipe shares every module with `pipe`: no second copy of the weights.
+        self.pipelines = {"edit": pipe, "inpaint": FluxKontextInpaintPipeline.from_pipe(pipe)}
+        for p in self.pipelines.values():
+            p.set_progress_bar_config(disable=True)
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
@@ -111,19 +91,19 @@ class FluxKontextFamily(Family):
 
         with torch.inference_mode():
             if p.task is Task.GENERATE:
-                images = self.edit_pipeline(**common).images
+                images = self.pipeline("edit")(**common).images
             elif p.task is Task.EDIT:
                 cond = spec.sources[0]
                 if spec.references:
                     cond = stitch_side_by_side([cond, *spec.references], cond.height)
                 cond = fit_within(cond, area * (1 + len(spec.references)), self.size_multiple)
-                images = self.edit_pipeline(image=cond, **common).images
+                images = self.pipeline("edit")(image=cond, **common).images
             else:
                 assert spec.mask is not None
                 src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
                 mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
                 ref = fit_within(spec.references[0], area, self.size_multiple) if spec.references else None
-                images = self.inpaint_pipeline(
+                images = self.pipeline("inpaint")(
                     image=src, mask_image=mask, image_reference=ref, strength=p.strength, **common
                 ).images
         return RenderResult(images=list(images))

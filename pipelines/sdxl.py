@@ -8,14 +8,12 @@ SDXL takes one source image; it has no native multi-image conditioning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from PIL import Image
 
 from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task
 
-if TYPE_CHECKING:
-    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
 # Uncalibrated and generous (see flux_kontext): UNet activations per latent
 # pixel per image (x2 for classifier-free guidance), VAE decode per pixel.
@@ -30,10 +28,6 @@ class SDXLFamily(Family):
     pipeline_class: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
     size_multiple: ClassVar[int] = 64
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
-
-    _img2img: StableDiffusionXLImg2ImgPipeline | None = None
-    _inpaint: StableDiffusionXLInpaintPipeline | None = None
-    _txt2img: StableDiffusionXLPipeline | None = None
 
     @classmethod
     def check(cls, params: RenderParams) -> None:
@@ -63,32 +57,14 @@ class SDXLFamily(Family):
             self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
         )
         pipe.to(self.device)
-        self._img2img = pipe
-        self._inpaint = StableDiffusionXLInpaintPipeline.from_pipe(pipe)
-        self._txt2img = StableDiffusionXLPipeline.from_pipe(pipe)
-        for p in (self._img2img, self._inpaint, self._txt2img):
+        # The img2img pipeline owns the modules; the other roles share them through from_pipe.
+        self.pipelines = {
+            "img2img": pipe,
+            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(pipe),
+            "txt2img": StableDiffusionXLPipeline.from_pipe(pipe),
+        }
+        for p in self.pipelines.values():
             p.set_progress_bar_config(disable=True)
-
-    @property
-    def img2img_pipeline(self) -> StableDiffusionXLImg2ImgPipeline:
-        """The pipeline that owns the modules."""
-        if self._img2img is None:
-            raise RuntimeError("family not loaded")
-        return self._img2img
-
-    @property
-    def inpaint_pipeline(self) -> StableDiffusionXLInpaintPipeline:
-        """Inpaint pipeline sharing the img2img modules."""
-        if self._inpaint is None:
-            raise RuntimeError("family not loaded")
-        return self._inpaint
-
-    @property
-    def txt2img_pipeline(self) -> StableDiffusionXLPipeline:
-        """Text-to-image pipeline sharing the img2img modules."""
-        if self._txt2img is None:
-            raise RuntimeError("family not loaded")
-        return self._txt2img
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
@@ -106,15 +82,15 @@ class SDXLFamily(Family):
 
         with torch.inference_mode():
             if p.task is Task.GENERATE:
-                images = self.txt2img_pipeline(height=p.height, width=p.width, **common).images
+                images = self.pipeline("txt2img")(height=p.height, width=p.width, **common).images
             else:
                 src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
                 if p.task is Task.EDIT:
-                    images = self.img2img_pipeline(image=src, strength=p.strength, **common).images
+                    images = self.pipeline("img2img")(image=src, strength=p.strength, **common).images
                 else:
                     assert spec.mask is not None
                     mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
-                    images = self.inpaint_pipeline(
+                    images = self.pipeline("inpaint")(
                         image=src, mask_image=mask, height=p.height, width=p.width, strength=p.strength, **common
                     ).images
         return RenderResult(images=list(images))

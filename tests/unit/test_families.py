@@ -23,11 +23,11 @@ def _params(task: Task, **kw: object) -> RenderParams:
 def test_sdxl_tasks_share_one_copy_of_the_weights(demo_dir: Path) -> None:
     fam = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32)
     fam.load()
-    assert type(fam.img2img_pipeline).__name__ == "StableDiffusionXLImg2ImgPipeline"
-    assert type(fam.inpaint_pipeline).__name__ == "StableDiffusionXLInpaintPipeline"
-    for other in (fam.inpaint_pipeline, fam.txt2img_pipeline):
+    assert type(fam.pipeline("img2img")).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert type(fam.pipeline("inpaint")).__name__ == "StableDiffusionXLInpaintPipeline"
+    for other in (fam.pipeline("inpaint"), fam.pipeline("txt2img")):
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            a, b = getattr(fam.img2img_pipeline, name), getattr(other, name)
+            a, b = getattr(fam.pipeline("img2img"), name), getattr(other, name)
             assert a is b
             assert all(p.data_ptr() == q.data_ptr() for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
@@ -35,10 +35,15 @@ def test_sdxl_tasks_share_one_copy_of_the_weights(demo_dir: Path) -> None:
 def test_kontext_inpaint_shares_weights(demo_dir: Path) -> None:
     fam = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32)
     fam.load()
-    assert type(fam.edit_pipeline).__name__ == "FluxKontextPipeline"
-    assert type(fam.inpaint_pipeline).__name__ == "FluxKontextInpaintPipeline"
-    assert fam.inpaint_pipeline.transformer is fam.edit_pipeline.transformer
-    assert fam.inpaint_pipeline.text_encoder_2 is fam.edit_pipeline.text_encoder_2
+    assert type(fam.pipeline("edit")).__name__ == "FluxKontextPipeline"
+    assert type(fam.pipeline("inpaint")).__name__ == "FluxKontextInpaintPipeline"
+    assert fam.pipeline("inpaint").transformer is fam.pipeline("edit").transformer
+    assert fam.pipeline("inpaint").text_encoder_2 is fam.pipeline("edit").text_encoder_2
+
+
+def test_pipelines_need_load(demo_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="call load first"):
+        SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32).pipeline("img2img")
 
 
 def test_kontext_keeps_the_requested_size(demo_dir: Path) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
 
 from weights.tiny.text_encoders import HIDDEN, clip_text_model, t5_encoder
 from weights.tiny.tokenizers import clip_tokenizer, t5_tokenizer
+from weights.tiny.vae import tiny_vae
 
 # Copied from black-forest-labs/FLUX.1-Kontext-dev scheduler/scheduler_config.json.
 KONTEXT_SCHEDULER = {
@@ -25,27 +26,6 @@ KONTEXT_SCHEDULER = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
 }
-
-
-def flux_vae() -> AutoencoderKL:
-    """Four blocks (8x downsampling) and 16 latent channels like the FLUX VAE; no mid attention,
-    which would be quadratic in pixels and make 1K demo images slow on a CPU."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
 
 
 def build_flux_kontext(out_dir: Path, seed: int = 0) -> Path:
@@ -65,7 +45,9 @@ def build_flux_kontext(out_dir: Path, seed: int = 0) -> Path:
     )
     pipe = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**KONTEXT_SCHEDULER),
-        vae=flux_vae(),
+        # FLUX VAE: 16 latent channels, its shift and scale, no quant convs.
+        vae=tiny_vae(latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
+                     use_post_quant_conv=False),
         text_encoder=clip_text_model(),
         tokenizer=clip_tokenizer(),
         text_encoder_2=t5_encoder(),

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 
 from weights.tiny.text_encoders import HIDDEN, clip_text_model, clip_text_model_with_projection
 from weights.tiny.tokenizers import clip_tokenizer
+from weights.tiny.vae import tiny_vae
 
 # From stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json.
 SDXL_SCHEDULER = {
@@ -26,24 +27,6 @@ SDXL_SCHEDULER = {
     "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
-
-
-def sdxl_vae() -> AutoencoderKL:
-    """8x VAE with 4 latent channels and SDXL's scaling factor; no mid attention (see flux_vae)."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        mid_block_add_attention=False,
-        scaling_factor=0.13025,
-        force_upcast=False,
-    )
 
 
 def build_sdxl(out_dir: Path, seed: int = 0) -> Path:
@@ -68,7 +51,8 @@ def build_sdxl(out_dir: Path, seed: int = 0) -> Path:
         norm_num_groups=8,
     )
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=sdxl_vae(),
+        # SDXL VAE: 4 latent channels, SDXL scale; fp32 decode is not forced on the tiny one.
+        vae=tiny_vae(latent_channels=4, scaling_factor=0.13025, force_upcast=False),
         text_encoder=clip_text_model(),
         text_encoder_2=clip_text_model_with_projection(),
         tokenizer=clip_tokenizer(),
