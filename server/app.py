@@ -77,7 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
         FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
                     settings.fetch_max_redirects),
     )
-    service = ImageService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels)
+    service = ImageService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
+                           frozenset(name for name, w in located.items() if w.demo))
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs)
 
     @asynccontextmanager

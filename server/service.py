@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from pipelines.base import ParamError, RenderParams, Task
+from pipelines.base import Family, ParamError, RenderParams, Task
 from pipelines.registry import family_class
 from server.catalog import QUALITY_LONG_SIDE, Catalog, ModelSpec, parse_ratio
 from server.engine.completion import CompletionHub
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from server.engine.loop import Engine
 
 SEED_MAX = 2**32 - 1
+DEMO_WARNING = "this model runs on random demo weights: outputs are noise, not edits"
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ class ImageService:
     """Accepts asks as durable jobs and reports on them."""
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
-                 inputs: InputStore, hub: CompletionHub, max_pixels: int) -> None:
+                 inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str]) -> None:
         self.catalog = catalog
+        self.demo_weights = demo_weights
         self.store = store
         self.engine = engine
         self.fetcher = fetcher
@@ -94,7 +96,7 @@ class ImageService:
         # Size-independent checks before any download.
         long_side = QUALITY_LONG_SIDE[ask.quality or spec.default_quality]
         probe = self._params(task, ask, long_side, long_side, num_images, seeds, steps, guidance, strength)
-        self._family_check(fam.check, probe)
+        self._family_check(fam, probe)
 
         sources, references, mask = await self._decode_all(ask)
         # With no source, the first reference anchors the edit (references alone still condition Kontext).
@@ -105,7 +107,7 @@ class ImageService:
         width, height = output_size(long_side, ratio, fam.size_multiple)
         params = self._params(task, ask, width, height, num_images, seeds, steps, guidance, strength,
                               len(sources), len(references))
-        self._family_check(fam.check, params)
+        self._family_check(fam, params)
 
         job_id = new_task_id()
         request = GenerationRequest(
@@ -115,7 +117,7 @@ class ImageService:
             source_paths=tuple(self.inputs.save(job_id, "source", i, im) for i, im in enumerate(sources)),
             reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
             mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
-            warnings=ask.warnings,
+            warnings=ask.warnings + (DEMO_WARNING,) if spec.weights in self.demo_weights else ask.warnings,
         )
         batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
         self.store.create(job_id, spec.id, batch_key, request.to_json())
@@ -154,9 +156,9 @@ class ImageService:
                             num_sources=n_src, num_references=n_ref)
 
     @staticmethod
-    def _family_check(check: object, params: RenderParams) -> None:
+    def _family_check(fam: type[Family], params: RenderParams) -> None:
         try:
-            check(params)  # type: ignore[operator]
+            fam.check(params)
         except ParamError as exc:
             raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
 

@@ -120,7 +120,7 @@ async def _read_multipart(request: Request, ctx: AppContext) -> tuple[dict[str, 
     return fields, files
 
 
-def _to_ask(body: GenerateBody, files: dict[str, list[bytes]], demo: bool) -> ImageAsk:
+def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
     sources = [ImageInput(field=f"image_urls[{i}]", url=u) for i, u in enumerate(body.image_urls)]
     sources += [ImageInput(field="image", data=d) for d in files.get("image_urls", [])]
     refs = [ImageInput(field=f"reference_images[{i}]", url=u) for i, u in enumerate(body.reference_images)]
@@ -131,8 +131,6 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]], demo: bool) -> Im
     mask = (ImageInput(field="mask", data=masks[0]) if masks
             else ImageInput(field="mask_url", url=body.mask_url) if body.mask_url else None)
     warnings = [msg for name, msg in HOSTED_ONLY.items() if getattr(body, name) is not None]
-    if demo:
-        warnings.append("this model runs on random demo weights: outputs are noise, not edits")
     return ImageAsk(
         model=body.model, prompt=body.prompt, sources=tuple(sources), references=tuple(refs), mask=mask,
         aspect_ratio=body.aspect_ratio, quality=body.quality, num_images=body.num_images, seed=body.seed,
@@ -191,9 +189,7 @@ async def generate(request: Request) -> JSONResponse:
         body = GenerateBody.model_validate(fields)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
-    spec = ctx.catalog.get(body.model)
-    demo = ctx.located[spec.weights].demo
-    job_id, _ = await ctx.service.submit(_to_ask(body, files, demo))
+    job_id, _ = await ctx.service.submit(_to_ask(body, files))
     base = ctx.public_base(str(request.base_url))
     if body.celery:
         record = ctx.service.get(job_id)

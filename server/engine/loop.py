@@ -44,8 +44,8 @@ class Engine:
         self.outputs = outputs
         self.on_finished = on_finished
         self.preload = list(preload)
+        # One condition guards scheduling: a worker plans and claims while holding it, so no job is planned twice.
         self._cond = threading.Condition()
-        self._plan_lock = threading.Lock()
         self._stopping = False
         self._versions = _versions()
         self.ready = threading.Event()
@@ -109,15 +109,15 @@ class Engine:
                 self.ready.set()
 
     def _claim_next(self, worker: Worker) -> list[JobRecord]:
-        with self._plan_lock:
-            queue = self.store.pending()
-            if not queue:
-                return []
-            view = WorkerView(name=worker.name, device=worker.device, loaded=worker.loaded())
-            plans = self.scheduler.schedule(queue, [view])
-            if not plans:
-                return []
-            return self.store.claim(list(plans[0].job_ids), worker.name)
+        """Called with `_cond` held."""
+        queue = self.store.pending()
+        if not queue:
+            return []
+        view = WorkerView(name=worker.name, device=worker.device, loaded=worker.loaded())
+        plans = self.scheduler.schedule(queue, [view])
+        if not plans:
+            return []
+        return self.store.claim(list(plans[0].job_ids), worker.name)
 
     def _execute(self, worker: Worker, job: JobRecord) -> None:
         request = GenerationRequest.from_json(job.request)

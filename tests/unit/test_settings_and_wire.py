@@ -38,12 +38,11 @@ def test_wire_to_ask() -> None:
         "model": "flux-kontext-pro", "prompt": "p", "image_urls": ["https://a/x.png"], "output_format": "JPG",
         "temperature": 1.0, "reference_images": ["https://a/r.png"], "seed": 9,
     })
-    ask = _to_ask(body, {"image_urls": [b"raw"]}, demo=False)
+    ask = _to_ask(body, {"image_urls": [b"raw"]})
     assert ask.output_format == "jpeg" and ask.seed == 9
     assert [s.field for s in ask.sources] == ["image_urls[0]", "image"]
     assert ask.sources[1].data == b"raw" and ask.references[0].url == "https://a/r.png"
     assert len(ask.warnings) == 1 and "temperature" in ask.warnings[0]
-    assert any("demo" in w for w in _to_ask(body, {}, demo=True).warnings)
 
 
 def test_wire_errors_map_to_stable_codes() -> None:
