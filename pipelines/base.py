@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 from PIL import Image
 
 from weights.safetensors_header import folder_bytes_at
@@ -37,6 +38,11 @@ class Task(StrEnum):
     GENERATE = "generate"  # text only
     EDIT = "edit"  # source image(s) + instruction
     INPAINT = "inpaint"  # source + mask (+ optional reference)
+    IMAGE_TO_VIDEO = "image_to_video"  # first frame (+ optional last frame) -> clip
+
+
+class RenderCancelled(Exception):
+    """Raised from a step callback to stop a render at the next step boundary."""
 
 
 class ParamError(ValueError):
@@ -63,6 +69,21 @@ class RenderParams:
     strength: float
     num_sources: int = 0
     num_references: int = 0
+    negative_prompt: str | None = None
+    # Video only: frame count (already valid for the family), frames per second, and whether to make audio.
+    num_frames: int = 0
+    fps: float = 0.0
+    generate_audio: bool = False
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A rendered clip: uint8 frames (F, H, W, 3) and, when made, float audio (channels, samples) in [-1, 1]."""
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray | None = None
+    sample_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,10 @@ class ComponentInfo:
 
 @dataclass
 class RenderResult:
-    """Images of one spec, in seed order."""
+    """Images (or clips) of one spec, in seed order."""
 
     images: list[Image.Image] = field(default_factory=list)
+    videos: list[VideoClip] = field(default_factory=list)
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:

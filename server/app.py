@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.api import files, health, qolaba
+from server.api import files, health, qolaba, tasks, videos
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.catalog import Catalog
@@ -21,7 +21,7 @@ from server.jobs.store import JobStore
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
 from server.media.storage import InputStore, OutputStore
-from server.service import ImageService
+from server.service import GenerationService
 from server.settings import Settings
 from weights.demo import build_demo
 from weights.locate import LocatedWeights, locate
@@ -56,8 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the ASGI app. Workers start with the app's lifespan and stop with it."""
     settings.check_bind_safety()
     manifest = load_manifest()
-    catalog = Catalog.load(manifest)
-    needed = {spec.weights for spec in catalog.specs()}
+    catalog = Catalog.load(manifest, license_policy=settings.license_policy)
+    needed = catalog.weights_needed()
     located = prepare_weights(settings, manifest, needed)
 
     data = settings.data_dir
@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
                     settings.fetch_max_redirects),
     )
-    service = ImageService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
+    service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
                            frozenset(name for name, w in located.items() if w.demo))
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs)
 
@@ -95,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
     install_error_handlers(app)
-    for module in (health, qolaba, files):
+    for module in (health, qolaba, videos, tasks, files):
         app.include_router(module.router)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())

@@ -14,6 +14,8 @@ from weights.manifest import WeightsEntry
 MODELS_PATH = Path(__file__).resolve().parent.parent / "configs" / "models.toml"
 
 QUALITY_LONG_SIDE: dict[str, int] = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
+# Video resolution tiers name the short side. "240p" is darkroom's draft tier for fast motion previews.
+RESOLUTION_SHORT_SIDE: dict[str, int] = {"240p": 240, "480p": 480, "720p": 720, "1080p": 1080}
 
 
 class ModelDefaults(BaseModel):
@@ -46,6 +48,8 @@ class ModelSpec(BaseModel):
     default_num_images: int = Field(ge=1)
     supports_seed: bool = True
     output_formats: list[str] = ["png", "jpeg", "webp"]
+    commercial_alternative: str | None = None
+    """Id whose stand-in serves this id when DARKROOM_LICENSE_POLICY=commercial and ours is not commercial."""
     defaults: ModelDefaults
 
     @model_validator(mode="after")
@@ -65,6 +69,51 @@ class ModelSpec(BaseModel):
         return self
 
 
+class VideoDefaults(BaseModel):
+    """Per-model video defaults; a request may override each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_inference_steps: int = Field(ge=1, le=200)
+    guidance_scale: float = Field(ge=0.0, le=30.0)
+    duration: int
+    resolution: str
+    fps: int
+    generate_audio: bool
+
+
+class VideoModelSpec(BaseModel):
+    """One hosted video model id and the local image-to-video stand-in that serves it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    family: str
+    weights: str
+    name: str
+    description: str
+    durations: list[int] = Field(min_length=1)
+    resolutions: list[str] = Field(min_length=1)
+    aspect_ratios: list[str] = Field(min_length=1)
+    fps: list[int] = Field(min_length=1)
+    max_num_videos: int = Field(1, ge=1)
+    commercial_alternative: str | None = None
+    defaults: VideoDefaults
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VideoModelSpec:
+        unknown = [r for r in self.resolutions if r not in RESOLUTION_SHORT_SIDE]
+        if unknown:
+            raise ValueError(f"{self.id}: unknown resolutions {unknown}; known: {list(RESOLUTION_SHORT_SIDE)}")
+        for ar in self.aspect_ratios:
+            if ar != "auto":
+                parse_ratio(ar)
+        d = self.defaults
+        if d.duration not in self.durations or d.resolution not in self.resolutions or d.fps not in self.fps:
+            raise ValueError(f"{self.id}: defaults must be among the listed durations, resolutions and fps")
+        return self
+
+
 def parse_ratio(text: str) -> tuple[int, int]:
     """'16:9' -> (16, 9); ValueError for anything else."""
     parts = text.split(":")
@@ -73,47 +122,95 @@ def parse_ratio(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-class Catalog:
-    """Exact-id lookup of model specs, cross-checked with families and weights at load time."""
+AnySpec = ModelSpec | VideoModelSpec
 
-    def __init__(self, models: dict[str, ModelSpec], manifest: dict[str, WeightsEntry]) -> None:
-        for spec in models.values():
+
+class Catalog:
+    """Exact-id lookup of image and video model specs, cross-checked with families and weights at load time.
+
+    With `license_policy="commercial"`, an id whose weights are not licensed for
+    commercial use is served by its `commercial_alternative`'s stand-in (under
+    the same public id), so what a client is told runs is what runs.
+    """
+
+    def __init__(self, models: dict[str, ModelSpec], manifest: dict[str, WeightsEntry],
+                 videos: dict[str, VideoModelSpec] | None = None, license_policy: str = "any") -> None:
+        self.manifest = manifest
+        self.license_policy = license_policy
+        videos = videos or {}
+        for spec in [*models.values(), *videos.values()]:
             if spec.family not in FAMILIES:
                 raise ValueError(f"{spec.id}: family {spec.family!r} is not in pipelines/registry.py")
             if spec.weights not in manifest:
                 raise ValueError(f"{spec.id}: weights {spec.weights!r} is not in weights/manifest.toml")
             if manifest[spec.weights].family != spec.family:
                 raise ValueError(f"{spec.id}: weights {spec.weights!r} are for family {manifest[spec.weights].family}")
-        self._models = models
-        self.manifest = manifest
+        self._models = self._apply_policy(models)
+        self._videos = self._apply_policy(videos)
+
+    def _apply_policy(self, specs: dict[str, AnySpec]) -> dict[str, AnySpec]:
+        if self.license_policy != "commercial":
+            return dict(specs)
+        out: dict[str, AnySpec] = {}
+        for mid, spec in specs.items():
+            if self.manifest[spec.weights].commercial_use:
+                out[mid] = spec
+                continue
+            alt = specs.get(spec.commercial_alternative or "")
+            if alt is None or not self.manifest[alt.weights].commercial_use:
+                raise ValueError(f"{mid}: weights {spec.weights!r} are not licensed for commercial use and no "
+                                 "commercially usable commercial_alternative is configured")
+            out[mid] = alt.model_copy(update={"id": mid, "name": spec.name, "commercial_alternative": None})
+        return out
 
     @classmethod
-    def load(cls, manifest: dict[str, WeightsEntry], path: Path = MODELS_PATH) -> Catalog:
+    def load(cls, manifest: dict[str, WeightsEntry], path: Path = MODELS_PATH, license_policy: str = "any") -> Catalog:
         """Read configs/models.toml (or `path`)."""
         raw = tomllib.loads(path.read_text())
         models = {mid: ModelSpec(id=mid, **body) for mid, body in raw.get("models", {}).items()}
-        return cls(models, manifest)
+        videos = {mid: VideoModelSpec(id=mid, **body) for mid, body in raw.get("videos", {}).items()}
+        return cls(models, manifest, videos, license_policy)
 
     def ids(self) -> list[str]:
-        """Every servable id, sorted."""
+        """Every image model id, sorted."""
         return sorted(self._models)
 
+    def video_ids(self) -> list[str]:
+        """Every video model id, sorted."""
+        return sorted(self._videos)
+
     def specs(self) -> list[ModelSpec]:
-        """Every spec, sorted by id."""
-        return [self._models[i] for i in self.ids()]
+        """Every image spec (as served under the licence policy), sorted by id."""
+        return [self._models[i] for i in self.ids()]  # type: ignore[misc]
+
+    def video_specs(self) -> list[VideoModelSpec]:
+        """Every video spec (as served under the licence policy), sorted by id."""
+        return [self._videos[i] for i in self.video_ids()]  # type: ignore[misc]
+
+    def weights_needed(self) -> set[str]:
+        """Weights entries that some served id runs on."""
+        return {s.weights for s in [*self._models.values(), *self._videos.values()]}
 
     def get(self, model_id: str) -> ModelSpec:
         """Exact match only; otherwise `unknown_model` naming every valid id."""
-        spec = self._models.get(model_id)
+        return self._lookup(self._models, model_id, self.ids())  # type: ignore[return-value]
+
+    def get_video(self, model_id: str) -> VideoModelSpec:
+        """Exact match among video ids; otherwise `unknown_model` naming every valid video id."""
+        return self._lookup(self._videos, model_id, self.video_ids())  # type: ignore[return-value]
+
+    @staticmethod
+    def _lookup(table: dict[str, AnySpec], model_id: str, valid: list[str]) -> AnySpec:
+        spec = table.get(model_id)
         if spec is None:
             raise ApiError(
                 422,
                 ErrorCode.UNKNOWN_MODEL,
-                f"unknown model {model_id[:100]!r}; valid models: {', '.join(self.ids())}",
+                f"unknown model {model_id[:100]!r}; valid models: {', '.join(valid)}",
                 field="model",
             )
         return spec
 
-    def weights_for(self, spec: ModelSpec) -> WeightsEntry:
+    def weights_for(self, spec: AnySpec) -> WeightsEntry:
         """The manifest entry that runs `spec`."""
         return self.manifest[spec.weights]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from server.catalog import Catalog
 from server.jobs.store import JobStore
 from server.media.storage import OutputStore
-from server.service import ImageService
+from server.service import GenerationService
 from server.settings import Settings
 from weights.locate import LocatedWeights
 
@@ -25,7 +25,7 @@ class AppContext:
     located: dict[str, LocatedWeights]
     store: JobStore
     engine: Engine
-    service: ImageService
+    service: GenerationService
     outputs: OutputStore
     draining: bool = False
 

@@ -1,9 +1,9 @@
-"""The dialect-neutral image service every HTTP dialect calls.
+"""The dialect-neutral generation service every HTTP dialect calls.
 
-A dialect maps its wire fields to an `ImageAsk`; this module validates it
-against the model's limits, fetches and decodes the images, resolves size and
-seeds, stores the inputs, commits the job and wakes the engine. It knows no
-wire format and no torch.
+A dialect maps its wire fields to an `ImageAsk` or a `VideoAsk`; this module
+validates it against the model's limits, fetches and decodes the images,
+resolves size, frames and seeds, stores the inputs, commits the job and wakes
+the engine. It knows no wire format and no torch.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from PIL import Image
 
 from pipelines.base import Family, ParamError, RenderParams, Task
 from pipelines.registry import family_class
-from server.catalog import QUALITY_LONG_SIDE, Catalog, ModelSpec, parse_ratio
+from pipelines.video_base import VideoFamily
+from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, Catalog, ModelSpec, VideoModelSpec, parse_ratio
 from server.engine.completion import CompletionHub
 from server.engine.request import GenerationRequest
-from server.engine.sizing import output_size
+from server.engine.sizing import output_size, video_size
 from server.errors import ApiError, ErrorCode
-from server.jobs.store import JobRecord, JobStatus, JobStore, new_task_id
+from server.jobs.store import FINAL_STATES, JobRecord, JobStore, new_task_id
 from server.media.decode import decode_image
 from server.media.fetch import ImageFetcher
 from server.media.storage import InputStore
@@ -63,8 +64,27 @@ class ImageAsk:
     warnings: tuple[str, ...] = ()
 
 
-class ImageService:
-    """Accepts asks as durable jobs and reports on them."""
+@dataclass(frozen=True)
+class VideoAsk:
+    """A request for an image-to-video clip, in darkroom's own terms."""
+
+    model: str
+    prompt: str
+    frames: tuple[ImageInput, ...]
+    duration: int | None = None
+    resolution: str | None = None
+    aspect_ratio: str = "auto"
+    fps: int | None = None
+    generate_audio: bool | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class GenerationService:
+    """Accepts image and video asks as durable jobs and reports on them."""
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
                  inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str]) -> None:
@@ -78,7 +98,7 @@ class ImageService:
         self.max_pixels = max_pixels
 
     # ---- accept ------------------------------------------------------------------------
-    async def submit(self, ask: ImageAsk) -> tuple[str, GenerationRequest]:
+    async def submit_image(self, ask: ImageAsk) -> tuple[str, GenerationRequest]:
         """Validate, store inputs, commit the job, wake the engine. Returns (job id, request)."""
         spec = self.catalog.get(ask.model)
         self._check_limits(spec, ask)
@@ -87,8 +107,7 @@ class ImageService:
         if task is Task.INPAINT and not ask.sources:
             raise ApiError(422, ErrorCode.MISSING_FIELD, "a mask needs a source image in image_urls", "image_urls")
         num_images = ask.num_images or spec.default_num_images
-        base_seed = ask.seed if ask.seed is not None else secrets.randbelow(SEED_MAX + 1)
-        seeds = tuple((base_seed + i) % (SEED_MAX + 1) for i in range(num_images))
+        seeds = self._seeds(ask.seed, num_images)
         steps = ask.num_inference_steps or spec.defaults.num_inference_steps
         guidance = ask.guidance_scale if ask.guidance_scale is not None else spec.defaults.guidance_scale
         strength = ask.strength if ask.strength is not None else spec.defaults.strength
@@ -98,7 +117,11 @@ class ImageService:
         probe = self._params(task, ask, long_side, long_side, num_images, seeds, steps, guidance, strength)
         self._family_check(fam, probe)
 
-        sources, references, mask = await self._decode_all(ask)
+        items = [*ask.sources, *ask.references] + ([ask.mask] if ask.mask else [])
+        images = await self._decode(items, ask.mask)
+        n_src, n_ref = len(ask.sources), len(ask.references)
+        sources, references = images[:n_src], images[n_src:n_src + n_ref]
+        mask = images[-1] if ask.mask else None
         # With no source, the first reference anchors the edit (references alone still condition Kontext).
         if not sources and references:
             sources, references = references[:1], references[1:]
@@ -117,12 +140,84 @@ class ImageService:
             source_paths=tuple(self.inputs.save(job_id, "source", i, im) for i, im in enumerate(sources)),
             reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
             mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
-            warnings=ask.warnings + (DEMO_WARNING,) if spec.weights in self.demo_weights else ask.warnings,
+            warnings=self._warnings(ask.warnings, spec.weights),
         )
-        batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
-        self.store.create(job_id, spec.id, batch_key, request.to_json())
-        self.engine.notify()
+        self._commit(job_id, fam, request)
         return job_id, request
+
+    async def submit_video(self, ask: VideoAsk) -> tuple[str, GenerationRequest]:
+        """Validate an image-to-video ask, store its frames, commit the job, wake the engine."""
+        spec = self.catalog.get_video(ask.model)
+        fam = family_class(spec.family)
+        assert issubclass(fam, VideoFamily)
+        d = spec.defaults
+        duration = d.duration if ask.duration is None else ask.duration
+        resolution = ask.resolution or d.resolution
+        fps = ask.fps or d.fps
+        self._check_video_limits(spec, fam, ask, duration, resolution, fps)
+        # Unasked, audio follows the model's default where the running family can make it.
+        audio = (d.generate_audio and fam.supports_audio) if ask.generate_audio is None else ask.generate_audio
+        num_frames = fam.valid_frames(duration * fps)
+        steps = ask.num_inference_steps or d.num_inference_steps
+        guidance = ask.guidance_scale if ask.guidance_scale is not None else d.guidance_scale
+        seeds = self._seeds(ask.seed, 1)
+        frames = await self._decode(list(ask.frames), None)
+        ratio = frames[0].size if ask.aspect_ratio == "auto" else parse_ratio(ask.aspect_ratio)
+        width, height = video_size(RESOLUTION_SHORT_SIDE[resolution], ratio, fam.size_multiple)
+        job_id = new_task_id()
+        request = GenerationRequest(
+            model_id=spec.id, weights=spec.weights, family=spec.family, task=Task.IMAGE_TO_VIDEO,
+            prompt=ask.prompt, width=width, height=height, num_images=1, seeds=seeds, num_inference_steps=steps,
+            guidance_scale=guidance, strength=1.0, output_format="mp4",
+            source_paths=tuple(self.inputs.save(job_id, "frame", i, im) for i, im in enumerate(frames)),
+            warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
+            num_frames=num_frames, fps=float(fps), generate_audio=audio,
+        )
+        self._family_check(fam, request.render_params())
+        self._commit(job_id, fam, request)
+        return job_id, request
+
+    def _check_video_limits(self, spec: VideoModelSpec, fam: type[VideoFamily], ask: VideoAsk, duration: int,
+                            resolution: str, fps: int) -> None:
+        if not ask.frames:
+            raise ApiError(422, ErrorCode.MISSING_FIELD, "image-to-video needs a first frame in image_urls",
+                           "image_urls")
+        most = 2 if fam.supports_last_frame else 1
+        if len(ask.frames) > most:
+            what = "a first and a last frame" if most == 2 else "one first frame (no last frame)"
+            raise ApiError(422, ErrorCode.TOO_MANY_IMAGES, f"{spec.id} takes {what} in image_urls; "
+                           f"got {len(ask.frames)} images", "image_urls")
+        if duration not in spec.durations:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_DURATION, f"{spec.id} makes clips of "
+                           f"{', '.join(f'{x}s' for x in spec.durations)}; got {duration}s", "duration")
+        if resolution not in spec.resolutions:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, f"{spec.id} supports resolution "
+                           f"{', '.join(spec.resolutions)}; got {resolution[:20]!r}", "resolution")
+        if ask.aspect_ratio not in spec.aspect_ratios:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_ASPECT_RATIO, f"{spec.id} supports aspect_ratio "
+                           f"{', '.join(spec.aspect_ratios)}; got {ask.aspect_ratio[:20]!r}", "aspect_ratio")
+        if fps not in spec.fps:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST,
+                           f"{spec.id} renders at {', '.join(map(str, spec.fps))} fps", "fps")
+        if ask.generate_audio and not fam.supports_audio:
+            with_audio = [v.id for v in self.catalog.video_specs()
+                          if getattr(family_class(v.family), "supports_audio", False)]
+            hint = f"; models with audio: {', '.join(with_audio)}" if with_audio else ""
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE,
+                           f"{spec.id} makes silent video; send generate_audio=false{hint}", "generate_audio")
+
+    @staticmethod
+    def _seeds(seed: int | None, n: int) -> tuple[int, ...]:
+        base = seed if seed is not None else secrets.randbelow(SEED_MAX + 1)
+        return tuple((base + i) % (SEED_MAX + 1) for i in range(n))
+
+    def _warnings(self, warnings: tuple[str, ...], weights: str) -> tuple[str, ...]:
+        return warnings + (DEMO_WARNING,) if weights in self.demo_weights else warnings
+
+    def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest) -> None:
+        batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
+        self.store.create(job_id, request.model_id, batch_key, request.to_json())
+        self.engine.notify()
 
     def _check_limits(self, spec: ModelSpec, ask: ImageAsk) -> None:
         if len(ask.sources) > spec.max_source_images:
@@ -162,16 +257,14 @@ class ImageService:
         except ParamError as exc:
             raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
 
-    async def _decode_all(self, ask: ImageAsk) -> tuple[list[Image.Image], list[Image.Image], Image.Image | None]:
-        items = [*ask.sources, *ask.references] + ([ask.mask] if ask.mask else [])
+    async def _decode(self, items: list[ImageInput], mask: ImageInput | None) -> list[Image.Image]:
+        """Fetch all inputs concurrently, then decode them (the mask, if one of them, as greyscale)."""
         blobs = await asyncio.gather(*(self._bytes_of(item) for item in items))
         # Decoding is CPU work; off the event loop so other requests keep flowing.
-        images = await asyncio.to_thread(
-            lambda: [decode_image(b, item.field, self.max_pixels, "L" if item is ask.mask else "RGB")
+        return await asyncio.to_thread(
+            lambda: [decode_image(b, item.field, self.max_pixels, "L" if item is mask else "RGB")
                      for item, b in zip(items, blobs, strict=True)]
         )
-        n_src, n_ref = len(ask.sources), len(ask.references)
-        return images[:n_src], images[n_src:n_src + n_ref], images[n_src + n_ref] if ask.mask else None
 
     async def _bytes_of(self, item: ImageInput) -> bytes:
         if item.data is not None:
@@ -187,12 +280,16 @@ class ImageService:
         """The job, or None for an id this server never issued."""
         return self.store.get(job_id)
 
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending job, or stop a running one at its next step; False when it had already finished."""
+        return self.engine.cancel(job_id)
+
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Wait until the job is final or `timeout` passes; returns its latest record."""
         event = self.hub.register(job_id)
         try:
             record = self.store.get(job_id)
-            if record is not None and record.status in (JobStatus.PENDING, JobStatus.PROCESSING):
+            if record is not None and record.status not in FINAL_STATES:
                 try:
                     await asyncio.wait_for(event.wait(), timeout)
                 except TimeoutError:

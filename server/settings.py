@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     demo: Literal["auto", "always", "never"] = Field(
         "auto", description="Demo (tiny random) weights: auto = when real weights are missing."
     )
+    license_policy: Literal["any", "commercial"] = Field(
+        "any", description="'commercial' serves every id with a stand-in whose weights allow commercial use."
+    )
     max_batch: int = Field(1, ge=1, description="Most queued jobs the scheduler hands a worker at once.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")

@@ -23,9 +23,30 @@ def _sdxl(out: Path) -> Path:
     return build_sdxl(out)
 
 
+def _wan_ti2v(out: Path) -> Path:
+    from weights.tiny.wan import build_wan_ti2v_5b
+
+    return build_wan_ti2v_5b(out)
+
+
+def _wan_a14b(out: Path) -> Path:
+    from weights.tiny.wan import build_wan_i2v_a14b
+
+    return build_wan_i2v_a14b(out)
+
+
+def _ltx2(out: Path) -> Path:
+    from weights.tiny.ltx2 import build_ltx2
+
+    return build_ltx2(out)
+
+
 TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "flux-kontext": _flux_kontext,
     "sdxl": _sdxl,
+    "wan2.2-ti2v-5b": _wan_ti2v,
+    "wan2.2-i2v-a14b": _wan_a14b,
+    "ltx2": _ltx2,
 }
 
 

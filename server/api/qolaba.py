@@ -1,4 +1,4 @@
-"""The hosted platform's own API (Qolaba-compatible): /api/v1/images/generate, /api/v1/tasks, models.
+"""The hosted platform's own image API (Qolaba-compatible): /api/v1/images/generate and the model list.
 
 The only place its field names are known. JSON bodies and multipart uploads
 both land in `GenerateBody`, then in a dialect-neutral `ImageAsk`.
@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.datastructures import UploadFile
 
 from server.api.errors import from_validation_errors
+from server.api.tasks import task_view
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
-from server.jobs.store import JobRecord, JobStatus
+from server.jobs.store import JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput
 
 router = APIRouter()
@@ -71,8 +72,8 @@ def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-async def _read_body(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
-    """Parse JSON or multipart into (fields, uploaded files by role)."""
+async def read_body(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """Parse JSON or multipart into (fields, uploaded files by role); shared by the platform's routes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json" or ctype.endswith("+json") or not ctype:
         raw = await request.body()
@@ -139,41 +140,6 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
     )
 
 
-def _images(record: JobRecord, base: str) -> list[dict[str, Any]]:
-    assert record.result is not None
-    return [{"url": f"{base}/files/{im['file']}", "width": im["width"], "height": im["height"],
-             "content_type": im["content_type"], "seed": im["seed"]} for im in record.result["images"]]
-
-
-def task_view(record: JobRecord, base: str) -> dict[str, Any]:
-    """The task object of GET /api/v1/tasks/{id} (and the sync answer's superset)."""
-    req = record.request
-    view: dict[str, Any] = {
-        "task_id": record.id,
-        "status": str(record.status),
-        "model": record.model,
-        "prompt": req["prompt"],
-        "seed": req["seeds"][0],
-        "seeds": req["seeds"],
-        "width": req["width"],
-        "height": req["height"],
-        "warnings": req["warnings"],
-        "progress": {"step": record.progress_step, "total": record.progress_total},
-        "created_at": record.created_at,
-        "started_at": record.started_at,
-        "completed_at": record.finished_at,
-        "error": record.error,
-    }
-    if record.status is JobStatus.COMPLETED and record.result is not None:
-        view["images"] = _images(record, base)
-        view["usage"] = {"images_generated": len(view["images"]), "cost_usd": 0.0, "cost_credits": 0,
-                         "compute_seconds": record.result["timings"]["pipeline_s"]}
-        view["darkroom"] = {"timings": record.result["timings"], "runtime": record.result["runtime"],
-                            "task": req["task"], "num_inference_steps": req["num_inference_steps"],
-                            "guidance_scale": req["guidance_scale"], "strength": req["strength"]}
-    return view
-
-
 @router.post(
     "/api/v1/images/generate",
     openapi_extra={"requestBody": {"required": True, "content": {
@@ -184,12 +150,12 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
 async def generate(request: Request) -> JSONResponse:
     """Text-to-image and image-to-image. celery=false waits and returns images; true returns 202 + task_id."""
     ctx = _ctx(request)
-    fields, files = await _read_body(request, ctx)
+    fields, files = await read_body(request, ctx)
     try:
         body = GenerateBody.model_validate(fields)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
-    job_id, _ = await ctx.service.submit(_to_ask(body, files))
+    job_id, _ = await ctx.service.submit_image(_to_ask(body, files))
     base = ctx.public_base(str(request.base_url))
     if body.celery:
         record = ctx.service.get(job_id)
@@ -207,19 +173,6 @@ async def generate(request: Request) -> JSONResponse:
     # Still running after sync_timeout_s: hand back the task id instead of holding the connection.
     return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
                         status_code=202)
-
-
-@router.get("/api/v1/tasks/{task_id}")
-async def get_task(task_id: str, request: Request) -> JSONResponse:
-    """Status of a task; completed tasks carry images and usage, failed ones the error."""
-    ctx = _ctx(request)
-    record = ctx.service.get(task_id) if len(task_id) <= 100 else None
-    if record is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {task_id[:100]!r}", "task_id")
-    view = task_view(record, ctx.public_base(str(request.base_url)))
-    if record.status is JobStatus.PENDING:
-        view["queue_position"] = ctx.store.queue_position(record.id)
-    return JSONResponse(view)
 
 
 @router.get("/api/v1/images/models")

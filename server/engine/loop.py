@@ -9,15 +9,15 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from pipelines.base import ParamError
+from pipelines.base import ParamError, RenderCancelled
 from server.engine.request import GenerationRequest
 from server.engine.scheduler import Scheduler, WorkerView
-from server.jobs.store import JobRecord, JobStore
+from server.jobs.store import JobRecord, JobStatus, JobStore
 from server.media.storage import OutputStore
 
 if TYPE_CHECKING:
     # The worker module imports torch; the engine loop itself only passes workers around.
-    from server.engine.worker import Worker
+    from server.engine.worker import Rendered, Worker
 
 log = logging.getLogger("darkroom.engine")
 
@@ -51,6 +51,7 @@ class Engine:
         self.ready = threading.Event()
         self._preloaded = 0
         self.load_failures: dict[str, str] = {}
+        self._cancel_requested: set[str] = set()
 
     def start(self) -> None:
         """Start one thread per worker."""
@@ -72,6 +73,18 @@ class Engine:
         """New work was queued."""
         with self._cond:
             self._cond.notify_all()
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending job now, or ask a running one to stop at its next step. False if already final."""
+        if self.store.cancel_if_pending(job_id):
+            self.on_finished(job_id)
+            return True
+        record = self.store.get(job_id)
+        if record is None or record.status is not JobStatus.PROCESSING:
+            return False
+        with self._cond:
+            self._cancel_requested.add(job_id)
+        return True
 
     def alive(self) -> bool:
         """Every worker thread is running."""
@@ -124,7 +137,12 @@ class Engine:
         started = time.time()
         last = [0.0]
 
+        # Set when a render dies mid-way; memory is released after the except block has dropped the traceback.
+        aborted = False
+
         def on_step(step: int, total: int) -> None:
+            if job.id in self._cancel_requested:
+                raise RenderCancelled(job.id)
             now = time.perf_counter()
             # Progress is for humans polling: a write per 100 ms is plenty.
             if step == total or now - last[0] >= 0.1:
@@ -134,15 +152,10 @@ class Engine:
         try:
             rendered = worker.render(request, on_step)
             save_started = time.perf_counter()
-            stored = [self.outputs.save(img, request.output_format) for img in rendered.images]
+            result: dict[str, Any] = self._save_outputs(request, rendered)
             save_s = time.perf_counter() - save_started
             where = worker.located[request.weights]
-            result: dict[str, Any] = {
-                "images": [
-                    {"file": s.name, "width": s.width, "height": s.height, "content_type": s.content_type,
-                     "seed": seed}
-                    for s, seed in zip(stored, request.seeds, strict=True)
-                ],
+            result |= {
                 "timings": {
                     "queued_s": round(started - job.created_at, 4),
                     "load_s": round(rendered.load_s, 4),
@@ -160,9 +173,14 @@ class Engine:
                 },
             }
             self.store.complete(job.id, result)
+        except RenderCancelled:
+            aborted = True
+            self.store.mark_cancelled(job.id)
+            log.info("job %s cancelled on %s", job.id, worker.device)
         except ParamError as exc:
             self.store.fail(job.id, {"code": "invalid_request", "message": exc.message, "field": exc.field})
         except Exception:  # noqa: BLE001 - any pipeline fault fails this job only; details go to the log
+            aborted = True
             log.exception("job %s failed on %s", job.id, worker.device)
             self.store.fail(job.id, {
                 "code": "generation_failed",
@@ -170,4 +188,24 @@ class Engine:
                 "field": None,
             })
         finally:
+            with self._cond:
+                self._cancel_requested.discard(job.id)
+            if aborted:
+                worker.release_memory()
             self.on_finished(job.id)
+
+    def _save_outputs(self, request: GenerationRequest, rendered: Rendered) -> dict[str, Any]:
+        """Write images or clips (with posters) to the output store; the result's file list."""
+        if rendered.videos:
+            videos = []
+            for clip, seed in zip(rendered.videos, request.seeds, strict=True):
+                v = self.outputs.save_video(clip.frames, clip.fps, clip.audio, clip.sample_rate)
+                videos.append({"file": v.name, "width": v.width, "height": v.height, "num_frames": v.num_frames,
+                               "fps": v.fps, "duration": round(v.num_frames / v.fps, 4), "has_audio": v.has_audio,
+                               "content_type": "video/mp4", "seed": seed,
+                               "poster": {"file": v.poster.name, "width": v.poster.width,
+                                          "height": v.poster.height, "content_type": v.poster.content_type}})
+            return {"videos": videos}
+        stored = [self.outputs.save(img, request.output_format) for img in rendered.images]
+        return {"images": [{"file": s.name, "width": s.width, "height": s.height, "content_type": s.content_type,
+                            "seed": seed} for s, seed in zip(stored, request.seeds, strict=True)]}

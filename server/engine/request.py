@@ -33,6 +33,10 @@ class GenerationRequest:
     reference_paths: tuple[str, ...] = ()
     mask_path: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    negative_prompt: str | None = None
+    num_frames: int = 0
+    fps: float = 0.0
+    generate_audio: bool = False
 
     def render_params(self) -> RenderParams:
         """The pixel-free part handed to the family."""
@@ -48,6 +52,10 @@ class GenerationRequest:
             strength=self.strength,
             num_sources=len(self.source_paths),
             num_references=len(self.reference_paths),
+            negative_prompt=self.negative_prompt,
+            num_frames=self.num_frames,
+            fps=self.fps,
+            generate_audio=self.generate_audio,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -17,6 +17,11 @@ def output_size(long_side: int, ratio: tuple[int, int], multiple: int) -> tuple[
     return short, long_side
 
 
-def ratio_of(width: int, height: int) -> tuple[int, int]:
-    """The exact ratio of a source image, for aspect_ratio='auto'."""
-    return width, height
+def video_size(short_side: int, ratio: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """Width and height for a video tier: the short side rounded down to the grid (720p on a 32-grid is
+    704, as Wan 2.2 TI2V renders it), the long side the nearest grid multiple to the exact ratio."""
+    rw, rh = ratio
+    short = max(multiple, short_side // multiple * multiple)
+    long_exact = short * max(rw, rh) / min(rw, rh)
+    long = max(short, round(long_exact / multiple) * multiple)
+    return (long, short) if rw >= rh else (short, long)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from pipelines.base import Family, RenderSpec
+from pipelines.base import Family, RenderSpec, VideoClip
 from pipelines.registry import family_class
 from server.engine.request import GenerationRequest
 from server.media.storage import InputStore
@@ -49,9 +49,10 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Rendered:
-    """Images of one request plus what it cost."""
+    """Images or clips of one request plus what it cost."""
 
     images: list[Image.Image]
+    videos: list[VideoClip]
     load_s: float
     pipeline_s: float
 
@@ -99,4 +100,13 @@ class Worker:
         )
         started = time.perf_counter()
         result = fam.run(spec, on_step)
-        return Rendered(images=result.images, load_s=load_s, pipeline_s=time.perf_counter() - started)
+        return Rendered(images=result.images, videos=result.videos, load_s=load_s,
+                        pipeline_s=time.perf_counter() - started)
+
+    def release_memory(self) -> None:
+        """After a job (finished, failed or cancelled): return cached device memory the job left behind."""
+        if self.device.startswith("cuda"):
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()

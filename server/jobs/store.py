@@ -45,7 +45,10 @@ class JobStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
+
+FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -173,6 +176,21 @@ class JobStore:
     def fail(self, job_id: str, error: dict[str, Any]) -> None:
         """Mark failed with a client-safe error object."""
         self._finish(job_id, JobStatus.FAILED, error=error)
+
+    def mark_cancelled(self, job_id: str) -> None:
+        """A running job stopped at a step boundary on request."""
+        self._finish(job_id, JobStatus.CANCELLED,
+                     error={"code": "cancelled", "message": "the task was cancelled on request", "field": None})
+
+    def cancel_if_pending(self, job_id: str) -> bool:
+        """Cancel a job no worker has claimed yet; False if it is not pending (any more)."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = ?",
+                (JobStatus.CANCELLED, json.dumps({"code": "cancelled", "message": "the task was cancelled on request",
+                                                  "field": None}), time.time(), job_id, JobStatus.PENDING),
+            )
+        return cur.rowcount == 1
 
     def _finish(self, job_id: str, status: JobStatus, result: dict[str, Any] | None = None,
                 error: dict[str, Any] | None = None) -> None:

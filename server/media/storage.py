@@ -1,4 +1,4 @@
-"""Files darkroom writes: normalised inputs of accepted jobs and generated outputs.
+"""Files darkroom writes: normalised inputs of accepted jobs and generated outputs (images, clips).
 
 Output names are random (192 bits) and are the only names the file route will
 serve. Every write goes to a temporary file, is fsynced, then renamed, so a
@@ -14,12 +14,15 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp)$")
-_BY_EXT = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+from server.media.video import encode_mp4
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
+_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp", "mp4": "mp4"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|mp4)$")
+_BY_EXT = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -57,6 +60,20 @@ class StoredImage:
     bytes: int
 
 
+@dataclass(frozen=True)
+class StoredVideo:
+    """An output clip on disk and its poster image."""
+
+    name: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    has_audio: bool
+    bytes: int
+    poster: StoredImage
+
+
 class OutputStore:
     """Generated images under `<data_dir>/files`."""
 
@@ -71,6 +88,15 @@ class OutputStore:
         name = f"{secrets.token_urlsafe(24)}.{_EXT[fmt]}"
         atomic_write(self.root / name, data)
         return StoredImage(name, image.width, image.height, CONTENT_TYPES[fmt], len(data))
+
+    def save_video(self, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> StoredVideo:
+        """Encode one clip to MP4 and store it, with a PNG poster of its first frame."""
+        data = encode_mp4(frames, fps, audio, sample_rate)
+        name = f"{secrets.token_urlsafe(24)}.mp4"
+        atomic_write(self.root / name, data)
+        poster = self.save(Image.fromarray(frames[0]), "png")
+        return StoredVideo(name, int(frames.shape[2]), int(frames.shape[1]), len(frames), fps,
+                           audio is not None, len(data), poster)
 
     def open_path(self, name: str) -> tuple[Path, str] | None:
         """(path, content type) for a name this store generated; None for anything else.

@@ -53,3 +53,23 @@ def t5_tokenizer(model_max_length: int = 512) -> T5Tokenizer:
 def t5_vocab_size() -> int:
     """Number of ids the tiny T5 tokenizer can emit (sizes the tiny encoder's embedding)."""
     return len(t5_tokenizer().get_vocab())
+
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+
+
+def gemma_tokenizer(model_max_length: int = 1024) -> "GemmaTokenizer":
+    """Gemma-style BPE with byte fallback: <pad>0 <eos>1 <bos>2 <unk>3 <mask>4, 256 byte tokens, then text."""
+    from transformers import GemmaTokenizer
+
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(GEMMA_SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    vocab["▁"] = len(vocab)
+    alnum = string.ascii_letters + string.digits
+    for c in alnum + string.punctuation:
+        vocab.setdefault(c, len(vocab))
+    for c in alnum:
+        vocab["▁" + c] = len(vocab)
+    merges = [("▁", c) for c in alnum]
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

@@ -1,0 +1,64 @@
+"""LTX-2 (LTX2ImageToVideoPipeline): video and audio generated together from a first frame."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
+from pipelines.video_base import VideoFamily
+
+_HIDDEN = 4096
+_VAE_BYTES_PER_VOXEL = 64
+
+
+class LTX2Family(VideoFamily):
+    """LTX-2: 32x spatial / 8x temporal VAE, joint audio-video transformer, vocoder for the waveform."""
+
+    name: ClassVar[str] = "ltx2"
+    pipeline_class: ClassVar[str] = "LTX2ImageToVideoPipeline"
+    size_multiple: ClassVar[int] = 32
+    frame_step: ClassVar[int] = 8
+    supports_audio: ClassVar[bool] = True
+
+    @classmethod
+    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        latent_frames = (params.num_frames - 1) // cls.frame_step + 1
+        tokens = latent_frames * (params.height // 32) * (params.width // 32)
+        return batch * tokens * _HIDDEN * 2 * 40 + params.width * params.height * params.num_frames * _VAE_BYTES_PER_VOXEL
+
+    def load(self) -> None:
+        from diffusers import LTX2ImageToVideoPipeline
+
+        pipe = LTX2ImageToVideoPipeline.from_pretrained(
+            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
+        )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipelines = {"i2v": pipe}
+
+    def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
+        import torch
+
+        p = spec.params
+        pipe = self.pipeline("i2v")
+        self.use_tiling(pipe.vae, p)
+        first = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
+        with torch.inference_mode():
+            out = pipe(
+                image=first, prompt=p.prompt, negative_prompt=p.negative_prompt or "", height=p.height, width=p.width,
+                num_frames=p.num_frames, frame_rate=float(p.fps), num_inference_steps=p.num_inference_steps,
+                guidance_scale=p.guidance_scale, num_videos_per_prompt=p.num_images,
+                generator=self.generators(p.seeds), output_type="np",
+                callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
+            )
+        rate = int(pipe.vocoder.config.output_sampling_rate)
+        clips = []
+        for i, frames in enumerate(out.frames):
+            audio = None
+            if p.generate_audio and out.audio is not None:
+                audio = np.asarray(out.audio[i].float().cpu().numpy(), dtype=np.float32)
+            clips.append(VideoClip(self.to_uint8_frames(np.asarray(frames)), p.fps, audio, rate if audio is not None else 0))
+        return RenderResult(videos=clips)

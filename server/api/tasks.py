@@ -1,0 +1,138 @@
+"""Tasks of every kind: status, progress as Server-Sent Events, and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.context import AppContext
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
+
+router = APIRouter()
+
+EVENT_POLL_S = 0.1
+KEEPALIVE_S = 15.0
+
+
+def _file(entry: dict[str, Any], base: str) -> dict[str, Any]:
+    return {"url": f"{base}/files/{entry['file']}", "width": entry["width"], "height": entry["height"],
+            "content_type": entry["content_type"]}
+
+
+def task_view(record: JobRecord, base: str) -> dict[str, Any]:
+    """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset)."""
+    req = record.request
+    view: dict[str, Any] = {
+        "task_id": record.id,
+        "status": str(record.status),
+        "model": record.model,
+        "prompt": req["prompt"],
+        "seed": req["seeds"][0],
+        "seeds": req["seeds"],
+        "width": req["width"],
+        "height": req["height"],
+        "warnings": req["warnings"],
+        "progress": {"step": record.progress_step, "total": record.progress_total},
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "completed_at": record.finished_at,
+        "error": record.error,
+    }
+    result = record.result
+    if record.status is not JobStatus.COMPLETED or result is None:
+        return view
+    if "videos" in result:
+        view["videos"] = [{**_file(v, base), "num_frames": v["num_frames"], "fps": v["fps"],
+                           "duration": v["duration"], "has_audio": v["has_audio"], "seed": v["seed"],
+                           "poster": _file(v["poster"], base)} for v in result["videos"]]
+        view["usage"] = {"videos_generated": len(view["videos"]),
+                         "seconds_generated": round(sum(v["duration"] for v in view["videos"]), 3),
+                         "cost_usd": 0.0, "compute_seconds": result["timings"]["pipeline_s"]}
+    else:
+        view["images"] = [{**_file(im, base), "seed": im["seed"]} for im in result["images"]]
+        view["usage"] = {"images_generated": len(view["images"]), "cost_usd": 0.0, "cost_credits": 0,
+                         "compute_seconds": result["timings"]["pipeline_s"]}
+    view["darkroom"] = {"timings": result["timings"], "runtime": result["runtime"], "task": req["task"],
+                        "num_inference_steps": req["num_inference_steps"], "guidance_scale": req["guidance_scale"],
+                        "strength": req["strength"]}
+    return view
+
+
+def _ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+def _record_or_404(ctx: AppContext, task_id: str) -> JobRecord:
+    record = ctx.service.get(task_id) if len(task_id) <= 100 else None
+    if record is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {task_id[:100]!r}", "task_id")
+    return record
+
+
+@router.get("/api/v1/tasks/{task_id}")
+async def get_task(task_id: str, request: Request) -> JSONResponse:
+    """Status of a task; completed tasks carry images or videos and usage, failed ones the error."""
+    ctx = _ctx(request)
+    view = task_view(_record_or_404(ctx, task_id), ctx.public_base(str(request.base_url)))
+    if view["status"] == JobStatus.PENDING:
+        view["queue_position"] = ctx.store.queue_position(task_id)
+    return JSONResponse(view)
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/api/v1/tasks/{task_id}/events")
+async def task_events(task_id: str, request: Request) -> StreamingResponse:
+    """Server-Sent Events: `status` first, `progress` on every recorded step, then one final event named
+    `completed`, `failed` or `cancelled` carrying the whole task, after which the stream ends."""
+    ctx = _ctx(request)
+    _record_or_404(ctx, task_id)
+    base = ctx.public_base(str(request.base_url))
+
+    async def stream() -> AsyncIterator[str]:
+        last: tuple[str, int, int] | None = None
+        idle = 0.0
+        while True:
+            record = ctx.service.get(task_id)
+            assert record is not None
+            if record.status in FINAL_STATES:
+                yield _sse(str(record.status), task_view(record, base))
+                return
+            state = (str(record.status), record.progress_step, record.progress_total)
+            if state != last:
+                event = "status" if last is None else "progress"
+                yield _sse(event, {"task_id": task_id, "status": state[0], "step": state[1], "total": state[2]})
+                last, idle = state, 0.0
+            elif idle >= KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+            idle += EVENT_POLL_S
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/api/v1/tasks/{task_id}/cancel")
+async def cancel_task(task_id: str, request: Request) -> JSONResponse:
+    """Cancel: a pending task ends `cancelled` at once (200); a running one stops at its next denoising
+    step (202, poll or stream for `cancelled`); a finished one cannot be cancelled (409)."""
+    ctx = _ctx(request)
+    _record_or_404(ctx, task_id)
+    if not ctx.service.cancel(task_id):
+        record = _record_or_404(ctx, task_id)
+        raise ApiError(409, ErrorCode.ALREADY_FINISHED, f"the task is already {record.status}", "task_id")
+    record = _record_or_404(ctx, task_id)
+    view = task_view(record, ctx.public_base(str(request.base_url)))
+    view["cancel_requested"] = True
+    return JSONResponse(view, status_code=200 if record.status is JobStatus.CANCELLED else 202)

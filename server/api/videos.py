@@ -1,0 +1,105 @@
+"""Image-to-video in the platform's style: POST /api/v1/videos/generate (always async) and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.registry import family_class
+from server.api.errors import from_validation_errors
+from server.api.qolaba import read_body
+from server.context import AppContext
+from server.service import SEED_MAX, ImageInput, VideoAsk
+
+router = APIRouter()
+
+
+class VideoBody(BaseModel):
+    """Request body of POST /api/v1/videos/generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, description="Exact model id, see /api/v1/videos/models.")
+    prompt: str = Field(min_length=1, max_length=4000, description="What should happen in the clip.")
+    image_urls: list[str] = Field(default_factory=list, max_length=2,
+                                  description="First frame, and a last frame where the model supports it.")
+    duration: int | None = Field(None, description="Seconds: 4, 6 or 8 as the model lists ('8s' accepted).")
+    resolution: str | None = Field(None, max_length=10, description="'240p', '480p', '720p' or '1080p'.")
+    aspect_ratio: str = Field("auto", max_length=20, description="'auto' (match the first frame) or W:H.")
+    fps: int | None = Field(None, ge=1, le=60)
+    generate_audio: bool | None = None
+    negative_prompt: str | None = Field(None, max_length=4000)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    num_inference_steps: int | None = Field(None, ge=1, le=200)
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
+    celery: bool | None = Field(None, description="Accepted for symmetry with images; video is always async.")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _seconds(cls, v: object) -> object:
+        # fal and Vertex spell durations "8s".
+        if isinstance(v, str) and v.lower().endswith("s") and v[:-1].isdigit():
+            return int(v[:-1])
+        return v
+
+
+def _ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+@router.post(
+    "/api/v1/videos/generate",
+    status_code=202,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": VideoBody.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object"}},
+    }}},
+)
+async def generate_video(request: Request) -> JSONResponse:
+    """Queue an image-to-video job: 202 with the task id; poll /api/v1/tasks/{id} or stream its events."""
+    ctx = _ctx(request)
+    fields, files = await read_body(request, ctx)
+    try:
+        body = VideoBody.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(), tuple(VideoBody.model_fields)) from None
+    frames = [ImageInput(field=f"image_urls[{i}]", url=u) for i, u in enumerate(body.image_urls)]
+    frames += [ImageInput(field="image", data=d) for d in files.get("image_urls", [])]
+    warnings = ("video jobs are always asynchronous; celery=false was ignored",) if body.celery is False else ()
+    ask = VideoAsk(
+        model=body.model, prompt=body.prompt, frames=tuple(frames), duration=body.duration,
+        resolution=body.resolution, aspect_ratio=body.aspect_ratio, fps=body.fps,
+        generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
+        num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
+    )
+    job_id, request_obj = await ctx.service.submit_video(ask)
+    return JSONResponse({"task_id": job_id, "status": "pending", "warnings": list(request_obj.warnings),
+                         "width": request_obj.width, "height": request_obj.height,
+                         "num_frames": request_obj.num_frames, "fps": request_obj.fps,
+                         "generate_audio": request_obj.generate_audio}, status_code=202)
+
+
+@router.get("/api/v1/videos/models")
+async def list_video_models(request: Request) -> JSONResponse:
+    """Every video model id: durations, resolutions, fps, audio, and what runs it locally."""
+    ctx = _ctx(request)
+    models: list[dict[str, Any]] = []
+    for spec in ctx.catalog.video_specs():
+        fam = family_class(spec.family)
+        entry = ctx.catalog.weights_for(spec)
+        demo = ctx.located[spec.weights].demo
+        models.append({
+            "id": spec.id, "name": spec.name, "type": "video", "provider": "darkroom", "description": spec.description,
+            "capabilities": ["image-to-video"] + (["audio"] if getattr(fam, "supports_audio", False) else []),
+            "durations": spec.durations, "resolutions": spec.resolutions, "aspectRatios": spec.aspect_ratios,
+            "fps": spec.fps, "supportsAudio": getattr(fam, "supports_audio", False),
+            "supportsLastFrame": getattr(fam, "supports_last_frame", False), "supportsSeed": True,
+            "defaults": spec.defaults.model_dump(),
+            "local": {"family": spec.family, "weights": entry.name, "repo": entry.repo, "revision": entry.revision,
+                      "license": entry.license, "license_url": entry.license_url,
+                      "commercial_use": entry.commercial_use, "weights_kind": "demo" if demo else "real"},
+        })
+    return JSONResponse({"models": models})
