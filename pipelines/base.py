@@ -13,9 +13,10 @@ which must start without them.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -46,12 +47,16 @@ class RenderCancelled(Exception):
 
 
 class ParamError(ValueError):
-    """A parameter a family cannot accept; `field` names the request field to change."""
+    """A parameter a family cannot accept; `field` names the request field to change.
 
-    def __init__(self, field_name: str, message: str) -> None:
+    `unsupported` marks a feature the family does not have at all (rather than a bad value).
+    """
+
+    def __init__(self, field_name: str, message: str, unsupported: bool = False) -> None:
         super().__init__(message)
         self.field = field_name
         self.message = message
+        self.unsupported = unsupported
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,12 @@ class Family(ABC):
     size_multiple: ClassVar[int]
     """Output width and height must be multiples of this."""
     tasks: ClassVar[frozenset[Task]]
+    supports_negative_prompt: ClassVar[bool] = False
+    native_max_long_side: ClassVar[int] = 1024
+    """Largest long side rendered in one pass; larger outputs go through the tiled refine-upscale."""
+    refine_tile: ClassVar[int] = 1024
+    refine_overlap: ClassVar[int] = 128
+    refine_strength: ClassVar[float] = 0.3
 
     def __init__(self, model_dir: Path, device: str, dtype: torch.dtype) -> None:
         self.model_dir = model_dir
@@ -164,6 +175,21 @@ class Family(ABC):
             raise ParamError("aspect_ratio", f"{cls.name} needs sizes in multiples of {cls.size_multiple}")
         if params.num_inference_steps < 1:
             raise ParamError("num_inference_steps", "num_inference_steps must be at least 1")
+        if params.negative_prompt and not cls.supports_negative_prompt:
+            raise ParamError("negative_prompt", f"{cls.name} is guidance-distilled and has no negative prompt; "
+                             "remove negative_prompt", unsupported=True)
+
+    @classmethod
+    def edit_controls(cls) -> list[str]:
+        """Request fields this family honours beyond prompt and images (listed per model for clients)."""
+        controls = ["num_inference_steps", "guidance_scale", "seed"]
+        if Task.EDIT in cls.tasks or Task.INPAINT in cls.tasks:
+            controls.append("strength")
+        if cls.supports_negative_prompt:
+            controls.append("negative_prompt")
+        if Task.INPAINT in cls.tasks:
+            controls.append("mask_url")
+        return controls
 
     @classmethod
     def batch_key(cls, params: RenderParams) -> tuple[object, ...]:
@@ -183,7 +209,53 @@ class Family(ABC):
 
     @abstractmethod
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
-        """Render one spec. Deterministic for a given spec, device and dtype."""
+        """Render one spec in one pass. Deterministic for a given spec, device and dtype."""
+
+    @classmethod
+    def supports_refine(cls) -> bool:
+        """Whether this family can go past its native size (it implements `refine`)."""
+        return cls.refine is not Family.refine
+
+    def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:
+        """img2img one tile at low strength (same size out). Families that can refine override this."""
+        raise NotImplementedError(f"{self.name} has no img2img refine pass")
+
+    def refine_steps(self, steps: int) -> int:
+        """Steps for a refine pass: enough that int(steps * strength) denoises at least twice."""
+        return max(steps, math.ceil(2 / self.refine_strength))
+
+    def render(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
+        """Render at any size: natively up to `native_max_long_side`, above it natively at that size and
+        then upscaled with a tiled img2img refine (pipelines/tiling.py). Progress counts both passes."""
+        p = spec.params
+        if max(p.width, p.height) <= self.native_max_long_side or not self.images_only(p):
+            return self.run(spec, on_step)
+        from pipelines.tiling import refine_tiled, tile_boxes
+
+        scale = self.native_max_long_side / max(p.width, p.height)
+        m = self.size_multiple
+        native = replace(p, width=max(m, round(p.width * scale / m) * m), height=max(m, round(p.height * scale / m) * m))
+        n_tiles = len(tile_boxes(p.width, p.height, self.refine_tile, self.refine_overlap))
+        steps = self.refine_steps(p.num_inference_steps)
+        total = p.num_inference_steps + p.num_images * n_tiles
+        base = self.run(replace(spec, params=native), lambda k, _n: on_step(k, total))
+        done = [p.num_inference_steps]
+
+        def refine_one(tile: Image.Image, index: int, seed: int) -> Image.Image:
+            out = self.refine(tile, p.prompt, seed * 1009 + index, steps, self.refine_strength)
+            done[0] += 1
+            on_step(done[0], total)
+            return out
+
+        images = [refine_tiled(img, (p.width, p.height), self.refine_tile, self.refine_overlap,
+                               lambda tile, i, s=seed: refine_one(tile, i, s))
+                  for img, seed in zip(base.images, p.seeds, strict=True)]
+        return RenderResult(images=images)
+
+    @staticmethod
+    def images_only(params: RenderParams) -> bool:
+        """Refine-upscaling applies to still images, not clips."""
+        return params.num_frames == 0
 
     @staticmethod
     def generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -23,6 +23,7 @@ from pipelines.base import Family, ParamError, RenderParams, RenderResult, Rende
 _BYTES_PER_TOKEN = 3072 * 2 * 64
 _VAE_BYTES_PER_PIXEL = 2048
 _TEXT_TOKENS = 512
+_TRUE_CFG = 2.0
 
 
 def stitch_side_by_side(images: list[Image.Image], height: int) -> Image.Image:
@@ -44,6 +45,7 @@ class FluxKontextFamily(Family):
     pipeline_class: ClassVar[str] = "FluxKontextPipeline"
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+    supports_negative_prompt: ClassVar[bool] = True
 
     @classmethod
     def check(cls, params: RenderParams) -> None:
@@ -85,6 +87,10 @@ class FluxKontextFamily(Family):
             # Kontext otherwise snaps to a ~1 MP bucket and ignores the requested size.
             max_area=area,
             _auto_resize=False,
+            # Kontext is guidance-distilled: a negative prompt works only through true classifier-free
+            # guidance, which runs the transformer twice per step; it is enabled only when one is given.
+            negative_prompt=p.negative_prompt,
+            true_cfg_scale=_TRUE_CFG if p.negative_prompt else 1.0,
             callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
         )
         import torch

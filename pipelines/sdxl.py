@@ -28,6 +28,7 @@ class SDXLFamily(Family):
     pipeline_class: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
     size_multiple: ClassVar[int] = 64
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+    supports_negative_prompt: ClassVar[bool] = True
 
     @classmethod
     def check(cls, params: RenderParams) -> None:
@@ -66,10 +67,19 @@ class SDXLFamily(Family):
         for p in self.pipelines.values():
             p.set_progress_bar_config(disable=True)
 
+    def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:
+        """Plain SDXL img2img of one tile."""
+        import torch
+
+        with torch.inference_mode():
+            return self.pipeline("img2img")(image=tile, prompt=prompt, strength=strength, num_inference_steps=steps,
+                                            generator=self.generators([seed])).images[0]
+
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
         common: dict[str, object] = dict(
             prompt=p.prompt,
+            negative_prompt=p.negative_prompt,
             num_inference_steps=p.num_inference_steps,
             guidance_scale=p.guidance_scale,
             num_images_per_prompt=p.num_images,

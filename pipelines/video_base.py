@@ -17,6 +17,7 @@ class VideoFamily(Family):
     """An image-to-video family: the first frame comes from the source image."""
 
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.IMAGE_TO_VIDEO})
+    supports_negative_prompt: ClassVar[bool] = True
     frame_step: ClassVar[int]
     """Valid clip lengths are frame_step * k + 1 (the VAE's temporal compression)."""
     supports_audio: ClassVar[bool] = False

@@ -16,7 +16,7 @@ from server.context import AppContext
 from server.engine.completion import CompletionHub
 from server.engine.loop import Engine
 from server.engine.scheduler import OldestFirstGrouped
-from server.engine.worker import Worker, resolve_devices, resolve_dtype
+from server.engine.worker import Worker, device_budget, resolve_devices, resolve_dtype
 from server.jobs.store import JobStore
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     outputs = OutputStore(data / "files", settings.png_compress_level)
     inputs = InputStore(data / "inputs")
     hub = CompletionHub()
-    workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located)
+    reserve = int(settings.vram_reserve_gb * 1e9)
+    workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located, device_budget(dev, reserve))
                for i, dev in enumerate(resolve_devices(settings.device))]
     engine = Engine(store, OldestFirstGrouped(settings.max_batch), workers, outputs, hub.finished,
                     preload=sorted(needed))

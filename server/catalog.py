@@ -141,6 +141,11 @@ class Catalog:
         for spec in [*models.values(), *videos.values()]:
             if spec.family not in FAMILIES:
                 raise ValueError(f"{spec.id}: family {spec.family!r} is not in pipelines/registry.py")
+            fam = FAMILIES[spec.family]
+            beyond = [q for q in getattr(spec, "quality", []) if QUALITY_LONG_SIDE[q] > fam.native_max_long_side]
+            if beyond and not fam.supports_refine():
+                raise ValueError(f"{spec.id}: {fam.name} renders at most {fam.native_max_long_side} px natively "
+                                 f"and has no refine pass for {beyond}")
             if spec.weights not in manifest:
                 raise ValueError(f"{spec.id}: weights {spec.weights!r} is not in weights/manifest.toml")
             if manifest[spec.weights].family != spec.family:

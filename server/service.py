@@ -61,6 +61,7 @@ class ImageAsk:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     strength: float | None = None
+    negative_prompt: str | None = None
     warnings: tuple[str, ...] = ()
 
 
@@ -140,7 +141,7 @@ class GenerationService:
             source_paths=tuple(self.inputs.save(job_id, "source", i, im) for i, im in enumerate(sources)),
             reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
             mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
-            warnings=self._warnings(ask.warnings, spec.weights),
+            warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
         )
         self._commit(job_id, fam, request)
         return job_id, request
@@ -248,14 +249,15 @@ class GenerationService:
                 steps: int, guidance: float, strength: float, n_src: int = 0, n_ref: int = 0) -> RenderParams:
         return RenderParams(task=task, prompt=ask.prompt, width=width, height=height, num_images=num_images,
                             seeds=seeds, num_inference_steps=steps, guidance_scale=guidance, strength=strength,
-                            num_sources=n_src, num_references=n_ref)
+                            num_sources=n_src, num_references=n_ref, negative_prompt=ask.negative_prompt)
 
     @staticmethod
     def _family_check(fam: type[Family], params: RenderParams) -> None:
         try:
             fam.check(params)
         except ParamError as exc:
-            raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
+            code = ErrorCode.UNSUPPORTED_FEATURE if exc.unsupported else ErrorCode.INVALID_REQUEST
+            raise ApiError(422, code, exc.message, exc.field) from None
 
     async def _decode(self, items: list[ImageInput], mask: ImageInput | None) -> list[Image.Image]:
         """Fetch all inputs concurrently, then decode them (the mask, if one of them, as greyscale)."""

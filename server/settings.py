@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     demo: Literal["auto", "always", "never"] = Field(
         "auto", description="Demo (tiny random) weights: auto = when real weights are missing."
     )
+    vram_reserve_gb: float = Field(
+        2.0, ge=0.0, description="GPU memory kept free for the CUDA context, cuBLAS workspaces and fragmentation."
+    )
     license_policy: Literal["any", "commercial"] = Field(
         "any", description="'commercial' serves every id with a stand-in whose weights allow commercial use."
     )

@@ -17,6 +17,12 @@ def _flux_kontext(out: Path) -> Path:
     return build_flux_kontext(out)
 
 
+def _flux2_klein(out: Path) -> Path:
+    from weights.tiny.flux2 import build_flux2_klein
+
+    return build_flux2_klein(out)
+
+
 def _sdxl(out: Path) -> Path:
     from weights.tiny.sdxl import build_sdxl
 
@@ -43,6 +49,7 @@ def _ltx2(out: Path) -> Path:
 
 TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "flux-kontext": _flux_kontext,
+    "flux2-klein": _flux2_klein,
     "sdxl": _sdxl,
     "wan2.2-ti2v-5b": _wan_ti2v,
     "wan2.2-i2v-a14b": _wan_a14b,

@@ -19,6 +19,7 @@ from server.api.tasks import task_view
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobStatus
+from pipelines.registry import family_class
 from server.service import SEED_MAX, ImageAsk, ImageInput
 
 router = APIRouter()
@@ -52,8 +53,12 @@ class GenerateBody(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1, le=200)
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
     strength: float | None = Field(None, gt=0.0, le=1.0)
+    negative_prompt: str | None = Field(None, max_length=4000, description="What to avoid (where the model has it).")
     # hosted fields with no local meaning
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    # hosted features that cannot exist offline: refused when asked for
+    search_grounding: bool | None = Field(None, description="Hosted web-search grounding; not available offline.")
+    enable_web_search: bool | None = Field(None, description="fal's name for search grounding; not available.")
 
     @field_validator("output_format", mode="before")
     @classmethod
@@ -121,6 +126,14 @@ async def _read_multipart(request: Request, ctx: AppContext) -> tuple[dict[str, 
     return fields, files
 
 
+def _refuse_offline_features(body: GenerateBody) -> None:
+    for name in ("search_grounding", "enable_web_search"):
+        if getattr(body, name):
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE,
+                           "search-grounded editing needs the hosted service's live web search; darkroom runs "
+                           f"offline on local models, so send {name}=false or leave it out", name)
+
+
 def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
     sources = [ImageInput(field=f"image_urls[{i}]", url=u) for i, u in enumerate(body.image_urls)]
     sources += [ImageInput(field="image", data=d) for d in files.get("image_urls", [])]
@@ -136,7 +149,8 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
         model=body.model, prompt=body.prompt, sources=tuple(sources), references=tuple(refs), mask=mask,
         aspect_ratio=body.aspect_ratio, quality=body.quality, num_images=body.num_images, seed=body.seed,
         output_format=body.output_format, num_inference_steps=body.num_inference_steps,
-        guidance_scale=body.guidance_scale, strength=body.strength, warnings=tuple(warnings),
+        guidance_scale=body.guidance_scale, strength=body.strength, negative_prompt=body.negative_prompt,
+        warnings=tuple(warnings),
     )
 
 
@@ -155,6 +169,7 @@ async def generate(request: Request) -> JSONResponse:
         body = GenerateBody.model_validate(fields)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
+    _refuse_offline_features(body)
     job_id, _ = await ctx.service.submit_image(_to_ask(body, files))
     base = ctx.public_base(str(request.base_url))
     if body.celery:
@@ -200,6 +215,7 @@ async def list_models(request: Request) -> JSONResponse:
             "maxSourceImages": spec.max_source_images,
             "maxReferenceImages": spec.max_reference_images,
             "supportsSeed": spec.supports_seed,
+            "editControls": family_class(spec.family).edit_controls(),
             "defaults": spec.defaults.model_dump(),
             "local": {
                 "family": spec.family,

@@ -112,7 +112,7 @@ class Engine:
     def _warm(self, worker: Worker) -> None:
         for weights in self.preload:
             try:
-                worker.family(weights)
+                worker.preload([weights])
             except Exception:  # noqa: BLE001 - a model that cannot load must not kill the worker; jobs report it
                 log.exception("could not preload %s on %s", weights, worker.device)
                 self.load_failures[weights] = f"{weights} could not be loaded on {worker.device}"

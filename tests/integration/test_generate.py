@@ -8,16 +8,34 @@ from typing import Any
 import httpx
 import pytest
 
+from pipelines.registry import family_class
+from server.catalog import QUALITY_LONG_SIDE, Catalog
+from server.engine.sizing import output_size
 from tests.conftest import API_KEY
+from weights.manifest import load_manifest
 from tests.support import ServerProcess, data_url, decode_png_size, image_host, png_bytes
 
-MODELS = ["flux-kontext-pro", "flux-kontext-max", "seedream-4.0"]
+CATALOG = Catalog.load(load_manifest())
+MODELS = ["flux-kontext-pro", "flux-kontext-max", "seedream-4.0", "vertex/nano-banana-flash",
+          "vertex/nano-banana-pro", "nano-banana", "nano-banana-2"]
 # Few steps keep CPU time down; SDXL runs int(steps * strength) steps, so keep that >= 1.
-FAST = {"quality": "512", "num_inference_steps": 2}
+SPECS = {mid: CATALOG.get(mid) for mid in MODELS}
+
+
+def _lowest_quality(model: str) -> str:
+    return min(SPECS[model].quality, key=QUALITY_LONG_SIDE.__getitem__)
+
+
+def _size(model: str, ratio: tuple[int, int], quality: str | None = None) -> tuple[int, int]:
+    spec = SPECS[model]
+    return output_size(QUALITY_LONG_SIDE[quality or _lowest_quality(model)], ratio,
+                       family_class(spec.family).size_multiple)
 
 
 def _generate(client: httpx.Client, **body: Any) -> httpx.Response:
-    return client.post("/api/v1/images/generate", json={**FAST, **body})
+    # Few steps and the smallest tier keep CPU time down; SDXL runs int(steps * strength) steps, so keep it >= 1.
+    fast = {"quality": _lowest_quality(body["model"]), "num_inference_steps": 2}
+    return client.post("/api/v1/images/generate", json={**fast, **body})
 
 
 def _poll(client: httpx.Client, task_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -67,9 +85,8 @@ def test_sync_edit_returns_images(server: ServerProcess, model: str) -> None:
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["task_id"].startswith("task_") and body["prompt"] == "make the wall blue"
-        # auto aspect: 3:2 source -> 512 long side; Kontext rounds to 16, SDXL to 64.
-        size = (512, 336) if model.startswith("flux") else (512, 320)
-        _check_images(c, body, 1, size)
+        # auto aspect: the 3:2 source decides the shape; each family rounds to its own grid.
+        _check_images(c, body, 1, _size(model, (120, 80)))
         assert body["darkroom"]["runtime"]["demo_weights"] is True
         assert any("demo weights" in w for w in body["warnings"])
 
@@ -83,7 +100,7 @@ def test_async_task_lifecycle(server: ServerProcess, model: str) -> None:
         assert r.json()["status"] in ("pending", "processing")
         view = _poll(c, r.json()["task_id"])
         assert view["status"] == "completed", view
-        _check_images(c, view, 1, (512, 512))
+        _check_images(c, view, 1, _size(model, (1, 1)))
         assert view["progress"]["step"] == view["progress"]["total"] > 0
 
 
@@ -95,17 +112,17 @@ def test_text_only_is_text_to_image(server: ServerProcess, model: str) -> None:
         assert r.json()["darkroom"]["task"] == "generate"
 
 
-@pytest.mark.parametrize("model", ["flux-kontext-pro", "seedream-4.0"])
+@pytest.mark.parametrize("model", ["flux-kontext-pro", "seedream-4.0", "nano-banana"])
 def test_mask_runs_inpaint(server: ServerProcess, model: str) -> None:
     src = data_url(png_bytes((128, 128)))
     mask = data_url(png_bytes((128, 128), mode="L"))
-    extra = {"reference_images": [data_url(png_bytes((64, 64), (0, 200, 0)))]} if model.startswith("flux") else {}
+    extra = {"reference_images": [data_url(png_bytes((64, 64), (0, 200, 0)))]} if model != "seedream-4.0" else {}
     with server.client() as c:
         r = _generate(c, model=model, prompt="a hat", image_urls=[src], mask_url=mask, strength=0.8,
                       num_inference_steps=4, **extra)
         assert r.status_code == 200, r.text
         assert r.json()["darkroom"]["task"] == "inpaint"
-        _check_images(c, r.json(), 1, (512, 512))
+        _check_images(c, r.json(), 1, _size(model, (1, 1)))
 
 
 def test_kontext_reference_without_mask_is_stitched_edit(server: ServerProcess) -> None:

@@ -23,8 +23,10 @@ GOOD = {
 
 def test_every_id_resolves_to_family_manifest_and_builder() -> None:
     catalog = Catalog.load(MANIFEST)
-    assert catalog.ids() == ["flux-kontext-max", "flux-kontext-pro", "seedream-4.0"]
-    for spec in catalog.specs():
+    assert catalog.ids() == ["flux-kontext-max", "flux-kontext-pro", "nano-banana", "nano-banana-2", "seedream-4.0",
+                             "vertex/nano-banana-flash", "vertex/nano-banana-pro"]
+    assert catalog.video_ids() == ["sora-2", "sora-2-pro", "veo-3", "veo-3-fast"]
+    for spec in [*catalog.specs(), *catalog.video_specs()]:
         assert spec.family in FAMILIES
         entry = catalog.weights_for(spec)
         assert entry.family == spec.family
@@ -52,6 +54,15 @@ def test_lookup_is_exact() -> None:
 def test_bad_model_config_is_rejected(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelSpec(id="m", **{**GOOD, **change})
+
+
+def test_tiers_beyond_native_need_a_refine_pass() -> None:
+    kontext = ModelSpec(id="k", **{**GOOD, "family": "flux-kontext", "weights": "flux1-kontext-dev",
+                                   "quality": ["1K", "4K"]})
+    with pytest.raises(ValueError, match="no refine pass"):
+        Catalog({"k": kontext}, MANIFEST)
+    sdxl = ModelSpec(id="s", **{**GOOD, "quality": ["1K", "4K"]})
+    assert Catalog({"s": sdxl}, MANIFEST).get("s").quality == ["1K", "4K"]
 
 
 def test_cross_checks(tmp_path: Path) -> None:

@@ -73,3 +73,30 @@ def gemma_tokenizer(model_max_length: int = 1024) -> "GemmaTokenizer":
         vocab["▁" + c] = len(vocab)
     merges = [("▁", c) for c in alnum]
     return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>", "<think>", "</think>"]
+# ChatML, as Qwen2.5/Qwen3 use it; `enable_thinking=False` adds the empty think block Qwen3 expects.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% else %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+
+def qwen_tokenizer(model_max_length: int = 1024) -> "Qwen2Tokenizer":
+    """Byte-level BPE over the 256 byte symbols (no merges) plus Qwen's special tokens and chat template."""
+    from transformers import AddedToken, Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>", model_max_length=model_max_length)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS], special_tokens=True)
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok
