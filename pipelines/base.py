@@ -133,6 +133,8 @@ class Family(ABC):
     """Output width and height must be multiples of this."""
     tasks: ClassVar[frozenset[Task]]
     supports_negative_prompt: ClassVar[bool] = False
+    img2img_strength: ClassVar[bool] = False
+    """Whether plain edits (not only masked ones) honour `strength`."""
     native_max_long_side: ClassVar[int] = 1024
     """Largest long side rendered in one pass; larger outputs go through the tiled refine-upscale."""
     refine_tile: ClassVar[int] = 1024
@@ -183,7 +185,7 @@ class Family(ABC):
     def edit_controls(cls) -> list[str]:
         """Request fields this family honours beyond prompt and images (listed per model for clients)."""
         controls = ["num_inference_steps", "guidance_scale", "seed"]
-        if Task.EDIT in cls.tasks or Task.INPAINT in cls.tasks:
+        if Task.INPAINT in cls.tasks or cls.img2img_strength:
             controls.append("strength")
         if cls.supports_negative_prompt:
             controls.append("negative_prompt")

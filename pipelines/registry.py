@@ -6,12 +6,14 @@ from pipelines.base import Family
 from pipelines.flux2 import Flux2KleinFamily
 from pipelines.flux_kontext import FluxKontextFamily
 from pipelines.ltx2 import LTX2Family
+from pipelines.qwen_image_edit import QwenImageEditFamily
 from pipelines.sdxl import SDXLFamily
 from pipelines.wan import WanI2VA14BFamily, WanTI2V5BFamily
 
 FAMILIES: dict[str, type[Family]] = {
     cls.name: cls
-    for cls in (FluxKontextFamily, Flux2KleinFamily, SDXLFamily, WanTI2V5BFamily, WanI2VA14BFamily, LTX2Family)
+    for cls in (FluxKontextFamily, Flux2KleinFamily, QwenImageEditFamily, SDXLFamily, WanTI2V5BFamily,
+                WanI2VA14BFamily, LTX2Family)
 }
 
 

@@ -29,6 +29,7 @@ class SDXLFamily(Family):
     size_multiple: ClassVar[int] = 64
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
     supports_negative_prompt: ClassVar[bool] = True
+    img2img_strength: ClassVar[bool] = True
 
     @classmethod
     def check(cls, params: RenderParams) -> None:

@@ -104,6 +104,10 @@ class GenerationService:
         spec = self.catalog.get(ask.model)
         self._check_limits(spec, ask)
         fam = family_class(spec.family)
+        if ask.strength is not None and "strength" not in fam.edit_controls():
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, f"{spec.id} does not use strength (its edits are "
+                           "instruction-based); remove strength, or add a mask_url where the model supports one",
+                           "strength")
         task = Task.INPAINT if ask.mask else Task.EDIT if (ask.sources or ask.references) else Task.GENERATE
         if task is Task.INPAINT and not ask.sources:
             raise ApiError(422, ErrorCode.MISSING_FIELD, "a mask needs a source image in image_urls", "image_urls")

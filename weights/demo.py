@@ -23,6 +23,12 @@ def _flux2_klein(out: Path) -> Path:
     return build_flux2_klein(out)
 
 
+def _qwen_image_edit(out: Path) -> Path:
+    from weights.tiny.qwen_image import build_qwen_image_edit
+
+    return build_qwen_image_edit(out)
+
+
 def _sdxl(out: Path) -> Path:
     from weights.tiny.sdxl import build_sdxl
 
@@ -50,6 +56,7 @@ def _ltx2(out: Path) -> Path:
 TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "flux-kontext": _flux_kontext,
     "flux2-klein": _flux2_klein,
+    "qwen-image-edit": _qwen_image_edit,
     "sdxl": _sdxl,
     "wan2.2-ti2v-5b": _wan_ti2v,
     "wan2.2-i2v-a14b": _wan_a14b,

@@ -112,7 +112,7 @@ def test_text_only_is_text_to_image(server: ServerProcess, model: str) -> None:
         assert r.json()["darkroom"]["task"] == "generate"
 
 
-@pytest.mark.parametrize("model", ["flux-kontext-pro", "seedream-4.0", "nano-banana"])
+@pytest.mark.parametrize("model", ["flux-kontext-pro", "seedream-4.0", "nano-banana-2"])
 def test_mask_runs_inpaint(server: ServerProcess, model: str) -> None:
     src = data_url(png_bytes((128, 128)))
     mask = data_url(png_bytes((128, 128), mode="L"))

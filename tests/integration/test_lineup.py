@@ -42,7 +42,7 @@ def test_input_shapes(server: ServerProcess, model: str, shape: str) -> None:
         assert r.status_code == 200, r.text
         view = r.json()
         assert view["darkroom"]["task"] == ("generate" if shape == "text-only" else "edit")
-        assert view["darkroom"]["runtime"]["family"] == "flux2-klein"
+        assert view["darkroom"]["runtime"]["family"] == spec.family
         assert len(view["images"]) == 1
 
 
@@ -72,6 +72,12 @@ def test_num_images_at_the_maximum(server: ServerProcess, model: str) -> None:
         assert len(contents) == spec.max_num_images  # every candidate is its own image
 
 
+def test_strength_is_refused_where_it_means_nothing(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = _post(c, "nano-banana", strength=0.5, image_urls=_images(1))
+        assert r.status_code == 422 and r.json()["error"]["field"] == "strength"
+
+
 def test_search_grounding_is_refused(server: ServerProcess) -> None:
     with server.client() as c:
         for name in ("search_grounding", "enable_web_search"):
@@ -83,12 +89,14 @@ def test_search_grounding_is_refused(server: ServerProcess) -> None:
 
 def test_negative_prompt_only_where_the_family_has_it(server: ServerProcess) -> None:
     with server.client() as c:
-        r = _post(c, "nano-banana", negative_prompt="blurry")
+        r = _post(c, "nano-banana-2", negative_prompt="blurry")
         assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_feature"
+        assert _post(c, "nano-banana", negative_prompt="blurry").status_code == 200  # Qwen: true CFG
         assert _post(c, "seedream-4.0", negative_prompt="blurry").status_code == 200
         assert _post(c, "flux-kontext-pro", negative_prompt="blurry").status_code == 200
         models = {m["id"]: m for m in c.get("/api/v1/images/models").json()["models"]}
-    assert "negative_prompt" not in models["nano-banana"]["editControls"]
+    assert "negative_prompt" not in models["nano-banana-2"]["editControls"]
+    assert "strength" not in models["nano-banana"]["editControls"]
     assert {"negative_prompt", "strength", "mask_url"} <= set(models["seedream-4.0"]["editControls"])
 
 
