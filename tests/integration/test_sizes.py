@@ -29,8 +29,9 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
     lowest = min(spec.quality, key=QUALITY_LONG_SIDE.__getitem__)
     with server.client() as c:
         for quality in spec.quality:
-            # Every ratio at every native tier for the serving-core models; for the rest every ratio at the
-            # lowest tier and the squarest and most extreme ones above it. Refined tiers (above the native
+            # Every ratio at every native tier is rendered for the serving-core models. For the line-up ids
+            # the squarest and most extreme ratios are rendered at the lowest tier (the arithmetic of every
+            # id x tier x ratio is checked in tests/unit/test_catalog.py). Refined tiers (above the native
             # size) take one tiled pass per request, so only the widest ratio (fewest tiles) is rendered.
             fam = family_class(spec.family)
             if QUALITY_LONG_SIDE[quality] > fam.native_max_long_side:
@@ -38,10 +39,12 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
                 if model not in REFINED_SAMPLE:
                     continue
                 chosen = [max(ratios, key=lambda a: parse_ratio(a)[0] / parse_ratio(a)[1])]
-            elif spec.family in ("flux-kontext", "sdxl") or quality == lowest:
+            elif spec.family in ("flux-kontext", "sdxl"):
                 chosen = ratios
-            else:
+            elif quality == lowest:
                 chosen = _extremes(ratios)
+            else:
+                continue
             for ar in chosen:
                 body = {"model": model, "prompt": "size check", "quality": quality, "aspect_ratio": ar,
                         "num_inference_steps": 1}

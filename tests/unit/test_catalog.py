@@ -81,3 +81,25 @@ def test_manifest_refuses_pickle_patterns(tmp_path: Path) -> None:
                    'commercial_use=true\nallow_patterns=["unet/*.bin"]\n')
     with pytest.raises(ValueError, match="pickled"):
         load_manifest(bad)
+
+
+def test_every_id_tier_and_ratio_maps_to_a_valid_size() -> None:
+    from server.catalog import QUALITY_LONG_SIDE, parse_ratio
+    from server.engine.sizing import output_size
+
+    catalog = Catalog.load(MANIFEST)
+    checked = 0
+    for spec in catalog.specs():
+        multiple = FAMILIES[spec.family].size_multiple
+        for quality in spec.quality:
+            for ar in (a for a in spec.aspect_ratios if a != "auto"):
+                rw, rh = parse_ratio(ar)
+                w, h = output_size(QUALITY_LONG_SIDE[quality], (rw, rh), multiple)
+                assert max(w, h) == QUALITY_LONG_SIDE[quality]
+                assert w % multiple == 0 and h % multiple == 0
+                assert (w >= h) == (rw >= rh)
+                # The short side is the grid multiple nearest the exact ratio.
+                exact = QUALITY_LONG_SIDE[quality] * min(rw, rh) / max(rw, rh)
+                assert abs(min(w, h) - exact) <= multiple / 2 or min(w, h) == multiple
+                checked += 1
+    assert checked > 200
