@@ -209,6 +209,21 @@ class Family(ABC):
     def load(self) -> None:
         """Load the weights (safetensors only) onto `self.device`."""
 
+    def _from_pretrained(self) -> Any:
+        """The family's main pipeline (`pipeline_class`) from its folder: safetensors only, no hub, on device."""
+        import diffusers
+
+        pipe = getattr(diffusers, self.pipeline_class).from_pretrained(
+            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
+        )
+        return pipe.to(self.device)
+
+    def _use(self, pipelines: dict[str, Any]) -> None:
+        """Keep the loaded pipelines by role (progress bars off: they are for notebooks, not server logs)."""
+        for pipe in pipelines.values():
+            pipe.set_progress_bar_config(disable=True)
+        self.pipelines = pipelines
+
     @abstractmethod
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         """Render one spec in one pass. Deterministic for a given spec, device and dtype."""

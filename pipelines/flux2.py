@@ -52,15 +52,10 @@ class Flux2KleinFamily(Family):
         return batch * params.num_images * per_image + params.width * params.height * _VAE_BYTES_PER_PIXEL
 
     def load(self) -> None:
-        from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
+        from diffusers import Flux2KleinInpaintPipeline
 
-        pipe = Flux2KleinPipeline.from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
-        )
-        pipe.to(self.device)
-        self.pipelines = {"edit": pipe, "inpaint": Flux2KleinInpaintPipeline.from_pipe(pipe)}
-        for p in self.pipelines.values():
-            p.set_progress_bar_config(disable=True)
+        pipe = self._from_pretrained()
+        self._use({"edit": pipe, "inpaint": Flux2KleinInpaintPipeline.from_pipe(pipe)})
 
     def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:
         """img2img through the inpaint pipeline with an all-white mask (everything may change, a little)."""

@@ -62,16 +62,11 @@ class FluxKontextFamily(Family):
         return batch * params.num_images * per_image + vae
 
     def load(self) -> None:
-        from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
+        from diffusers import FluxKontextInpaintPipeline
 
-        pipe = FluxKontextPipeline.from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
-        )
-        pipe.to(self.device)
+        pipe = self._from_pretrained()
         # from_pipe shares every module with `pipe`: no second copy of the weights.
-        self.pipelines = {"edit": pipe, "inpaint": FluxKontextInpaintPipeline.from_pipe(pipe)}
-        for p in self.pipelines.values():
-            p.set_progress_bar_config(disable=True)
+        self._use({"edit": pipe, "inpaint": FluxKontextInpaintPipeline.from_pipe(pipe)})
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params

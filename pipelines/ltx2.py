@@ -29,16 +29,6 @@ class LTX2Family(VideoFamily):
         tokens = latent_frames * (params.height // 32) * (params.width // 32)
         return batch * tokens * _HIDDEN * 2 * 40 + params.width * params.height * params.num_frames * _VAE_BYTES_PER_VOXEL
 
-    def load(self) -> None:
-        from diffusers import LTX2ImageToVideoPipeline
-
-        pipe = LTX2ImageToVideoPipeline.from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
-        )
-        pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipelines = {"i2v": pipe}
-
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 

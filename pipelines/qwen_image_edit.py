@@ -42,15 +42,10 @@ class QwenImageEditFamily(Family):
         from pipelines import qwen_shim
 
         qwen_shim.apply()
-        from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
+        from diffusers import QwenImagePipeline
 
-        pipe = QwenImageEditPlusPipeline.from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
-        )
-        pipe.to(self.device)
-        self.pipelines = {"edit": pipe, "generate": QwenImagePipeline.from_pipe(pipe)}
-        for p in self.pipelines.values():
-            p.set_progress_bar_config(disable=True)
+        pipe = self._from_pretrained()
+        self._use({"edit": pipe, "generate": QwenImagePipeline.from_pipe(pipe)})
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

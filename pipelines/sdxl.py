@@ -53,20 +53,15 @@ class SDXLFamily(Family):
         return unet + params.width * params.height * _VAE_BYTES_PER_PIXEL
 
     def load(self) -> None:
-        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+        from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
-        )
-        pipe.to(self.device)
+        pipe = self._from_pretrained()
         # The img2img pipeline owns the modules; the other roles share them through from_pipe.
-        self.pipelines = {
+        self._use({
             "img2img": pipe,
             "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(pipe),
             "txt2img": StableDiffusionXLPipeline.from_pipe(pipe),
-        }
-        for p in self.pipelines.values():
-            p.set_progress_bar_config(disable=True)
+        })
 
     def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:
         """Plain SDXL img2img of one tile."""

@@ -44,6 +44,9 @@ class VideoFamily(Family):
     def batch_key(cls, params: RenderParams) -> tuple[object, ...]:
         return (*super().batch_key(params), params.num_frames, params.fps, params.generate_audio)
 
+    def load(self) -> None:
+        self._use({"i2v": self._from_pretrained()})
+
     @staticmethod
     def to_uint8_frames(frames: np.ndarray) -> np.ndarray:
         """diffusers 'np' output (F, H, W, 3) floats in [0, 1] -> uint8."""

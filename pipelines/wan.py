@@ -34,16 +34,6 @@ class WanVideoFamily(VideoFamily):
         dit = batch * tokens * cls.hidden * 2 * 40
         return dit + params.width * params.height * params.num_frames * _VAE_BYTES_PER_VOXEL
 
-    def load(self) -> None:
-        from diffusers import WanImageToVideoPipeline
-
-        pipe = WanImageToVideoPipeline.from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
-        )
-        pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipelines = {"i2v": pipe}
-
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 

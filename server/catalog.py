@@ -61,9 +61,7 @@ class ModelSpec(BaseModel):
             raise ValueError(f"{self.id}: default_quality {self.default_quality!r} is not in quality")
         if self.default_num_images > self.max_num_images:
             raise ValueError(f"{self.id}: default_num_images exceeds max_num_images")
-        for ar in self.aspect_ratios:
-            if ar != "auto":
-                parse_ratio(ar)
+        _check_ratios(self.aspect_ratios)
         if not set(self.output_formats) <= {"png", "jpeg", "webp"}:
             raise ValueError(f"{self.id}: output_formats must be a subset of png, jpeg, webp")
         return self
@@ -105,13 +103,17 @@ class VideoModelSpec(BaseModel):
         unknown = [r for r in self.resolutions if r not in RESOLUTION_SHORT_SIDE]
         if unknown:
             raise ValueError(f"{self.id}: unknown resolutions {unknown}; known: {list(RESOLUTION_SHORT_SIDE)}")
-        for ar in self.aspect_ratios:
-            if ar != "auto":
-                parse_ratio(ar)
+        _check_ratios(self.aspect_ratios)
         d = self.defaults
         if d.duration not in self.durations or d.resolution not in self.resolutions or d.fps not in self.fps:
             raise ValueError(f"{self.id}: defaults must be among the listed durations, resolutions and fps")
         return self
+
+
+def _check_ratios(ratios: list[str]) -> None:
+    for ar in ratios:
+        if ar != "auto":
+            parse_ratio(ar)
 
 
 def parse_ratio(text: str) -> tuple[int, int]:

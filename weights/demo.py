@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -10,58 +11,23 @@ from pathlib import Path
 from weights.manifest import WeightsEntry
 
 
-# Builders import diffusers when called, not when this module is imported.
-def _flux_kontext(out: Path) -> Path:
-    from weights.tiny.flux_kontext import build_flux_kontext
-
-    return build_flux_kontext(out)
-
-
-def _flux2_klein(out: Path) -> Path:
-    from weights.tiny.flux2 import build_flux2_klein
-
-    return build_flux2_klein(out)
-
-
-def _qwen_image_edit(out: Path) -> Path:
-    from weights.tiny.qwen_image import build_qwen_image_edit
-
-    return build_qwen_image_edit(out)
-
-
-def _sdxl(out: Path) -> Path:
-    from weights.tiny.sdxl import build_sdxl
-
-    return build_sdxl(out)
-
-
-def _wan_ti2v(out: Path) -> Path:
-    from weights.tiny.wan import build_wan_ti2v_5b
-
-    return build_wan_ti2v_5b(out)
-
-
-def _wan_a14b(out: Path) -> Path:
-    from weights.tiny.wan import build_wan_i2v_a14b
-
-    return build_wan_i2v_a14b(out)
-
-
-def _ltx2(out: Path) -> Path:
-    from weights.tiny.ltx2 import build_ltx2
-
-    return build_ltx2(out)
-
-
-TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
-    "flux-kontext": _flux_kontext,
-    "flux2-klein": _flux2_klein,
-    "qwen-image-edit": _qwen_image_edit,
-    "sdxl": _sdxl,
-    "wan2.2-ti2v-5b": _wan_ti2v,
-    "wan2.2-i2v-a14b": _wan_a14b,
-    "ltx2": _ltx2,
+# family -> "module:function" of its tiny builder, imported only when a build is asked for (diffusers is slow
+# to import and serving must not wait for it).
+TINY_BUILDERS: dict[str, str] = {
+    "flux-kontext": "weights.tiny.flux_kontext:build_flux_kontext",
+    "flux2-klein": "weights.tiny.flux2:build_flux2_klein",
+    "qwen-image-edit": "weights.tiny.qwen_image:build_qwen_image_edit",
+    "sdxl": "weights.tiny.sdxl:build_sdxl",
+    "wan2.2-ti2v-5b": "weights.tiny.wan:build_wan_ti2v_5b",
+    "wan2.2-i2v-a14b": "weights.tiny.wan:build_wan_i2v_a14b",
+    "ltx2": "weights.tiny.ltx2:build_ltx2",
 }
+
+
+def tiny_builder(family: str) -> Callable[[Path], Path]:
+    """The tiny builder of `family`."""
+    module, _, func = TINY_BUILDERS[family].partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def build_demo(entry: WeightsEntry, demo_dir: Path, force: bool = False) -> Path:
@@ -69,7 +35,7 @@ def build_demo(entry: WeightsEntry, demo_dir: Path, force: bool = False) -> Path
     target = demo_dir / entry.name
     if (target / "model_index.json").is_file() and not force:
         return target
-    builder = TINY_BUILDERS[entry.family]
+    builder = tiny_builder(entry.family)
     demo_dir.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so a crash never leaves a half-written model that looks ready.
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=demo_dir))
