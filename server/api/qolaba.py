@@ -185,6 +185,9 @@ async def generate(request: Request) -> JSONResponse:
         err = record.error
         status = 422 if err.get("code") == "invalid_request" else 500
         return JSONResponse({"task_id": job_id, "status": "failed", "error": err}, status_code=status)
+    if record.status is JobStatus.CANCELLED:
+        # Another client cancelled the task while this one waited for it.
+        return JSONResponse({"task_id": job_id, "status": "cancelled", "error": record.error}, status_code=409)
     # Still running after sync_timeout_s: hand back the task id instead of holding the connection.
     return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
                         status_code=202)

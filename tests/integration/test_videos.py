@@ -141,6 +141,42 @@ def test_cancel_running_then_worker_takes_next(server: ServerProcess, kind: str)
         assert c.post(f"/api/v1/tasks/{task}/cancel").status_code == 409
 
 
+def test_sync_waiter_learns_of_a_cancel(server: ServerProcess) -> None:
+    import threading
+
+    with server.client() as c:
+        busy = _submit(c, model="sora-2", num_inference_steps=200)["task_id"]
+        answer: dict[str, Any] = {}
+
+        def wait_sync() -> None:
+            with server.client() as c2:
+                r = c2.post("/api/v1/images/generate", json={"model": "flux-kontext-pro", "prompt": "queued",
+                                                              "quality": "512", "num_inference_steps": 1})
+                answer["status"], answer["body"] = r.status_code, r.json()
+
+        waiter = threading.Thread(target=wait_sync)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        queued = None
+        while queued is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pending = [t for t in _pending_tasks(server) if t != busy]
+            queued = pending[0] if pending else None
+        assert queued is not None
+        assert c.post(f"/api/v1/tasks/{queued}/cancel").status_code == 200
+        waiter.join(30)
+        assert answer["status"] == 409 and answer["body"]["error"]["code"] == "cancelled"
+        c.post(f"/api/v1/tasks/{busy}/cancel")
+        assert _wait(c, busy)["status"] == "cancelled"
+
+
+def _pending_tasks(server: ServerProcess) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "jobs.sqlite3") as db:
+        return [row[0] for row in db.execute("SELECT id FROM jobs WHERE status = 'pending' ORDER BY created_at")]
+
+
 def test_cancel_pending_is_immediate(server: ServerProcess) -> None:
     with server.client() as c:
         busy = _submit(c, model="sora-2", num_inference_steps=200)["task_id"]
