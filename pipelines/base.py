@@ -177,6 +177,8 @@ class Family(ABC):
             raise ParamError("aspect_ratio", f"{cls.name} needs sizes in multiples of {cls.size_multiple}")
         if params.num_inference_steps < 1:
             raise ParamError("num_inference_steps", "num_inference_steps must be at least 1")
+        if params.task is Task.INPAINT and not 0.0 < params.strength <= 1.0:
+            raise ParamError("strength", "strength must be in (0, 1] for masked edits")
         if params.negative_prompt and not cls.supports_negative_prompt:
             raise ParamError("negative_prompt", f"{cls.name} is guidance-distilled and has no negative prompt; "
                              "remove negative_prompt", unsupported=True)

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from PIL import Image
 
-from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
 
 # Uncalibrated, generous (see flux_kontext): hidden 3072 for klein 4B.
 _BYTES_PER_TOKEN = 3072 * 2 * 48
@@ -36,12 +36,6 @@ class Flux2KleinFamily(Family):
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
     # FLUX.2 renders up to ~4 MP in one pass, so 2K is native; 4K goes through the tiled refine.
     native_max_long_side: ClassVar[int] = 2048
-
-    @classmethod
-    def check(cls, params: RenderParams) -> None:
-        super().check(params)
-        if params.task is Task.INPAINT and not 0.0 < params.strength <= 1.0:
-            raise ParamError("strength", "strength must be in (0, 1] for masked edits")
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from PIL import Image
 
-from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
 
 
 # Uncalibrated, deliberately generous: activation bytes per token of the joint
@@ -46,12 +46,6 @@ class FluxKontextFamily(Family):
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
     supports_negative_prompt: ClassVar[bool] = True
-
-    @classmethod
-    def check(cls, params: RenderParams) -> None:
-        super().check(params)
-        if params.task is Task.INPAINT and not 0.0 < params.strength <= 1.0:
-            raise ParamError("strength", "strength must be in (0, 1] for masked edits")
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:

@@ -88,3 +88,14 @@ def test_size_grid_enforced() -> None:
     with pytest.raises(ParamError):
         SDXLFamily.check(_params(Task.GENERATE, width=96))
     FluxKontextFamily.check(_params(Task.GENERATE, width=96))
+
+
+@pytest.mark.parametrize("family", ["flux-kontext", "flux2-klein", "sdxl"])
+def test_masked_edits_need_strength_in_range(family: str) -> None:
+    from pipelines.registry import family_class
+
+    cls = family_class(family)
+    with pytest.raises(ParamError) as exc:
+        cls.check(_params(Task.INPAINT, width=64, height=64, num_sources=1, strength=1.5, num_inference_steps=4))
+    assert exc.value.field == "strength"
+    cls.check(_params(Task.INPAINT, width=64, height=64, num_sources=1, strength=0.5, num_inference_steps=4))
