@@ -1,11 +1,20 @@
-"""FLUX.2 [klein] 4B (Flux2KleinPipeline): fast, distilled, natively multi-reference.
+"""FLUX.2: [klein] 4B (Flux2KleinPipeline, fast, distilled) and [dev] (Flux2Pipeline, quality).
 
 How several images are used: FLUX.2 conditions on a list of images natively
 (each becomes its own token block with its own position offset), so source
 images and reference images are passed together, sources first; there is no
-stitching and nothing is dropped. With a mask, Flux2KleinInpaintPipeline
-(built with `from_pipe`, same weights) repaints the masked area of the first
-source, using the other images as references.
+stitching and nothing is dropped. All of them together are conditioned at
+<= 4 MP, each at <= 1 MP.
+
+[klein]: with a mask, Flux2KleinInpaintPipeline (built with `from_pipe`, same
+weights) repaints the masked area of the first source, using the other images
+as references; the 4K refine is that pipeline with an all-white mask.
+
+[dev]: diffusers has no img2img or inpaint pipeline for it, so it takes no
+mask; its 4K refine is img2img through the pipeline's own `latents`/`sigmas`
+arguments (the tile's latents noised to the first sigma of the tail of the
+schedule, the flow-matching img2img). Its processor needs
+pipelines.torchvision_shims without torchvision.
 """
 
 from __future__ import annotations
@@ -16,8 +25,11 @@ from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
 
-# Uncalibrated, generous (see flux_kontext): hidden 3072 for klein 4B.
-_BYTES_PER_TOKEN = 3072 * 2 * 48
+# Uncalibrated, generous (see flux_kontext): hidden 3072 for klein 4B, 6144 for dev 32B.
+_KLEIN_BYTES_PER_TOKEN = 3072 * 2 * 48
+_DEV_BYTES_PER_TOKEN = 6144 * 2 * 48
+# The pipeline's own default guidance, used for refine tiles (the request's guidance shaped the base image).
+_DEV_REFINE_GUIDANCE = 4.0
 _VAE_BYTES_PER_PIXEL = 2048
 _TEXT_TOKENS = 512
 # FLUX.2 rejects conditioning images under 64 px a side. Each conditioning image is capped at ~1 MP (what
@@ -39,11 +51,7 @@ class Flux2KleinFamily(Family):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        out_tokens = (params.width // 16) * (params.height // 16)
-        n = params.num_sources + params.num_references
-        cond_tokens = min(n * _REF_AREA, _TOTAL_REF_AREA) // 256
-        per_image = (out_tokens + cond_tokens + _TEXT_TOKENS) * _BYTES_PER_TOKEN
-        return batch * params.num_images * per_image + params.width * params.height * _VAE_BYTES_PER_PIXEL
+        return _activation_bytes(params, batch, _KLEIN_BYTES_PER_TOKEN)
 
     def load(self) -> None:
         from diffusers import Flux2KleinInpaintPipeline
@@ -63,16 +71,6 @@ class Flux2KleinFamily(Family):
                 generator=self.generators([seed]),
             ).images[0]
 
-    @staticmethod
-    def _conditioning(images: tuple[Image.Image, ...]) -> list[Image.Image]:
-        area = min(_REF_AREA, _TOTAL_REF_AREA // max(1, len(images)))
-        out = []
-        for im in images:
-            if min(im.size) < _MIN_REF_SIDE:
-                scale = _MIN_REF_SIDE / min(im.size)
-                im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
-            out.append(fit_within(im, max(area, _MIN_REF_SIDE * _MIN_REF_SIDE), 16))
-        return out
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
@@ -89,10 +87,88 @@ class Flux2KleinFamily(Family):
                 assert spec.mask is not None
                 src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
                 mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
-                refs = self._conditioning(spec.sources[1:] + spec.references) or None
+                refs = _conditioning(spec.sources[1:] + spec.references) or None
                 images = self.pipeline("inpaint")(image=src, mask_image=mask, image_reference=refs,
                                                   strength=p.strength, **common).images
             else:
-                cond = self._conditioning(spec.sources + spec.references) or None
+                cond = _conditioning(spec.sources + spec.references) or None
                 images = self.pipeline("edit")(image=cond, **common).images
         return RenderResult(images=list(images))
+
+
+class Flux2DevFamily(Family):
+    """FLUX.2 [dev] served through Flux2Pipeline: generate and multi-reference edit, no mask."""
+
+    name: ClassVar[str] = "flux2-dev"
+    pipeline_class: ClassVar[str] = "Flux2Pipeline"
+    size_multiple: ClassVar[int] = 16
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT})
+    native_max_long_side: ClassVar[int] = 2048
+
+    @classmethod
+    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        return _activation_bytes(params, batch, _DEV_BYTES_PER_TOKEN)
+
+    def load(self) -> None:
+        from pipelines import torchvision_shims
+
+        torchvision_shims.apply_pixtral()
+        self._use({"edit": self._from_pretrained()})
+
+    def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
+        import torch
+
+        p = spec.params
+        cond = _conditioning(spec.sources + spec.references) or None
+        with torch.inference_mode():
+            images = self.pipeline("edit")(
+                image=cond, prompt=p.prompt, height=p.height, width=p.width,
+                num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale,
+                num_images_per_prompt=p.num_images, generator=self.generators(p.seeds),
+                callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
+            ).images
+        return RenderResult(images=list(images))
+
+    def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:
+        """Flow-matching img2img: denoise the tail of a `steps` schedule from the tile's noised latents."""
+        import numpy as np
+        import torch
+        from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
+
+        pipe = self.pipeline("edit")
+        kept = max(1, int(steps * strength))
+        tail = np.linspace(1.0, 1.0 / steps, steps)[steps - kept:].tolist()
+        seq_len = (tile.width // 16) * (tile.height // 16)
+        generator = self.generators([seed])[0]
+        with torch.inference_mode():
+            pixels = pipe.image_processor.preprocess(tile, height=tile.height, width=tile.width)
+            clean = pipe._encode_vae_image(pixels.to(pipe.vae.device, pipe.vae.dtype), generator)
+            # The pipeline shifts the sigmas it is given (by mu, from the sequence length and step count);
+            # setting the same schedule here reads the shifted first sigma the tile must be noised to.
+            retrieve_timesteps(pipe.scheduler, kept, pipe.vae.device, sigmas=tail,
+                               mu=compute_empirical_mu(image_seq_len=seq_len, num_steps=kept))
+            sigma = float(pipe.scheduler.sigmas[0])
+            noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean.device, clean.dtype)
+            latents = (1.0 - sigma) * clean + sigma * noise
+            return pipe(prompt=prompt, height=tile.height, width=tile.width, num_inference_steps=kept,
+                        sigmas=tail, latents=latents, guidance_scale=_DEV_REFINE_GUIDANCE, generator=generator).images[0]
+
+
+def _activation_bytes(params: RenderParams, batch: int, bytes_per_token: int) -> int:
+    out_tokens = (params.width // 16) * (params.height // 16)
+    n = params.num_sources + params.num_references
+    cond_tokens = min(n * _REF_AREA, _TOTAL_REF_AREA) // 256
+    per_image = (out_tokens + cond_tokens + _TEXT_TOKENS) * bytes_per_token
+    return batch * params.num_images * per_image + params.width * params.height * _VAE_BYTES_PER_PIXEL
+
+
+def _conditioning(images: tuple[Image.Image, ...]) -> list[Image.Image]:
+    """Every conditioning image at >= 64 px a side and within its share of the area budget."""
+    area = min(_REF_AREA, _TOTAL_REF_AREA // max(1, len(images)))
+    out = []
+    for im in images:
+        if min(im.size) < _MIN_REF_SIDE:
+            scale = _MIN_REF_SIDE / min(im.size)
+            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+        out.append(fit_within(im, max(area, _MIN_REF_SIDE * _MIN_REF_SIDE), 16))
+    return out

@@ -5,7 +5,7 @@ images; each is described to the Qwen2.5-VL encoder as "Picture i" and also
 VAE-encoded as its own conditioning block, so sources and references are
 passed together, sources first. The model is at its best with 1 to 3 images.
 Text-only requests run QwenImagePipeline built with `from_pipe` (same weights).
-The Qwen2-VL processor needs pipelines.qwen_shim on installs without torchvision.
+The Qwen2-VL processor needs pipelines.torchvision_shims on installs without torchvision.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ class QwenImageEditFamily(Family):
         return batch * params.num_images * per_image + params.width * params.height * _VAE_BYTES_PER_PIXEL
 
     def load(self) -> None:
-        from pipelines import qwen_shim
+        from pipelines import torchvision_shims
 
-        qwen_shim.apply()
+        torchvision_shims.apply_qwen2vl()
         from diffusers import QwenImagePipeline
 
         pipe = self._from_pretrained()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines.base import Family
-from pipelines.flux2 import Flux2KleinFamily
+from pipelines.flux2 import Flux2DevFamily, Flux2KleinFamily
 from pipelines.flux_kontext import FluxKontextFamily
 from pipelines.ltx2 import LTX2Family
 from pipelines.qwen_image_edit import QwenImageEditFamily
@@ -12,7 +12,7 @@ from pipelines.wan import WanI2VA14BFamily, WanTI2V5BFamily
 
 FAMILIES: dict[str, type[Family]] = {
     cls.name: cls
-    for cls in (FluxKontextFamily, Flux2KleinFamily, QwenImageEditFamily, SDXLFamily, WanTI2V5BFamily,
+    for cls in (FluxKontextFamily, Flux2KleinFamily, Flux2DevFamily, QwenImageEditFamily, SDXLFamily, WanTI2V5BFamily,
                 WanI2VA14BFamily, LTX2Family)
 }
 

@@ -28,6 +28,18 @@ class ModelDefaults(BaseModel):
     strength: float = Field(gt=0.0, le=1.0)
 
 
+class CommercialOverride(BaseModel):
+    """What changes about an id under DARKROOM_LICENSE_POLICY=commercial (another stand-in, same limits)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str
+    weights: str
+    description: str
+    capabilities: list[str] | None = None
+    defaults: ModelDefaults | None = None
+
+
 class ModelSpec(BaseModel):
     """One hosted model id and the local stand-in that serves it."""
 
@@ -50,7 +62,18 @@ class ModelSpec(BaseModel):
     output_formats: list[str] = ["png", "jpeg", "webp"]
     commercial_alternative: str | None = None
     """Id whose stand-in serves this id when DARKROOM_LICENSE_POLICY=commercial and ours is not commercial."""
+    commercial: CommercialOverride | None = None
+    """Or: the stand-in for that case given inline, keeping this id's limits (exclusive with the above)."""
     defaults: ModelDefaults
+
+    def commercial_variant(self) -> ModelSpec | None:
+        """This id as served under the commercial policy when it names an inline override."""
+        if self.commercial is None:
+            return None
+        update = {k: v for k, v in self.commercial.model_dump(exclude_none=True).items() if k != "defaults"}
+        if self.commercial.defaults is not None:
+            update["defaults"] = self.commercial.defaults
+        return self.model_copy(update={**update, "commercial": None})
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -64,6 +87,8 @@ class ModelSpec(BaseModel):
         _check_ratios(self.aspect_ratios)
         if not set(self.output_formats) <= {"png", "jpeg", "webp"}:
             raise ValueError(f"{self.id}: output_formats must be a subset of png, jpeg, webp")
+        if self.commercial is not None and self.commercial_alternative is not None:
+            raise ValueError(f"{self.id}: give commercial or commercial_alternative, not both")
         return self
 
 
@@ -140,7 +165,8 @@ class Catalog:
         self.manifest = manifest
         self.license_policy = license_policy
         videos = videos or {}
-        for spec in [*models.values(), *videos.values()]:
+        variants = [v for v in (m.commercial_variant() for m in models.values()) if v is not None]
+        for spec in [*models.values(), *variants, *videos.values()]:
             if spec.family not in FAMILIES:
                 raise ValueError(f"{spec.id}: family {spec.family!r} is not in pipelines/registry.py")
             fam = FAMILIES[spec.family]
@@ -163,10 +189,14 @@ class Catalog:
             if self.manifest[spec.weights].commercial_use:
                 out[mid] = spec
                 continue
+            variant = spec.commercial_variant() if isinstance(spec, ModelSpec) else None
+            if variant is not None and self.manifest[variant.weights].commercial_use:
+                out[mid] = variant
+                continue
             alt = specs.get(spec.commercial_alternative or "")
             if alt is None or not self.manifest[alt.weights].commercial_use:
                 raise ValueError(f"{mid}: weights {spec.weights!r} are not licensed for commercial use and no "
-                                 "commercially usable commercial_alternative is configured")
+                                 "commercially usable commercial_alternative or commercial stand-in is configured")
             out[mid] = alt.model_copy(update={"id": mid, "name": spec.name, "commercial_alternative": None})
         return out
 

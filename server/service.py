@@ -108,6 +108,10 @@ class GenerationService:
             raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, f"{spec.id} does not use strength (its edits are "
                            "instruction-based); remove strength, or add a mask_url where the model supports one",
                            "strength")
+        if ask.mask and Task.INPAINT not in fam.tasks:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, f"{spec.id} takes no mask (it edits from the "
+                           "instruction alone); remove mask_url or use a model that lists mask_url in editControls",
+                           "mask_url")
         task = Task.INPAINT if ask.mask else Task.EDIT if (ask.sources or ask.references) else Task.GENERATE
         if task is Task.INPAINT and not ask.sources:
             raise ApiError(422, ErrorCode.MISSING_FIELD, "a mask needs a source image in image_urls", "image_urls")

@@ -16,6 +16,7 @@ from weights.manifest import WeightsEntry
 TINY_BUILDERS: dict[str, str] = {
     "flux-kontext": "weights.tiny.flux_kontext:build_flux_kontext",
     "flux2-klein": "weights.tiny.flux2:build_flux2_klein",
+    "flux2-dev": "weights.tiny.flux2:build_flux2_dev",
     "qwen-image-edit": "weights.tiny.qwen_image:build_qwen_image_edit",
     "sdxl": "weights.tiny.sdxl:build_sdxl",
     "wan2.2-ti2v-5b": "weights.tiny.wan:build_wan_ti2v_5b",

@@ -33,8 +33,9 @@ def test_models_show_what_actually_runs(commercial_server: ServerProcess) -> Non
     assert images["flux-kontext-pro"]["family"] == "sdxl"
     assert images["flux-kontext-pro"]["license"] == "CreativeML Open RAIL++-M"
     assert videos["veo-3"]["local"]["family"] == "wan2.2-ti2v-5b" and videos["veo-3"]["supportsAudio"] is False
+    assert images["vertex/nano-banana-pro"]["family"] == "flux2-klein"
     # Non-commercial weights are not even loaded.
-    assert "flux1-kontext-dev" not in ready["weights"] and "ltx-2" not in ready["weights"]
+    assert not {"flux1-kontext-dev", "ltx-2", "flux2-dev"} & set(ready["weights"])
 
 
 def test_requests_follow_the_policy(commercial_server: ServerProcess) -> None:

@@ -109,3 +109,10 @@ def test_models_list_agrees_with_the_config(server: ServerProcess) -> None:
         assert m["quality"] == spec.quality and m["imageSize"] == spec.aspect_ratios
         assert m["maxNumImages"] == spec.max_num_images and m["maxReferenceImages"] == spec.max_reference_images
         assert m["maxSourceImages"] == spec.max_source_images and m["local"]["family"] == spec.family
+
+
+def test_a_model_without_masks_says_so(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = _post(c, "vertex/nano-banana-pro", image_urls=_images(1), mask_url=_images(1)[0])
+    err = r.json()["error"]
+    assert (r.status_code, err["code"], err["field"]) == (422, "unsupported_feature", "mask_url")

@@ -65,6 +65,22 @@ def test_tiers_beyond_native_need_a_refine_pass() -> None:
     assert Catalog({"s": sdxl}, MANIFEST).get("s").quality == ["1K", "4K"]
 
 
+def test_commercial_override_is_checked_like_a_spec() -> None:
+    dev = {**GOOD, "family": "flux2-dev", "weights": "flux2-dev"}
+    swap = {"family": "flux2-klein", "weights": "flux2-klein-4b", "description": "klein"}
+    with pytest.raises(ValueError, match="not both"):
+        ModelSpec(id="m", **dev, commercial=swap, commercial_alternative="x")
+    with pytest.raises(ValueError, match="are for family"):
+        Catalog({"m": ModelSpec(id="m", **dev, commercial={**swap, "family": "sdxl"})}, MANIFEST)
+    no_licence = ModelSpec(id="m", **dev, commercial={**swap, "family": "flux-kontext", "weights": "flux1-kontext-dev"})
+    Catalog({"m": no_licence}, MANIFEST)  # fine until the commercial policy asks for it
+    with pytest.raises(ValueError, match="not licensed for commercial use"):
+        Catalog({"m": no_licence}, MANIFEST, license_policy="commercial")
+    served = Catalog({"m": ModelSpec(id="m", **dev, commercial=swap)}, MANIFEST, license_policy="commercial").get("m")
+    assert (served.family, served.weights, served.description, served.defaults) == (
+        "flux2-klein", "flux2-klein-4b", "klein", ModelSpec(id="m", **GOOD).defaults)
+
+
 def test_cross_checks(tmp_path: Path) -> None:
     spec = ModelSpec(id="m", **GOOD)
     with pytest.raises(ValueError, match="family 'nope'"):

@@ -99,3 +99,18 @@ def test_masked_edits_need_strength_in_range(family: str) -> None:
         cls.check(_params(Task.INPAINT, width=64, height=64, num_sources=1, strength=1.5, num_inference_steps=4))
     assert exc.value.field == "strength"
     cls.check(_params(Task.INPAINT, width=64, height=64, num_sources=1, strength=0.5, num_inference_steps=4))
+
+
+def test_flux2_dev_refine_is_img2img_on_the_tile(demo_dir: Path) -> None:
+    from pipelines.flux2 import Flux2DevFamily
+
+    fam = Flux2DevFamily(demo_dir / "flux2-dev", "cpu", torch.float32)
+    fam.load()
+    tile = Image.new("RGB", (96, 64), (200, 40, 40))
+    a = fam.refine(tile, "p", seed=1, steps=10, strength=0.3)
+    assert a.size == (96, 64)
+    assert a.tobytes() == fam.refine(tile, "p", seed=1, steps=10, strength=0.3).tobytes()
+    assert a.tobytes() != fam.refine(tile, "p", seed=2, steps=10, strength=0.3).tobytes()
+    with pytest.raises(ParamError) as exc:
+        Flux2DevFamily.check(_params(Task.INPAINT, num_sources=1))
+    assert exc.value.field == "task"

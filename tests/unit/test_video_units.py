@@ -63,3 +63,9 @@ def test_commercial_policy_swaps_every_non_commercial_stand_in() -> None:
     assert strict.get_video("veo-3").family == "wan2.2-ti2v-5b"
     assert strict.get_video("veo-3").name == "Veo 3"
     assert "ltx-2" not in strict.weights_needed() and "flux1-kontext-dev" not in strict.weights_needed()
+    # An inline override swaps the stand-in but keeps the id's own limits.
+    pro, pro_strict = free.get("vertex/nano-banana-pro"), strict.get("vertex/nano-banana-pro")
+    assert (pro.family, pro_strict.family) == ("flux2-dev", "flux2-klein")
+    assert pro_strict.defaults.num_inference_steps == 8 and "FLUX.2 [klein]" in pro_strict.description
+    assert (pro_strict.max_source_images, pro_strict.max_num_images, pro_strict.quality) == (14, 10, pro.quality)
+    assert "flux2-dev" not in strict.weights_needed()

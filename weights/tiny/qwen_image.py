@@ -2,7 +2,7 @@
 
 16 latent channels (transformer in_channels 64 after 2x2 packing) and the 8x
 Qwen-Image VAE; a tiny Qwen2.5-VL text encoder whose special-token ids come
-from the offline tokenizer; the Qwen2-VL processor needs pipelines.qwen_shim.
+from the offline tokenizer; the Qwen2-VL processor needs pipelines.torchvision_shims.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from diffusers import QwenImageTransformer2DModel
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
 
-from pipelines import qwen_shim
+from pipelines import torchvision_shims
 from weights.tiny.tokenizers import qwen_tokenizer
 
 HIDDEN = 16
@@ -22,7 +22,7 @@ HIDDEN = 16
 
 def build_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
     """Build, save (safetensors) and return the directory of a tiny QwenImageEditPlusPipeline."""
-    qwen_shim.apply()
+    torchvision_shims.apply_qwen2vl()
     torch.manual_seed(seed)
     tok = qwen_tokenizer()
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in (

@@ -100,3 +100,39 @@ def qwen_tokenizer(model_max_length: int = 1024) -> "Qwen2Tokenizer":
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS], special_tokens=True)
     tok.chat_template = QWEN_CHAT_TEMPLATE
     return tok
+
+
+MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+                    "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+# Mistral Small 3.x's layout: system text in [SYSTEM_PROMPT] blocks, user turns in [INST] blocks, an image as [IMG]
+# (the Pixtral processor expands each [IMG] to the image's patch grid).
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' }}{% else %}{{ '[INST]' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% else %}{{ '[IMG]' }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'system' %}{{ '[/SYSTEM_PROMPT]' }}{% else %}{{ '[/INST]' }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def mistral_tokenizer(model_max_length: int = 1024) -> "LlamaTokenizer":
+    """Byte-fallback BPE with Mistral's control tokens ([INST], [IMG], ...) and a Mistral chat template."""
+    from transformers import AddedToken, LlamaTokenizer
+
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(MISTRAL_SPECIALS[:4])}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    vocab["▁"] = len(vocab)
+    alnum = string.ascii_letters + string.digits
+    for c in alnum + string.punctuation:
+        vocab.setdefault(c, len(vocab))
+    for c in alnum:
+        vocab["▁" + c] = len(vocab)
+    tok = LlamaTokenizer(vocab=vocab, merges=[("▁", c) for c in alnum], unk_token="<unk>", bos_token="<s>",
+                         eos_token="</s>", pad_token="<pad>", model_max_length=model_max_length)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in MISTRAL_SPECIALS[4:]],
+                   special_tokens=True)
+    tok.chat_template = MISTRAL_CHAT_TEMPLATE
+    return tok
