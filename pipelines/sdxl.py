@@ -3,22 +3,48 @@
 The img2img pipeline owns the modules; the inpaint and text-to-image pipelines
 are built from it with `from_pipe`, so the three tasks share one copy of the
 weights (SDXL base's 4-channel UNet inpaints by blending masked latents).
-SDXL takes one source image; it has no native multi-image conditioning.
+
+How several images are used: SDXL edits one source image (img2img or inpaint);
+reference images are image prompts through the IP-Adapter (h94
+ip-adapter_sdxl, pulled with the base weights into `ip_adapter/`): each
+reference is CLIP-encoded into 4 extra cross-attention tokens that steer
+style and subject, at scale 0.6. References without a source generate from
+text + image prompt (variations). The adapter is loaded before the other roles
+are built with `from_pipe`, so all three share it; calls without references
+give it zero embeddings at scale 0, which leaves SDXL's output unchanged.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from PIL import Image
 
-from pipelines.base import Family, ParamError, RenderParams, RenderResult, RenderSpec, StepCallback, Task
-
+from pipelines.base import (
+    ComponentInfo,
+    Family,
+    ParamError,
+    RenderParams,
+    RenderResult,
+    RenderSpec,
+    StepCallback,
+    Task,
+    dtype_bytes,
+)
+from weights.safetensors_header import file_bytes_at, folder_bytes_at
 
 # Uncalibrated and generous (see flux_kontext): UNet activations per latent
 # pixel per image (x2 for classifier-free guidance), VAE decode per pixel.
 _UNET_BYTES_PER_LATENT_PIXEL = 320 * 2 * 48 * 2
 _VAE_BYTES_PER_PIXEL = 1536
+IP_ADAPTER_FOLDER = "ip_adapter"
+_IP_ADAPTER_SUBFOLDER = "sdxl_models"
+_IP_ADAPTER_FILE = "ip-adapter_sdxl.safetensors"
+# h94's suggested range is 0.5-0.7: the references steer, the prompt still leads.
+IP_ADAPTER_SCALE = 0.6
+# What the img2img pipeline uses when not told (refine tiles do not pass a guidance of their own).
+_IMG2IMG_DEFAULT_GUIDANCE = 5.0
 
 
 class SDXLFamily(Family):
@@ -52,10 +78,34 @@ class SDXLFamily(Family):
         unet = batch * params.num_images * latent_pixels * _UNET_BYTES_PER_LATENT_PIXEL
         return unet + params.width * params.height * _VAE_BYTES_PER_PIXEL
 
+    def components(self) -> list[ComponentInfo]:
+        """The pipeline's components plus the IP-Adapter and its image encoder when present."""
+        out = super().components()
+        root = self._ip_adapter_root()
+        if root.is_dir():
+            size = dtype_bytes(self.dtype)
+            out.append(ComponentInfo("ip_adapter", "IPAdapter", file_bytes_at(root / _IP_ADAPTER_FILE, size)))
+            out.append(ComponentInfo("image_encoder", "CLIPVisionModelWithProjection",
+                                     folder_bytes_at(root / "image_encoder", size)))
+        return out
+
+    def _ip_adapter_root(self) -> Path:
+        return self.model_dir / IP_ADAPTER_FOLDER / _IP_ADAPTER_SUBFOLDER
+
+    @property
+    def has_ip_adapter(self) -> bool:
+        """Whether the loaded pipelines carry the IP-Adapter (reference images need it)."""
+        return getattr(self.pipelines.get("img2img"), "image_encoder", None) is not None
+
     def load(self) -> None:
         from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
         pipe = self._from_pretrained()
+        if (self._ip_adapter_root() / _IP_ADAPTER_FILE).is_file():
+            # Before from_pipe, so the other roles get the image encoder and the adapted UNet too.
+            pipe.load_ip_adapter(str(self.model_dir / IP_ADAPTER_FOLDER), subfolder=_IP_ADAPTER_SUBFOLDER,
+                                 weight_name=_IP_ADAPTER_FILE, image_encoder_folder="image_encoder")
+            pipe.image_encoder.to(self.device, self.dtype)
         # The img2img pipeline owns the modules; the other roles share them through from_pipe.
         self._use({
             "img2img": pipe,
@@ -69,7 +119,28 @@ class SDXLFamily(Family):
 
         with torch.inference_mode():
             return self.pipeline("img2img")(image=tile, prompt=prompt, strength=strength, num_inference_steps=steps,
-                                            generator=self.generators([seed])).images[0]
+                                            generator=self.generators([seed]),
+                                            **self._image_prompt((), _IMG2IMG_DEFAULT_GUIDANCE)).images[0]
+
+    def _image_prompt(self, references: tuple[Image.Image, ...], guidance_scale: float) -> dict[str, object]:
+        """IP-Adapter arguments: the references at IP_ADAPTER_SCALE, or zero embeddings at scale 0."""
+        if not self.has_ip_adapter:
+            if references:
+                raise ParamError("reference_images", "these SDXL weights have no IP-Adapter; run `darkroom weights "
+                                 "pull sdxl-base-1.0` to fetch it, or send no reference_images")
+            return {}
+        import torch
+
+        pipe = self.pipeline("img2img")
+        if references:
+            pipe.set_ip_adapter_scale(IP_ADAPTER_SCALE)
+            return {"ip_adapter_image": [list(references)]}
+        pipe.set_ip_adapter_scale(0.0)
+        # One (negative, positive) pair of image embeddings when the pipeline runs classifier-free guidance.
+        rows = 2 if guidance_scale > 1.0 else 1
+        enc = pipe.image_encoder
+        zeros = torch.zeros(rows, 1, enc.config.projection_dim, device=enc.device, dtype=enc.dtype)
+        return {"ip_adapter_image_embeds": [zeros]}
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
@@ -80,14 +151,16 @@ class SDXLFamily(Family):
             guidance_scale=p.guidance_scale,
             num_images_per_prompt=p.num_images,
             generator=self.generators(p.seeds),
+            **self._image_prompt(spec.references, p.guidance_scale),
         )
         # img2img runs int(steps*strength) steps, which is what progress counts.
-        denoise_steps = p.num_inference_steps if p.task is Task.GENERATE else int(p.num_inference_steps * p.strength)
+        text_only = p.task is Task.GENERATE or not spec.sources  # references alone: image-prompted generation
+        denoise_steps = p.num_inference_steps if text_only else int(p.num_inference_steps * p.strength)
         common["callback_on_step_end"] = self.step_callback(on_step, denoise_steps)
         import torch
 
         with torch.inference_mode():
-            if p.task is Task.GENERATE:
+            if text_only:
                 images = self.pipeline("txt2img")(height=p.height, width=p.width, **common).images
             else:
                 src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)

@@ -69,6 +69,6 @@ def apply_pixtral() -> bool:
     processing = importlib.import_module("transformers.models.pixtral.processing_pixtral")
     # transformers swaps its top-level lazy module during imports, so patch whatever sys.modules holds now:
     # diffusers resolves "PixtralProcessor" from model_index.json with getattr on that module.
-    setattr(sys.modules["transformers"], "PixtralProcessor", processing.PixtralProcessor)
+    sys.modules["transformers"].PixtralProcessor = processing.PixtralProcessor
     _APPLIED.add("pixtral")
     return True

@@ -186,15 +186,15 @@ class Catalog:
             return dict(specs)
         out: dict[str, AnySpec] = {}
         for mid, spec in specs.items():
-            if self.manifest[spec.weights].commercial_use:
+            if self.manifest[spec.weights].all_commercial:
                 out[mid] = spec
                 continue
             variant = spec.commercial_variant() if isinstance(spec, ModelSpec) else None
-            if variant is not None and self.manifest[variant.weights].commercial_use:
+            if variant is not None and self.manifest[variant.weights].all_commercial:
                 out[mid] = variant
                 continue
             alt = specs.get(spec.commercial_alternative or "")
-            if alt is None or not self.manifest[alt.weights].commercial_use:
+            if alt is None or not self.manifest[alt.weights].all_commercial:
                 raise ValueError(f"{mid}: weights {spec.weights!r} are not licensed for commercial use and no "
                                  "commercially usable commercial_alternative or commercial stand-in is configured")
             out[mid] = alt.model_copy(update={"id": mid, "name": spec.name, "commercial_alternative": None})

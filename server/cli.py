@@ -81,7 +81,7 @@ def weights_list(**given: Any) -> None:
     settings = _build_settings(given)
     for entry in load_manifest().values():
         real = real_weights_ready(settings.resolved_weights_dir / entry.name)
-        demo = demo_weights_ready(settings.demo_weights_dir / entry.name)
+        demo = demo_weights_ready(settings.demo_weights_dir / entry.name, entry)
         state = "real" if real else "demo" if demo else "missing"
         pin = entry.revision if entry.revision_pinned else f"{entry.revision} (unpinned)"
         click.echo(f"{entry.name:20} {state:8} {entry.repo}@{pin}  [{entry.license}]")

@@ -8,8 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from weights.locate import demo_weights_ready
 from weights.manifest import WeightsEntry
-
 
 # family -> "module:function" of its tiny builder, imported only when a build is asked for (diffusers is slow
 # to import and serving must not wait for it).
@@ -34,7 +34,7 @@ def tiny_builder(family: str) -> Callable[[Path], Path]:
 def build_demo(entry: WeightsEntry, demo_dir: Path, force: bool = False) -> Path:
     """Build one entry's tiny pipeline under `demo_dir/<name>` atomically; reuse it when already there."""
     target = demo_dir / entry.name
-    if (target / "model_index.json").is_file() and not force:
+    if demo_weights_ready(target, entry) and not force:
         return target
     builder = tiny_builder(entry.family)
     demo_dir.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,10 @@ def real_weights_ready(path: Path) -> bool:
     return (path / "model_index.json").is_file() and (path / LOCK_FILE).is_file()
 
 
-def demo_weights_ready(path: Path) -> bool:
-    """Built by `darkroom weights demo` (it writes model_index.json last, via save_pretrained)."""
-    return (path / "model_index.json").is_file()
+def demo_weights_ready(path: Path, entry: WeightsEntry) -> bool:
+    """Built by `darkroom weights demo` (atomically), including the entry's add-ons (older builds lack them)."""
+    return (path / "model_index.json").is_file() and all(
+        (path / a.folder / f).is_file() for a in entry.addons for f in a.files)
 
 
 def locate(entry: WeightsEntry, weights_dir: Path, demo_dir: Path, demo_mode: str) -> LocatedWeights | None:
@@ -36,7 +37,7 @@ def locate(entry: WeightsEntry, weights_dir: Path, demo_dir: Path, demo_mode: st
     if demo_mode != "always" and real_weights_ready(real):
         return LocatedWeights(entry, real, demo=False)
     demo = demo_dir / entry.name
-    if demo_mode != "never" and demo_weights_ready(demo):
+    if demo_mode != "never" and demo_weights_ready(demo, entry):
         return LocatedWeights(entry, demo, demo=True)
     return None
 

@@ -10,6 +10,28 @@ from pydantic import BaseModel, ConfigDict, Field
 MANIFEST_PATH = Path(__file__).with_name("manifest.toml")
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class AddonEntry(BaseModel):
+    """Weights from another hub repo that a family loads on top of an entry (e.g. an IP-Adapter).
+
+    They are pulled into `<entry dir>/<folder>/` so one folder holds everything a family loads.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folder: str = Field(pattern=r"^[a-z0-9_]+$")
+    repo: str
+    revision: str
+    license: str
+    license_url: str
+    commercial_use: bool
+    allow_patterns: list[str] = Field(min_length=1)
+    files: list[str] = Field(min_length=1)
+    """Paths (under `folder`) that must be present after a pull; `.safetensors` ones are header-checked."""
+
+
 class WeightsEntry(BaseModel):
     """One downloadable set of weights."""
 
@@ -24,6 +46,12 @@ class WeightsEntry(BaseModel):
     commercial_use: bool
     gated: bool = False
     allow_patterns: list[str] = Field(min_length=1)
+    addons: list[AddonEntry] = []
+
+    @property
+    def all_commercial(self) -> bool:
+        """Whether the entry and every add-on may be used commercially."""
+        return self.commercial_use and all(a.commercial_use for a in self.addons)
 
     @property
     def revision_pinned(self) -> bool:
@@ -36,7 +64,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, WeightsEntry]:
     raw = tomllib.loads(path.read_text())
     entries = {name: WeightsEntry(name=name, **body) for name, body in raw.get("weights", {}).items()}
     for entry in entries.values():
-        for pattern in entry.allow_patterns:
-            if pattern.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) or pattern in ("*", "**"):
+        for pattern in [*entry.allow_patterns, *(p for a in entry.addons for p in a.allow_patterns)]:
+            if pattern.endswith(PICKLE_SUFFIXES) or pattern in ("*", "**"):
                 raise ValueError(f"{entry.name}: pattern {pattern!r} could fetch pickled weights")
     return entries

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from weights.locate import LOCK_FILE
-from weights.manifest import WeightsEntry
+from weights.manifest import PICKLE_SUFFIXES, WeightsEntry
 from weights.safetensors_header import tensor_sizes
 
 
@@ -20,7 +20,7 @@ def verify(entry: WeightsEntry, path: Path) -> list[str]:
     index_path = path / "model_index.json"
     if not index_path.is_file():
         raise PullError(f"{entry.name}: model_index.json is missing in the download")
-    pickles = [p for p in path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    pickles = [p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise PullError(f"{entry.name}: refusing pickled files in the download ({len(pickles)} found)")
     files = []
@@ -37,6 +37,17 @@ def verify(entry: WeightsEntry, path: Path) -> list[str]:
             except (OSError, ValueError) as exc:
                 raise PullError(f"{entry.name}: {name}/{st.name} is not a readable safetensors file") from exc
             files.append(f"{name}/{st.name}")
+    for addon in entry.addons:
+        for rel in addon.files:
+            f = path / addon.folder / rel
+            if not f.is_file():
+                raise PullError(f"{entry.name}: add-on file {addon.folder}/{rel} is missing")
+            if f.suffix == ".safetensors":
+                try:
+                    tensor_sizes(f)
+                except (OSError, ValueError) as exc:
+                    raise PullError(f"{entry.name}: {addon.folder}/{rel} is not a readable safetensors file") from exc
+            files.append(f"{addon.folder}/{rel}")
     return files
 
 
@@ -48,32 +59,35 @@ def pull(entry: WeightsEntry, weights_dir: Path, token: str | None = None) -> Pa
 
     target = weights_dir / entry.name
     target.mkdir(parents=True, exist_ok=True)
-    try:
-        commit = HfApi().repo_info(entry.repo, revision=entry.revision, token=token).sha
-        snapshot_download(
-            repo_id=entry.repo,
-            revision=commit,
-            allow_patterns=entry.allow_patterns,
-            local_dir=target,
-            token=token,
-        )
-    except GatedRepoError:
-        raise PullError(
-            f"{entry.repo} is gated: accept its licence on the Hub, then set HF_TOKEN and pull again"
-        ) from None
-    except RepositoryNotFoundError:
-        raise PullError(f"{entry.repo} was not found on the Hub (or needs a token)") from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        kind = type(exc).__name__
-        raise PullError(
-            f"could not download {entry.repo} ({kind}); check the network connection to the Hugging Face Hub "
-            "(or HF_ENDPOINT) and try again"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - the hub client raises many transport types; the operator needs one line
-        kind = type(exc).__name__
-        raise PullError(f"could not download {entry.repo} ({kind}); check the network and try again") from None
+    commits: dict[str, str] = {}
+    # The main repo, then each add-on repo into its own sub-folder.
+    for repo, revision, patterns, folder in [
+        (entry.repo, entry.revision, entry.allow_patterns, target),
+        *((a.repo, a.revision, a.allow_patterns, target / a.folder) for a in entry.addons),
+    ]:
+        try:
+            commit = HfApi().repo_info(repo, revision=revision, token=token).sha
+            snapshot_download(repo_id=repo, revision=commit, allow_patterns=patterns, local_dir=folder, token=token)
+        except GatedRepoError:
+            raise PullError(
+                f"{repo} is gated: accept its licence on the Hub, then set HF_TOKEN and pull again"
+            ) from None
+        except RepositoryNotFoundError:
+            raise PullError(f"{repo} was not found on the Hub (or needs a token)") from None
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            kind = type(exc).__name__
+            raise PullError(
+                f"could not download {repo} ({kind}); check the network connection to the Hugging Face Hub "
+                "(or HF_ENDPOINT) and try again"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the hub client raises many transport types; the operator needs one line
+            kind = type(exc).__name__
+            raise PullError(f"could not download {repo} ({kind}); check the network and try again") from None
+        commits[repo] = commit
     files = verify(entry, target)
-    lock = {"repo": entry.repo, "revision": entry.revision, "commit": commit, "files": files,
-            "license": entry.license, "pulled_at": time.time()}
+    lock = {"repo": entry.repo, "revision": entry.revision, "commit": commits[entry.repo], "files": files,
+            "license": entry.license, "pulled_at": time.time(),
+            "addons": {a.folder: {"repo": a.repo, "commit": commits[a.repo], "license": a.license}
+                       for a in entry.addons}}
     (target / LOCK_FILE).write_text(json.dumps(lock, indent=2))
     return target

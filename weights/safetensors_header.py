@@ -40,8 +40,9 @@ def folder_parameter_count(folder: Path) -> int:
 
 def folder_bytes_at(folder: Path, bytes_per_element: int | None = None) -> int:
     """Bytes the component occupies once loaded: at its stored dtypes, or cast to `bytes_per_element`."""
-    total = 0
-    for f in sorted(folder.glob("*.safetensors")):
-        for dtype, count in tensor_sizes(f).values():
-            total += count * (bytes_per_element or _DTYPE_BYTES[dtype])
-    return total
+    return sum(file_bytes_at(f, bytes_per_element) for f in sorted(folder.glob("*.safetensors")))
+
+
+def file_bytes_at(path: Path, bytes_per_element: int | None = None) -> int:
+    """Bytes one .safetensors file's tensors occupy once loaded (stored dtypes, or `bytes_per_element`)."""
+    return sum(count * (bytes_per_element or _DTYPE_BYTES[dtype]) for dtype, count in tensor_sizes(path).values())

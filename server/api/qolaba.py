@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 
+from pipelines.registry import family_class
 from server.api.errors import from_validation_errors
 from server.api.tasks import task_view
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobStatus
-from pipelines.registry import family_class
 from server.service import SEED_MAX, ImageAsk, ImageInput
 
 router = APIRouter()
@@ -227,7 +227,9 @@ async def list_models(request: Request) -> JSONResponse:
                 "revision": entry.revision,
                 "license": entry.license,
                 "license_url": entry.license_url,
-                "commercial_use": entry.commercial_use,
+                "commercial_use": entry.all_commercial,
+                "addons": [{"folder": a.folder, "repo": a.repo, "license": a.license,
+                            "commercial_use": a.commercial_use} for a in entry.addons],
                 "weights_kind": "demo" if where.demo else "real",
                 "demo_notice": ("random demo weights: outputs are noise; run `darkroom weights pull "
                                 f"{entry.name}` for the real model") if where.demo else None,

@@ -100,6 +100,6 @@ async def list_video_models(request: Request) -> JSONResponse:
             "defaults": spec.defaults.model_dump(),
             "local": {"family": spec.family, "weights": entry.name, "repo": entry.repo, "revision": entry.revision,
                       "license": entry.license, "license_url": entry.license_url,
-                      "commercial_use": entry.commercial_use, "weights_kind": "demo" if demo else "real"},
+                      "commercial_use": entry.all_commercial, "weights_kind": "demo" if demo else "real"},
         })
     return JSONResponse({"models": models})

@@ -36,7 +36,7 @@ CASES = [
     ("not an image", {**OK, "image_urls": [data_url(b"GIF89a? no, just text" * 10)]}, 422, "invalid_image",
      "image_urls[0]"),
     ("too many sources", {**OK, "image_urls": [data_url(png_bytes())] * 2}, 422, "too_many_images", "image_urls"),
-    ("too many references", {**OK, "model": "seedream-4.0", "reference_images": [data_url(png_bytes())]}, 422,
+    ("too many references", {**OK, "model": "seedream-4.0", "reference_images": [data_url(png_bytes())] * 10}, 422,
      "too_many_images", "reference_images"),
     ("aspect ratio", {**OK, "aspect_ratio": "7:3"}, 422, "unsupported_aspect_ratio", "aspect_ratio"),
     ("quality", {**OK, "quality": "4K"}, 422, "unsupported_quality", "quality"),

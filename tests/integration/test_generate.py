@@ -12,8 +12,8 @@ from pipelines.registry import family_class
 from server.catalog import QUALITY_LONG_SIDE, Catalog
 from server.engine.sizing import output_size
 from tests.conftest import API_KEY
-from weights.manifest import load_manifest
 from tests.support import ServerProcess, data_url, decode_png_size, image_host, png_bytes
+from weights.manifest import load_manifest
 
 CATALOG = Catalog.load(load_manifest())
 MODELS = ["flux-kontext-pro", "flux-kontext-max", "seedream-4.0", "vertex/nano-banana-flash",
@@ -116,7 +116,7 @@ def test_text_only_is_text_to_image(server: ServerProcess, model: str) -> None:
 def test_mask_runs_inpaint(server: ServerProcess, model: str) -> None:
     src = data_url(png_bytes((128, 128)))
     mask = data_url(png_bytes((128, 128), mode="L"))
-    extra = {"reference_images": [data_url(png_bytes((64, 64), (0, 200, 0)))]} if model != "seedream-4.0" else {}
+    extra = {"reference_images": [data_url(png_bytes((64, 64), (0, 200, 0)))]}
     with server.client() as c:
         r = _generate(c, model=model, prompt="a hat", image_urls=[src], mask_url=mask, strength=0.8,
                       num_inference_steps=4, **extra)

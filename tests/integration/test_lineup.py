@@ -1,4 +1,4 @@
-"""The Nano Banana ids on FLUX.2 [klein]: every input shape up to each id's maximum, several outputs, limits."""
+"""Every image id: every input shape up to the id's maximum, several outputs, limits."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from weights.manifest import load_manifest
 
 CATALOG = Catalog.load(load_manifest())
 NANO = ["vertex/nano-banana-flash", "vertex/nano-banana-pro", "nano-banana", "nano-banana-2"]
+ALL = [*NANO, "seedream-4.0", "flux-kontext-pro", "flux-kontext-max"]
 
 
 def _images(n: int, size: tuple[int, int] = (96, 72)) -> list[str]:
@@ -22,11 +23,13 @@ def _images(n: int, size: tuple[int, int] = (96, 72)) -> list[str]:
 def _post(c: httpx.Client, model: str, **body: Any) -> httpx.Response:
     spec = CATALOG.get(model)
     quality = min(spec.quality, key=QUALITY_LONG_SIDE.__getitem__)
-    return c.post("/api/v1/images/generate",
-                  json={"model": model, "prompt": "compose these", "quality": quality, "num_inference_steps": 1, **body})
+    # One step is enough to exercise every path, except SDXL img2img, which runs int(steps x strength) of them.
+    steps = 2 if spec.family == "sdxl" else 1
+    return c.post("/api/v1/images/generate", json={"model": model, "prompt": "compose these", "quality": quality,
+                                                   "num_inference_steps": steps, **body})
 
 
-@pytest.mark.parametrize("model", NANO)
+@pytest.mark.parametrize("model", ALL)
 @pytest.mark.parametrize("shape", ["text-only", "one-source", "four-references", "maximum"])
 def test_input_shapes(server: ServerProcess, model: str, shape: str) -> None:
     spec = CATALOG.get(model)
@@ -46,7 +49,7 @@ def test_input_shapes(server: ServerProcess, model: str, shape: str) -> None:
         assert len(view["images"]) == 1
 
 
-@pytest.mark.parametrize("model", NANO)
+@pytest.mark.parametrize("model", ALL)
 def test_over_the_limit_names_it(server: ServerProcess, model: str) -> None:
     spec = CATALOG.get(model)
     with server.client() as c:
@@ -116,3 +119,14 @@ def test_a_model_without_masks_says_so(server: ServerProcess) -> None:
         r = _post(c, "vertex/nano-banana-pro", image_urls=_images(1), mask_url=_images(1)[0])
     err = r.json()["error"]
     assert (r.status_code, err["code"], err["field"]) == (422, "unsupported_feature", "mask_url")
+
+
+def test_seedream_references_alone_are_an_image_prompt(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = _post(c, "seedream-4.0", reference_images=_images(3), num_images=2, num_inference_steps=2)
+        assert r.status_code == 200, r.text
+        assert r.json()["darkroom"]["task"] == "edit" and len(r.json()["images"]) == 2
+        models = {m["id"]: m for m in c.get("/api/v1/images/models").json()["models"]}
+    seedream = models["seedream-4.0"]
+    assert seedream["maxReferenceImages"] == 9
+    assert seedream["local"]["addons"][0]["repo"] == "h94/IP-Adapter"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,34 @@ def test_flux2_dev_refine_is_img2img_on_the_tile(demo_dir: Path) -> None:
     with pytest.raises(ParamError) as exc:
         Flux2DevFamily.check(_params(Task.INPAINT, num_sources=1))
     assert exc.value.field == "task"
+
+
+def test_sdxl_ip_adapter_references(demo_dir: Path) -> None:
+    import numpy as np
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    fam = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32)
+    assert {"ip_adapter", "image_encoder"} <= {c.name for c in fam.components() if c.bytes > 0}
+    fam.load()
+    assert fam.has_ip_adapter
+    assert fam.pipeline("inpaint").image_encoder is fam.pipeline("img2img").image_encoder
+    src, refs = Image.new("RGB", (64, 64), (200, 0, 0)), (Image.new("RGB", (40, 50), (0, 0, 200)),) * 2
+    edit = _params(Task.EDIT, num_sources=1, num_inference_steps=4, strength=0.75, guidance_scale=5.0)
+    plain_spec = RenderSpec(edit, sources=(src,))
+    steered = fam.run(RenderSpec(replace(edit, num_references=2), sources=(src,), references=refs), _noop).images[0]
+    unsteered = fam.run(plain_spec, _noop).images[0]
+    assert steered.tobytes() != unsteered.tobytes()
+    # Without references the adapter runs at scale 0 on zero embeddings: exactly SDXL without an adapter.
+    bare = SDXLFamily(demo_dir / "sdxl-base-1.0", "cpu", torch.float32)
+    bare._use({"img2img": StableDiffusionXLImg2ImgPipeline.from_pretrained(demo_dir / "sdxl-base-1.0")})
+    assert not bare.has_ip_adapter
+    assert np.array_equal(np.asarray(bare.run(plain_spec, _noop).images[0]), np.asarray(unsteered))
+    with pytest.raises(ParamError, match="weights pull sdxl-base-1.0"):
+        bare.run(RenderSpec(replace(edit, num_references=1), sources=(src,), references=refs[:1]), _noop)
+    # References alone: text-to-image steered by the image prompt.
+    only_refs = fam.run(RenderSpec(_params(Task.EDIT, num_references=2, guidance_scale=1.0), references=refs), _noop)
+    assert only_refs.images[0].size == (64, 64)
+
+
+def _noop(_done: int, _total: int) -> None:
+    pass

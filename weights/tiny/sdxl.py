@@ -1,7 +1,10 @@
-"""Tiny random SDXL base (img2img layout) with the real classes and scheduler config.
+"""Tiny random SDXL base (img2img layout) with the real classes and scheduler config, plus an IP-Adapter.
 
 The UNet is 4-channel like SDXL base, so the inpaint task runs on the same
 components (diffusers blends the masked latents when the UNet has 4 inputs).
+The IP-Adapter is written where `darkroom weights pull` puts the real one
+(`ip_adapter/`, h94 layout: `sdxl_models/ip-adapter_sdxl.safetensors` and
+`sdxl_models/image_encoder/`), so both load through the same code.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from pathlib import Path
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from weights.tiny.text_encoders import HIDDEN, clip_text_model, clip_text_model_with_projection
 from weights.tiny.tokenizers import clip_tokenizer
@@ -63,4 +68,42 @@ def build_sdxl(out_dir: Path, seed: int = 0) -> Path:
         force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    build_ip_adapter(unet, out_dir / "ip_adapter" / "sdxl_models")
     return out_dir
+
+
+IMAGE_EMBED_DIM = 32
+
+
+def build_ip_adapter(unet: UNet2DConditionModel, out_dir: Path) -> None:
+    """Write a random IP-Adapter (plain, 4 image tokens) for `unet` and its CLIP image encoder, h94 layout."""
+    cross = unet.config.cross_attention_dim
+    state: dict[str, torch.Tensor] = {
+        "image_proj.proj.weight": torch.randn(cross * 4, IMAGE_EMBED_DIM) * 0.02,
+        "image_proj.proj.bias": torch.zeros(cross * 4),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order (the
+    # self-attention ones take the even numbers), which is how h94's checkpoints are keyed.
+    widths = list(unet.config.block_out_channels)
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = widths[-1]
+        elif name.startswith("up_blocks"):
+            hidden = widths[::-1][int(name.split(".")[1])]
+        else:
+            hidden = widths[int(name.split(".")[1])]
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.02
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.02
+        key += 2
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, out_dir / "ip-adapter_sdxl.safetensors")
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+        patch_size=8, projection_dim=IMAGE_EMBED_DIM,
+    ))
+    encoder.save_pretrained(out_dir / "image_encoder", safe_serialization=True)

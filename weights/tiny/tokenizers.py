@@ -9,8 +9,12 @@ be the same classes with the same special-token layout.
 from __future__ import annotations
 
 import string
+from typing import TYPE_CHECKING
 
 from transformers import CLIPTokenizer, T5Tokenizer
+
+if TYPE_CHECKING:
+    from transformers import GemmaTokenizer, LlamaTokenizer, Qwen2Tokenizer
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -58,7 +62,7 @@ def t5_vocab_size() -> int:
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 
 
-def gemma_tokenizer(model_max_length: int = 1024) -> "GemmaTokenizer":
+def gemma_tokenizer(model_max_length: int = 1024) -> GemmaTokenizer:
     """Gemma-style BPE with byte fallback: <pad>0 <eos>1 <bos>2 <unk>3 <mask>4, 256 byte tokens, then text."""
     from transformers import GemmaTokenizer
 
@@ -90,7 +94,7 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def qwen_tokenizer(model_max_length: int = 1024) -> "Qwen2Tokenizer":
+def qwen_tokenizer(model_max_length: int = 1024) -> Qwen2Tokenizer:
     """Byte-level BPE over the 256 byte symbols (no merges) plus Qwen's special tokens and chat template."""
     from transformers import AddedToken, Qwen2Tokenizer
 
@@ -117,7 +121,7 @@ MISTRAL_CHAT_TEMPLATE = (
 )
 
 
-def mistral_tokenizer(model_max_length: int = 1024) -> "LlamaTokenizer":
+def mistral_tokenizer(model_max_length: int = 1024) -> LlamaTokenizer:
     """Byte-fallback BPE with Mistral's control tokens ([INST], [IMG], ...) and a Mistral chat template."""
     from transformers import AddedToken, LlamaTokenizer
 
