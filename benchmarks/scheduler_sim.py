@@ -1,0 +1,377 @@
+"""Replay request traces through darkroom's scheduler and residency policy against fake devices.
+
+The fake device has a capacity in bytes, load seconds per GB from host RAM and
+from disk, and run seconds per family from configs/costs.toml (uncalibrated
+until a GPU run replaces them). darkroom's policy is the real code in
+server/engine/policy.py (`pick_batch` + `plan_residency`); two baselines show
+what the field does today:
+
+- single_resident_fifo: one model on the GPU, jobs in arrival order, one at a
+  time; a different model evicts it and loads from disk (A1111, ComfyUI when
+  memory is short).
+- lru_count: jobs in arrival order, one at a time, up to 3 models kept by count
+  with LRU eviction and loads from disk (Ray Serve model multiplexing); byte
+  overflows evict LRU too, which is kinder than the real thing (it would OOM).
+
+Every policy gets the same offload fallback (a model larger than the device
+runs with model or group offload at the same slowdown), so the comparison is
+about residency and batching only.
+
+    python -m benchmarks.scheduler_sim            # table + benchmarks/results/sim/scheduler_sim.json
+    python -m benchmarks.scheduler_sim --json     # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.engine.policy import (
+    EVICTION_ORDERS,
+    GB,
+    BatchConfig,
+    DeviceState,
+    ModelFootprint,
+    NeverFits,
+    Placement,
+    QueuedItem,
+    Resident,
+    Transfer,
+    largest_batch,
+    pick_batch,
+    plan_residency,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+COSTS = ROOT / "configs" / "costs.toml"
+RESULTS = ROOT / "benchmarks" / "results" / "sim"
+
+DEVICES = {"1x80GB": (1, 80), "1x141GB": (1, 141), "2x80GB": (2, 80), "1x24GB": (1, 24)}
+RESERVE_GB = 2.0
+HOST_RAM_GB_PER_GPU = 160.0
+# Offloaded runs are slower: model offload copies each component once per call, group offload streams blocks
+# with prefetch (overlapped, but not free).
+OFFLOAD_SLOWDOWN = {Placement.RESIDENT: 1.0, Placement.MODEL_OFFLOAD: 1.15, Placement.GROUP_OFFLOAD: 1.6}
+
+
+@dataclass(frozen=True)
+class FamilyCost:
+    """One family's costs from configs/costs.toml."""
+
+    name: str
+    components: tuple[int, ...]
+    job_s: float
+    batch_marginal: float
+    activation: int
+
+    def batch_seconds(self, n: int) -> float:
+        """Seconds for a batch of n jobs."""
+        return self.job_s * (1 + (n - 1) * self.batch_marginal)
+
+
+def load_costs(path: Path = COSTS) -> tuple[dict[str, FamilyCost], Transfer]:
+    """Families' costs and the transfer rates."""
+    raw = tomllib.loads(path.read_text())
+    fams = {name: FamilyCost(name, tuple(int(g * GB) for g in body["components_gb"]), body["job_s"],
+                             body["batch_marginal"], int(body["activation_gb"] * GB))
+            for name, body in raw["families"].items()}
+    return fams, Transfer(**raw["transfer"])
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request of a trace."""
+
+    id: str
+    model: str
+    batch_key: str
+    arrival: float
+
+
+# ---- traces -------------------------------------------------------------------------------------
+
+# The studio mix: Kontext edits, SDXL variations, FLUX.2 klein, a video now and then. Two size buckets each.
+STUDIO_MIX = {"flux-kontext": 0.35, "sdxl": 0.30, "flux2-klein": 0.30, "wan2.2-ti2v-5b": 0.05}
+SIZES = ("1024x1024", "1344x768")
+
+
+def mean_job_seconds(mix: dict[str, float], fams: dict[str, FamilyCost]) -> float:
+    """Expected service seconds of one job of the mix (batch 1, no loads): what 'capacity' is measured in."""
+    return sum(w * fams[m].job_s for m, w in mix.items())
+
+
+def poisson_trace(mix: dict[str, float], load: float, n: int, devices: int, fams: dict[str, FamilyCost],
+                  seed: int) -> list[Job]:
+    """n jobs arriving as a Poisson process at `load` x the devices' capacity."""
+    rng = random.Random(seed)
+    rate = load * devices / mean_job_seconds(mix, fams)
+    t, jobs = 0.0, []
+    models, weights = list(mix), list(mix.values())
+    for i in range(n):
+        t += rng.expovariate(rate)
+        model = rng.choices(models, weights)[0]
+        jobs.append(Job(f"j{i}", model, rng.choice(SIZES), t))
+    return jobs
+
+
+def burst_trace(mix: dict[str, float], n: int, seed: int) -> list[Job]:
+    """n jobs of the mix arriving within 10 seconds."""
+    rng = random.Random(seed)
+    models, weights = list(mix), list(mix.values())
+    return sorted((Job(f"b{i}", rng.choices(models, weights)[0], rng.choice(SIZES), rng.uniform(0, 10))
+                   for i in range(n)), key=lambda j: j.arrival)
+
+
+# ---- the simulated devices ------------------------------------------------------------------------
+
+
+@dataclass
+class SimDevice:
+    """A fake GPU: capacity, what is on it, when it is free."""
+
+    name: str
+    budget: int
+    gpu: dict[str, Resident] = field(default_factory=dict)
+    free_at: float = 0.0
+    busy_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """What a policy run produced."""
+
+    latencies: list[float] = field(default_factory=list)
+    loads: int = 0
+    bytes_moved: int = 0
+    busy_s: float = 0.0
+    makespan: float = 0.0
+    devices: int = 1
+
+    def summary(self) -> dict[str, float]:
+        """The reported figures."""
+        lat = sorted(self.latencies)
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, max(0, math.ceil(p / 100 * len(lat)) - 1))]
+
+        return {
+            "throughput_per_h": round(len(lat) / self.makespan * 3600, 1),
+            "p50_s": round(pct(50), 2),
+            "p95_s": round(pct(95), 2),
+            "loads": self.loads,
+            "gb_moved": round(self.bytes_moved / GB, 1),
+            "idle_share": round(1 - self.busy_s / (self.makespan * self.devices), 3),
+        }
+
+
+Chooser = Callable[[list[Job], SimDevice, float, "Simulation"], tuple[list[Job], str]]
+
+
+class Simulation:
+    """Discrete-event replay of one trace on one device set under one policy."""
+
+    def __init__(self, jobs: list[Job], n_devices: int, gb: float, fams: dict[str, FamilyCost], transfer: Transfer,
+                 policy: str) -> None:
+        self.jobs = jobs
+        self.fams = fams
+        self.transfer = transfer
+        self.policy = policy
+        self.devices = [SimDevice(f"gpu{i}", int((gb - RESERVE_GB) * GB)) for i in range(n_devices)]
+        self.ram: set[str] = set()
+        self.ram_free = int(HOST_RAM_GB_PER_GPU * n_devices * GB)
+        self.out = Outcome(devices=n_devices)
+        self.batch = BatchConfig(max_batch=4)
+
+    def footprint(self, model: str) -> ModelFootprint:
+        return ModelFootprint(model, self.fams[model].components)
+
+    def state(self, dev: SimDevice) -> DeviceState:
+        return DeviceState(dev.name, dev.budget, tuple(sorted(dev.gpu.values(), key=lambda r: r.last_used)),
+                           frozenset(self.ram), self.ram_free)
+
+    def run(self) -> Outcome:
+        pending: list[Job] = []
+        arrivals = list(self.jobs)
+        now = 0.0
+        while arrivals or pending:
+            while arrivals and arrivals[0].arrival <= now:
+                pending.append(arrivals.pop(0))
+            idle = [d for d in self.devices if d.free_at <= now]
+            if pending and idle:
+                for dev in idle:
+                    if not pending:
+                        break
+                    batch = self.choose(pending, dev, now)
+                    for job in batch:
+                        pending.remove(job)
+                continue
+            # Advance the clock to the next event.
+            nxt = [d.free_at for d in self.devices if d.free_at > now]
+            if arrivals:
+                nxt.append(arrivals[0].arrival)
+            now = min(nxt)
+        self.out.makespan = max(d.free_at for d in self.devices) - self.jobs[0].arrival
+        self.out.busy_s = sum(d.busy_s for d in self.devices)
+        return self.out
+
+    # ---- policies ----
+    def choose(self, pending: list[Job], dev: SimDevice, now: float) -> list[Job]:
+        if self.policy in ("single_resident_fifo", "lru_count"):
+            batch = [min(pending, key=lambda j: j.arrival)]
+        else:
+            batch = self.darkroom_batch(pending, dev, now)
+        demand: dict[str, int] = {}
+        for job in pending:
+            if job not in batch:
+                demand[job.model] = demand.get(job.model, 0) + 1
+        self.execute(batch, dev, now, demand)
+        return batch
+
+    def darkroom_batch(self, pending: list[Job], dev: SimDevice, now: float) -> list[Job]:
+        queue = [QueuedItem(j.id, j.model, j.batch_key, j.arrival) for j in pending]
+        state = self.state(dev)
+
+        def switch(model: str) -> float:
+            return self.transfer.load_seconds(self.footprint(model).bytes, model in self.ram)
+
+        def cap(model: str, _key: str) -> int:
+            return largest_batch(self.footprint(model), self.fams[model].activation, dev.budget, self.batch.max_batch)
+
+        choice = pick_batch(queue, state, now, self.batch, switch, cap)
+        assert choice is not None
+        by_id = {j.id: j for j in pending}
+        return [by_id[i] for i in choice.job_ids]
+
+    def execute(self, batch: list[Job], dev: SimDevice, now: float, demand: dict[str, int]) -> None:
+        model = batch[0].model
+        fam = self.fams[model]
+        foot = self.footprint(model)
+        activation = fam.activation * len(batch)
+        load_s = 0.0
+        if self.policy == "single_resident_fifo":
+            placement = self.place_alone(foot, activation, dev)
+            if model not in dev.gpu:
+                self.out.bytes_moved += sum(r.bytes for r in dev.gpu.values())
+                dev.gpu.clear()
+                load_s = self.transfer.load_seconds(foot.bytes, from_ram=False)
+                self.out.loads += 1
+                self.out.bytes_moved += foot.bytes
+                dev.gpu[model] = Resident(model, foot.bytes if placement is Placement.RESIDENT else 0, now)
+        elif self.policy == "lru_count":
+            placement = self.place_alone(foot, activation, dev)
+            if model not in dev.gpu:
+                need = foot.bytes if placement is Placement.RESIDENT else 0
+                while dev.gpu and (len(dev.gpu) >= 3 or
+                                   sum(r.bytes for r in dev.gpu.values()) + need + activation > dev.budget):
+                    victim = min(dev.gpu.values(), key=lambda r: r.last_used)
+                    self.out.bytes_moved += victim.bytes
+                    del dev.gpu[victim.name]
+                load_s = self.transfer.load_seconds(foot.bytes, from_ram=False)
+                self.out.loads += 1
+                self.out.bytes_moved += foot.bytes
+                dev.gpu[model] = Resident(model, need, now)
+        else:
+            order = EVICTION_ORDERS[self.policy.removeprefix("darkroom_")] if self.policy != "darkroom" \
+                else EVICTION_ORDERS[DEFAULT_ORDER]
+            plan = plan_residency(self.state(dev), foot, activation, demand, order, self.transfer)
+            placement = plan.placement
+            for move in plan.moves:
+                if move.action == "load":
+                    self.out.loads += 1
+                    self.out.bytes_moved += move.bytes
+                    if placement is Placement.RESIDENT:
+                        dev.gpu[move.model] = Resident(move.model, move.bytes, now)
+                    elif move.model not in self.ram:
+                        self.ram.add(move.model)
+                        self.ram_free -= move.bytes
+                else:
+                    dev.gpu.pop(move.model, None)
+                    self.out.bytes_moved += move.bytes
+                    if move.action == "offload_to_ram" and move.model not in self.ram:
+                        self.ram.add(move.model)
+                        self.ram_free -= move.bytes
+            load_s = plan.load_s
+        run_s = fam.batch_seconds(len(batch)) * OFFLOAD_SLOWDOWN[placement]
+        if model in dev.gpu:
+            dev.gpu[model] = Resident(model, dev.gpu[model].bytes, now + load_s + run_s)
+        start = max(now, dev.free_at)
+        dev.free_at = start + load_s + run_s
+        dev.busy_s += run_s
+        for job in batch:
+            self.out.latencies.append(dev.free_at - job.arrival)
+
+    def place_alone(self, foot: ModelFootprint, activation: int, dev: SimDevice) -> Placement:
+        """The baselines' placement: the same fallback ladder on an empty device."""
+        try:
+            return plan_residency(DeviceState(dev.name, dev.budget), foot, activation, {},
+                                  EVICTION_ORDERS["lru"], self.transfer).placement
+        except NeverFits:
+            return Placement.GROUP_OFFLOAD
+
+
+DEFAULT_ORDER = "cost_aware"
+POLICIES = ["darkroom", "single_resident_fifo", "lru_count"]
+VARIANTS = ["darkroom_lru", "darkroom_smallest_first", "darkroom_cost_aware"]
+
+
+def traces(devices: int, fams: dict[str, FamilyCost], n: int) -> dict[str, list[Job]]:
+    """The named traces for a device count."""
+    return {
+        "studio_mix_50": poisson_trace(STUDIO_MIX, 0.5, n, devices, fams, seed=1),
+        "studio_mix_90": poisson_trace(STUDIO_MIX, 0.9, n, devices, fams, seed=2),
+        "studio_mix_120": poisson_trace(STUDIO_MIX, 1.2, n, devices, fams, seed=3),
+        "burst": burst_trace(STUDIO_MIX, 200, seed=4),
+        "single_model_flood": poisson_trace({"flux-kontext": 1.0}, 1.2, n // 2, devices, fams, seed=5),
+    }
+
+
+def run_all(n: int = 600, policies: list[str] | None = None) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{trace: {device: {policy: summary}}}."""
+    fams, transfer = load_costs()
+    policies = policies or POLICIES
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for dev_name, (count, gb) in DEVICES.items():
+        for trace_name, jobs in traces(count, fams, n).items():
+            for policy in policies:
+                result = Simulation(jobs, count, gb, fams, transfer, policy).run().summary()
+                out.setdefault(trace_name, {}).setdefault(dev_name, {})[policy] = result
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    parser.add_argument("--jobs", type=int, default=600, help="jobs per Poisson trace")
+    parser.add_argument("--variants", action="store_true", help="also compare darkroom's eviction orders")
+    args = parser.parse_args(argv)
+    results = run_all(args.jobs, POLICIES + (VARIANTS if args.variants else []))
+    if args.json:
+        json.dump(results, sys.stdout)
+        print()
+        return 0
+    cols = ["throughput_per_h", "p50_s", "p95_s", "loads", "gb_moved", "idle_share"]
+    for trace_name, by_dev in results.items():
+        for dev_name, by_policy in by_dev.items():
+            print(f"\n{trace_name} on {dev_name}")
+            print(f"  {'policy':26}" + "".join(f"{c:>18}" for c in cols))
+            for policy, figures in by_policy.items():
+                print(f"  {policy:26}" + "".join(f"{figures[c]:>18}" for c in cols))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "scheduler_sim.json"
+    path.write_text(json.dumps({"command": "python -m benchmarks.scheduler_sim" + (" --variants" if args.variants
+                                                                                 else ""),
+                                "costs": "configs/costs.toml (uncalibrated; see its header)",
+                                "default_eviction_order": DEFAULT_ORDER, "results": results}, indent=1))
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
