@@ -28,11 +28,12 @@ import json
 import math
 import random
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.engine.costs import FamilyCost
+from server.engine.costs import load_costs as load_server_costs
 from server.engine.policy import (
     EVICTION_ORDERS,
     GB,
@@ -50,7 +51,6 @@ from server.engine.policy import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-COSTS = ROOT / "configs" / "costs.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "sim"
 
 DEVICES = {"1x80GB": (1, 80), "1x141GB": (1, 141), "2x80GB": (2, 80), "1x24GB": (1, 24)}
@@ -61,28 +61,10 @@ HOST_RAM_GB_PER_GPU = 160.0
 OFFLOAD_SLOWDOWN = {Placement.RESIDENT: 1.0, Placement.MODEL_OFFLOAD: 1.15, Placement.GROUP_OFFLOAD: 1.6}
 
 
-@dataclass(frozen=True)
-class FamilyCost:
-    """One family's costs from configs/costs.toml."""
-
-    name: str
-    components: tuple[int, ...]
-    job_s: float
-    batch_marginal: float
-    activation: int
-
-    def batch_seconds(self, n: int) -> float:
-        """Seconds for a batch of n jobs."""
-        return self.job_s * (1 + (n - 1) * self.batch_marginal)
-
-
-def load_costs(path: Path = COSTS) -> tuple[dict[str, FamilyCost], Transfer]:
-    """Families' costs and the transfer rates."""
-    raw = tomllib.loads(path.read_text())
-    fams = {name: FamilyCost(name, tuple(int(g * GB) for g in body["components_gb"]), body["job_s"],
-                             body["batch_marginal"], int(body["activation_gb"] * GB))
-            for name, body in raw["families"].items()}
-    return fams, Transfer(**raw["transfer"])
+def load_costs() -> tuple[dict[str, FamilyCost], Transfer]:
+    """Families' costs and the transfer rates, from configs/costs.toml (the file the server reads too)."""
+    costs = load_server_costs()
+    return costs.families, costs.transfer
 
 
 @dataclass(frozen=True)

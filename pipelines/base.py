@@ -79,6 +79,19 @@ class RenderParams:
     num_frames: int = 0
     fps: float = 0.0
     generate_audio: bool = False
+    prompts: tuple[str, ...] = ()
+    """Per-image prompts when several requests share one call (len == num_images); empty otherwise."""
+
+    def prompt_kwargs(self) -> dict[str, object]:
+        """`prompt` and `num_images_per_prompt` for a diffusers call, for one request or a merged batch."""
+        if self.prompts:
+            return {"prompt": list(self.prompts), "num_images_per_prompt": 1}
+        return {"prompt": self.prompt, "num_images_per_prompt": self.num_images}
+
+    def negative_kwarg(self, default: str | None = None) -> str | list[str] | None:
+        """The negative prompt, repeated per image for a merged batch (requests in one batch share it)."""
+        neg = self.negative_prompt if self.negative_prompt is not None else default
+        return [neg] * self.num_images if self.prompts and neg is not None else neg
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,8 @@ class Family(ABC):
     refine_tile: ClassVar[int] = 1024
     refine_overlap: ClassVar[int] = 128
     refine_strength: ClassVar[float] = 0.3
+    merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE})
+    """Tasks whose renders from different requests can share one pipeline call (prompts and seeds per image)."""
 
     def __init__(self, model_dir: Path, device: str, dtype: torch.dtype) -> None:
         self.model_dir = model_dir
@@ -197,9 +212,25 @@ class Family(ABC):
 
     @classmethod
     def batch_key(cls, params: RenderParams) -> tuple[object, ...]:
-        """Fields that must match for two renders to share one pipeline call (prompt and seed may differ)."""
-        return (cls.name, params.task, params.width, params.height, params.num_inference_steps,
-                params.guidance_scale, params.strength, params.num_sources, params.num_references)
+        """Fields that must match for two renders to share a batch (prompt and seed may differ).
+
+        The second field says whether such renders can share one pipeline call ("merge") or only run
+        one after another ("solo"); the scheduler batches only the former.
+        """
+        return (cls.name, "merge" if cls.can_merge(params) else "solo", params.task, params.width, params.height,
+                params.num_inference_steps, params.guidance_scale, params.strength, params.num_sources,
+                params.num_references)
+
+    @classmethod
+    def can_merge(cls, params: RenderParams) -> bool:
+        """Whether this render may share a pipeline call with others of the same batch key."""
+        return params.task in cls.merge_tasks and max(params.width, params.height) <= cls.native_max_long_side
+
+    @classmethod
+    def batch_key_names(cls) -> tuple[str, ...]:
+        """Names of the batch_key fields, for the reasons two requests could not share a batch."""
+        return ("family", "shared_call", "task", "width", "height", "steps", "guidance", "strength", "sources",
+                "references")
 
     @classmethod
     @abstractmethod
@@ -219,6 +250,51 @@ class Family(ABC):
             self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
         )
         return pipe.to(self.device)
+
+    def move_to(self, device: str) -> None:
+        """Move every role's modules (shared between roles, so each moves once) to `device`."""
+        import torch
+
+        seen: set[int] = set()
+        target = torch.device(device)
+        for pipe in self.pipelines.values():
+            for module in pipe.components.values():
+                if not isinstance(module, torch.nn.Module) or id(module) in seen:
+                    continue
+                seen.add(id(module))
+                first = next(module.parameters(), None)
+                if first is not None and first.device != target:
+                    module.to(target)
+        self.device = device
+
+    def pin_host_memory(self) -> None:
+        """Page-lock the weights held in host RAM so they copy back to the GPU at full PCIe speed (CUDA only)."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        for pipe in self.pipelines.values():
+            for module in pipe.components.values():
+                for tensor in [*getattr(module, "parameters", list)(), *getattr(module, "buffers", list)()]:
+                    if tensor.device.type == "cpu" and not tensor.is_pinned():
+                        tensor.data = tensor.data.pin_memory()
+
+    def enable_offload(self, placement: str, device: str) -> None:
+        """Run from host RAM with diffusers' hooks: 'model_cpu_offload' (one component on `device` at a time)
+        or 'group_offload' (blocks streamed through `device`, prefetched on a side CUDA stream)."""
+        import torch
+
+        for pipe in self.pipelines.values():
+            if placement == "model_cpu_offload":
+                pipe.enable_model_cpu_offload(device=device)
+            elif placement == "group_offload":
+                pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1,
+                                          use_stream=device.startswith("cuda"))
+                break  # hooks sit on the shared modules: once covers every role
+            else:
+                raise ValueError(f"unknown placement {placement!r}")
+        self.device = device
 
     def _use(self, pipelines: dict[str, Any]) -> None:
         """Keep the loaded pipelines by role (progress bars off: they are for notebooks, not server logs)."""

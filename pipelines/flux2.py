@@ -77,8 +77,8 @@ class Flux2KleinFamily(Family):
 
         p = spec.params
         common: dict[str, object] = dict(
-            prompt=p.prompt, height=p.height, width=p.width, num_inference_steps=p.num_inference_steps,
-            guidance_scale=p.guidance_scale, num_images_per_prompt=p.num_images,
+            height=p.height, width=p.width, num_inference_steps=p.num_inference_steps,
+            guidance_scale=p.guidance_scale, **p.prompt_kwargs(),
             generator=self.generators(p.seeds),
             callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
         )
@@ -122,9 +122,9 @@ class Flux2DevFamily(Family):
         cond = _conditioning(spec.sources + spec.references) or None
         with torch.inference_mode():
             images = self.pipeline("edit")(
-                image=cond, prompt=p.prompt, height=p.height, width=p.width,
+                image=cond, height=p.height, width=p.width,
                 num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale,
-                num_images_per_prompt=p.num_images, generator=self.generators(p.seeds),
+                generator=self.generators(p.seeds), **p.prompt_kwargs(),
                 callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
             ).images
         return RenderResult(images=list(images))

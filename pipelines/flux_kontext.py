@@ -66,19 +66,18 @@ class FluxKontextFamily(Family):
         p = spec.params
         area = p.width * p.height
         common: dict[str, object] = dict(
-            prompt=p.prompt,
+            **p.prompt_kwargs(),
             height=p.height,
             width=p.width,
             num_inference_steps=p.num_inference_steps,
             guidance_scale=p.guidance_scale,
-            num_images_per_prompt=p.num_images,
             generator=self.generators(p.seeds),
             # Kontext otherwise snaps to a ~1 MP bucket and ignores the requested size.
             max_area=area,
             _auto_resize=False,
             # Kontext is guidance-distilled: a negative prompt works only through true classifier-free
             # guidance, which runs the transformer twice per step; it is enabled only when one is given.
-            negative_prompt=p.negative_prompt,
+            negative_prompt=p.negative_kwarg(),
             true_cfg_scale=_TRUE_CFG if p.negative_prompt else 1.0,
             callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
         )

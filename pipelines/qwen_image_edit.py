@@ -52,10 +52,10 @@ class QwenImageEditFamily(Family):
 
         p = spec.params
         common: dict[str, object] = dict(
-            prompt=p.prompt, height=p.height, width=p.width, num_inference_steps=p.num_inference_steps,
+            height=p.height, width=p.width, num_inference_steps=p.num_inference_steps,
             # guidance_scale maps to Qwen's true CFG; 1.0 turns it off (one transformer pass per step).
-            true_cfg_scale=p.guidance_scale, negative_prompt=p.negative_prompt or " ",
-            num_images_per_prompt=p.num_images, generator=self.generators(p.seeds),
+            true_cfg_scale=p.guidance_scale, negative_prompt=p.negative_kwarg(" "),
+            generator=self.generators(p.seeds), **p.prompt_kwargs(),
             callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
         )
         with torch.inference_mode():

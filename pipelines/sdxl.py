@@ -122,8 +122,10 @@ class SDXLFamily(Family):
                                             generator=self.generators([seed]),
                                             **self._image_prompt((), _IMG2IMG_DEFAULT_GUIDANCE)).images[0]
 
-    def _image_prompt(self, references: tuple[Image.Image, ...], guidance_scale: float) -> dict[str, object]:
-        """IP-Adapter arguments: the references at IP_ADAPTER_SCALE, or zero embeddings at scale 0."""
+    def _image_prompt(self, references: tuple[Image.Image, ...], guidance_scale: float,
+                      prompts: int = 1) -> dict[str, object]:
+        """IP-Adapter arguments: the references at IP_ADAPTER_SCALE, or zero embeddings at scale 0
+        (one row per prompt: diffusers repeats image embeddings per image, not per prompt)."""
         if not self.has_ip_adapter:
             if references:
                 raise ParamError("reference_images", "these SDXL weights have no IP-Adapter; run `darkroom weights "
@@ -137,7 +139,7 @@ class SDXLFamily(Family):
             return {"ip_adapter_image": [list(references)]}
         pipe.set_ip_adapter_scale(0.0)
         # One (negative, positive) pair of image embeddings when the pipeline runs classifier-free guidance.
-        rows = 2 if guidance_scale > 1.0 else 1
+        rows = (2 if guidance_scale > 1.0 else 1) * prompts
         enc = pipe.image_encoder
         zeros = torch.zeros(rows, 1, enc.config.projection_dim, device=enc.device, dtype=enc.dtype)
         return {"ip_adapter_image_embeds": [zeros]}
@@ -145,13 +147,12 @@ class SDXLFamily(Family):
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
         common: dict[str, object] = dict(
-            prompt=p.prompt,
-            negative_prompt=p.negative_prompt,
+            **p.prompt_kwargs(),
+            negative_prompt=p.negative_kwarg(),
             num_inference_steps=p.num_inference_steps,
             guidance_scale=p.guidance_scale,
-            num_images_per_prompt=p.num_images,
             generator=self.generators(p.seeds),
-            **self._image_prompt(spec.references, p.guidance_scale),
+            **self._image_prompt(spec.references, p.guidance_scale, len(p.prompts) or 1),
         )
         # img2img runs int(steps*strength) steps, which is what progress counts.
         text_only = p.task is Task.GENERATE or not spec.sources  # references alone: image-prompted generation

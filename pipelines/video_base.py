@@ -44,6 +44,10 @@ class VideoFamily(Family):
     def batch_key(cls, params: RenderParams) -> tuple[object, ...]:
         return (*super().batch_key(params), params.num_frames, params.fps, params.generate_audio)
 
+    @classmethod
+    def batch_key_names(cls) -> tuple[str, ...]:
+        return (*super().batch_key_names(), "frames", "fps", "audio")
+
     def load(self) -> None:
         self._use({"i2v": self._from_pretrained()})
 

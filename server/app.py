@@ -8,14 +8,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from pipelines.registry import family_class
+from server.api import engine as engine_api
 from server.api import files, health, qolaba, tasks, videos
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.catalog import Catalog
 from server.context import AppContext
 from server.engine.completion import CompletionHub
+from server.engine.costs import load_costs
 from server.engine.loop import Engine
-from server.engine.scheduler import OldestFirstGrouped
+from server.engine.policy import BatchConfig
+from server.engine.scheduler import VramAwareScheduler
 from server.engine.worker import Worker, device_budget, resolve_devices, resolve_dtype
 from server.jobs.store import JobStore
 from server.media.fetch import FetchLimits, ImageFetcher
@@ -69,17 +73,27 @@ def create_app(settings: Settings) -> FastAPI:
     inputs = InputStore(data / "inputs")
     hub = CompletionHub()
     reserve = int(settings.vram_reserve_gb * 1e9)
-    workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located, device_budget(dev, reserve))
+    costs = load_costs()
+    limit = int(settings.memory_limit_gb * 1e9) if settings.memory_limit_gb else None
+    workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located, device_budget(dev, reserve, limit),
+                      ram_budget=int(settings.offload_ram_gb * 1e9), order=settings.residency_policy,
+                      transfer=costs.transfer)
                for i, dev in enumerate(resolve_devices(settings.device))]
-    engine = Engine(store, OldestFirstGrouped(settings.max_batch), workers, outputs, hub.finished,
-                    preload=sorted(needed))
+    scheduler = VramAwareScheduler(
+        BatchConfig(settings.max_batch, settings.batch_max_wait_s, settings.priority_s),
+        footprint=workers[0].footprint, transfer=costs.transfer,
+        key_names=lambda weights: family_class(located[weights].entry.family).batch_key_names(),
+    )
+    # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
+    wait_s = min(1.0, settings.batch_max_wait_s / 2) if settings.batch_max_wait_s > 0 else 1.0
+    engine = Engine(store, scheduler, workers, outputs, hub.finished, preload=sorted(needed), wait_s=wait_s)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),
         FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
                     settings.fetch_max_redirects),
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
-                           frozenset(name for name, w in located.items() if w.demo))
+                                frozenset(name for name, w in located.items() if w.demo), costs)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs)
 
     @asynccontextmanager
@@ -96,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
     install_error_handlers(app)
-    for module in (health, qolaba, videos, tasks, files):
+    for module in (health, qolaba, videos, tasks, files, engine_api):
         app.include_router(module.router)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())

@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_DURATION = "unsupported_duration"
     UNSUPPORTED_RESOLUTION = "unsupported_resolution"
     ALREADY_FINISHED = "already_finished"
+    INSUFFICIENT_VRAM = "insufficient_vram"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     URL_NOT_ALLOWED = "url_not_allowed"
     FETCH_FAILED = "fetch_failed"

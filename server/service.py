@@ -20,6 +20,8 @@ from pipelines.registry import family_class
 from pipelines.video_base import VideoFamily
 from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, Catalog, ModelSpec, VideoModelSpec, parse_ratio
 from server.engine.completion import CompletionHub
+from server.engine.costs import Costs
+from server.engine.policy import EVICTION_ORDERS, GB, DeviceState, NeverFits, ResidencyPlan, plan_residency
 from server.engine.request import GenerationRequest
 from server.engine.sizing import output_size, video_size
 from server.errors import ApiError, ErrorCode
@@ -63,6 +65,7 @@ class ImageAsk:
     strength: float | None = None
     negative_prompt: str | None = None
     warnings: tuple[str, ...] = ()
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,25 @@ class VideoAsk:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     warnings: tuple[str, ...] = ()
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admission worked out for a job: its activation estimate and the estimate shown on its task."""
+
+    activation_bytes: int
+    estimate: dict[str, object]
 
 
 class GenerationService:
     """Accepts image and video asks as durable jobs and reports on them."""
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
-                 inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str]) -> None:
+                 inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
+                 costs: Costs) -> None:
         self.catalog = catalog
+        self.costs = costs
         self.demo_weights = demo_weights
         self.store = store
         self.engine = engine
@@ -140,6 +154,7 @@ class GenerationService:
         params = self._params(task, ask, width, height, num_images, seeds, steps, guidance, strength,
                               len(sources), len(references))
         self._family_check(fam, params)
+        admission = self._admit(spec.id, spec.weights, fam, params)
 
         job_id = new_task_id()
         request = GenerationRequest(
@@ -150,8 +165,9 @@ class GenerationService:
             reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
             mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
             warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
+            priority=ask.priority,
         )
-        self._commit(job_id, fam, request)
+        self._commit(job_id, fam, request, admission)
         return job_id, request
 
     async def submit_video(self, ask: VideoAsk) -> tuple[str, GenerationRequest]:
@@ -180,10 +196,10 @@ class GenerationService:
             guidance_scale=guidance, strength=1.0, output_format="mp4",
             source_paths=tuple(self.inputs.save(job_id, "frame", i, im) for i, im in enumerate(frames)),
             warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
-            num_frames=num_frames, fps=float(fps), generate_audio=audio,
+            num_frames=num_frames, fps=float(fps), generate_audio=audio, priority=ask.priority,
         )
         self._family_check(fam, request.render_params())
-        self._commit(job_id, fam, request)
+        self._commit(job_id, fam, request, self._admit(spec.id, spec.weights, fam, request.render_params()))
         return job_id, request
 
     def _check_video_limits(self, spec: VideoModelSpec, fam: type[VideoFamily], ask: VideoAsk, duration: int,
@@ -223,9 +239,48 @@ class GenerationService:
     def _warnings(self, warnings: tuple[str, ...], weights: str) -> tuple[str, ...]:
         return warnings + (DEMO_WARNING,) if weights in self.demo_weights else warnings
 
-    def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest) -> None:
+    def _admit(self, model_id: str, weights: str, fam: type[Family], params: RenderParams) -> Admission:
+        """The job's estimate on the device it fits best; 422 when no device can hold it even with offload."""
+        activation = fam.activation_bytes(params, 1)
+        best: tuple[ResidencyPlan, str, int | None] | None = None
+        need = have = 0
+        for worker in self.engine.workers:
+            if worker.fault:
+                continue
+            empty = DeviceState(worker.name, worker.budget)
+            try:
+                plan = plan_residency(empty, worker.footprint(weights), activation, {}, EVICTION_ORDERS["lru"],
+                                      self.costs.transfer)
+            except NeverFits as exc:
+                need, have = max(need, exc.need), max(have, exc.have)
+                continue
+            if best is None or plan.peak_bytes < best[0].peak_bytes:
+                best = (plan, worker.device, worker.budget)
+        if best is None:
+            raise ApiError(422, ErrorCode.INSUFFICIENT_VRAM, (
+                f"{model_id} at {params.width}x{params.height} needs {need / GB:.2f} GB of GPU memory even with "
+                f"offload, and the largest GPU budget here is {have / GB:.2f} GB; lower the size, num_images or "
+                "num_frames"))
+        plan, device, budget = best
+        cost = self.costs.families.get(fam.name)
+        seconds = None if cost is None else cost.job_seconds(params.num_inference_steps, params.width * params.height,
+                                                             params.num_frames, params.num_images)
+        estimate = {
+            "peak_gb": round(plan.peak_bytes / GB, 3),
+            "device": device,
+            "device_budget_gb": None if budget is None else round(budget / GB, 1),
+            "placement": plan.placement.value,
+            "seconds_full_size": None if seconds is None else round(seconds + plan.load_s, 1),
+            "basis": "weights from safetensors headers; activations and seconds from the family formula and "
+                     "configs/costs.toml (full-size bf16 on one H100; uncalibrated)",
+        }
+        return Admission(activation, estimate)
+
+    def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest, admission: Admission) -> None:
         batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
-        self.store.create(job_id, request.model_id, batch_key, request.to_json())
+        self.store.create(job_id, request.model_id, batch_key, request.to_json(), weights=request.weights,
+                          priority=request.priority, activation_bytes=admission.activation_bytes,
+                          estimate=admission.estimate)
         self.engine.notify()
 
     def _check_limits(self, spec: ModelSpec, ask: ImageAsk) -> None:

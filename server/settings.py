@@ -52,13 +52,29 @@ class Settings(BaseSettings):
     demo: Literal["auto", "always", "never"] = Field(
         "auto", description="Demo (tiny random) weights: auto = when real weights are missing."
     )
+    memory_limit_gb: float | None = Field(
+        None, gt=0.0, description="Most device memory darkroom may use per worker, in GB (default: the GPU's total "
+        "less the reserve; unmanaged on CPU). Set it to share a GPU with other processes.")
     vram_reserve_gb: float = Field(
         2.0, ge=0.0, description="GPU memory kept free for the CUDA context, cuBLAS workspaces and fragmentation."
     )
     license_policy: Literal["any", "commercial"] = Field(
         "any", description="'commercial' serves every id with a stand-in whose weights allow commercial use."
     )
-    max_batch: int = Field(1, ge=1, description="Most queued jobs the scheduler hands a worker at once.")
+    max_batch: int = Field(
+        4, ge=1, le=64, description="Most queued requests of one model and batch key run as one batch (the memory "
+        "estimate may cap it lower).")
+    batch_max_wait_s: float = Field(
+        0.0, ge=0.0, le=60.0, description="How long a batch smaller than max_batch may wait for more requests "
+        "like it before it runs (0: run at once).")
+    priority_s: float = Field(
+        30.0, ge=0.0, description="Seconds of queue waiting one point of request priority is worth.")
+    residency_policy: Literal["cost_aware", "lru", "smallest_first"] = Field(
+        "cost_aware", description="Which model leaves the GPU first when another needs the room "
+        "(cost_aware was chosen by benchmarks/scheduler_sim.py).")
+    offload_ram_gb: float = Field(
+        64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
+        "from disk); 0 turns the RAM tier off.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 

@@ -19,18 +19,22 @@ async def ready(request: Request) -> JSONResponse:
     """200 when every model's weights are located and loaded and every worker thread is alive; else 503."""
     ctx = request.app.state.ctx
     workers = [{"name": w.name, "device": w.device, "alive": bool(w.thread and w.thread.is_alive()),
-                "loaded": sorted(w.loaded()), "busy_with": list(w.busy_with)} for w in ctx.engine.workers]
+                "fault": w.fault, "loaded": sorted(w.loaded()), "busy_with": list(w.busy_with)}
+               for w in ctx.engine.workers]
     problems = []
     if ctx.draining:
         problems.append("draining")
-    if not ctx.engine.alive():
-        problems.append("worker not running")
+    # A device taken out after a fault degrades the server; it is unready only when no worker is left.
+    serving = [w for w in workers if w["alive"] and not w["fault"]]
+    if not serving:
+        problems.append("no worker running")
     if not ctx.engine.ready.is_set():
         problems.append("models still loading")
     problems.extend(sorted(ctx.engine.load_failures.values()))
     body = {
         "status": "ready" if not problems else "not_ready",
         "problems": problems,
+        "degraded": [w["fault"] for w in workers if w["fault"]],
         "workers": workers,
         "weights": {name: ("demo" if w.demo else "real") for name, w in ctx.located.items()},
         "jobs": ctx.store.counts(),

@@ -54,6 +54,8 @@ class GenerateBody(BaseModel):
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
     strength: float | None = Field(None, gt=0.0, le=1.0)
     negative_prompt: str | None = Field(None, max_length=4000, description="What to avoid (where the model has it).")
+    priority: int = Field(0, ge=0, le=9, description="darkroom extension: 0-9; each point is worth "
+                          "DARKROOM_PRIORITY_S seconds of queue waiting.")
     # hosted fields with no local meaning
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     # hosted features that cannot exist offline: refused when asked for
@@ -150,7 +152,7 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
         aspect_ratio=body.aspect_ratio, quality=body.quality, num_images=body.num_images, seed=body.seed,
         output_format=body.output_format, num_inference_steps=body.num_inference_steps,
         guidance_scale=body.guidance_scale, strength=body.strength, negative_prompt=body.negative_prompt,
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), priority=body.priority,
     )
 
 

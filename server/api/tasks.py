@@ -43,6 +43,9 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
         "started_at": record.started_at,
         "completed_at": record.finished_at,
         "error": record.error,
+        "queue_position": None,  # filled in for pending tasks by the status route
+        # Admission's estimate and, once it ran, the batch it ran in (shared_call: one pipeline call).
+        "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority},
     }
     result = record.result
     if record.status is not JobStatus.COMPLETED or result is None:
@@ -58,9 +61,9 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
         view["images"] = [{**_file(im, base), "seed": im["seed"]} for im in result["images"]]
         view["usage"] = {"images_generated": len(view["images"]), "cost_usd": 0.0, "cost_credits": 0,
                          "compute_seconds": result["timings"]["pipeline_s"]}
-    view["darkroom"] = {"timings": result["timings"], "runtime": result["runtime"], "task": req["task"],
-                        "num_inference_steps": req["num_inference_steps"], "guidance_scale": req["guidance_scale"],
-                        "strength": req["strength"]}
+    view["darkroom"] |= {"timings": result["timings"], "runtime": result["runtime"], "task": req["task"],
+                         "num_inference_steps": req["num_inference_steps"], "guidance_scale": req["guidance_scale"],
+                         "strength": req["strength"]}
     return view
 
 

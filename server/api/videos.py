@@ -32,6 +32,7 @@ class VideoBody(BaseModel):
     fps: int | None = Field(None, ge=1, le=60)
     generate_audio: bool | None = None
     negative_prompt: str | None = Field(None, max_length=4000)
+    priority: int = Field(0, ge=0, le=9, description="darkroom extension: 0-9, worth DARKROOM_PRIORITY_S s each.")
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     num_inference_steps: int | None = Field(None, ge=1, le=200)
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
@@ -74,6 +75,7 @@ async def generate_video(request: Request) -> JSONResponse:
         resolution=body.resolution, aspect_ratio=body.aspect_ratio, fps=body.fps,
         generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
+        priority=body.priority,
     )
     job_id, request_obj = await ctx.service.submit_video(ask)
     return JSONResponse({"task_id": job_id, "status": "pending", "warnings": list(request_obj.warnings),

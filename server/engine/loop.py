@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 from pipelines.base import ParamError, RenderCancelled
+from pipelines.registry import family_class
+from server.engine.policy import NeverFits, Placement
 from server.engine.request import GenerationRequest
-from server.engine.scheduler import Scheduler, WorkerView
+from server.engine.scheduler import Plan, Scheduler, WorkerView
 from server.jobs.store import JobRecord, JobStatus, JobStore
 from server.media.storage import OutputStore
 
@@ -26,6 +31,17 @@ def _versions() -> dict[str, str]:
     return {pkg: version(pkg) for pkg in ("torch", "diffusers", "transformers")}
 
 
+_GENERATION_FAILED = {"code": "generation_failed", "field": None,
+                      "message": "the model failed while rendering this job; the server log has details for "}
+
+
+def _device_fault(exc: BaseException) -> bool:
+    """Whether `exc` poisoned the device (torch is imported only where workers are)."""
+    from server.engine.worker import is_device_fault
+
+    return is_device_fault(exc)
+
+
 class Engine:
     """Runs pending jobs on the workers. Each worker has its own thread; the scheduler decides what it runs."""
 
@@ -37,6 +53,7 @@ class Engine:
         outputs: OutputStore,
         on_finished: Callable[[str], None],
         preload: Sequence[str] = (),
+        wait_s: float = 1.0,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -52,6 +69,9 @@ class Engine:
         self._preloaded = 0
         self.load_failures: dict[str, str] = {}
         self._cancel_requested: set[str] = set()
+        self.wait_s = wait_s
+        self.stats: Counter[str] = Counter()
+        self.not_batched: Counter[str] = Counter()
 
     def start(self) -> None:
         """Start one thread per worker."""
@@ -87,25 +107,28 @@ class Engine:
         return True
 
     def alive(self) -> bool:
-        """Every worker thread is running."""
-        return bool(self.workers) and all(w.thread is not None and w.thread.is_alive() for w in self.workers)
+        """Every worker thread is running and no device was taken out."""
+        return bool(self.workers) and all(w.thread is not None and w.thread.is_alive() and not w.fault
+                                          for w in self.workers)
 
     # ---- worker thread -----------------------------------------------------------------
     def _run(self, worker: Worker) -> None:
+        worker.queued = self.store.pending_by_weights
         self._warm(worker)
         while True:
             with self._cond:
-                if self._stopping:
+                if self._stopping or worker.fault:
                     return
-                jobs = self._claim_next(worker)
+                plan, jobs = self._claim_next(worker)
                 if not jobs:
-                    # The timeout also picks up work re-queued by another process or a missed notify.
-                    self._cond.wait(timeout=1.0)
+                    # The timeout also picks up work re-queued by another process, a missed notify, and
+                    # batches that are gathering mates (max_wait_s).
+                    self._cond.wait(timeout=self.wait_s)
                     continue
+            assert plan is not None
             worker.busy_with = tuple(j.id for j in jobs)
             try:
-                for job in jobs:
-                    self._execute(worker, job)
+                self._execute_batch(worker, jobs, plan)
             finally:
                 worker.busy_with = ()
 
@@ -121,24 +144,106 @@ class Engine:
             if self._preloaded == len(self.workers):
                 self.ready.set()
 
-    def _claim_next(self, worker: Worker) -> list[JobRecord]:
+    def _claim_next(self, worker: Worker) -> tuple[Plan | None, list[JobRecord]]:
         """Called with `_cond` held."""
         queue = self.store.pending()
         if not queue:
-            return []
-        view = WorkerView(name=worker.name, device=worker.device, loaded=worker.loaded())
-        plans = self.scheduler.schedule(queue, [view])
-        if not plans:
-            return []
-        return self.store.claim(list(plans[0].job_ids), worker.name)
+            return None, []
+        view = WorkerView(name=worker.name, device=worker.device, state=worker.state())
+        plan = self.scheduler.schedule(queue, view, time.time())
+        if plan is None:
+            return None, []
+        return plan, self.store.claim(list(plan.job_ids), worker.name)
 
-    def _execute(self, worker: Worker, job: JobRecord) -> None:
-        request = GenerationRequest.from_json(job.request)
+    def _execute_batch(self, worker: Worker, jobs: list[JobRecord], plan: Plan) -> None:
+        """Run a planned batch: one shared pipeline call when the family can merge the requests, else in turn."""
+        requests = [GenerationRequest.from_json(j.request) for j in jobs]
+        fam = family_class(requests[0].family)
+        shared = (len(jobs) > 1 and all(fam.can_merge(r.render_params()) for r in requests)
+                  and len({r.negative_prompt for r in requests}) == 1)
+        info = {"id": secrets.token_hex(6), "size": len(jobs), "shared_call": shared, "worker": worker.name,
+                "not_batched": dict(plan.not_batched)}
+        self.store.set_batch([j.id for j in jobs], info)
+        with self._cond:
+            self.stats["batches"] += 1
+            self.stats["batched_jobs"] += len(jobs)
+            self.stats["shared_calls"] += int(shared)
+            self.not_batched.update(plan.not_batched)
+        if shared:
+            self._run_shared(worker, jobs, requests, info)
+        else:
+            for job, request in zip(jobs, requests, strict=True):
+                self._execute(worker, job, request)
+
+    def _run_shared(self, worker: Worker, jobs: list[JobRecord], requests: list[GenerationRequest],
+                    info: dict[str, Any]) -> None:
+        """Several requests in one pipeline call (prompts and seeds per image); split and retry on OOM."""
+        merged = replace(requests[0], num_images=sum(r.num_images for r in requests),
+                         seeds=tuple(s for r in requests for s in r.seeds),
+                         prompts=tuple(p for r in requests for p in [r.prompt] * r.num_images))
+        ids = {j.id for j in jobs}
+        started = time.time()
+
+        def on_step(step: int, total: int) -> None:
+            # One job of a shared call cannot leave it mid-way; the call stops only when every job cancelled.
+            if ids <= self._cancel_requested:
+                raise RenderCancelled(",".join(sorted(ids)))
+            for jid in ids:
+                self.store.set_progress(jid, step, total)
+
+        memory_before = worker.memory_allocated()
+        outcome = "ok"
+        try:
+            rendered = worker.render(merged, on_step)
+        except RenderCancelled:
+            outcome = "cancelled"
+        except Exception as exc:  # noqa: BLE001 - classified below, outside the except block
+            outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
+                "fault" if _device_fault(exc) else "error")
+            if outcome == "error":
+                log.exception("shared batch %s failed on %s", info["id"], worker.device)
+        if outcome == "oom":
+            with self._cond:
+                self.stats["oom_splits"] += 1
+            log.warning("batch %s (%d jobs) ran out of memory on %s; splitting it (memory %d -> %d bytes)",
+                        info["id"], len(jobs), worker.device, memory_before, worker.memory_allocated())
+            half = len(jobs) // 2
+            for part_jobs, part_requests in ((jobs[:half], requests[:half]), (jobs[half:], requests[half:])):
+                self.store.set_batch([j.id for j in part_jobs], {**info, "id": secrets.token_hex(6),
+                                                                 "size": len(part_jobs), "split_from": info["id"],
+                                                                 "shared_call": len(part_jobs) > 1})
+                if len(part_jobs) == 1:
+                    self._execute(worker, part_jobs[0], part_requests[0])
+                else:
+                    self._run_shared(worker, part_jobs, part_requests, info)
+            return
+        if outcome == "fault":
+            self._take_out(worker, [j.id for j in jobs])
+            return
+        if outcome in ("cancelled", "error"):
+            for job in jobs:
+                if outcome == "cancelled":
+                    self.store.mark_cancelled(job.id)
+                else:
+                    self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id})
+                self._done(job.id)
+            worker.release_memory()
+            return
+        # Hand each job its own images, in request order.
+        offset = 0
+        for job, request in zip(jobs, requests, strict=True):
+            part = replace(rendered, images=rendered.images[offset:offset + request.num_images])
+            offset += request.num_images
+            if job.id in self._cancel_requested:
+                self.store.mark_cancelled(job.id)
+            else:
+                self._record(worker, job, request, part, started)
+            self._done(job.id)
+
+    def _execute(self, worker: Worker, job: JobRecord, request: GenerationRequest | None = None) -> None:
+        request = request or GenerationRequest.from_json(job.request)
         started = time.time()
         last = [0.0]
-
-        # Set when a render dies mid-way; memory is released after the except block has dropped the traceback.
-        aborted = False
 
         def on_step(step: int, total: int) -> None:
             if job.id in self._cancel_requested:
@@ -149,50 +254,101 @@ class Engine:
                 last[0] = now
                 self.store.set_progress(job.id, step, total)
 
+        # Out of memory alone: retry with model offload, then group offload (only where a GPU is managed).
+        ladder: list[Placement | None] = [None]
+        if worker.budget is not None:
+            ladder += [Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD]
+        outcome = "error"
+        error: dict[str, Any] | None = None
+        for force in ladder:
+            try:
+                rendered = worker.render(request, on_step, force)
+                outcome = "ok"
+            except RenderCancelled:
+                outcome = "cancelled"
+            except ParamError as exc:
+                outcome, error = "param", {"code": "invalid_request", "message": exc.message, "field": exc.field}
+            except NeverFits as exc:
+                outcome, error = "param", {"code": "insufficient_vram", "field": None,
+                                           "message": f"this job {exc}; lower the size or num_images"}
+            except Exception as exc:  # noqa: BLE001 - any pipeline fault fails this job only; details go to the log
+                outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
+                    "fault" if _device_fault(exc) else "error")
+                if outcome == "error":
+                    log.exception("job %s failed on %s", job.id, worker.device)
+            if outcome != "oom":
+                break
+            with self._cond:
+                self.stats["oom_retries"] += 1
+            log.warning("job %s ran out of memory on %s (%s); retrying with the next offload", job.id,
+                        worker.device, force or "resident")
+        if outcome == "fault":
+            self._take_out(worker, [job.id])
+            return
+        if outcome == "ok":
+            self._record(worker, job, request, rendered, started)
+        elif outcome == "cancelled":
+            self.store.mark_cancelled(job.id)
+            log.info("job %s cancelled on %s", job.id, worker.device)
+        elif outcome == "param":
+            assert error is not None
+            self.store.fail(job.id, error)
+        elif outcome == "oom":
+            self.store.fail(job.id, {"code": "out_of_memory", "field": None, "message": (
+                f"{request.model_id} ran out of GPU memory even with offload; lower the size, num_images or "
+                "num_frames")})
+        else:
+            self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id})
+        if outcome in ("cancelled", "error", "oom"):
+            worker.release_memory()
+        self._done(job.id)
+
+    def _record(self, worker: Worker, job: JobRecord, request: GenerationRequest, rendered: Rendered,
+                started: float) -> None:
+        """Write a finished job's outputs, then mark it completed (outputs first: a done job always has them)."""
         try:
-            rendered = worker.render(request, on_step)
             save_started = time.perf_counter()
             result: dict[str, Any] = self._save_outputs(request, rendered)
             save_s = time.perf_counter() - save_started
-            where = worker.located[request.weights]
-            result |= {
-                "timings": {
-                    "queued_s": round(started - job.created_at, 4),
-                    "load_s": round(rendered.load_s, 4),
-                    "pipeline_s": round(rendered.pipeline_s, 4),
-                    "save_s": round(save_s, 4),
-                },
-                "runtime": {
-                    "worker": worker.name,
-                    "device": worker.device,
-                    "dtype": str(worker.dtype).removeprefix("torch."),
-                    "weights": request.weights,
-                    "demo_weights": where.demo,
-                    "family": request.family,
-                    "versions": self._versions,
-                },
-            }
-            self.store.complete(job.id, result)
-        except RenderCancelled:
-            aborted = True
-            self.store.mark_cancelled(job.id)
-            log.info("job %s cancelled on %s", job.id, worker.device)
-        except ParamError as exc:
-            self.store.fail(job.id, {"code": "invalid_request", "message": exc.message, "field": exc.field})
-        except Exception:  # noqa: BLE001 - any pipeline fault fails this job only; details go to the log
-            aborted = True
-            log.exception("job %s failed on %s", job.id, worker.device)
-            self.store.fail(job.id, {
-                "code": "generation_failed",
-                "message": f"the model failed while rendering this job; the server log has details for {job.id}",
-                "field": None,
-            })
-        finally:
-            with self._cond:
-                self._cancel_requested.discard(job.id)
-            if aborted:
-                worker.release_memory()
-            self.on_finished(job.id)
+        except Exception:  # noqa: BLE001 - a full disk fails the job, not the worker
+            log.exception("could not save the outputs of %s", job.id)
+            self.store.fail(job.id, {"code": "storage_failed", "field": None,
+                                     "message": "the outputs could not be written; the server log has details"})
+            return
+        where = worker.located[request.weights]
+        result |= {
+            "timings": {
+                "queued_s": round(started - job.created_at, 4),
+                "load_s": round(rendered.load_s, 4),
+                "pipeline_s": round(rendered.pipeline_s, 4),
+                "save_s": round(save_s, 4),
+            },
+            "runtime": {
+                "worker": worker.name,
+                "device": worker.device,
+                "dtype": str(worker.dtype).removeprefix("torch."),
+                "weights": request.weights,
+                "demo_weights": where.demo,
+                "family": request.family,
+                "placement": rendered.placement,
+                "versions": self._versions,
+            },
+        }
+        self.store.complete(job.id, result)
+
+    def _done(self, job_id: str) -> None:
+        with self._cond:
+            self._cancel_requested.discard(job_id)
+        self.on_finished(job_id)
+
+    def _take_out(self, worker: Worker, job_ids: list[str]) -> None:
+        """The device is poisoned: stop using this worker and give its jobs back to the queue."""
+        worker.fault = f"{worker.device} failed; taken out of service"
+        requeued = self.store.requeue(job_ids)
+        log.error("%s: device fault; worker %s taken out, %d job(s) re-queued", worker.device, worker.name, requeued)
+        with self._cond:
+            self.stats["device_faults"] += 1
+            self._cond.notify_all()
 
     def _save_outputs(self, request: GenerationRequest, rendered: Rendered) -> dict[str, Any]:
         """Write images or clips (with posters) to the output store; the result's file list."""

@@ -37,6 +37,9 @@ class GenerationRequest:
     num_frames: int = 0
     fps: float = 0.0
     generate_audio: bool = False
+    prompts: tuple[str, ...] = ()
+    """Per-image prompts of a merged batch (several requests in one call); empty for one request."""
+    priority: int = 0
 
     def render_params(self) -> RenderParams:
         """The pixel-free part handed to the family."""
@@ -56,6 +59,7 @@ class GenerationRequest:
             num_frames=self.num_frames,
             fps=self.fps,
             generate_audio=self.generate_audio,
+            prompts=self.prompts,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +71,6 @@ class GenerationRequest:
         """Inverse of to_json."""
         data = dict(data)
         data["task"] = Task(data["task"])
-        for key in ("seeds", "source_paths", "reference_paths", "warnings"):
-            data[key] = tuple(data[key])
+        for key in ("seeds", "source_paths", "reference_paths", "warnings", "prompts"):
+            data[key] = tuple(data.get(key, ()))
         return cls(**data)

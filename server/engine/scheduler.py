@@ -1,64 +1,89 @@
-"""The scheduling seam: plain data in (queue, workers), a plan out. No tensors, no I/O.
+"""The scheduling seam: queued jobs and one idle worker's state in, a batch plan out. No tensors, no I/O.
 
-The first policy is deliberately simple — oldest job first, batched with later
-jobs of the same model and batch key. The VRAM-aware policy replaces it behind
-the same `Scheduler` protocol.
+`VramAwareScheduler` adapts the job store's view of the queue to the pure
+policy in server/engine/policy.py; the simulator drives that same policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from server.engine.policy import (
+    BatchConfig,
+    DeviceState,
+    ModelFootprint,
+    QueuedItem,
+    Transfer,
+    largest_batch,
+    pick_batch,
+)
 from server.jobs.store import QueuedJob
 
 
 @dataclass(frozen=True)
 class WorkerView:
-    """What the scheduler knows of a worker: its name, device and which weights it holds."""
+    """What the scheduler knows of a worker: its name, device and memory state."""
 
     name: str
     device: str
-    loaded: frozenset[str]
+    state: DeviceState
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Run these jobs (same model and batch key) as one batch on `worker`."""
+    """Run these jobs (same weights and batch key) as one batch on `worker`."""
 
     worker: str
     job_ids: tuple[str, ...]
     model: str
+    batch_key: str = ""
+    not_batched: Mapping[str, int] = field(default_factory=dict)
 
 
 class Scheduler(Protocol):
-    """Decides which queued jobs go to which idle worker."""
+    """Decides what an idle worker runs next."""
 
-    def schedule(self, queue: Sequence[QueuedJob], idle: Sequence[WorkerView]) -> list[Plan]:
-        """At most one plan per idle worker; every job id at most once."""
+    def schedule(self, queue: Sequence[QueuedJob], worker: WorkerView, now: float) -> Plan | None:
+        """A batch for `worker`, or None to wait (empty queue, or batches still gathering)."""
         ...
 
 
-class OldestFirstGrouped:
-    """Oldest pending job first, together with later jobs of the same model and batch key."""
+def solo(batch_key: str) -> bool:
+    """Whether jobs with this key cannot share a pipeline call (its second field, see Family.batch_key)."""
+    parts = batch_key.split("|")
+    return len(parts) > 1 and parts[1] == "solo"
 
-    def __init__(self, max_batch: int = 1) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
-        self.max_batch = max_batch
 
-    def schedule(self, queue: Sequence[QueuedJob], idle: Sequence[WorkerView]) -> list[Plan]:
-        taken: set[str] = set()
-        plans: list[Plan] = []
-        ordered = sorted(queue, key=lambda j: (j.created_at, j.id))
-        for worker in idle:
-            head = next((j for j in ordered if j.id not in taken), None)
-            if head is None:
-                break
-            batch = [j.id for j in ordered
-                     if j.id not in taken and j.model == head.model and j.batch_key == head.batch_key]
-            batch = batch[: self.max_batch]
-            taken.update(batch)
-            plans.append(Plan(worker=worker.name, job_ids=tuple(batch), model=head.model))
-        return plans
+class VramAwareScheduler:
+    """Batches by (weights, batch key), prefers resident models, ages waiting work, caps batches by memory."""
+
+    def __init__(self, config: BatchConfig, footprint: Callable[[str], ModelFootprint], transfer: Transfer,
+                 key_names: Callable[[str], Sequence[str]] | None = None) -> None:
+        self.config = config
+        self.footprint = footprint
+        self.transfer = transfer
+        self.key_names = key_names
+
+    def schedule(self, queue: Sequence[QueuedJob], worker: WorkerView, now: float) -> Plan | None:
+        items = [QueuedItem(j.id, j.weights or j.model, j.batch_key, j.created_at, j.priority) for j in queue]
+        activation: dict[tuple[str, str], int] = {}
+        for j in queue:
+            key = (j.weights or j.model, j.batch_key)
+            activation[key] = max(activation.get(key, 0), j.activation_bytes)
+        state = worker.state
+
+        def switch(model: str) -> float:
+            return self.transfer.load_seconds(self.footprint(model).bytes, from_ram=model in state.ram)
+
+        def cap(model: str, key: str) -> int:
+            if solo(key):
+                return 1
+            return largest_batch(self.footprint(model), activation.get((model, key), 0), state.budget,
+                                 self.config.max_batch)
+
+        choice = pick_batch(items, state, now, self.config, switch, cap, self.key_names)
+        if choice is None:
+            return None
+        return Plan(worker.name, choice.job_ids, choice.model, choice.batch_key, choice.not_batched)

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,8 +15,17 @@ from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderSpec, VideoClip
 from pipelines.registry import family_class
+from server.engine.policy import (
+    EVICTION_ORDERS,
+    DeviceState,
+    ModelFootprint,
+    Placement,
+    ResidencyPlan,
+    Resident,
+    Transfer,
+    plan_residency,
+)
 from server.engine.request import GenerationRequest
-from server.engine.residency import Resident, fits, plan_evictions
 from server.media.storage import InputStore
 from weights.locate import LocatedWeights
 
@@ -50,6 +59,22 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     return getattr(torch, setting)
 
 
+class DeviceOutOfMemory(Exception):
+    """The device ran out of memory in a render; the worker has already released what the render held."""
+
+
+_FAULT_MARKERS = ("cuda error", "illegal memory access", "device-side assert", "unspecified launch failure",
+                  "cublas_status_execution_failed", "ecc error")
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether `exc` poisons the device (the CUDA context is unusable), as opposed to failing one job."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _FAULT_MARKERS)
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Images or clips of one request plus what it cost."""
@@ -58,80 +83,200 @@ class Rendered:
     videos: list[VideoClip]
     load_s: float
     pipeline_s: float
+    placement: str = "resident"
 
 
-def device_budget(device: str, reserve_bytes: int) -> int | None:
-    """Bytes models and activations may use on `device`: total memory less a reserve (None on CPU)."""
+def device_budget(device: str, reserve_bytes: int, limit_bytes: int | None = None) -> int | None:
+    """Bytes models and activations may use on `device`: total memory less a reserve, capped by `limit_bytes`
+    (None on CPU unless a limit is set)."""
     if not device.startswith("cuda"):
-        return None
-    return torch.cuda.get_device_properties(torch.device(device)).total_memory - reserve_bytes
+        return limit_bytes
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory - reserve_bytes
+    return total if limit_bytes is None else min(total, limit_bytes)
 
 
 class Worker:
-    """A device, the families loaded on it, and the thread that alone calls them."""
+    """A device, the families on it (or parked in its host-RAM tier), and the thread that alone calls them.
+
+    What moves where is decided by server/engine/policy.py (`plan_residency`): the
+    worker only carries out the moves and keeps the bookkeeping the policy reads.
+    """
 
     def __init__(self, name: str, device: str, dtype: torch.dtype, located: dict[str, LocatedWeights],
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, ram_budget: int = 0, order: str = "cost_aware",
+                 transfer: Transfer | None = None) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
         self.located = located
         self.budget = budget
+        self.ram_budget = ram_budget
+        self.order = EVICTION_ORDERS[order]
+        self.transfer = transfer or Transfer()
         # Insertion order is recency: a family moves to the end each time it is used.
         self._families: OrderedDict[str, Family] = OrderedDict()
-        self._weight_bytes: dict[str, int] = {}
+        self._ram: OrderedDict[str, Family] = OrderedDict()
+        self._placement: dict[str, Placement] = {}
+        self._last_used: dict[str, float] = {}
+        self._footprints: dict[str, ModelFootprint] = {}
+        self.queued: Callable[[], Mapping[str, int]] = dict
+        """Queued jobs per weights name (set by the engine): the cost-aware order keeps what is wanted."""
         self.thread: threading.Thread | None = None
         self.busy_with: tuple[str, ...] = ()
+        self.fault: str | None = None
+        """Set when the device failed in a way that poisons it; the engine then stops using this worker."""
+        self.moves = 0
+        self.bytes_moved = 0
+        # Guards the bookkeeping below against readers on other threads (/api/v1/engine, /metrics).
+        self._book = threading.Lock()
 
     def loaded(self) -> frozenset[str]:
-        """Weights names currently loaded on this worker."""
-        return frozenset(self._families)
+        """Weights names currently on this worker's device (resident or running offloaded)."""
+        with self._book:
+            return frozenset(self._families)
 
-    def _new_family(self, weights: str) -> Family:
+    def in_ram(self) -> frozenset[str]:
+        """Weights names parked in this worker's host-RAM tier."""
+        with self._book:
+            return frozenset(self._ram)
+
+    def placement(self, weights: str) -> Placement | None:
+        """How a loaded model sits (resident or offloaded); None when not loaded."""
+        return self._placement.get(weights) if weights in self._families else None
+
+    def _new_family(self, weights: str, device: str | None = None) -> Family:
         where = self.located[weights]
-        return family_class(where.entry.family)(where.path, self.device, self.dtype)
+        return family_class(where.entry.family)(where.path, device or self.device, self.dtype)
+
+    def footprint(self, weights: str) -> ModelFootprint:
+        """Component bytes of `weights` at this worker's dtype, from the safetensors headers (cached)."""
+        if weights not in self._footprints:
+            comps = tuple(c.bytes for c in self._new_family(weights).components() if c.bytes)
+            self._footprints[weights] = ModelFootprint(weights, comps)
+        return self._footprints[weights]
 
     def weight_bytes(self, weights: str) -> int:
-        """Bytes of `weights` at this worker's dtype, from the safetensors headers (cached)."""
-        if weights not in self._weight_bytes:
-            self._weight_bytes[weights] = sum(c.bytes for c in self._new_family(weights).components())
-        return self._weight_bytes[weights]
+        """Bytes of `weights` at this worker's dtype."""
+        return self.footprint(weights).bytes
 
-    def _residents(self) -> list[Resident]:
-        return [Resident(name, self.weight_bytes(name)) for name in self._families]
+    def state(self) -> DeviceState:
+        """This device as the policy sees it."""
+        with self._book:
+            on_device = [(n, self._placement.get(n), self._last_used.get(n, 0.0)) for n in self._families]
+            parked = list(self._ram)
+        gpu = tuple(Resident(n, self.weight_bytes(n) if p is Placement.RESIDENT else 0, t) for n, p, t in on_device)
+        ram_used = sum(self.weight_bytes(n) for n in parked)
+        return DeviceState(self.name, self.budget, gpu, frozenset(parked), max(0, self.ram_budget - ram_used))
+
+    def snapshot(self) -> dict[str, object]:
+        """What /api/v1/engine and /metrics show of this worker (safe from any thread)."""
+        with self._book:
+            on_device = [(n, self._placement.get(n)) for n in self._families]
+            parked = list(self._ram)
+        return {
+            "name": self.name,
+            "device": self.device,
+            "budget_bytes": self.budget,
+            "fault": self.fault,
+            "resident": [{"weights": n, "bytes": self.weight_bytes(n), "placement": p.value if p else None}
+                         for n, p in on_device],
+            "host_ram": [{"weights": n, "bytes": self.weight_bytes(n)} for n in parked],
+            "current_batch": list(self.busy_with),
+            "loads": self.moves,
+            "bytes_moved": self.bytes_moved,
+        }
 
     def preload(self, names: list[str]) -> None:
-        """Load `names` in order while they fit the budget without evicting one another."""
+        """Load `names` in order while they fit the budget as residents without evicting one another."""
         for weights in names:
-            if fits(self._residents(), self.weight_bytes(weights), self.budget):
+            room = self.budget is None or self.state().used + self.weight_bytes(weights) <= self.budget
+            if room:
                 self.family(weights)
             else:
                 log.info("not preloading %s on %s: %.1f GB would exceed the %.1f GB budget; it loads on demand",
                          weights, self.device, self.weight_bytes(weights) / 1e9, (self.budget or 0) / 1e9)
 
-    def family(self, weights: str, activation_bytes: int = 0) -> tuple[Family, float]:
-        """The loaded family for `weights` (loading it, after making room, on first use) and the load seconds."""
-        for name in plan_evictions(self._residents(), weights, 0 if weights in self._families else
-                                   self.weight_bytes(weights), activation_bytes, self.budget):
-            self.unload(name)
+    def plan(self, weights: str, activation_bytes: int) -> ResidencyPlan:
+        """What would have to move for `weights` to run with `activation_bytes` (NeverFits if it cannot)."""
+        return plan_residency(self.state(), self.footprint(weights), activation_bytes, self.queued(), self.order,
+                              self.transfer)
+
+    def family(self, weights: str, activation_bytes: int = 0, force: Placement | None = None) -> tuple[Family, float]:
+        """The family for `weights`, after making room and loading it as the policy says, and the load seconds.
+
+        `force` asks for an offload placement even when the policy would keep it resident (the OOM retry).
+        """
+        plan = self.plan(weights, activation_bytes)
+        placement = plan.placement if force is None else force
+        for move in plan.moves:
+            if move.model == weights:
+                continue
+            if move.action == "offload_to_ram" and self.ram_budget > 0:
+                self._park(move.model)
+            else:
+                self.unload(move.model)
+        started = time.perf_counter()
         fam = self._families.get(weights)
-        if fam is not None:
+        if fam is not None and self._placement.get(weights) is not placement:
+            self.unload(weights)  # re-placed (e.g. resident -> offload after an OOM): rebuild its hooks
+            fam = None
+        if fam is None:
+            fam = self._bring(weights, placement)
+        with self._book:
             self._families.move_to_end(weights)
-            return fam, 0.0
+            self._last_used[weights] = time.monotonic()
+        return fam, time.perf_counter() - started if plan.moves or force else 0.0
+
+    def _bring(self, weights: str, placement: Placement) -> Family:
         where = self.located[weights]
         _quiet_load_progress()
         started = time.perf_counter()
-        fam = self._new_family(weights)
-        fam.load()
-        self._families[weights] = fam
-        elapsed = time.perf_counter() - started
-        log.info("loaded %s (%s weights) on %s in %.2fs", weights, "demo" if where.demo else "real",
-                 self.device, elapsed)
-        return fam, elapsed
+        with self._book:
+            fam = self._ram.pop(weights, None)
+        source = "host RAM" if fam is not None else "disk"
+        if fam is None:
+            # Offloaded models are built in host RAM and hooked to the device; residents load straight onto it.
+            fam = self._new_family(weights, self.device if placement is Placement.RESIDENT else "cpu")
+            fam.load()
+        if placement is Placement.RESIDENT:
+            fam.move_to(self.device)
+        else:
+            fam.enable_offload(placement.value, self.device)
+        with self._book:
+            self._families[weights] = fam
+            self._placement[weights] = placement
+        self.moves += 1
+        self.bytes_moved += self.weight_bytes(weights)
+        log.info("loaded %s (%s weights, %s, from %s) on %s in %.2fs", weights, "demo" if where.demo else "real",
+                 placement.value, source, self.device, time.perf_counter() - started)
+        return fam
+
+    def _park(self, weights: str) -> None:
+        """Move a resident family to the host-RAM tier (pinned on CUDA) so it comes back at PCIe speed."""
+        with self._book:
+            fam = self._families.pop(weights, None)
+            placement = self._placement.pop(weights, None)
+        if fam is None:
+            return
+        if placement is not Placement.RESIDENT:
+            # Offload hooks are tied to the device; such a family is rebuilt rather than parked.
+            fam.pipelines.clear()
+            self.release_memory()
+            return
+        fam.move_to("cpu")
+        fam.pin_host_memory()
+        with self._book:
+            self._ram[weights] = fam
+        self.moves += 1
+        self.bytes_moved += self.weight_bytes(weights)
+        log.info("parked %s in host RAM to make room on %s", weights, self.device)
+        self.release_memory()
 
     def unload(self, weights: str) -> None:
         """Drop a family and every reference to its pipelines, then return the memory to the device."""
-        fam = self._families.pop(weights, None)
+        with self._book:
+            fam = self._families.pop(weights, None) or self._ram.pop(weights, None)
+            self._placement.pop(weights, None)
         if fam is None:
             return
         fam.pipelines.clear()
@@ -139,11 +284,12 @@ class Worker:
         log.info("evicted %s from %s to make room", weights, self.device)
         self.release_memory()
 
-    def render(self, request: GenerationRequest, on_step: Callable[[int, int], None]) -> Rendered:
-        """Run one request on this device."""
+    def render(self, request: GenerationRequest, on_step: Callable[[int, int], None],
+               force: Placement | None = None) -> Rendered:
+        """Run one request (or a merged batch of them) on this device."""
         params = request.render_params()
         fam_class = family_class(request.family)
-        fam, load_s = self.family(request.weights, fam_class.activation_bytes(params, 1))
+        fam, load_s = self.family(request.weights, fam_class.activation_bytes(params, 1), force)
         spec = RenderSpec(
             params=params,
             sources=tuple(InputStore.load(p, "RGB") for p in request.source_paths),
@@ -154,13 +300,24 @@ class Worker:
         chunk = self.images_per_call(request.weights, params)
         images: list[Image.Image] = []
         videos: list[VideoClip] = []
-        for start in range(0, params.num_images, chunk):
-            seeds = params.seeds[start:start + chunk]
-            part = replace(spec, params=replace(params, num_images=len(seeds), seeds=seeds))
-            result = fam.render(part, on_step)
-            images += result.images
-            videos += result.videos
-        return Rendered(images=images, videos=videos, load_s=load_s, pipeline_s=time.perf_counter() - started)
+        out_of_memory = False
+        try:
+            for start in range(0, params.num_images, chunk):
+                seeds = params.seeds[start:start + chunk]
+                prompts = params.prompts[start:start + chunk]
+                part = replace(spec, params=replace(params, num_images=len(seeds), seeds=seeds, prompts=prompts))
+                result = fam.render(part, on_step)
+                images += result.images
+                videos += result.videos
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:
+            # Outside the except block: the traceback (and the activations its frames hold) is gone.
+            del images, videos, spec
+            self.release_memory()
+            raise DeviceOutOfMemory(f"{request.weights} ran out of memory on {self.device}")
+        return Rendered(images=images, videos=videos, load_s=load_s, pipeline_s=time.perf_counter() - started,
+                        placement=self._placement.get(request.weights, Placement.RESIDENT).value)
 
     def images_per_call(self, weights: str, params: RenderParams) -> int:
         """How many of the request's outputs one pipeline call may make: all when they fit the budget beside
@@ -168,11 +325,15 @@ class Worker:
         if self.budget is None or params.num_images == 1:
             return params.num_images
         fam_class = family_class(self.located[weights].entry.family)
-        room = self.budget - sum(r.bytes for r in self._residents())
+        room = self.budget - self.state().used
         for n in range(params.num_images, 1, -1):
             if fam_class.activation_bytes(replace(params, num_images=n), 1) <= room:
                 return n
         return 1
+
+    def memory_allocated(self) -> int:
+        """Bytes the device's allocator holds for tensors now (0 on CPU)."""
+        return torch.cuda.memory_allocated(torch.device(self.device)) if self.device.startswith("cuda") else 0
 
     def release_memory(self) -> None:
         """After an aborted job or an eviction: collect dropped objects and return cached device memory."""

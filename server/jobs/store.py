@@ -37,6 +37,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, created_at);
 """
 
+# Columns added after the first release; a database created before them gets them on open.
+ADDED_COLUMNS = {
+    "weights": "TEXT NOT NULL DEFAULT ''",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "activation_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "estimate": "TEXT",
+    "batch": "TEXT",
+}
+
 
 class JobStatus(StrEnum):
     """Lifecycle of a job; the words are the hosted API's."""
@@ -68,6 +77,10 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    weights: str = ""
+    priority: int = 0
+    estimate: dict[str, Any] | None = None
+    batch: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,9 @@ class QueuedJob:
     model: str
     batch_key: str
     created_at: float
+    weights: str = ""
+    priority: int = 0
+    activation_bytes: int = 0
 
 
 def new_task_id() -> str:
@@ -99,19 +115,51 @@ class JobStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(SCHEMA)
+            have = {r["name"] for r in self._conn.execute("PRAGMA table_info(jobs)")}
+            for name, decl in ADDED_COLUMNS.items():
+                if name not in have:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._conn.close()
 
-    def create(self, job_id: str, model: str, batch_key: str, request: dict[str, Any]) -> None:
+    def create(self, job_id: str, model: str, batch_key: str, request: dict[str, Any], weights: str = "",
+               priority: int = 0, activation_bytes: int = 0, estimate: dict[str, Any] | None = None) -> None:
         """Insert a pending job; returns only after the row is committed."""
         with self._lock:
             self._conn.execute(
-                "INSERT INTO jobs (id, status, model, batch_key, request, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time()),
+                "INSERT INTO jobs (id, status, model, batch_key, request, created_at, weights, priority, "
+                "activation_bytes, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time(), weights, priority,
+                 activation_bytes, json.dumps(estimate) if estimate is not None else None),
             )
+
+    def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
+        """Record on each job which batch ran it (id, size, whether the call was shared, its position)."""
+        with self._lock:
+            for position, jid in enumerate(job_ids):
+                self._conn.execute("UPDATE jobs SET batch = ? WHERE id = ?",
+                                   (json.dumps({**batch, "position": position}), jid))
+
+    def requeue(self, job_ids: list[str]) -> int:
+        """Put claimed jobs back to pending (their worker was taken out). Returns how many."""
+        with self._lock:
+            n = 0
+            for jid in job_ids:
+                n += self._conn.execute(
+                    "UPDATE jobs SET status = ?, worker = NULL, progress_step = 0 WHERE id = ? AND status = ?",
+                    (JobStatus.PENDING, jid, JobStatus.PROCESSING),
+                ).rowcount
+        return n
+
+    def pending_by_weights(self) -> dict[str, int]:
+        """Pending jobs per weights name (the queue per model)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT weights, COUNT(*) AS n FROM jobs WHERE status = ? GROUP BY weights",
+                                      (JobStatus.PENDING,)).fetchall()
+        return {r["weights"]: r["n"] for r in rows}
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or None for an unknown id."""
@@ -123,10 +171,12 @@ class JobStore:
         """Pending jobs, oldest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, model, batch_key, created_at FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT ?",
+                "SELECT id, model, batch_key, created_at, weights, priority, activation_bytes FROM jobs "
+                "WHERE status = ? ORDER BY created_at, id LIMIT ?",
                 (JobStatus.PENDING, limit),
             ).fetchall()
-        return [QueuedJob(r["id"], r["model"], r["batch_key"], r["created_at"]) for r in rows]
+        return [QueuedJob(r["id"], r["model"], r["batch_key"], r["created_at"], r["weights"], r["priority"],
+                          r["activation_bytes"]) for r in rows]
 
     def queue_position(self, job_id: str) -> int | None:
         """0-based position among pending jobs, or None when the job is not pending."""
@@ -233,4 +283,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        weights=row["weights"],
+        priority=row["priority"],
+        estimate=json.loads(row["estimate"]) if row["estimate"] else None,
+        batch=json.loads(row["batch"]) if row["batch"] else None,
     )

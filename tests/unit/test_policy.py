@@ -101,7 +101,7 @@ def _q(i: int, model: str, key: str = "k", t: float = 0.0, priority: int = 0) ->
     return QueuedItem(f"j{i}", model, key, t, priority)
 
 
-def _switch(load_s: float):  # noqa: ANN202 - small test factory
+def _switch(load_s: float):
     return lambda model: load_s
 
 
@@ -173,7 +173,7 @@ def test_two_gpus_each_take_the_work_for_what_they_hold() -> None:
     b = DeviceState("gpu1", 78 * GB, (Resident("sdxl", SDXL.bytes, 0.0),))
     queue = [_q(0, "sdxl", t=0.0), _q(1, "kontext", t=0.5)]
 
-    def load_to(dev: DeviceState):  # noqa: ANN202
+    def load_to(dev: DeviceState):
         return lambda model: 0.0 if dev.resident(model) else 17.0
 
     assert pick_batch(queue, a, 1.0, BatchConfig(), load_to(a)).model == "kontext"

@@ -1,4 +1,4 @@
-"""The eviction rule and the worker applying it, on a fake device budget (no tensors)."""
+"""The worker carrying out the policy's residency plans on a fake device budget (tiny models, CPU)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.engine.residency import Resident, fits, plan_evictions
+from server.engine.policy import NeverFits, Placement
 from server.engine.worker import Worker
 from weights.locate import LocatedWeights
 from weights.manifest import load_manifest
 
 GB = 10**9
-
-
-def test_no_budget_never_evicts() -> None:
-    assert plan_evictions([Resident("a", 50 * GB)], "b", 50 * GB, 10 * GB, None) == []
-
-
-def test_evicts_least_recent_until_the_job_fits() -> None:
-    lru = [Resident("old", 30 * GB), Resident("mid", 20 * GB), Resident("new", 20 * GB)]
-    # 70 GB loaded + 25 GB weights + 5 GB activations on an 80 GB budget: drop "old" (30) -> 40 + 30 = 70 fits.
-    assert plan_evictions(lru, "video", 25 * GB, 5 * GB, 80 * GB) == ["old"]
-    assert plan_evictions(lru, "video", 45 * GB, 5 * GB, 80 * GB) == ["old", "mid"]
-
-
-def test_a_loaded_target_only_needs_room_for_activations() -> None:
-    lru = [Resident("img", 30 * GB), Resident("vid", 40 * GB)]
-    assert plan_evictions(lru, "vid", 0, 5 * GB, 80 * GB) == []
-    assert plan_evictions(lru, "vid", 0, 15 * GB, 80 * GB) == ["img"]
-
-
-def test_too_big_for_an_empty_device_evicts_all_and_tries() -> None:
-    assert plan_evictions([Resident("a", 1 * GB)], "huge", 100 * GB, 0, 80 * GB) == ["a"]
-    assert fits([Resident("a", 60 * GB)], 20 * GB, 80 * GB) and not fits([Resident("a", 61 * GB)], 20 * GB, 80 * GB)
 
 
 def test_worker_evicts_lru_family_under_a_budget(demo_dir: Path) -> None:
@@ -52,6 +30,32 @@ def test_worker_evicts_lru_family_under_a_budget(demo_dir: Path) -> None:
     assert worker.loaded() == {"sdxl-base-1.0"}
     fam, load_s = worker.family("sdxl-base-1.0")
     assert load_s == 0.0 and fam.pipeline("img2img") is not None
+    assert worker.placement("sdxl-base-1.0") is Placement.RESIDENT
+
+
+def test_evicted_models_park_in_host_ram_and_come_back_without_reloading(demo_dir: Path) -> None:
+    manifest = load_manifest()
+    names = ("flux1-kontext-dev", "sdxl-base-1.0")
+    located = {n: LocatedWeights(manifest[n], demo_dir / n, demo=True) for n in names}
+    probe = Worker("w", "cpu", torch.float32, located)
+    kontext, sdxl = (probe.weight_bytes(n) for n in names)
+    worker = Worker("w", "cpu", torch.float32, located, budget=max(kontext, sdxl) + min(kontext, sdxl) // 2,
+                    ram_budget=kontext + sdxl)
+    first, _ = worker.family("flux1-kontext-dev")
+    worker.family("sdxl-base-1.0")
+    assert worker.loaded() == {"sdxl-base-1.0"} and worker.in_ram() == {"flux1-kontext-dev"}
+    again, _ = worker.family("flux1-kontext-dev")
+    assert again is first  # the same objects, moved back: no second from_pretrained
+    assert worker.in_ram() == {"sdxl-base-1.0"}
+    assert worker.moves == 5  # load, park, load, park, bring back
+
+
+def test_a_job_that_can_never_fit_is_refused_with_sizes(demo_dir: Path) -> None:
+    manifest = load_manifest()
+    located = {"sdxl-base-1.0": LocatedWeights(manifest["sdxl-base-1.0"], demo_dir / "sdxl-base-1.0", demo=True)}
+    worker = Worker("w", "cpu", torch.float32, located, budget=1000)
+    with pytest.raises(NeverFits):
+        worker.family("sdxl-base-1.0", activation_bytes=10**6)
 
 
 @pytest.mark.parametrize("budget", [None, 10**15])

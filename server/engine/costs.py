@@ -1,0 +1,54 @@
+"""configs/costs.toml, typed: transfer rates and per-family seconds the scheduler and simulator reason with."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.engine.policy import GB, Transfer
+
+COSTS_PATH = Path(__file__).resolve().parents[2] / "configs" / "costs.toml"
+
+
+@dataclass(frozen=True)
+class FamilyCost:
+    """One family's full-size costs (bf16, one GPU; see the file's header for how calibrated they are)."""
+
+    name: str
+    components: tuple[int, ...]
+    job_s: float
+    ref_steps: int
+    batch_marginal: float
+    activation: int
+    ref_pixels: int = 1024 * 1024
+    ref_frames: int = 1
+
+    def batch_seconds(self, n: int) -> float:
+        """Seconds for a batch of n reference jobs."""
+        return self.job_s * (1 + (n - 1) * self.batch_marginal)
+
+    def job_seconds(self, steps: int, pixels: int, frames: int = 0, images: int = 1) -> float:
+        """Seconds for one request: the reference job scaled by steps and by pixels x frames."""
+        work = max(pixels, 1) * max(frames, 1) / (self.ref_pixels * self.ref_frames)
+        return self.batch_seconds(images) * steps / self.ref_steps * work
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Everything in configs/costs.toml."""
+
+    transfer: Transfer
+    families: dict[str, FamilyCost]
+
+
+def load_costs(path: Path = COSTS_PATH) -> Costs:
+    """Parse configs/costs.toml (or `path`)."""
+    raw = tomllib.loads(path.read_text())
+    families = {
+        name: FamilyCost(name, tuple(int(g * GB) for g in body["components_gb"]), float(body["job_s"]),
+                         int(body["ref_steps"]), float(body["batch_marginal"]), int(body["activation_gb"] * GB),
+                         int(body.get("ref_pixels", 1024 * 1024)), int(body.get("ref_frames", 1)))
+        for name, body in raw["families"].items()
+    }
+    return Costs(Transfer(**raw["transfer"]), families)
