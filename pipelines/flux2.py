@@ -24,14 +24,10 @@ from typing import ClassVar
 from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+from pipelines.memory import MemoryCoefficients, coefficients
 
-# Uncalibrated, generous (see flux_kontext): hidden 3072 for klein 4B, 6144 for dev 32B.
-_KLEIN_BYTES_PER_TOKEN = 3072 * 2 * 48
-_DEV_BYTES_PER_TOKEN = 6144 * 2 * 48
 # The pipeline's own default guidance, used for refine tiles (the request's guidance shaped the base image).
 _DEV_REFINE_GUIDANCE = 4.0
-_VAE_BYTES_PER_PIXEL = 2048
-_TEXT_TOKENS = 512
 # FLUX.2 rejects conditioning images under 64 px a side. Each conditioning image is capped at ~1 MP (what
 # the model was trained with), and all of them together at ~4 MP, so 28 references cost what 4 do.
 _MIN_REF_SIDE = 64
@@ -51,7 +47,7 @@ class Flux2KleinFamily(Family):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        return _activation_bytes(params, batch, _KLEIN_BYTES_PER_TOKEN)
+        return _activation_bytes(params, batch, coefficients(cls.name))
 
     def load(self) -> None:
         from diffusers import Flux2KleinInpaintPipeline
@@ -107,7 +103,7 @@ class Flux2DevFamily(Family):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        return _activation_bytes(params, batch, _DEV_BYTES_PER_TOKEN)
+        return _activation_bytes(params, batch, coefficients(cls.name))
 
     def load(self) -> None:
         from pipelines import torchvision_shims
@@ -154,12 +150,13 @@ class Flux2DevFamily(Family):
                         sigmas=tail, latents=latents, guidance_scale=_DEV_REFINE_GUIDANCE, generator=generator).images[0]
 
 
-def _activation_bytes(params: RenderParams, batch: int, bytes_per_token: int) -> int:
+def _activation_bytes(params: RenderParams, batch: int, c: MemoryCoefficients) -> int:
+    """Output tokens (16 px patches) + conditioning tokens (capped area) + text tokens, per image."""
     out_tokens = (params.width // 16) * (params.height // 16)
     n = params.num_sources + params.num_references
     cond_tokens = min(n * _REF_AREA, _TOTAL_REF_AREA) // 256
-    per_image = (out_tokens + cond_tokens + _TEXT_TOKENS) * bytes_per_token
-    return batch * params.num_images * per_image + params.width * params.height * _VAE_BYTES_PER_PIXEL
+    per_image = (out_tokens + cond_tokens + c.text_tokens) * c.bytes_per_token
+    return batch * params.num_images * per_image + params.width * params.height * c.vae_bytes_per_pixel
 
 
 def _conditioning(images: tuple[Image.Image, ...]) -> list[Image.Image]:

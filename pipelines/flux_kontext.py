@@ -15,14 +15,8 @@ from typing import ClassVar
 from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+from pipelines.memory import coefficients
 
-
-# Uncalibrated, deliberately generous: activation bytes per token of the joint
-# sequence (hidden 3072, ~64 live activations of it in bf16), and per output
-# pixel for the VAE decode. A GPU calibration replaces these (configs/, later).
-_BYTES_PER_TOKEN = 3072 * 2 * 64
-_VAE_BYTES_PER_PIXEL = 2048
-_TEXT_TOKENS = 512
 _TRUE_CFG = 2.0
 
 
@@ -49,11 +43,12 @@ class FluxKontextFamily(Family):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        c = coefficients(cls.name)
         out_tokens = (params.width // 16) * (params.height // 16)
+        # The stitched source (+ references) becomes conditioning tokens beside the output's.
         cond_tokens = out_tokens * (1 + params.num_references) if params.num_sources else 0
-        per_image = (out_tokens + cond_tokens + _TEXT_TOKENS) * _BYTES_PER_TOKEN
-        vae = params.width * params.height * _VAE_BYTES_PER_PIXEL
-        return batch * params.num_images * per_image + vae
+        per_image = (out_tokens + cond_tokens + c.text_tokens) * c.bytes_per_token
+        return batch * params.num_images * per_image + params.width * params.height * c.vae_bytes_per_pixel
 
     def load(self) -> None:
         from diffusers import FluxKontextInpaintPipeline

@@ -8,10 +8,8 @@ import numpy as np
 from PIL import Image
 
 from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
+from pipelines.memory import coefficients
 from pipelines.video_base import VideoFamily
-
-_HIDDEN = 4096
-_VAE_BYTES_PER_VOXEL = 64
 
 
 class LTX2Family(VideoFamily):
@@ -25,9 +23,11 @@ class LTX2Family(VideoFamily):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        c = coefficients(cls.name)
         latent_frames = (params.num_frames - 1) // cls.frame_step + 1
         tokens = latent_frames * (params.height // 32) * (params.width // 32)
-        return batch * tokens * _HIDDEN * 2 * 40 + params.width * params.height * params.num_frames * _VAE_BYTES_PER_VOXEL
+        return batch * tokens * c.bytes_per_token + params.width * params.height * params.num_frames * \
+            c.vae_bytes_per_voxel
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task
+from pipelines.memory import coefficients
 
-# Uncalibrated, generous: hidden 3072, text+image tokens, and each conditioning image VAE-encoded at ~1 MP.
-_BYTES_PER_TOKEN = 3072 * 2 * 48
-_VAE_BYTES_PER_PIXEL = 2048
+# Each conditioning image is VAE-encoded at ~1 MP (hard-coded in the pipeline): 4096 tokens of 16 px patches.
 _COND_TOKENS = 1024 * 1024 // 256
 
 
@@ -31,12 +30,13 @@ class QwenImageEditFamily(Family):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        c = coefficients(cls.name)
         out_tokens = (params.width // 16) * (params.height // 16)
         cond = (params.num_sources + params.num_references) * _COND_TOKENS
         # True classifier-free guidance runs the transformer twice per step.
         cfg = 2 if params.guidance_scale > 1.0 else 1
-        per_image = (out_tokens + cond + 1024) * _BYTES_PER_TOKEN * cfg
-        return batch * params.num_images * per_image + params.width * params.height * _VAE_BYTES_PER_PIXEL
+        per_image = (out_tokens + cond + c.text_tokens) * c.bytes_per_token * cfg
+        return batch * params.num_images * per_image + params.width * params.height * c.vae_bytes_per_pixel
 
     def load(self) -> None:
         from pipelines import torchvision_shims

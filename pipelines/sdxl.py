@@ -32,12 +32,9 @@ from pipelines.base import (
     Task,
     dtype_bytes,
 )
+from pipelines.memory import coefficients
 from weights.safetensors_header import file_bytes_at, folder_bytes_at
 
-# Uncalibrated and generous (see flux_kontext): UNet activations per latent
-# pixel per image (x2 for classifier-free guidance), VAE decode per pixel.
-_UNET_BYTES_PER_LATENT_PIXEL = 320 * 2 * 48 * 2
-_VAE_BYTES_PER_PIXEL = 1536
 IP_ADAPTER_FOLDER = "ip_adapter"
 _IP_ADAPTER_SUBFOLDER = "sdxl_models"
 _IP_ADAPTER_FILE = "ip-adapter_sdxl.safetensors"
@@ -74,9 +71,11 @@ class SDXLFamily(Family):
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        # UNet activations per latent pixel (8x VAE), per image; VAE decode per output pixel.
+        c = coefficients(cls.name)
         latent_pixels = (params.width // 8) * (params.height // 8)
-        unet = batch * params.num_images * latent_pixels * _UNET_BYTES_PER_LATENT_PIXEL
-        return unet + params.width * params.height * _VAE_BYTES_PER_PIXEL
+        unet = batch * params.num_images * latent_pixels * c.bytes_per_token
+        return unet + params.width * params.height * c.vae_bytes_per_pixel
 
     def components(self) -> list[ComponentInfo]:
         """The pipeline's components plus the IP-Adapter and its image encoder when present."""

@@ -11,11 +11,8 @@ from typing import ClassVar
 from PIL import Image
 
 from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
+from pipelines.memory import coefficients
 from pipelines.video_base import VideoFamily
-
-# Uncalibrated, generous: activation bytes per latent token (hidden 3072 for 5B, 5120 for 14B, ~40 live
-# activations in bf16) and per output voxel for the causal 3D VAE decode.
-_VAE_BYTES_PER_VOXEL = 96
 
 
 class WanVideoFamily(VideoFamily):
@@ -24,15 +21,16 @@ class WanVideoFamily(VideoFamily):
     pipeline_class: ClassVar[str] = "WanImageToVideoPipeline"
     frame_step: ClassVar[int] = 4
     spatial_compression: ClassVar[int]
-    hidden: ClassVar[int]
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+        # Latent tokens (VAE compression x 2x2 patches) through the DiT; the causal 3D VAE decode per voxel.
+        c = coefficients(cls.name)
         latent_frames = (params.num_frames - 1) // cls.frame_step + 1
         patch = cls.spatial_compression * 2
         tokens = latent_frames * (params.height // patch) * (params.width // patch)
-        dit = batch * tokens * cls.hidden * 2 * 40
-        return dit + params.width * params.height * params.num_frames * _VAE_BYTES_PER_VOXEL
+        return batch * tokens * c.bytes_per_token + params.width * params.height * params.num_frames * \
+            c.vae_bytes_per_voxel
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
@@ -60,7 +58,6 @@ class WanTI2V5BFamily(WanVideoFamily):
     name: ClassVar[str] = "wan2.2-ti2v-5b"
     size_multiple: ClassVar[int] = 32
     spatial_compression: ClassVar[int] = 16
-    hidden: ClassVar[int] = 3072
 
 
 class WanI2VA14BFamily(WanVideoFamily):
@@ -69,5 +66,4 @@ class WanI2VA14BFamily(WanVideoFamily):
     name: ClassVar[str] = "wan2.2-i2v-a14b"
     size_multiple: ClassVar[int] = 16
     spatial_compression: ClassVar[int] = 8
-    hidden: ClassVar[int] = 5120
     supports_last_frame: ClassVar[bool] = True

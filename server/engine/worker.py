@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -151,7 +152,13 @@ class Worker:
     def footprint(self, weights: str) -> ModelFootprint:
         """Component bytes of `weights` at this worker's dtype, from the safetensors headers (cached)."""
         if weights not in self._footprints:
-            comps = tuple(c.bytes for c in self._new_family(weights).components() if c.bytes)
+            try:
+                comps = tuple(c.bytes for c in self._new_family(weights).components() if c.bytes)
+            except (OSError, ValueError, KeyError, struct.error):
+                # Unreadable headers: the size is unknown (counted as 0); loading the model then fails with
+                # the real error and its jobs fail cleanly instead of the scheduler dying here.
+                log.exception("could not read the weight sizes of %s", weights)
+                comps = ()
             self._footprints[weights] = ModelFootprint(weights, comps)
         return self._footprints[weights]
 

@@ -178,3 +178,25 @@ def test_two_gpus_each_take_the_work_for_what_they_hold() -> None:
 
     assert pick_batch(queue, a, 1.0, BatchConfig(), load_to(a)).model == "kontext"
     assert pick_batch(queue, b, 1.0, BatchConfig(), load_to(b)).model == "sdxl"
+
+
+def test_every_family_has_activation_coefficients_in_configs() -> None:
+    from pipelines.memory import coefficients
+    from pipelines.registry import FAMILIES
+
+    for name in FAMILIES:
+        c = coefficients(name)
+        assert c.bytes_per_token > 0 and (c.vae_bytes_per_pixel > 0 or c.vae_bytes_per_voxel > 0), name
+    with pytest.raises(KeyError, match="memory.toml"):
+        coefficients("nope")
+
+
+def test_every_family_has_costs_for_admission_and_the_simulator() -> None:
+    from pipelines.registry import FAMILIES
+    from server.engine.costs import load_costs
+
+    costs = load_costs()
+    assert set(FAMILIES) <= set(costs.families)
+    sdxl = costs.families["sdxl"]
+    assert sdxl.job_seconds(30, 1024 * 1024) == pytest.approx(sdxl.job_s)
+    assert sdxl.job_seconds(15, 2048 * 2048) == pytest.approx(sdxl.job_s * 2)
