@@ -33,6 +33,7 @@ _DEV_REFINE_GUIDANCE = 4.0
 _MIN_REF_SIDE = 64
 _REF_AREA = 1024 * 1024
 _TOTAL_REF_AREA = 4 * 1024 * 1024
+_INPAINT_MAX_AREA = 1024 * 1024
 
 
 class Flux2KleinFamily(Family):
@@ -84,8 +85,15 @@ class Flux2KleinFamily(Family):
                 src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
                 mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
                 refs = _conditioning(spec.sources[1:] + spec.references) or None
-                images = self.pipeline("inpaint")(image=src, mask_image=mask, image_reference=refs,
+                # The inpaint pipeline renders at the source's size capped to 1 MP (it ignores height/width):
+                # inpaint there, then bring the repainted area up to size over the untouched full-size source.
+                work = fit_within(src, _INPAINT_MAX_AREA, 16)
+                common |= {"height": work.height, "width": work.width}
+                images = self.pipeline("inpaint")(image=work, mask_image=mask.resize(work.size), image_reference=refs,
                                                   strength=p.strength, **common).images
+                if work.size != src.size:
+                    images = [Image.composite(im.resize(src.size, Image.Resampling.LANCZOS), src, mask)
+                              for im in images]
             else:
                 cond = _conditioning(spec.sources + spec.references) or None
                 images = self.pipeline("edit")(image=cond, **common).images

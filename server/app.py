@@ -10,10 +10,11 @@ from fastapi import FastAPI
 
 from pipelines.registry import family_class
 from server.api import engine as engine_api
-from server.api import files, health, qolaba, tasks, videos
+from server.api import files, health, openai_api, qolaba, tasks, videos
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.catalog import Catalog
+from server.dialects import ModelNames
 from server.context import AppContext
 from server.engine.completion import CompletionHub
 from server.engine.costs import load_costs
@@ -94,7 +95,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
                                 frozenset(name for name, w in located.items() if w.demo), costs)
-    ctx = AppContext(settings, catalog, located, store, engine, service, outputs)
+    names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()))
+    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -110,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
     install_error_handlers(app)
-    for module in (health, qolaba, videos, tasks, files, engine_api):
+    for module in (health, qolaba, videos, tasks, files, engine_api, openai_api):
         app.include_router(module.router)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())

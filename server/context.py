@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.catalog import Catalog
+from server.dialects import ModelNames
 from server.jobs.store import JobStore
 from server.media.storage import OutputStore
 from server.service import GenerationService
@@ -27,6 +28,7 @@ class AppContext:
     engine: Engine
     service: GenerationService
     outputs: OutputStore
+    names: ModelNames
     draining: bool = False
 
     def public_base(self, request_base_url: str) -> str:

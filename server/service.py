@@ -66,6 +66,9 @@ class ImageAsk:
     negative_prompt: str | None = None
     warnings: tuple[str, ...] = ()
     priority: int = 0
+    size: tuple[int, int] | None = None
+    """An exact output size (dialects that speak in WxH); replaces aspect_ratio and quality."""
+    size_field: str = "size"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class GenerationService:
         spec = self.catalog.get(ask.model)
         self._check_limits(spec, ask)
         fam = family_class(spec.family)
+        if ask.size is not None:
+            self._check_size(spec, fam, ask)
         if ask.strength is not None and "strength" not in fam.edit_controls():
             raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, f"{spec.id} does not use strength (its edits are "
                            "instruction-based); remove strength, or add a mask_url where the model supports one",
@@ -136,7 +141,7 @@ class GenerationService:
         strength = ask.strength if ask.strength is not None else spec.defaults.strength
 
         # Size-independent checks before any download.
-        long_side = QUALITY_LONG_SIDE[ask.quality or spec.default_quality]
+        long_side = max(ask.size) if ask.size else QUALITY_LONG_SIDE[ask.quality or spec.default_quality]
         probe = self._params(task, ask, long_side, long_side, num_images, seeds, steps, guidance, strength)
         self._family_check(fam, probe)
 
@@ -148,9 +153,12 @@ class GenerationService:
         # With no source, the first reference anchors the edit (references alone still condition Kontext).
         if not sources and references:
             sources, references = references[:1], references[1:]
-        ratio = (sources[0].size if sources else (1, 1)) if ask.aspect_ratio == "auto" else parse_ratio(
-            ask.aspect_ratio)
-        width, height = output_size(long_side, ratio, fam.size_multiple)
+        if ask.size:
+            width, height = ask.size
+        else:
+            ratio = (sources[0].size if sources else (1, 1)) if ask.aspect_ratio == "auto" else parse_ratio(
+                ask.aspect_ratio)
+            width, height = output_size(long_side, ratio, fam.size_multiple)
         params = self._params(task, ask, width, height, num_images, seeds, steps, guidance, strength,
                               len(sources), len(references))
         self._family_check(fam, params)
@@ -283,6 +291,17 @@ class GenerationService:
                           estimate=admission.estimate)
         self.engine.notify()
 
+    @staticmethod
+    def _check_size(spec: ModelSpec, fam: type[Family], ask: ImageAsk) -> None:
+        assert ask.size is not None
+        w, h = ask.size
+        largest = max(QUALITY_LONG_SIDE[q] for q in spec.quality)
+        m = fam.size_multiple
+        if w % m or h % m or min(w, h) < m or max(w, h) > largest or max(w, h) > 4 * min(w, h):
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, (
+                f"{spec.id} needs a size in multiples of {m} px, at most {largest} px a side and at most 4:1; "
+                f"got {w}x{h}"), ask.size_field)
+
     def _check_limits(self, spec: ModelSpec, ask: ImageAsk) -> None:
         if len(ask.sources) > spec.max_source_images:
             raise ApiError(422, ErrorCode.TOO_MANY_IMAGES,
@@ -292,7 +311,7 @@ class GenerationService:
             raise ApiError(422, ErrorCode.TOO_MANY_IMAGES,
                            f"{spec.id} takes at most {spec.max_reference_images} reference image(s); "
                            f"got {len(ask.references)}", "reference_images")
-        if ask.aspect_ratio not in spec.aspect_ratios:
+        if ask.size is None and ask.aspect_ratio not in spec.aspect_ratios:
             raise ApiError(422, ErrorCode.UNSUPPORTED_ASPECT_RATIO,
                            f"{spec.id} supports aspect_ratio {', '.join(spec.aspect_ratios)}; got "
                            f"{ask.aspect_ratio[:20]!r}", "aspect_ratio")

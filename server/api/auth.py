@@ -10,15 +10,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 OPEN_PATHS = frozenset({"/health"})
 
 
+# Every provider's way of sending a key: OpenAI/Replicate/native `Authorization: Bearer`, fal `Authorization: Key`,
+# Replicate's older `Authorization: Token`, native `X-API-Key`, Black Forest Labs `x-key`, Gemini `x-goog-api-key`.
+KEY_HEADERS = (b"x-api-key", b"x-key", b"x-goog-api-key")
+AUTH_SCHEMES = (b"bearer", b"key", b"token")
+
+
 def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, if any."""
+    """The key from any of the providers' headers, if any."""
     for name, value in headers:
         lname = name.lower()
-        if lname == b"x-api-key":
+        if lname in KEY_HEADERS:
             return value.strip()
         if lname == b"authorization":
             scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token:
+            if scheme.lower() in AUTH_SCHEMES and token:
                 return token.strip()
     return None
 
@@ -41,7 +47,8 @@ class ApiKeyMiddleware:
             return
         body = json.dumps({"error": {
             "code": "unauthorized",
-            "message": "missing or wrong API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+            "message": "missing or wrong API key: send Authorization: Bearer <key> (or Key/Token), X-API-Key, x-key "
+                       "or x-goog-api-key",
             "field": None,
         }}).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [

@@ -1,0 +1,78 @@
+"""What the provider dialects share: reading a finished job's outputs, waiting for jobs, mapping states.
+
+Dialects translate wire formats only; everything here is plain job records and files.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import Request
+
+from server.context import AppContext
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import JobRecord, JobStatus
+
+
+def ctx_of(request: Request) -> AppContext:
+    """The app context."""
+    return request.app.state.ctx
+
+
+def base_url(request: Request) -> str:
+    """Base of URLs handed back (public base URL or what the client called)."""
+    return ctx_of(request).public_base(str(request.base_url))
+
+
+def record_or_404(ctx: AppContext, job_id: str, field: str = "id") -> JobRecord:
+    """The job or 404 not_found."""
+    record = ctx.service.get(job_id) if len(job_id) <= 100 else None
+    if record is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {job_id[:100]!r}", field)
+    return record
+
+
+def outputs(record: JobRecord, base: str) -> list[dict[str, Any]]:
+    """A completed job's files (images, or videos) with their URLs, sizes and seeds."""
+    result = record.result or {}
+    out = []
+    for entry in result.get("images", []) + result.get("videos", []):
+        out.append({**entry, "url": f"{base}/files/{entry['file']}"})
+    return out
+
+
+def file_b64(ctx: AppContext, name: str) -> str:
+    """A stored output as base64 (the name is one the output store generated)."""
+    found = ctx.outputs.open_path(name)
+    if found is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "the output file is gone")
+    return base64.b64encode(found[0].read_bytes()).decode()
+
+
+def file_size(ctx: AppContext, name: str) -> int:
+    """Bytes of a stored output."""
+    found = ctx.outputs.open_path(name)
+    return found[0].stat().st_size if found else 0
+
+
+def failure(record: JobRecord) -> ApiError:
+    """A failed or cancelled job as the ApiError a synchronous dialect answers with."""
+    err = record.error or {}
+    if record.status is JobStatus.CANCELLED:
+        return ApiError(409, ErrorCode.ALREADY_FINISHED, "the task was cancelled while this request waited", None)
+    status = 422 if err.get("code") in ("invalid_request", "insufficient_vram") else 500
+    code = ErrorCode(err["code"]) if err.get("code") in ErrorCode._value2member_map_ else ErrorCode.GENERATION_FAILED
+    return ApiError(status, code, err.get("message", "the job failed"), err.get("field"))
+
+
+async def wait_done(request: Request, job_id: str, timeout: float | None = None) -> JobRecord:
+    """Wait for the job (up to the sync timeout); 504 when it is still running then."""
+    ctx = ctx_of(request)
+    record = await ctx.service.wait(job_id, ctx.settings.sync_timeout_s if timeout is None else timeout)
+    if record.status is JobStatus.COMPLETED:
+        return record
+    if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise failure(record)
+    raise ApiError(504, ErrorCode.GENERATION_FAILED, f"the job is still running after the synchronous wait; "
+                   f"poll /api/v1/tasks/{job_id} for it")

@@ -1,0 +1,398 @@
+"""OpenAI's Images and Videos APIs: /v1/images/generations, /v1/images/edits, /v1/videos, /v1/models.
+
+A thin translation: OpenAI's fields become an ImageAsk / VideoAsk, the job's files come back as
+`data[].b64_json` (or `url`) and Video objects. Model names map through configs/dialects.toml.
+Every field OpenAI defines is either mapped, answered with a warning, or refused with a 4xx
+(FIELD_POLICY, checked by tests/unit/test_dialect_parity.py).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from server.api.dialect_io import base_url, ctx_of, file_b64, outputs, record_or_404, wait_done
+from server.api.errors import from_validation_errors
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import JobRecord, JobStatus
+from server.service import ImageAsk, ImageInput, VideoAsk
+
+router = APIRouter()
+
+# quality -> share of the model's default steps (GPT Image's low/medium/high trade speed for detail the same way).
+QUALITY_STEPS = {"low": 0.35, "medium": 0.6, "standard": 0.6, "high": 1.0, "hd": 1.0, "auto": 1.0}
+
+FIELD_POLICY: dict[str, dict[str, str]] = {
+    "images": {
+        "prompt": "mapped: prompt",
+        "model": "mapped: configs/dialects.toml [openai.images]",
+        "image": "mapped: source images (multipart `image` / `image[]`, up to the model's limit)",
+        "images": "mapped: source images given as [{image_url}] (JSON edits)",
+        "mask": "mapped: mask_url (alpha 0 = editable becomes white = repaint)",
+        "n": "mapped: num_images",
+        "size": "mapped: exact output size (`auto`: the model's default tier, source aspect)",
+        "quality": "mapped: share of the model's default steps (low 35 %, medium 60 %, high/auto 100 %)",
+        "output_format": "mapped: output_format",
+        "response_format": "mapped: b64_json (default) or url",
+        "background": "mapped: auto/opaque; transparent refused (unsupported_feature)",
+        "output_compression": "refused unless 100 (unsupported_feature): outputs use fixed encoder settings",
+        "moderation": "warned: no moderation runs locally",
+        "user": "warned: kept by hosted providers for abuse monitoring; not used locally",
+        "input_fidelity": "warned: the stand-ins have no fidelity switch",
+        "style": "refused (unsupported_feature): a DALL-E 3 option",
+        "stream": "refused when true (unsupported_feature): no partial images",
+        "partial_images": "refused when > 0 (unsupported_feature)",
+    },
+    "videos": {
+        "prompt": "mapped: prompt",
+        "model": "mapped: configs/dialects.toml [openai.videos]",
+        "input_reference": "mapped: first frame (required: the stand-ins are image-to-video)",
+        "seconds": "mapped: duration",
+        "size": "mapped: resolution (short side) and aspect ratio",
+    },
+}
+
+
+class GenerationsBody(BaseModel):
+    """POST /v1/images/generations (and the JSON form of /v1/images/edits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=32000)
+    model: str = "gpt-image-1"
+    n: int = Field(1, ge=1, le=10)
+    size: str = Field("auto", max_length=20)
+    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] = "auto"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    background: Literal["transparent", "opaque", "auto"] = "auto"
+    output_compression: int | None = Field(None, ge=0, le=100)
+    moderation: Literal["low", "auto"] | None = None
+    user: str | None = Field(None, max_length=256)
+    input_fidelity: Literal["high", "low"] | None = None
+    style: str | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(None, ge=0, le=3)
+    images: list[dict[str, str]] = Field(default_factory=list, max_length=16)
+    mask: dict[str, str] | None = None
+
+
+def _parse_size(size: str) -> tuple[int, int] | None:
+    if size == "auto":
+        return None
+    w, _, h = size.partition("x")
+    if not (w.isdigit() and h.isdigit()):
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, f"size must be auto or WIDTHxHEIGHT; got {size[:20]!r}",
+                       "size")
+    return int(w), int(h)
+
+
+def _refuse_and_warn(body: GenerationsBody) -> list[str]:
+    def refuse(field: str, message: str) -> ApiError:
+        return ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, message, field)
+
+    if body.background == "transparent":
+        raise refuse("background", "transparent backgrounds are not supported by the local models; send "
+                     "background=opaque or auto")
+    if body.output_compression is not None and body.output_compression != 100:
+        raise refuse("output_compression", "darkroom encodes outputs with fixed settings; remove output_compression")
+    if body.style is not None:
+        raise refuse("style", "style is a DALL-E 3 option; remove it")
+    if body.stream:
+        raise refuse("stream", "streaming partial images is not supported; send stream=false")
+    if body.partial_images:
+        raise refuse("partial_images", "partial images are not supported; remove partial_images")
+    warnings = []
+    if body.moderation is not None:
+        warnings.append("moderation: no moderation runs on this local server")
+    if body.user is not None:
+        warnings.append("user: not used by this local server")
+    if body.input_fidelity is not None:
+        warnings.append("input_fidelity: the local stand-in has no fidelity switch; ignored")
+    return warnings
+
+
+def openai_mask(data: bytes) -> bytes:
+    """OpenAI masks mark editable pixels with alpha 0; darkroom's are white where to repaint."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if "A" not in im.getbands():
+                raise ApiError(422, ErrorCode.INVALID_IMAGE, "the mask must be a PNG with an alpha channel "
+                               "(transparent = editable)", "mask")
+            alpha = im.getchannel("A")
+    except ApiError:
+        raise
+    except Exception:  # noqa: BLE001 - decoder text is never echoed
+        raise ApiError(422, ErrorCode.INVALID_IMAGE, "the mask is not a readable PNG", "mask") from None
+    out = io.BytesIO()
+    alpha.point(lambda a: 255 if a < 128 else 0).save(out, "PNG")
+    return out.getvalue()
+
+
+async def _read_edit_form(request: Request) -> tuple[dict[str, Any], list[bytes], bytes | None]:
+    ctx = ctx_of(request)
+    limit = ctx.settings.max_image_bytes
+    try:
+        form = await request.form(max_files=17, max_fields=32, max_part_size=limit)
+    except Exception:  # noqa: BLE001 - parser internals are not for clients
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed or over its limits") from None
+    fields: dict[str, Any] = {}
+    images: list[bytes] = []
+    mask: bytes | None = None
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read(limit + 1)
+                if len(data) > limit:
+                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {limit} bytes", name)
+                if name in ("image", "image[]"):
+                    images.append(data)
+                elif name == "mask":
+                    mask = data
+                else:
+                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown file field {name!r}: use image or mask",
+                                   name)
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    for key in ("stream",):
+        if key in fields:
+            fields[key] = str(fields[key]).lower() in ("1", "true")
+    return fields, images, mask
+
+
+def _images_response(request: Request, body: GenerationsBody, record: JobRecord, warnings: list[str]) -> JSONResponse:
+    ctx = ctx_of(request)
+    files = outputs(record, base_url(request))
+    if body.response_format == "url":
+        data = [{"url": f["url"]} for f in files]
+    else:
+        data = [{"b64_json": file_b64(ctx, f["file"])} for f in files]
+    first = files[0]
+    return JSONResponse({
+        "created": int(record.created_at),
+        "data": data,
+        "background": "opaque",
+        "output_format": body.output_format,
+        "quality": body.quality,
+        "size": f"{first['width']}x{first['height']}",
+        "usage": {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+                  "output_tokens": 0, "total_tokens": 0},
+        "darkroom": {"task_id": record.id, "model": record.model,
+                     "warnings": list(record.request["warnings"]) + warnings},
+    })
+
+
+async def _submit_images(request: Request, body: GenerationsBody, sources: list[ImageInput],
+                         mask: ImageInput | None) -> JSONResponse:
+    ctx = ctx_of(request)
+    warnings = _refuse_and_warn(body)
+    model = ctx.names.resolve("openai.images", body.model)
+    spec = ctx.catalog.get(model)
+    steps = max(1, round(spec.defaults.num_inference_steps * QUALITY_STEPS[body.quality]))
+    ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=(), mask=mask,
+                   num_images=body.n, output_format=body.output_format, num_inference_steps=steps,
+                   size=_parse_size(body.size), size_field="size")
+    job_id, _ = await ctx.service.submit_image(ask)
+    record = await wait_done(request, job_id)
+    return _images_response(request, body, record, warnings)
+
+
+def _validate(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(), list(model.model_fields)) from None
+
+
+@router.post("/v1/images/generations")
+async def images_generations(request: Request) -> JSONResponse:
+    """Text to image (OpenAI's generations)."""
+    try:
+        fields = await request.json()
+    except ValueError:
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
+    if not isinstance(fields, dict):
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    body = _validate(GenerationsBody, fields)
+    if body.images or body.mask:
+        raise ApiError(422, ErrorCode.UNKNOWN_FIELD, "images and mask belong to /v1/images/edits", "images")
+    return await _submit_images(request, body, [], None)
+
+
+@router.post("/v1/images/edits")
+async def images_edits(request: Request) -> JSONResponse:
+    """Edit from one or more images (multipart files, or JSON with images[].image_url), with an optional mask."""
+    ctype = request.headers.get("content-type", "")
+    mask_input: ImageInput | None = None
+    if ctype.startswith("multipart/form-data"):
+        fields, files, mask = await _read_edit_form(request)
+        body = _validate(GenerationsBody, fields)
+        sources = [ImageInput(field="image", data=d) for d in files]
+        if mask is not None:
+            mask_input = ImageInput(field="mask", data=openai_mask(mask))
+    else:
+        try:
+            fields = await request.json()
+        except ValueError:
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be JSON or multipart/form-data") from None
+        body = _validate(GenerationsBody, fields if isinstance(fields, dict) else {})
+        sources = []
+        for i, item in enumerate(body.images):
+            if "image_url" not in item:
+                raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only images[].image_url is supported (no Files "
+                               "API here)", f"images[{i}]")
+            sources.append(ImageInput(field=f"images[{i}]", url=item["image_url"]))
+        if body.mask:
+            if "image_url" not in body.mask:
+                raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only mask.image_url is supported", "mask")
+            fetched = await ctx_of(request).service.fetcher.fetch(body.mask["image_url"], "mask")
+            mask_input = ImageInput(field="mask", data=openai_mask(fetched))
+    if not sources:
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "an edit needs at least one image", "image")
+    return await _submit_images(request, body, sources, mask_input)
+
+
+# ---- videos ----------------------------------------------------------------------------------------
+
+# OpenAI's four sizes, plus darkroom's 480p and 240p draft tiers (extensions) for quick motion previews.
+VIDEO_SIZES = {"720x1280": ("720p", "9:16"), "1280x720": ("720p", "16:9"), "1024x1792": ("1080p", "9:16"),
+               "1792x1024": ("1080p", "16:9"), "480x854": ("480p", "9:16"), "854x480": ("480p", "16:9"),
+               "240x426": ("240p", "9:16"), "426x240": ("240p", "16:9")}
+_VIDEO_STATUS = {JobStatus.PENDING: "queued", JobStatus.PROCESSING: "in_progress", JobStatus.COMPLETED: "completed",
+                 JobStatus.FAILED: "failed", JobStatus.CANCELLED: "failed"}
+
+
+class VideoBody(BaseModel):
+    """POST /v1/videos (JSON; multipart carries input_reference as a file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=32000)
+    model: str = "sora-2"
+    seconds: str = Field("4", max_length=4)
+    size: str = Field("720x1280", max_length=12)
+    input_reference: dict[str, str] | None = None
+
+
+def video_object(record: JobRecord) -> dict[str, Any]:
+    """The OpenAI Video object for a job."""
+    req = record.request
+    total = max(1, record.progress_total)
+    progress = 100 if record.status is JobStatus.COMPLETED else int(100 * record.progress_step / total)
+    error = None
+    if record.status in (JobStatus.FAILED, JobStatus.CANCELLED) and record.error:
+        error = {"code": record.error.get("code"), "message": record.error.get("message")}
+    return {
+        "id": record.id, "object": "video", "status": _VIDEO_STATUS[record.status], "progress": progress,
+        "created_at": int(record.created_at),
+        "completed_at": int(record.finished_at) if record.finished_at and record.status is JobStatus.COMPLETED
+        else None,
+        "expires_at": None, "model": record.model, "seconds": str(round(req["num_frames"] / max(req["fps"], 1))),
+        "size": f"{req['width']}x{req['height']}", "remixed_from_video_id": None, "error": error,
+    }
+
+
+@router.post("/v1/videos")
+async def create_video(request: Request) -> JSONResponse:
+    """Image-to-video, asynchronous: returns a Video object to poll."""
+    ctx = ctx_of(request)
+    ctype = request.headers.get("content-type", "")
+    frame: ImageInput | None = None
+    if ctype.startswith("multipart/form-data"):
+        fields, files, _ = await _read_video_form(request)
+        body = _validate(VideoBody, fields)
+        if files:
+            frame = ImageInput(field="input_reference", data=files[0])
+    else:
+        try:
+            raw = await request.json()
+        except ValueError:
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be JSON or multipart/form-data") from None
+        body = _validate(VideoBody, raw if isinstance(raw, dict) else {})
+        if body.input_reference:
+            if "image_url" not in body.input_reference:
+                raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only input_reference.image_url is supported "
+                               "(no Files API here)", "input_reference")
+            frame = ImageInput(field="input_reference", url=body.input_reference["image_url"])
+    if frame is None:
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "input_reference is required: the local video models animate "
+                       "a first frame (image-to-video)", "input_reference")
+    if body.size not in VIDEO_SIZES:
+        raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, f"size must be one of {', '.join(VIDEO_SIZES)}",
+                       "size")
+    if not body.seconds.isdigit():
+        raise ApiError(422, ErrorCode.UNSUPPORTED_DURATION, "seconds must be a whole number like \"4\"", "seconds")
+    resolution, ratio = VIDEO_SIZES[body.size]
+    model = ctx.names.resolve("openai.videos", body.model)
+    ask = VideoAsk(model=model, prompt=body.prompt, frames=(frame,), duration=int(body.seconds),
+                   resolution=resolution, aspect_ratio=ratio)
+    job_id, _ = await ctx.service.submit_video(ask)
+    record = record_or_404(ctx, job_id)
+    return JSONResponse(video_object(record))
+
+
+async def _read_video_form(request: Request) -> tuple[dict[str, Any], list[bytes], None]:
+    ctx = ctx_of(request)
+    limit = ctx.settings.max_image_bytes
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
+    except Exception:  # noqa: BLE001
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed or over its limits") from None
+    fields: dict[str, Any] = {}
+    files: list[bytes] = []
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "input_reference":
+                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown file field {name!r}", name)
+                files.append(await value.read(limit + 1))
+                if len(files[-1]) > limit:
+                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {limit} bytes", name)
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, files, None
+
+
+@router.get("/v1/videos/{video_id}")
+async def get_video(video_id: str, request: Request) -> JSONResponse:
+    """The Video object."""
+    return JSONResponse(video_object(record_or_404(ctx_of(request), video_id, "video_id")))
+
+
+@router.get("/v1/videos/{video_id}/content")
+async def video_content(video_id: str, request: Request, variant: str = "video") -> FileResponse:
+    """The finished MP4 (variant=video) or its first frame (variant=thumbnail)."""
+    ctx = ctx_of(request)
+    record = record_or_404(ctx, video_id, "video_id")
+    if record.status is not JobStatus.COMPLETED or not record.result or not record.result.get("videos"):
+        raise ApiError(409, ErrorCode.NOT_READY, "the video is not completed yet; poll GET /v1/videos/{id}")
+    entry = record.result["videos"][0]
+    if variant not in ("video", "thumbnail"):
+        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "variant must be video or thumbnail", "variant")
+    name = entry["file"] if variant == "video" else entry["poster"]["file"]
+    found = ctx.outputs.open_path(name)
+    if found is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "the output file is gone")
+    return FileResponse(found[0], media_type=found[1])
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    """OpenAI model names this server answers to."""
+    names = ctx_of(request).names
+    now = int(time.time())
+    data = [{"id": n, "object": "model", "created": now, "owned_by": "darkroom"}
+            for n in names.names("openai.images") + names.names("openai.videos")]
+    return JSONResponse({"object": "list", "data": data})

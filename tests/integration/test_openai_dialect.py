@@ -1,0 +1,88 @@
+"""The OpenAI dialect, driven by the official `openai` SDK pointed at darkroom on loopback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from tests.conftest import API_KEY
+from tests.support import ServerProcess
+
+
+def _client(server: ServerProcess, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def _png(size: tuple[int, int], colour: object = "red", mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, "PNG")  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def test_generate_returns_b64_images_of_the_asked_size(server: ServerProcess) -> None:
+    r = _client(server).images.generate(model="gpt-image-1-mini", prompt="a lighthouse", size="1024x1024", n=2)
+    assert len(r.data) == 2 and r.size == "1024x1024" and r.output_format == "png"
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))) for d in r.data]
+    assert [im.size for im in images] == [(1024, 1024)] * 2 and images[0].format == "PNG"
+    assert r.model_extra and r.model_extra["darkroom"]["model"] == "vertex/nano-banana-flash"
+
+
+def test_edit_with_several_images_and_an_alpha_mask(server: ServerProcess) -> None:
+    mask = Image.new("RGBA", (128, 96), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 64, 96))  # left half transparent = editable
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    r = _client(server).images.edit(
+        model="gpt-image-1-mini", prompt="add a hat", size="1536x1024", response_format="url",
+        image=[("a.png", _png((128, 96)), "image/png"), ("b.png", _png((64, 64), "blue"), "image/png")],
+        mask=("m.png", buf.getvalue(), "image/png"),
+    )
+    assert r.size == "1536x1024" and r.data[0].url
+    got = httpx.get(r.data[0].url, timeout=30)
+    assert got.status_code == 200 and Image.open(io.BytesIO(got.content)).size == (1536, 1024)
+    task = httpx.get(f"{server.base_url}/api/v1/tasks/{r.model_extra['darkroom']['task_id']}").json()  # type: ignore[index]
+    assert task["darkroom"]["task"] == "inpaint"
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"background": "transparent"}, "background"),
+    ({"output_compression": 50}, "output_compression"),
+    ({"model": "dall-e-3"}, "model"),
+    ({"size": "100x100"}, "size"),
+])
+def test_refusals_are_4xx_with_the_field(server: ServerProcess, kwargs: dict[str, object], field: str) -> None:
+    args = {"model": "gpt-image-1-mini", "prompt": "x", **kwargs}
+    with pytest.raises(openai.UnprocessableEntityError) as exc:
+        _client(server).images.generate(**args)  # type: ignore[arg-type]
+    assert exc.value.body["param"] == field and exc.value.body["message"]  # type: ignore[index]
+
+
+def test_video_create_poll_download(server: ServerProcess) -> None:
+    client = _client(server)
+    video = client.videos.create(model="sora-2", prompt="waves", seconds="4", size="426x240",
+                                 input_reference=("f.png", _png((128, 72)), "image/png"))
+    assert video.status in ("queued", "in_progress") and video.model == "sora-2"
+    deadline = time.monotonic() + 180
+    while video.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        video = client.videos.retrieve(video.id)
+    assert video.status == "completed" and video.progress == 100, video.error
+    mp4 = client.videos.download_content(video.id).content
+    assert mp4[4:8] == b"ftyp"
+    thumb = client.videos.download_content(video.id, variant="thumbnail").content
+    assert thumb[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.videos.create(model="sora-2", prompt="no frame", seconds="4", size="426x240")
+
+
+def test_models_and_the_key_header(keyed_server: ServerProcess) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        _client(keyed_server, "wrong").models.list()
+    ids = [m.id for m in _client(keyed_server, API_KEY).models.list()]
+    assert {"gpt-image-1", "gpt-image-1.5", "sora-2"} <= set(ids)
