@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,12 +11,13 @@ from fastapi import FastAPI
 
 from pipelines.registry import family_class
 from server.api import engine as engine_api
-from server.api import files, health, openai_api, qolaba, tasks, videos
+from server.api import bfl, fal, files, gemini, health, openai_api, qolaba, replicate, tasks, videos
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
+from server.api.tasks import task_view
 from server.catalog import Catalog
-from server.dialects import ModelNames
 from server.context import AppContext
+from server.dialects import ModelNames
 from server.engine.completion import CompletionHub
 from server.engine.costs import load_costs
 from server.engine.loop import Engine
@@ -28,6 +30,7 @@ from server.media.netguard import Allowlist
 from server.media.storage import InputStore, OutputStore
 from server.service import GenerationService
 from server.settings import Settings
+from server.webhooks import RetryPolicy, Webhooks, derive_secret, local_secret
 from weights.demo import build_demo
 from weights.locate import LocatedWeights, locate
 from weights.manifest import WeightsEntry, load_manifest
@@ -87,7 +90,17 @@ def create_app(settings: Settings) -> FastAPI:
     )
     # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
     wait_s = min(1.0, settings.batch_max_wait_s / 2) if settings.batch_max_wait_s > 0 else 1.0
-    engine = Engine(store, scheduler, workers, outputs, hub.finished, preload=sorted(needed), wait_s=wait_s)
+    webhooks = Webhooks(store, Allowlist(settings.url_allowlist),
+                        RetryPolicy(settings.webhook_attempts, settings.webhook_backoff_s),
+                        settings.webhook_secret.get_secret_value() if settings.webhook_secret else (
+                            derive_secret(settings.api_key.get_secret_value()) if settings.api_key
+                                                    else local_secret(data)))
+
+    def finished(job_id: str) -> None:
+        hub.finished(job_id)
+        webhooks.finished(job_id)
+
+    engine = Engine(store, scheduler, workers, outputs, finished, preload=sorted(needed), wait_s=wait_s)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),
         FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
@@ -96,15 +109,21 @@ def create_app(settings: Settings) -> FastAPI:
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
                                 frozenset(name for name, w in located.items() if w.demo), costs)
     names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()))
-    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names)
+    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks)
+    webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
+    webhooks.builder("fal", lambda record, base, event: fal.webhook_payload(record, base, event, ctx))
+    webhooks.builder("replicate", replicate.webhook_payload)
+    webhooks.builder("bfl", bfl.webhook_payload)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        webhooks.attach(asyncio.get_running_loop())
         try:
             yield
         finally:
             ctx.draining = True
+            await webhooks.stop()
             engine.stop()
             store.close()
 
@@ -112,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
     install_error_handlers(app)
-    for module in (health, qolaba, videos, tasks, files, engine_api, openai_api):
+    for module in (health, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate, bfl, gemini):
         app.include_router(module.router)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())

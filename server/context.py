@@ -11,6 +11,7 @@ from server.jobs.store import JobStore
 from server.media.storage import OutputStore
 from server.service import GenerationService
 from server.settings import Settings
+from server.webhooks import Webhooks
 from weights.locate import LocatedWeights
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class AppContext:
     service: GenerationService
     outputs: OutputStore
     names: ModelNames
+    webhooks: Webhooks
     draining: bool = False
 
     def public_base(self, request_base_url: str) -> str:

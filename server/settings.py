@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback requires an API key.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = pick a free one).")
-    api_key: SecretStr | None = Field(None, description="Key clients send as Bearer or X-API-Key; unset = no auth.")
+    api_key: SecretStr | None = Field(None, description="Key clients send (Bearer/Key/Token, X-API-Key, x-key or "
+                                          "x-goog-api-key); unset = no auth.")
     data_dir: Path = Field(Path("./darkroom-data"), description="Jobs database, inputs, outputs and weights live here.")
     weights_dir: Path | None = Field(None, description="Where real weights are pulled to (default: <data_dir>/weights).")
     demo_weights_path: Path | None = Field(
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
         64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
         "from disk); 0 turns the RAM tier off.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
+    webhook_secret: SecretStr | None = Field(
+        None, min_length=16, description="Signs webhooks (X-Darkroom-Signature); default: derived from the API key "
+        "a request used, else a random secret kept in the data dir.")
+    webhook_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried per webhook event.")
+    webhook_backoff_s: float = Field(1.0, gt=0.0, le=600.0, description="First retry delay; doubles each time.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 
     @field_validator("url_allowlist", mode="before")

@@ -29,7 +29,7 @@ def shaped_body(err: ApiError, path: str) -> dict[str, Any]:
     raises its own error type with darkroom's message (the stable code and field are always kept)."""
     body = err.body()
     ours = body["error"]
-    if path.startswith("/v1beta/"):  # Gemini: {"error": {"code": int, "message", "status"}}
+    if path.startswith("/v1beta/") or path.endswith(":generateContent"):  # Gemini: {"error": {code, message, status}}
         return {"error": {"code": err.status, "message": err.message, "status": _GOOGLE_STATUS.get(err.status, "UNKNOWN"),
                           "details": [{"darkroom_code": str(err.code), "field": err.field}]}}
     if path.startswith(("/fal-ai/", "/sync/fal-ai/")):  # fal: FastAPI-style detail list

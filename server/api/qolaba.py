@@ -56,6 +56,8 @@ class GenerateBody(BaseModel):
     negative_prompt: str | None = Field(None, max_length=4000, description="What to avoid (where the model has it).")
     priority: int = Field(0, ge=0, le=9, description="darkroom extension: 0-9; each point is worth "
                           "DARKROOM_PRIORITY_S seconds of queue waiting.")
+    webhook_url: str | None = Field(None, max_length=2000, description="darkroom extension: POSTed the task "
+                                    "object when it finishes (signed; see README).")
     # hosted fields with no local meaning
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     # hosted features that cannot exist offline: refused when asked for
@@ -172,8 +174,12 @@ async def generate(request: Request) -> JSONResponse:
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
     _refuse_offline_features(body)
+    if body.webhook_url:
+        await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
     job_id, _ = await ctx.service.submit_image(_to_ask(body, files))
     base = ctx.public_base(str(request.base_url))
+    if body.webhook_url:
+        await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", base, "webhook_url")
     if body.celery:
         record = ctx.service.get(job_id)
         assert record is not None

@@ -45,7 +45,8 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
         "error": record.error,
         "queue_position": None,  # filled in for pending tasks by the status route
         # Admission's estimate and, once it ran, the batch it ran in (shared_call: one pipeline call).
-        "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority},
+        "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority,
+                     "webhook": _webhook_view(record.webhook)},
     }
     result = record.result
     if record.status is not JobStatus.COMPLETED or result is None:
@@ -65,6 +66,14 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
                          "num_inference_steps": req["num_inference_steps"], "guidance_scale": req["guidance_scale"],
                          "strength": req["strength"]}
     return view
+
+
+def _webhook_view(hook: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's webhook as clients see it: never the signing secret."""
+    if not hook:
+        return None
+    return {"url": hook["url"], "events": hook["events"], "delivered": hook["delivered"],
+            "attempts": hook["attempts"]}
 
 
 def _ctx(request: Request) -> AppContext:

@@ -33,6 +33,8 @@ class VideoBody(BaseModel):
     generate_audio: bool | None = None
     negative_prompt: str | None = Field(None, max_length=4000)
     priority: int = Field(0, ge=0, le=9, description="darkroom extension: 0-9, worth DARKROOM_PRIORITY_S s each.")
+    webhook_url: str | None = Field(None, max_length=2000, description="darkroom extension: POSTed the task "
+                                    "object when it finishes (signed; see README).")
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     num_inference_steps: int | None = Field(None, ge=1, le=200)
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
@@ -77,7 +79,12 @@ async def generate_video(request: Request) -> JSONResponse:
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
         priority=body.priority,
     )
+    if body.webhook_url:
+        await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
     job_id, request_obj = await ctx.service.submit_video(ask)
+    if body.webhook_url:
+        await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
+                                    "webhook_url")
     return JSONResponse({"task_id": job_id, "status": "pending", "warnings": list(request_obj.warnings),
                          "width": request_obj.width, "height": request_obj.height,
                          "num_frames": request_obj.num_frames, "fps": request_obj.fps,

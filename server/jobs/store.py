@@ -44,6 +44,8 @@ ADDED_COLUMNS = {
     "activation_bytes": "INTEGER NOT NULL DEFAULT 0",
     "estimate": "TEXT",
     "batch": "TEXT",
+    "webhook": "TEXT",
+    "dialect": "TEXT",
 }
 
 
@@ -81,6 +83,8 @@ class JobRecord:
     priority: int = 0
     estimate: dict[str, Any] | None = None
     batch: dict[str, Any] | None = None
+    webhook: dict[str, Any] | None = None
+    dialect: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,48 @@ class JobStore:
             for position, jid in enumerate(job_ids):
                 self._conn.execute("UPDATE jobs SET batch = ? WHERE id = ?",
                                    (json.dumps({**batch, "position": position}), jid))
+
+    def set_dialect_note(self, job_id: str, note: dict[str, Any]) -> None:
+        """Keep what a dialect needs to answer about the job later in its own terms (model name, input)."""
+        with self._lock:
+            self._conn.execute("UPDATE jobs SET dialect = ? WHERE id = ?", (json.dumps(note), job_id))
+
+    def set_webhook(self, job_id: str, webhook: dict[str, Any]) -> None:
+        """Attach a webhook (URL, dialect, events, secret, attempts) to a job."""
+        with self._lock:
+            self._conn.execute("UPDATE jobs SET webhook = ? WHERE id = ?", (json.dumps(webhook), job_id))
+
+    def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any], delivered: str | None) -> None:
+        """Record one delivery attempt (and, when it succeeded, the event as delivered)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute("SELECT webhook FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None and row["webhook"]:
+                    hook = json.loads(row["webhook"])
+                    hook["attempts"].append(attempt)
+                    if delivered and delivered not in hook["delivered"]:
+                        hook["delivered"].append(delivered)
+                    self._conn.execute("UPDATE jobs SET webhook = ? WHERE id = ?", (json.dumps(hook), job_id))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def owed_webhooks(self) -> list[str]:
+        """Finished jobs whose completion webhook was never delivered (a restart resumes them)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, webhook FROM jobs WHERE webhook IS NOT NULL AND status IN (?, ?, ?)",
+                (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED),
+            ).fetchall()
+        owed = []
+        for r in rows:
+            hook = json.loads(r["webhook"])
+            if "completed" in hook["events"] and "completed" not in hook["delivered"] and \
+                    len(hook["attempts"]) < 50:
+                owed.append(r["id"])
+        return owed
 
     def requeue(self, job_ids: list[str]) -> int:
         """Put claimed jobs back to pending (their worker was taken out). Returns how many."""
@@ -287,4 +333,6 @@ def _record(row: sqlite3.Row) -> JobRecord:
         priority=row["priority"],
         estimate=json.loads(row["estimate"]) if row["estimate"] else None,
         batch=json.loads(row["batch"]) if row["batch"] else None,
+        webhook=json.loads(row["webhook"]) if row["webhook"] else None,
+        dialect=json.loads(row["dialect"]) if row["dialect"] else None,
     )

@@ -1,0 +1,158 @@
+"""Gemini's generateContent for the image models: POST /v1beta/models/{model}:generateContent (and /v1/..., where
+google-genai sends it when given a base URL) with text and
+inline_data parts and generationConfig.imageConfig {aspectRatio, imageSize} ->
+candidates[].content.parts[].inlineData. Model names map through configs/dialects.toml [gemini].
+Accepts the REST API's snake_case and the SDKs' camelCase spellings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from server.api.dialect_io import ctx_of, file_b64, outputs, wait_done
+from server.errors import ApiError, ErrorCode
+from server.service import SEED_MAX, ImageAsk, ImageInput
+
+router = APIRouter()
+
+IMAGE_SIZES = {"512": "512", "1K": "1K", "2K": "2K", "4K": "4K"}
+
+FIELD_POLICY = {
+    "contents": "mapped: the last user turn's text parts -> prompt, inline_data parts -> images",
+    "generationConfig.responseModalities": "mapped: must include IMAGE (TEXT-only refused)",
+    "generationConfig.imageConfig.aspectRatio": "mapped: aspect_ratio",
+    "generationConfig.imageConfig.imageSize": "mapped: quality tier",
+    "generationConfig.candidateCount": "mapped: num_images (one image per candidate)",
+    "generationConfig.seed": "mapped: seed",
+    "generationConfig.temperature": "warned: hosted sampling option",
+    "generationConfig.topP": "warned: hosted sampling option",
+    "generationConfig.topK": "warned: hosted sampling option",
+    "generationConfig.maxOutputTokens": "warned: hosted sampling option",
+    "tools": "refused (unsupported_feature): Google Search grounding needs the live web",
+    "safetySettings": "warned: no safety filter runs locally",
+    "systemInstruction": "mapped: prepended to the prompt",
+    "contents[].parts[].file_data": "refused (unsupported_feature): no Files API here; send inline_data",
+}
+
+_WARN_KEYS = ("temperature", "topP", "topK", "maxOutputTokens")
+_KNOWN_CONFIG = {"responseModalities", "imageConfig", "candidateCount", "seed", *_WARN_KEYS}
+_KNOWN_TOP = {"contents", "generationConfig", "tools", "safetySettings", "systemInstruction"}
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def camelise(value: Any) -> Any:
+    """snake_case keys -> camelCase, recursively (inline_data -> inlineData, mime_type -> mimeType)."""
+    if isinstance(value, dict):
+        return {_camel(k): camelise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [camelise(v) for v in value]
+    return value
+
+
+def decode_b64(text: str) -> bytes:
+    """Standard or URL-safe base64 (the Google SDKs send the latter), padding optional."""
+    text = text.strip().replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _parts_text(parts: list[dict[str, Any]]) -> str:
+    return "\n".join(p["text"] for p in parts if isinstance(p.get("text"), str))
+
+
+def _ask(model: str, body: dict[str, Any], ctx: Any) -> tuple[ImageAsk, list[str]]:
+    unknown = sorted(set(body) - _KNOWN_TOP)
+    if unknown:
+        raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown field {unknown[0]!r}", unknown[0])
+    if body.get("tools"):
+        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "Google Search grounding needs the hosted service's live "
+                       "web search; darkroom runs offline, so remove tools", "tools")
+    config = body.get("generationConfig") or {}
+    unknown = sorted(set(config) - _KNOWN_CONFIG)
+    if unknown:
+        raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown field 'generationConfig.{unknown[0]}'",
+                       f"generationConfig.{unknown[0]}")
+    modalities = [str(m).upper() for m in config.get("responseModalities") or ["IMAGE"]]
+    if "IMAGE" not in modalities:
+        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "darkroom's models make images: include IMAGE in "
+                       "responseModalities", "generationConfig.responseModalities")
+    warnings = [f"generationConfig.{k}: a hosted sampling option, not used locally" for k in _WARN_KEYS if k in config]
+    if body.get("safetySettings"):
+        warnings.append("safetySettings: no safety filter runs on this local server")
+    contents = body.get("contents")
+    if isinstance(contents, dict):
+        contents = [contents]
+    users = [c for c in contents or [] if isinstance(c, dict) and c.get("role", "user") == "user"]
+    if not users:
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "contents needs a user turn with a text part", "contents")
+    if len(contents or []) > 1:
+        warnings.append("earlier turns of the conversation are not used; only the last user turn is rendered")
+    parts = users[-1].get("parts") or []
+    system = body.get("systemInstruction") or {}
+    prompt = "\n".join(t for t in (_parts_text(system.get("parts") or []), _parts_text(parts)) if t).strip()
+    if not prompt:
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "the user turn needs a text part (the instruction)", "contents")
+    images: list[ImageInput] = []
+    for i, part in enumerate(parts):
+        if "fileData" in part:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "file_data parts need the Files API; send the image "
+                           "as inline_data", f"contents.parts[{i}]")
+        inline = part.get("inlineData")
+        if inline:
+            try:
+                data = decode_b64(inline.get("data", ""))
+            except (binascii.Error, ValueError):
+                raise ApiError(400, ErrorCode.INVALID_IMAGE, "inline_data is not valid base64",
+                               f"contents.parts[{i}]") from None
+            images.append(ImageInput(field=f"contents.parts[{i}]", data=data))
+    spec = ctx.catalog.get(model)
+    n_src = min(len(images), spec.max_source_images)
+    image_config = config.get("imageConfig") or {}
+    size = image_config.get("imageSize")
+    if size is not None and size not in IMAGE_SIZES:
+        raise ApiError(422, ErrorCode.UNSUPPORTED_QUALITY, "imageSize must be 512, 1K, 2K or 4K",
+                       "generationConfig.imageConfig.imageSize")
+    seed = config.get("seed")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= SEED_MAX):
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, f"seed must be an integer 0-{SEED_MAX}",
+                       "generationConfig.seed")
+    ask = ImageAsk(model=model, prompt=prompt[:4000], sources=tuple(images[:n_src]),
+                   references=tuple(images[n_src:]), aspect_ratio=image_config.get("aspectRatio") or "auto",
+                   quality=IMAGE_SIZES.get(size) if size else None, num_images=config.get("candidateCount"),
+                   seed=seed, output_format="png", warnings=tuple(warnings))
+    return ask, warnings
+
+
+@router.post("/v1beta/models/{model}:generateContent")
+@router.post("/v1/models/{model}:generateContent")
+async def generate_content(model: str, request: Request) -> JSONResponse:
+    """Image generation and editing in Gemini's shape (synchronous, like the hosted API)."""
+    ctx = ctx_of(request)
+    local = ctx.names.resolve("gemini", model)
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    ask, warnings = _ask(local, camelise(raw), ctx)
+    job_id, _ = await ctx.service.submit_image(ask)
+    record = await wait_done(request, job_id)
+    files = outputs(record, "")
+    candidates = [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": f["content_type"],
+                                                                          "data": file_b64(ctx, f["file"])}}]},
+                   "finishReason": "STOP", "index": i} for i, f in enumerate(files)]
+    return JSONResponse({
+        "candidates": candidates,
+        "usageMetadata": {"promptTokenCount": 0, "candidatesTokenCount": 0, "totalTokenCount": 0},
+        "modelVersion": model, "responseId": job_id,
+        "darkroom": {"task_id": job_id, "model": local, "warnings": list(record.request["warnings"])},
+    })

@@ -1,0 +1,238 @@
+"""Replicate's predictions API: POST /v1/models/{owner}/{name}/predictions, POST /v1/predictions,
+`Prefer: wait`, GET /v1/predictions/{id}, POST /v1/predictions/{id}/cancel, webhooks with
+webhook_events_filter. Model names map through configs/dialects.toml [replicate].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.api.dialect_io import base_url, ctx_of, outputs, record_or_404
+from server.api.errors import from_validation_errors
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
+from server.service import SEED_MAX, ImageAsk, ImageInput
+
+router = APIRouter()
+
+# Models whose output is a list of files on Replicate (the others return one URI).
+LIST_OUTPUT = frozenset({"bytedance/seedream-4"})
+EVENTS = ("start", "output", "logs", "completed")
+
+FIELD_POLICY = {
+    "prompt": "mapped: prompt",
+    "input_image": "mapped: the source image (URI or data URI)",
+    "image_input": "mapped: source images, then references beyond the model's source limit",
+    "aspect_ratio": "mapped: aspect_ratio (match_input_image = auto)",
+    "output_format": "mapped: output_format (jpg = jpeg)",
+    "seed": "mapped: seed",
+    "resolution": "mapped: quality tier (1K/2K/4K)",
+    "size": "mapped: quality tier (1K/2K/4K); custom uses width/height",
+    "width": "mapped: exact width with size=custom",
+    "height": "mapped: exact height with size=custom",
+    "max_images": "mapped: num_images",
+    "num_outputs": "mapped: num_images",
+    "sequential_image_generation": "warned: images are independent samples",
+    "prompt_upsampling": "refused when true (unsupported_feature): no prompt rewriting offline",
+    "enhance_prompt": "refused when true (unsupported_feature): no prompt rewriting offline",
+    "safety_tolerance": "warned: no safety filter runs locally",
+    "safety_filter_level": "warned: no safety filter runs locally",
+    "output_quality": "refused unless 100 (unsupported_feature): fixed encoder settings",
+}
+
+
+class ReplicateInput(BaseModel):
+    """The union of the inputs of the Replicate models darkroom answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    input_image: str | None = Field(None, max_length=20_000_000)
+    image_input: list[str] = Field(default_factory=list, max_length=32)
+    aspect_ratio: str = Field("match_input_image", max_length=20)
+    output_format: str = "png"
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    resolution: str | None = Field(None, max_length=8)
+    size: str | None = Field(None, max_length=8)
+    width: int | None = Field(None, ge=64, le=4096)
+    height: int | None = Field(None, ge=64, le=4096)
+    max_images: int | None = Field(None, ge=1, le=10)
+    num_outputs: int | None = Field(None, ge=1, le=10)
+    sequential_image_generation: str | None = None
+    prompt_upsampling: bool | None = None
+    enhance_prompt: bool | None = None
+    safety_tolerance: int | None = None
+    safety_filter_level: str | None = None
+    output_quality: int | None = Field(None, ge=0, le=100)
+
+
+class PredictionBody(BaseModel):
+    """POST body: input plus webhook settings (and `version` on /v1/predictions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any]
+    version: str | None = None
+    webhook: str | None = Field(None, max_length=2000)
+    webhook_events_filter: list[str] = Field(default_factory=lambda: list(EVENTS))
+    stream: bool | None = None
+
+
+def _to_ask(model: str, inp: ReplicateInput, ctx: Any) -> ImageAsk:
+    for name in ("prompt_upsampling", "enhance_prompt"):
+        if getattr(inp, name):
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, f"{name} needs a hosted language model; send false",
+                           f"input.{name}")
+    if inp.output_quality is not None and inp.output_quality != 100:
+        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "outputs use fixed encoder settings; remove "
+                       "output_quality", "input.output_quality")
+    warnings = []
+    if inp.safety_tolerance is not None or inp.safety_filter_level is not None:
+        warnings.append("safety settings: no safety filter runs on this local server")
+    if inp.sequential_image_generation not in (None, "disabled"):
+        warnings.append("sequential_image_generation: images are independent samples")
+    spec = ctx.catalog.get(model)
+    urls = ([inp.input_image] if inp.input_image else []) + inp.image_input
+    n_src = min(len(urls), spec.max_source_images)
+    field = "input.input_image" if inp.input_image else "input.image_input"
+    sources = [ImageInput(field=field, url=u) for u in urls[:n_src]]
+    refs = [ImageInput(field="input.image_input", url=u) for u in urls[n_src:]]
+    tier = inp.resolution or (inp.size if inp.size != "custom" else None)
+    size = None
+    if inp.size == "custom":
+        if inp.width is None or inp.height is None:
+            raise ApiError(422, ErrorCode.MISSING_FIELD, "size=custom needs width and height", "input.width")
+        size = (inp.width, inp.height)
+    fmt = {"jpg": "jpeg"}.get(inp.output_format, inp.output_format)
+    if fmt not in ("png", "jpeg", "webp"):
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, "output_format must be png, jpg or webp",
+                       "input.output_format")
+    aspect = "auto" if inp.aspect_ratio == "match_input_image" else inp.aspect_ratio
+    return ImageAsk(model=model, prompt=inp.prompt, sources=tuple(sources), references=tuple(refs),
+                    aspect_ratio=aspect, quality=tier, num_images=inp.max_images or inp.num_outputs, seed=inp.seed,
+                    output_format=fmt, warnings=tuple(warnings), size=size, size_field="input.width")
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+_STATUS = {JobStatus.PENDING: "starting", JobStatus.PROCESSING: "processing", JobStatus.COMPLETED: "succeeded",
+           JobStatus.FAILED: "failed", JobStatus.CANCELLED: "canceled"}
+
+
+def prediction(record: JobRecord, base: str, owner_name: str | None = None) -> dict[str, Any]:
+    """The Replicate prediction object for a job."""
+    note = record.dialect or {}
+    name = owner_name or note.get("replicate_model", "")
+    output: Any = None
+    if record.status is JobStatus.COMPLETED:
+        urls = [f["url"] for f in outputs(record, base)]
+        output = urls if name in LIST_OUTPUT or len(urls) > 1 else urls[0]
+    error = (record.error or {}).get("message") if record.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None
+    metrics = {}
+    if record.result:
+        metrics["predict_time"] = record.result["timings"]["pipeline_s"]
+    return {
+        "id": record.id, "model": name, "version": "darkroom", "input": note.get("replicate_input", {}),
+        "output": output, "error": error, "logs": "", "status": _STATUS[record.status],
+        "created_at": _iso(record.created_at), "started_at": _iso(record.started_at),
+        "completed_at": _iso(record.finished_at) if record.status in FINAL_STATES else None,
+        "data_removed": False, "metrics": metrics,
+        "urls": {"get": f"{base}/v1/predictions/{record.id}", "cancel": f"{base}/v1/predictions/{record.id}/cancel"},
+    }
+
+
+_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
+
+
+async def _create(request: Request, owner_name: str, body: PredictionBody) -> JSONResponse:
+    ctx = ctx_of(request)
+    model = ctx.names.resolve("replicate", owner_name, "version")
+    try:
+        inp = ReplicateInput.model_validate(body.input)
+    except ValidationError as exc:
+        err = from_validation_errors(exc.errors(), list(ReplicateInput.model_fields))
+        raise ApiError(err.status, err.code, err.message, f"input.{err.field}" if err.field else "input") from None
+    bad = [e for e in body.webhook_events_filter if e not in EVENTS]
+    if bad:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, f"webhook_events_filter takes {', '.join(EVENTS)}",
+                       "webhook_events_filter")
+    if body.stream:
+        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "output streaming is not supported; send stream=false",
+                       "stream")
+    if body.webhook:
+        await ctx.webhooks.check_url(body.webhook, "webhook")
+    job_id, _ = await ctx.service.submit_image(_to_ask(model, inp, ctx))
+    ctx.store.set_dialect_note(job_id, {"replicate_model": owner_name, "replicate_input": body.input})
+    base = base_url(request)
+    if body.webhook:
+        # "output" and "logs" arrive together with completion here (outputs are written all at once).
+        events = tuple(e for e in ("start", "completed") if e in body.webhook_events_filter)
+        await ctx.webhooks.register(job_id, body.webhook, "replicate", base, "webhook", events)
+    prefer = _WAIT.match(request.headers.get("prefer", ""))
+    if prefer:
+        wait_s = min(60.0, float(prefer.group(1) or 60))
+        record = await ctx.service.wait(job_id, wait_s)
+    else:
+        await asyncio.sleep(0)
+        record = record_or_404(ctx, job_id)
+    return JSONResponse(prediction(record, base, owner_name), status_code=201)
+
+
+def _body(raw: Any) -> PredictionBody:
+    try:
+        return PredictionBody.model_validate(raw if isinstance(raw, dict) else {})
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(), list(PredictionBody.model_fields)) from None
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
+
+
+@router.post("/v1/models/{owner}/{name}/predictions")
+async def create_model_prediction(owner: str, name: str, request: Request) -> JSONResponse:
+    """A prediction for an official model."""
+    return await _create(request, f"{owner}/{name}", _body(await _json(request)))
+
+
+@router.post("/v1/predictions")
+async def create_prediction(request: Request) -> JSONResponse:
+    """A prediction naming its model in `version` ("owner/name" or "owner/name:version")."""
+    body = _body(await _json(request))
+    if not body.version:
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "version is required: \"owner/name\"", "version")
+    return await _create(request, body.version.split(":", 1)[0], body)
+
+
+@router.get("/v1/predictions/{prediction_id}")
+async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
+    """The prediction object."""
+    return JSONResponse(prediction(record_or_404(ctx_of(request), prediction_id, "prediction_id"),
+                                   base_url(request)))
+
+
+@router.post("/v1/predictions/{prediction_id}/cancel")
+async def cancel_prediction(prediction_id: str, request: Request) -> JSONResponse:
+    """Cancel; answers with the prediction (canceled, or already final)."""
+    ctx = ctx_of(request)
+    record_or_404(ctx, prediction_id, "prediction_id")
+    ctx.service.cancel(prediction_id)
+    await asyncio.sleep(0)
+    return JSONResponse(prediction(record_or_404(ctx, prediction_id), base_url(request)))
+
+
+def webhook_payload(record: JobRecord, base: str, _event: str) -> dict[str, Any]:
+    """Replicate's webhook body is the prediction object."""
+    return prediction(record, base)

@@ -1,0 +1,203 @@
+"""Webhook delivery: signed POSTs when a job finishes, retried with backoff, under the image-URL SSRF rules.
+
+Each dialect registers a payload builder (its own callback shape: fal's envelope, Replicate's prediction,
+BFL's result, darkroom's task). A job's webhook (URL, dialect, events, base URL, signing secret) is stored on
+the job, so deliveries owed at a crash are made after the restart; every attempt is recorded on the job.
+
+Signature (documented in the README): `X-Darkroom-Signature: sha256=<hex>` where hex is
+HMAC-SHA256(secret, f"{X-Darkroom-Timestamp}.{raw body}"); the secret is `DARKROOM_WEBHOOK_SECRET`, else derived
+from the API key the request used (HMAC-SHA256(key, "darkroom-webhook-v1")), else a random secret kept in the
+data directory. A per-request secret (BFL's `webhook_secret`) replaces it for that job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from server.errors import ApiError, ErrorCode
+from server.jobs.store import FINAL_STATES, JobRecord, JobStore
+from server.media.fetch import _resolve
+from server.media.netguard import Allowlist, address_allowed
+
+log = logging.getLogger("darkroom.webhooks")
+
+PayloadBuilder = Callable[[JobRecord, str, str], dict[str, Any]]
+"""(job, base URL, event) -> the JSON body a dialect's receivers expect."""
+
+
+def derive_secret(api_key: str) -> str:
+    """The webhook signing secret that belongs to an API key."""
+    return hmac.new(api_key.encode(), b"darkroom-webhook-v1", hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Darkroom-Signature value for a body."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def local_secret(data_dir: Path) -> str:
+    """A random secret kept in the data directory (used when no key or secret is configured)."""
+    path = data_dir / "webhook_secret"
+    if path.is_file():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently deliveries are retried."""
+
+    attempts: int = 6
+    backoff_s: float = 1.0
+    """First retry after this many seconds, doubling each time."""
+    timeout_s: float = 10.0
+
+
+class Webhooks:
+    """Registers, delivers and records webhooks."""
+
+    def __init__(self, store: JobStore, allowlist: Allowlist, policy: RetryPolicy, default_secret: str) -> None:
+        self.store = store
+        self.allowlist = allowlist
+        self.policy = policy
+        self.default_secret = default_secret
+        self.builders: dict[str, PayloadBuilder] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # (job, event) pairs being delivered: a job that finishes while its webhook is being registered is
+        # seen by both paths, and must be delivered once.
+        self._inflight: set[tuple[str, str]] = set()
+
+    def builder(self, dialect: str, build: PayloadBuilder) -> None:
+        """Register how `dialect` shapes its callbacks."""
+        self.builders[dialect] = build
+
+    async def check_url(self, url: str, field: str) -> None:
+        """422 url_not_allowed unless `url` is http(s) to an allowed address (checked again at delivery)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise ApiError(422, ErrorCode.URL_NOT_ALLOWED, "webhook URLs must be http(s) without credentials", field)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = await _resolve(parts.hostname, port)
+        if not addresses:
+            raise ApiError(422, ErrorCode.URL_NOT_ALLOWED, "the webhook URL's host could not be resolved", field)
+        if not all(address_allowed(parts.hostname, ip, self.allowlist) for ip in addresses):
+            raise ApiError(422, ErrorCode.URL_NOT_ALLOWED, "the webhook URL points to a private or local address; "
+                           "ask the operator to add the host to DARKROOM_URL_ALLOWLIST if it is trusted", field)
+
+    async def register(self, job_id: str, url: str, dialect: str, base: str, field: str,
+                       events: tuple[str, ...] = ("completed",), secret: str | None = None) -> None:
+        """Attach a webhook to a job (call before the job can finish: right after submit)."""
+        await self.check_url(url, field)
+        self.store.set_webhook(job_id, {"url": url, "dialect": dialect, "base": base, "events": list(events),
+                                        "secret": secret or self.default_secret, "attempts": [], "delivered": []})
+        if "start" in events:
+            self._spawn(job_id, "start")
+        record = self.store.get(job_id)
+        if record is not None and record.status in FINAL_STATES:
+            self._spawn(job_id, "completed")
+
+    # ---- delivery -------------------------------------------------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver on `loop`; re-send what a crash left owed."""
+        self._loop = loop
+        for job_id in self.store.owed_webhooks():
+            self._spawn(job_id, "completed")
+
+    def finished(self, job_id: str) -> None:
+        """A job reached a final state (called from any thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._spawn, job_id, "completed")
+
+    def _spawn(self, job_id: str, event: str) -> None:
+        record = self.store.get(job_id)
+        hook = record.webhook if record else None
+        if not hook or event not in hook["events"] or event in hook["delivered"] or (job_id, event) in self._inflight:
+            return
+        self._inflight.add((job_id, event))
+        task = asyncio.ensure_future(self._deliver(job_id, event))
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._inflight.discard((job_id, event))
+
+        task.add_done_callback(done)
+
+    async def stop(self) -> None:
+        """Cancel deliveries in flight (they are owed and resume after a restart)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _deliver(self, job_id: str, event: str) -> None:
+        for attempt in range(self.policy.attempts):
+            record = self.store.get(job_id)
+            if record is None or not record.webhook:
+                return
+            hook = record.webhook
+            build = self.builders.get(hook["dialect"])
+            if build is None:
+                return
+            body = json.dumps(build(record, hook["base"], event), separators=(",", ":")).encode()
+            started = time.time()
+            outcome: dict[str, Any] = {"event": event, "at": round(started, 3), "attempt": attempt + 1}
+            try:
+                status = await self._post(hook["url"], body, hook["secret"], job_id, event)
+                outcome["status_code"] = status
+                ok = 200 <= status < 300
+            except ApiError as exc:
+                outcome["error"] = exc.message
+                ok = False
+                if exc.code is ErrorCode.URL_NOT_ALLOWED:
+                    self.store.add_webhook_attempt(job_id, outcome, delivered=None)
+                    return  # the address turned private: never retried
+            except (httpx.HTTPError, OSError) as exc:
+                outcome["error"] = type(exc).__name__
+                ok = False
+            outcome["ms"] = round((time.time() - started) * 1000, 1)
+            self.store.add_webhook_attempt(job_id, outcome, delivered=event if ok else None)
+            if ok:
+                return
+            await asyncio.sleep(self.policy.backoff_s * (2 ** attempt))
+        log.warning("webhook for %s (%s) gave up after %d attempts", job_id, event, self.policy.attempts)
+
+    async def _post(self, url: str, body: bytes, secret: str, job_id: str, event: str) -> int:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = parts.hostname or ""
+        addresses = await _resolve(host, port)
+        # Checked again at delivery and the connection pinned to the checked address: no DNS rebinding.
+        if not addresses or not all(address_allowed(host, ip, self.allowlist) for ip in addresses):
+            raise ApiError(422, ErrorCode.URL_NOT_ALLOWED, "the webhook URL now points to a disallowed address")
+        ip = addresses[0]
+        netloc = f"[{ip}]" if ip.version == 6 else str(ip)
+        pinned = urlunsplit((parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
+        timestamp = str(int(time.time()))
+        headers = {"Host": host if parts.port is None else f"{host}:{parts.port}",
+                   "Content-Type": "application/json", "User-Agent": "darkroom-webhooks",
+                   "X-Darkroom-Timestamp": timestamp, "X-Darkroom-Signature": sign(secret, timestamp, body),
+                   "X-Darkroom-Task": job_id, "X-Darkroom-Event": event}
+        async with httpx.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+            request = client.build_request("POST", pinned, content=body, headers=headers,
+                                           extensions={"sni_hostname": host} if parts.scheme == "https" else {})
+            response = await client.send(request)
+            return response.status_code
