@@ -12,10 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.api.dialect_io import base_url, ctx_of, outputs
-from server.api.errors import from_validation_errors
+from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput
@@ -88,14 +87,7 @@ async def submit(variant: str, request: Request) -> JSONResponse:
     """Queue a generation; poll the returned polling_url (or /v1/get_result?id=)."""
     ctx = ctx_of(request)
     model = ctx.names.resolve("bfl", f"flux-{variant}")
-    try:
-        raw = await request.json()
-    except ValueError:
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
-    try:
-        body = BflBody.model_validate(raw if isinstance(raw, dict) else {})
-    except ValidationError as exc:
-        raise from_validation_errors(exc.errors(), list(BflBody.model_fields)) from None
+    body = validated(BflBody, await json_object(request))
     if body.prompt_upsampling:
         raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "prompt upsampling needs a hosted language model; send "
                        "prompt_upsampling=false", "prompt_upsampling")

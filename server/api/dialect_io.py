@@ -6,13 +6,19 @@ Dialects translate wire formats only; everything here is plain job records and f
 from __future__ import annotations
 
 import base64
-from typing import Any
+import json
+import secrets
+from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from pydantic import BaseModel, ValidationError
 
+from server.api.errors import from_validation_errors
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
+
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
 def ctx_of(request: Request) -> AppContext:
@@ -23,6 +29,28 @@ def ctx_of(request: Request) -> AppContext:
 def base_url(request: Request) -> str:
     """Base of URLs handed back (public base URL or what the client called)."""
     return ctx_of(request).public_base(str(request.base_url))
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400 invalid_request otherwise."""
+    try:
+        raw = await request.json()
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    return raw
+
+
+def validated(model: type[BaseModelT], fields: dict[str, Any], prefix: str = "") -> BaseModelT:
+    """`fields` validated by `model`; the first problem as a 4xx naming the field (under `prefix`)."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        err = from_validation_errors(exc.errors(), list(model.model_fields))
+        if not prefix:
+            raise err from None
+        raise ApiError(err.status, err.code, err.message, f"{prefix}.{err.field}" if err.field else prefix) from None
 
 
 def record_or_404(ctx: AppContext, job_id: str, field: str = "id") -> JobRecord:
@@ -44,10 +72,37 @@ def outputs(record: JobRecord, base: str) -> list[dict[str, Any]]:
 
 def file_b64(ctx: AppContext, name: str) -> str:
     """A stored output as base64 (the name is one the output store generated)."""
+    return _b64_bytes(ctx, name).decode()
+
+
+def _b64_bytes(ctx: AppContext, name: str) -> bytes:
     found = ctx.outputs.open_path(name)
     if found is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, "the output file is gone")
-    return base64.b64encode(found[0].read_bytes()).decode()
+    return base64.b64encode(found[0].read_bytes())
+
+
+class InlineImages:
+    """Builds a JSON response whose image fields are inline base64, without json.dumps scanning megabytes of
+    base64 for characters to escape (it has none): placeholders are dumped, then swapped for the bytes."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.nonce = secrets.token_hex(8)
+        self.blobs: dict[bytes, bytes] = {}
+
+    def ref(self, name: str) -> str:
+        """A placeholder for output `name`'s base64, to put where the string belongs."""
+        marker = f"@@b64-{self.nonce}-{len(self.blobs)}@@"
+        self.blobs[f'"{marker}"'.encode()] = b'"' + _b64_bytes(self.ctx, name) + b'"'
+        return marker
+
+    def response(self, payload: dict[str, Any], status_code: int = 200) -> Response:
+        """The JSON response with every placeholder replaced."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        for marker, blob in self.blobs.items():
+            body = body.replace(marker, blob, 1)
+        return Response(body, status_code=status_code, media_type="application/json")
 
 
 def file_size(ctx: AppContext, name: str) -> int:

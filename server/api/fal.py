@@ -11,10 +11,21 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.api.dialect_io import base_url, ctx_of, failure, file_b64, file_size, outputs, record_or_404, wait_done
-from server.api.errors import from_validation_errors, shaped_body
+from server.api.dialect_io import (
+    base_url,
+    ctx_of,
+    failure,
+    file_b64,
+    file_size,
+    json_object,
+    outputs,
+    record_or_404,
+    validated,
+    wait_done,
+)
+from server.api.errors import shaped_body
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput, VideoAsk
@@ -194,14 +205,7 @@ def _urls(base: str, model_path: str, job_id: str) -> dict[str, str]:
 async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     ctx = ctx_of(request)
     model = ctx.names.resolve("fal", model_path)
-    try:
-        raw = await request.json()
-    except ValueError:
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
-    try:
-        body = FalBody.model_validate(raw if isinstance(raw, dict) else {})
-    except ValidationError as exc:
-        raise from_validation_errors(exc.errors(), list(FalBody.model_fields)) from None
+    body = validated(FalBody, await json_object(request))
     warnings = _warnings_and_refusals(body)
     hook = request.query_params.get("fal_webhook")
     if hook:

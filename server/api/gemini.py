@@ -12,9 +12,9 @@ import binascii
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from server.api.dialect_io import ctx_of, file_b64, outputs, wait_done
+from server.api.dialect_io import InlineImages, ctx_of, json_object, outputs, wait_done
 from server.errors import ApiError, ErrorCode
 from server.service import SEED_MAX, ImageAsk, ImageInput
 
@@ -68,7 +68,7 @@ def _parts_text(parts: list[dict[str, Any]]) -> str:
     return "\n".join(p["text"] for p in parts if isinstance(p.get("text"), str))
 
 
-def _ask(model: str, body: dict[str, Any], ctx: Any) -> tuple[ImageAsk, list[str]]:
+def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
     unknown = sorted(set(body) - _KNOWN_TOP)
     if unknown:
         raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown field {unknown[0]!r}", unknown[0])
@@ -128,29 +128,24 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> tuple[ImageAsk, list[str
                    references=tuple(images[n_src:]), aspect_ratio=image_config.get("aspectRatio") or "auto",
                    quality=IMAGE_SIZES.get(size) if size else None, num_images=config.get("candidateCount"),
                    seed=seed, output_format="png", warnings=tuple(warnings))
-    return ask, warnings
+    return ask
 
 
 @router.post("/v1beta/models/{model}:generateContent")
 @router.post("/v1/models/{model}:generateContent")
-async def generate_content(model: str, request: Request) -> JSONResponse:
+async def generate_content(model: str, request: Request) -> Response:
     """Image generation and editing in Gemini's shape (synchronous, like the hosted API)."""
     ctx = ctx_of(request)
     local = ctx.names.resolve("gemini", model)
-    try:
-        raw = await request.json()
-    except ValueError:
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
-    if not isinstance(raw, dict):
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    ask, warnings = _ask(local, camelise(raw), ctx)
+    ask = _ask(local, camelise(await json_object(request)), ctx)
     job_id, _ = await ctx.service.submit_image(ask)
     record = await wait_done(request, job_id)
     files = outputs(record, "")
+    inline = InlineImages(ctx)
     candidates = [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": f["content_type"],
-                                                                          "data": file_b64(ctx, f["file"])}}]},
+                                                                          "data": inline.ref(f["file"])}}]},
                    "finishReason": "STOP", "index": i} for i, f in enumerate(files)]
-    return JSONResponse({
+    return inline.response({
         "candidates": candidates,
         "usageMetadata": {"promptTokenCount": 0, "candidatesTokenCount": 0, "totalTokenCount": 0},
         "modelVersion": model, "responseId": job_id,

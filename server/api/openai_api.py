@@ -13,13 +13,21 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from server.api.dialect_io import base_url, ctx_of, file_b64, outputs, record_or_404, wait_done
-from server.api.errors import from_validation_errors
+from server.api.dialect_io import (
+    InlineImages,
+    base_url,
+    ctx_of,
+    json_object,
+    outputs,
+    record_or_404,
+    validated,
+    wait_done,
+)
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
 from server.service import ImageAsk, ImageInput, VideoAsk
@@ -170,15 +178,15 @@ async def _read_edit_form(request: Request) -> tuple[dict[str, Any], list[bytes]
     return fields, images, mask
 
 
-def _images_response(request: Request, body: GenerationsBody, record: JobRecord, warnings: list[str]) -> JSONResponse:
-    ctx = ctx_of(request)
+def _images_response(request: Request, body: GenerationsBody, record: JobRecord, warnings: list[str]) -> Response:
+    inline = InlineImages(ctx_of(request))
     files = outputs(record, base_url(request))
     if body.response_format == "url":
         data = [{"url": f["url"]} for f in files]
     else:
-        data = [{"b64_json": file_b64(ctx, f["file"])} for f in files]
+        data = [{"b64_json": inline.ref(f["file"])} for f in files]
     first = files[0]
-    return JSONResponse({
+    return inline.response({
         "created": int(record.created_at),
         "data": data,
         "background": "opaque",
@@ -193,7 +201,7 @@ def _images_response(request: Request, body: GenerationsBody, record: JobRecord,
 
 
 async def _submit_images(request: Request, body: GenerationsBody, sources: list[ImageInput],
-                         mask: ImageInput | None) -> JSONResponse:
+                         mask: ImageInput | None) -> Response:
     ctx = ctx_of(request)
     warnings = _refuse_and_warn(body)
     model = ctx.names.resolve("openai.images", body.model)
@@ -207,45 +215,28 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     return _images_response(request, body, record, warnings)
 
 
-def _validate(model: type[BaseModel], fields: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        raise from_validation_errors(exc.errors(), list(model.model_fields)) from None
-
-
 @router.post("/v1/images/generations")
-async def images_generations(request: Request) -> JSONResponse:
+async def images_generations(request: Request) -> Response:
     """Text to image (OpenAI's generations)."""
-    try:
-        fields = await request.json()
-    except ValueError:
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
-    if not isinstance(fields, dict):
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    body = _validate(GenerationsBody, fields)
+    body = validated(GenerationsBody, await json_object(request))
     if body.images or body.mask:
         raise ApiError(422, ErrorCode.UNKNOWN_FIELD, "images and mask belong to /v1/images/edits", "images")
     return await _submit_images(request, body, [], None)
 
 
 @router.post("/v1/images/edits")
-async def images_edits(request: Request) -> JSONResponse:
+async def images_edits(request: Request) -> Response:
     """Edit from one or more images (multipart files, or JSON with images[].image_url), with an optional mask."""
     ctype = request.headers.get("content-type", "")
     mask_input: ImageInput | None = None
     if ctype.startswith("multipart/form-data"):
         fields, files, mask = await _read_edit_form(request)
-        body = _validate(GenerationsBody, fields)
+        body = validated(GenerationsBody, fields)
         sources = [ImageInput(field="image", data=d) for d in files]
         if mask is not None:
             mask_input = ImageInput(field="mask", data=openai_mask(mask))
     else:
-        try:
-            fields = await request.json()
-        except ValueError:
-            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be JSON or multipart/form-data") from None
-        body = _validate(GenerationsBody, fields if isinstance(fields, dict) else {})
+        body = validated(GenerationsBody, await json_object(request))
         sources = []
         for i, item in enumerate(body.images):
             if "image_url" not in item:
@@ -310,15 +301,11 @@ async def create_video(request: Request) -> JSONResponse:
     frame: ImageInput | None = None
     if ctype.startswith("multipart/form-data"):
         fields, files, _ = await _read_video_form(request)
-        body = _validate(VideoBody, fields)
+        body = validated(VideoBody, fields)
         if files:
             frame = ImageInput(field="input_reference", data=files[0])
     else:
-        try:
-            raw = await request.json()
-        except ValueError:
-            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be JSON or multipart/form-data") from None
-        body = _validate(VideoBody, raw if isinstance(raw, dict) else {})
+        body = validated(VideoBody, await json_object(request))
         if body.input_reference:
             if "image_url" not in body.input_reference:
                 raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only input_reference.image_url is supported "

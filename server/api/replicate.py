@@ -12,10 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.api.dialect_io import base_url, ctx_of, outputs, record_or_404
-from server.api.errors import from_validation_errors
+from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput
@@ -156,11 +155,7 @@ _WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
 async def _create(request: Request, owner_name: str, body: PredictionBody) -> JSONResponse:
     ctx = ctx_of(request)
     model = ctx.names.resolve("replicate", owner_name, "version")
-    try:
-        inp = ReplicateInput.model_validate(body.input)
-    except ValidationError as exc:
-        err = from_validation_errors(exc.errors(), list(ReplicateInput.model_fields))
-        raise ApiError(err.status, err.code, err.message, f"input.{err.field}" if err.field else "input") from None
+    inp = validated(ReplicateInput, body.input, prefix="input")
     bad = [e for e in body.webhook_events_filter if e not in EVENTS]
     if bad:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"webhook_events_filter takes {', '.join(EVENTS)}",
@@ -187,30 +182,16 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     return JSONResponse(prediction(record, base, owner_name), status_code=201)
 
 
-def _body(raw: Any) -> PredictionBody:
-    try:
-        return PredictionBody.model_validate(raw if isinstance(raw, dict) else {})
-    except ValidationError as exc:
-        raise from_validation_errors(exc.errors(), list(PredictionBody.model_fields)) from None
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object") from None
-
-
 @router.post("/v1/models/{owner}/{name}/predictions")
 async def create_model_prediction(owner: str, name: str, request: Request) -> JSONResponse:
     """A prediction for an official model."""
-    return await _create(request, f"{owner}/{name}", _body(await _json(request)))
+    return await _create(request, f"{owner}/{name}", validated(PredictionBody, await json_object(request)))
 
 
 @router.post("/v1/predictions")
 async def create_prediction(request: Request) -> JSONResponse:
     """A prediction naming its model in `version` ("owner/name" or "owner/name:version")."""
-    body = _body(await _json(request))
+    body = validated(PredictionBody, await json_object(request))
     if not body.version:
         raise ApiError(422, ErrorCode.MISSING_FIELD, "version is required: \"owner/name\"", "version")
     return await _create(request, body.version.split(":", 1)[0], body)

@@ -66,7 +66,13 @@ def gemma_tokenizer(model_max_length: int = 1024) -> GemmaTokenizer:
     """Gemma-style BPE with byte fallback: <pad>0 <eos>1 <bos>2 <unk>3 <mask>4, 256 byte tokens, then text."""
     from transformers import GemmaTokenizer
 
-    vocab: dict[str, int] = {tok: i for i, tok in enumerate(GEMMA_SPECIALS)}
+    vocab, merges = _byte_fallback_bpe(GEMMA_SPECIALS)
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _byte_fallback_bpe(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """SentencePiece-style BPE vocabulary: specials, 256 <0xNN> byte tokens, "▁", ASCII, "▁"+alphanumerics."""
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(specials)}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
     vocab["▁"] = len(vocab)
@@ -75,8 +81,7 @@ def gemma_tokenizer(model_max_length: int = 1024) -> GemmaTokenizer:
         vocab.setdefault(c, len(vocab))
     for c in alnum:
         vocab["▁" + c] = len(vocab)
-    merges = [("▁", c) for c in alnum]
-    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return vocab, [("▁", c) for c in alnum]
 
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -125,16 +130,8 @@ def mistral_tokenizer(model_max_length: int = 1024) -> LlamaTokenizer:
     """Byte-fallback BPE with Mistral's control tokens ([INST], [IMG], ...) and a Mistral chat template."""
     from transformers import AddedToken, LlamaTokenizer
 
-    vocab: dict[str, int] = {tok: i for i, tok in enumerate(MISTRAL_SPECIALS[:4])}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    vocab["▁"] = len(vocab)
-    alnum = string.ascii_letters + string.digits
-    for c in alnum + string.punctuation:
-        vocab.setdefault(c, len(vocab))
-    for c in alnum:
-        vocab["▁" + c] = len(vocab)
-    tok = LlamaTokenizer(vocab=vocab, merges=[("▁", c) for c in alnum], unk_token="<unk>", bos_token="<s>",
+    vocab, merges = _byte_fallback_bpe(MISTRAL_SPECIALS[:4])
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>",
                          eos_token="</s>", pad_token="<pad>", model_max_length=model_max_length)
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in MISTRAL_SPECIALS[4:]],
                    special_tokens=True)
