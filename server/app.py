@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from pipelines.registry import family_class
 from server.api import engine as engine_api
@@ -107,7 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
                     settings.fetch_max_redirects),
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
-                                frozenset(name for name, w in located.items() if w.demo), costs)
+                                frozenset(name for name, w in located.items() if w.demo), costs,
+                                settings.max_queue, settings.queue_retry_after_s)
     names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()))
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks)
     webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
@@ -135,4 +137,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    if settings.cors_origins:
+        # Added last, so outermost: browsers' preflights carry no key and must be answered before the key check.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "x-key", "x-goog-api-key",
+                                          "Idempotency-Key", "Prefer"])
     return app

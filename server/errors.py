@@ -38,17 +38,21 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"
     GENERATION_FAILED = "generation_failed"
     INTERNAL_ERROR = "internal_error"
+    QUEUE_FULL = "queue_full"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 
 
 class ApiError(Exception):
     """A problem the client can act on. `message` must say what to change and hold no paths or traces."""
 
-    def __init__(self, status: int, code: ErrorCode, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, code: ErrorCode, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
     def body(self) -> dict[str, dict[str, str | None]]:
         """The JSON body sent to the client."""

@@ -104,9 +104,11 @@ class GenerationService:
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
                  inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
-                 costs: Costs) -> None:
+                 costs: Costs, max_queue: int = 1000, retry_after_s: int = 10) -> None:
         self.catalog = catalog
         self.costs = costs
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
         self.demo_weights = demo_weights
         self.store = store
         self.engine = engine
@@ -116,8 +118,16 @@ class GenerationService:
         self.max_pixels = max_pixels
 
     # ---- accept ------------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        """429 queue_full with Retry-After when the bounded queue is full (before any work for the request)."""
+        if self.store.active_count() >= self.max_queue:
+            raise ApiError(429, ErrorCode.QUEUE_FULL, f"the queue is full ({self.max_queue} jobs waiting or "
+                           f"running); retry after {self.retry_after_s} s", None,
+                           headers={"Retry-After": str(self.retry_after_s)})
+
     async def submit_image(self, ask: ImageAsk) -> tuple[str, GenerationRequest]:
         """Validate, store inputs, commit the job, wake the engine. Returns (job id, request)."""
+        self.check_capacity()
         spec = self.catalog.get(ask.model)
         self._check_limits(spec, ask)
         fam = family_class(spec.family)
@@ -180,6 +190,7 @@ class GenerationService:
 
     async def submit_video(self, ask: VideoAsk) -> tuple[str, GenerationRequest]:
         """Validate an image-to-video ask, store its frames, commit the job, wake the engine."""
+        self.check_capacity()
         spec = self.catalog.get_video(ask.model)
         fam = family_class(spec.family)
         assert issubclass(fam, VideoFamily)

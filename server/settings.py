@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
         "from disk); 0 turns the RAM tier off.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
+    max_queue: int = Field(
+        1000, ge=1, description="Most accepted jobs not yet finished; past it requests get 429 with Retry-After.")
+    queue_retry_after_s: int = Field(10, ge=1, le=3600, description="Retry-After seconds sent with a 429.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins browsers may call from (CORS); empty = CORS off. Comma-separated.")
     webhook_secret: SecretStr | None = Field(
         None, min_length=16, description="Signs webhooks (X-Darkroom-Signature); default: derived from the API key "
         "a request used, else a random secret kept in the data dir.")
@@ -84,7 +89,7 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(1.0, gt=0.0, le=600.0, description="First retry delay; doubles each time.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 
-    @field_validator("url_allowlist", mode="before")
+    @field_validator("url_allowlist", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):

@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 
 from pipelines.registry import family_class
 from server.api.errors import from_validation_errors
+from server.api.idempotency import body_digest, submit_once
 from server.api.tasks import task_view
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
@@ -176,10 +177,15 @@ async def generate(request: Request) -> JSONResponse:
     _refuse_offline_features(body)
     if body.webhook_url:
         await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
-    job_id, _ = await ctx.service.submit_image(_to_ask(body, files))
     base = ctx.public_base(str(request.base_url))
-    if body.webhook_url:
-        await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", base, "webhook_url")
+
+    async def submit() -> str:
+        job_id, _ = await ctx.service.submit_image(_to_ask(body, files))
+        if body.webhook_url:
+            await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", base, "webhook_url")
+        return job_id
+
+    job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
     if body.celery:
         record = ctx.service.get(job_id)
         assert record is not None

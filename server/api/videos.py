@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.registry import family_class
 from server.api.errors import from_validation_errors
+from server.api.idempotency import body_digest, submit_once
 from server.api.qolaba import read_body
 from server.context import AppContext
 from server.service import SEED_MAX, ImageInput, VideoAsk
@@ -81,14 +82,21 @@ async def generate_video(request: Request) -> JSONResponse:
     )
     if body.webhook_url:
         await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
-    job_id, request_obj = await ctx.service.submit_video(ask)
-    if body.webhook_url:
-        await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
-                                    "webhook_url")
-    return JSONResponse({"task_id": job_id, "status": "pending", "warnings": list(request_obj.warnings),
-                         "width": request_obj.width, "height": request_obj.height,
-                         "num_frames": request_obj.num_frames, "fps": request_obj.fps,
-                         "generate_audio": request_obj.generate_audio}, status_code=202)
+
+    async def submit() -> str:
+        job_id, _ = await ctx.service.submit_video(ask)
+        if body.webhook_url:
+            await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
+                                        "webhook_url")
+        return job_id
+
+    job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
+    record = ctx.service.get(job_id)
+    assert record is not None
+    req = record.request
+    return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": list(req["warnings"]),
+                         "width": req["width"], "height": req["height"], "num_frames": req["num_frames"],
+                         "fps": req["fps"], "generate_audio": req["generate_audio"]}, status_code=202)
 
 
 @router.get("/api/v1/videos/models")

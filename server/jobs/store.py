@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at    REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, created_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key        TEXT PRIMARY KEY,
+    body_sha   TEXT NOT NULL,
+    job_id     TEXT,
+    created_at REAL NOT NULL
+);
 """
 
 # Columns added after the first release; a database created before them gets them on open.
@@ -305,6 +311,37 @@ class JobStore:
                 (JobStatus.PENDING, JobStatus.PROCESSING),
             )
         return cur.rowcount
+
+    def active_count(self) -> int:
+        """Jobs accepted and not finished (pending or processing)."""
+        with self._lock:
+            (n,) = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)",
+                                      (JobStatus.PENDING, JobStatus.PROCESSING)).fetchone()
+        return int(n)
+
+    def reserve_idempotency_key(self, key: str, body_sha: str) -> tuple[bool, str | None, str]:
+        """Claim `key` for a request whose body hashes to `body_sha`.
+
+        Returns (new, job_id, stored_body_sha): new=True when this call reserved the key (the caller submits,
+        then calls `bind_idempotency_key`); otherwise the job already bound to it (None while the first
+        request is still being accepted) and the body hash it was first used with.
+        """
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO idempotency (key, body_sha, job_id, created_at) VALUES (?, ?, NULL, ?)",
+                (key, body_sha, time.time()))
+            if cur.rowcount:
+                return True, None, body_sha
+            row = self._conn.execute("SELECT body_sha, job_id FROM idempotency WHERE key = ?", (key,)).fetchone()
+        return False, row["job_id"], row["body_sha"]
+
+    def bind_idempotency_key(self, key: str, job_id: str | None) -> None:
+        """Record the job a reserved key created; None releases the key (the request was refused)."""
+        with self._lock:
+            if job_id is None:
+                self._conn.execute("DELETE FROM idempotency WHERE key = ? AND job_id IS NULL", (key,))
+            else:
+                self._conn.execute("UPDATE idempotency SET job_id = ? WHERE key = ?", (job_id, key))
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per status."""

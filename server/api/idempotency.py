@@ -1,0 +1,63 @@
+"""Idempotency-Key for the native submit routes: a retried request with the same key and body gets the same task.
+
+Same key, same body -> the first request's task (whether it is pending, running or done); same key, another body
+-> 422 idempotency_key_reused. Keys are scoped by the API key that sent them and kept in the job database, so
+they survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+
+from server.api.auth import presented_key
+from server.context import AppContext
+from server.errors import ApiError, ErrorCode
+
+HEADER = "idempotency-key"
+MAX_KEY = 255
+
+
+def body_digest(fields: dict[str, Any], files: dict[str, list[bytes]]) -> str:
+    """A hash of the request's meaning: its fields (any order) and its uploaded files (not the multipart framing)."""
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for role in sorted(files):
+        for data in files[role]:
+            h.update(role.encode() + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+async def submit_once(request: Request, ctx: AppContext, digest: str,
+                      submit: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
+    """Run `submit` unless this Idempotency-Key already made a task; returns (job id, created now)."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return await submit(), True
+    if not 0 < len(key) <= MAX_KEY:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be 1-{MAX_KEY} characters",
+                       "Idempotency-Key")
+    owner = hashlib.sha256(presented_key(request.scope["headers"]) or b"").hexdigest()[:16]
+    scoped = f"{owner}:{key}"
+    for _ in range(100):
+        new, job_id, first_digest = ctx.store.reserve_idempotency_key(scoped, digest)
+        if first_digest != digest:
+            raise ApiError(422, ErrorCode.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was already used with a "
+                           "different request body; use a new key for a new request", "Idempotency-Key")
+        if new:
+            try:
+                job_id = await submit()
+            except BaseException:
+                ctx.store.bind_idempotency_key(scoped, None)
+                raise
+            ctx.store.bind_idempotency_key(scoped, job_id)
+            return job_id, True
+        if job_id is not None:
+            return job_id, False
+        await asyncio.sleep(0.05)  # the first request with this key is still being accepted
+    raise ApiError(409, ErrorCode.IDEMPOTENCY_KEY_REUSED, "a request with this Idempotency-Key is still being "
+                   "accepted; retry shortly", "Idempotency-Key")
