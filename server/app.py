@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pipelines.registry import family_class
-from server.api import engine as engine_api
 from server.api import bfl, fal, files, gemini, health, openai_api, qolaba, replicate, tasks, videos
+from server.api import engine as engine_api
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.tasks import task_view
