@@ -106,11 +106,6 @@ class Engine:
             self._cancel_requested.add(job_id)
         return True
 
-    def alive(self) -> bool:
-        """Every worker thread is running and no device was taken out."""
-        return bool(self.workers) and all(w.thread is not None and w.thread.is_alive() and not w.fault
-                                          for w in self.workers)
-
     # ---- worker thread -----------------------------------------------------------------
     def _run(self, worker: Worker) -> None:
         worker.queued = self.store.pending_by_weights
@@ -183,13 +178,17 @@ class Engine:
                          prompts=tuple(p for r in requests for p in [r.prompt] * r.num_images))
         ids = {j.id for j in jobs}
         started = time.time()
+        last = [0.0]
 
         def on_step(step: int, total: int) -> None:
             # One job of a shared call cannot leave it mid-way; the call stops only when every job cancelled.
             if ids <= self._cancel_requested:
                 raise RenderCancelled(",".join(sorted(ids)))
-            for jid in ids:
-                self.store.set_progress(jid, step, total)
+            now = time.perf_counter()
+            if step == total or now - last[0] >= 0.1:
+                last[0] = now
+                for jid in ids:
+                    self.store.set_progress(jid, step, total)
 
         memory_before = worker.memory_allocated()
         outcome = "ok"
@@ -197,11 +196,17 @@ class Engine:
             rendered = worker.render(merged, on_step)
         except RenderCancelled:
             outcome = "cancelled"
+        except (ParamError, NeverFits):
+            outcome = "alone"  # one request's problem: run them one by one so each gets its own answer
         except Exception as exc:  # noqa: BLE001 - classified below, outside the except block
             outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
                 "fault" if _device_fault(exc) else "error")
             if outcome == "error":
                 log.exception("shared batch %s failed on %s", info["id"], worker.device)
+        if outcome == "alone":
+            for job, request in zip(jobs, requests, strict=True):
+                self._execute(worker, job, request)
+            return
         if outcome == "oom":
             with self._cond:
                 self.stats["oom_splits"] += 1
