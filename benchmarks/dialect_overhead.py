@@ -7,7 +7,8 @@ cancels, and so does the output save (the same PNG write on both paths, and nois
 images); the dialect's added latency is p50(dialect overhead) - p50(native overhead). OpenAI and Gemini return
 images inline as base64 (their wire format), so their figure includes encoding, sending and parsing that
 payload (random-weight noise PNGs are incompressible: ~0.8 MB at 512 px, ~3 MB at 1K); `openai_url` is the
-same OpenAI call with response_format=url, i.e. the translation alone. For Black Forest Labs
+same OpenAI call with response_format=url, i.e. the translation alone. With --to-bytes the inline dialects are
+compared with the native call *plus the GETs of its image URLs*, i.e. until the client holds the image bytes. For Black Forest Labs
 (asynchronous), the submit call and one get_result poll are compared with the native submit and task GET.
 Target: <= 5 ms per dialect.
 
@@ -73,9 +74,13 @@ def cases(png: str) -> dict[str, tuple[dict[str, Any], str, dict[str, Any], dict
 
 
 def _overhead(client: httpx.Client, method: str, path: str, body: dict[str, Any], headers: dict[str, str],
-              task_of: Callable[[Any], str]) -> float:
+              task_of: Callable[[Any], str], fetch_images: bool = False) -> float:
     t0 = time.perf_counter()
     r = client.request(method, path, json=body, headers=headers)
+    if fetch_images:
+        # Until the client holds the image bytes: a URL answer needs its GETs too (inline answers already do).
+        for image in r.json().get("images", []):
+            client.get(image["url"]).raise_for_status()
     rtt = (time.perf_counter() - t0) * 1000
     r.raise_for_status()
     timings = client.get(f"/api/v1/tasks/{task_of(r.json())}").json()["darkroom"]["timings"]
@@ -83,13 +88,16 @@ def _overhead(client: httpx.Client, method: str, path: str, body: dict[str, Any]
     return rtt - (timings["pipeline_s"] + timings["save_s"]) * 1000
 
 
-def measure_sync(client: httpx.Client, n: int) -> dict[str, dict[str, float]]:
+def measure_sync(client: httpx.Client, n: int, only: set[str] | None = None,
+                 to_bytes: bool = False) -> dict[str, dict[str, float]]:
     out = {}
     for name, (native, path, body, headers, task_of) in cases(_png_b64()).items():
+        if only and name not in only:
+            continue
         native_ms, dialect_ms = [], []
         for i in range(n + 1):  # the first pair warms up both paths
             a = _overhead(client, "POST", "/api/v1/images/generate", {**native, "seed": i}, {},
-                          lambda j: j["task_id"])
+                          lambda j: j["task_id"], fetch_images=to_bytes)
             b = _overhead(client, "POST", path, body, headers, task_of)
             if i:
                 native_ms.append(a)
@@ -133,18 +141,26 @@ def measure_bfl(client: httpx.Client, n: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--to-bytes", action="store_true",
+                        help="inline-image dialects vs the native call plus its image GETs (client holds the bytes)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         proc = ServerProcess(Path(tmp) / "data")
         try:
             proc.wait_ready(timeout=600)
             with proc.client() as client:
-                sync = measure_sync(client, args.requests)
-                bfl = measure_bfl(client, args.requests)
+                if args.to_bytes:
+                    sync = measure_sync(client, args.requests, {"openai", "gemini"}, to_bytes=True)
+                    bfl = None
+                else:
+                    sync = measure_sync(client, args.requests)
+                    bfl = measure_bfl(client, args.requests)
         finally:
             proc.stop()
-    path = write_result("cpu", "dialect_overhead", {
-        "command": f"python -m benchmarks.dialect_overhead --requests {args.requests}",
+    name = "dialect_overhead_to_bytes" if args.to_bytes else "dialect_overhead"
+    path = write_result("cpu", name, {
+        "command": f"python -m benchmarks.dialect_overhead --requests {args.requests}"
+                   + (" --to-bytes" if args.to_bytes else ""),
         "target_added_p50_ms": TARGET_MS, "requests": args.requests, "sync": sync, "bfl": bfl,
     })
     print(f"wrote {path}")

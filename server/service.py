@@ -119,11 +119,14 @@ class GenerationService:
 
     # ---- accept ------------------------------------------------------------------------
     def check_capacity(self) -> None:
-        """429 queue_full with Retry-After when the bounded queue is full (before any work for the request)."""
+        """429 queue_full with Retry-After when the bounded queue is full (a fail-fast check before any work for
+        the request; the commit checks again atomically)."""
         if self.store.active_count() >= self.max_queue:
-            raise ApiError(429, ErrorCode.QUEUE_FULL, f"the queue is full ({self.max_queue} jobs waiting or "
-                           f"running); retry after {self.retry_after_s} s", None,
-                           headers={"Retry-After": str(self.retry_after_s)})
+            raise self._queue_full()
+
+    def _queue_full(self) -> ApiError:
+        return ApiError(429, ErrorCode.QUEUE_FULL, f"the queue is full ({self.max_queue} jobs waiting or running); "
+                        f"retry after {self.retry_after_s} s", None, headers={"Retry-After": str(self.retry_after_s)})
 
     async def submit_image(self, ask: ImageAsk) -> tuple[str, GenerationRequest]:
         """Validate, store inputs, commit the job, wake the engine. Returns (job id, request)."""
@@ -297,9 +300,12 @@ class GenerationService:
 
     def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest, admission: Admission) -> None:
         batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
-        self.store.create(job_id, request.model_id, batch_key, request.to_json(), weights=request.weights,
-                          priority=request.priority, activation_bytes=admission.activation_bytes,
-                          estimate=admission.estimate)
+        accepted = self.store.create(job_id, request.model_id, batch_key, request.to_json(), weights=request.weights,
+                                     priority=request.priority, activation_bytes=admission.activation_bytes,
+                                     estimate=admission.estimate, max_active=self.max_queue)
+        if not accepted:
+            self.inputs.discard(job_id)
+            raise self._queue_full()
         self.engine.notify()
 
     @staticmethod

@@ -136,15 +136,33 @@ class JobStore:
             self._conn.close()
 
     def create(self, job_id: str, model: str, batch_key: str, request: dict[str, Any], weights: str = "",
-               priority: int = 0, activation_bytes: int = 0, estimate: dict[str, Any] | None = None) -> None:
-        """Insert a pending job; returns only after the row is committed."""
+               priority: int = 0, activation_bytes: int = 0, estimate: dict[str, Any] | None = None,
+               max_active: int | None = None) -> bool:
+        """Insert a pending job; returns only after the row is committed.
+
+        With `max_active`, the insert happens only while fewer jobs are pending or processing (checked in the
+        same transaction, so concurrent submits cannot overshoot); False when the queue was full.
+        """
         with self._lock:
-            self._conn.execute(
-                "INSERT INTO jobs (id, status, model, batch_key, request, created_at, weights, priority, "
-                "activation_bytes, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time(), weights, priority,
-                 activation_bytes, json.dumps(estimate) if estimate is not None else None),
-            )
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if max_active is not None:
+                    (active,) = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)",
+                                                   (JobStatus.PENDING, JobStatus.PROCESSING)).fetchone()
+                    if active >= max_active:
+                        self._conn.execute("ROLLBACK")
+                        return False
+                self._conn.execute(
+                    "INSERT INTO jobs (id, status, model, batch_key, request, created_at, weights, priority, "
+                    "activation_bytes, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time(), weights,
+                     priority, activation_bytes, json.dumps(estimate) if estimate is not None else None),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return True
 
     def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
         """Record on each job which batch ran it (id, size, whether the call was shared, its position)."""

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,12 @@ class InputStore:
         path = folder / f"{role}-{index}.png"
         atomic_write(path, encode(image, "png", 1))
         return str(path)
+
+    def discard(self, job_id: str) -> None:
+        """Remove the inputs of a job that was refused after they were written."""
+        folder = self.root / job_id
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
     def load(path: str, mode: str) -> Image.Image:
