@@ -7,8 +7,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
-from pipelines.memory import coefficients
+from pipelines.base import RenderResult, RenderSpec, StepCallback, VideoClip
 from pipelines.video_base import VideoFamily
 
 
@@ -19,15 +18,8 @@ class LTX2Family(VideoFamily):
     pipeline_class: ClassVar[str] = "LTX2ImageToVideoPipeline"
     size_multiple: ClassVar[int] = 32
     frame_step: ClassVar[int] = 8
+    token_patch: ClassVar[int] = 32  # 32x VAE, 1x1 patches
     supports_audio: ClassVar[bool] = True
-
-    @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        c = coefficients(cls.name)
-        latent_frames = (params.num_frames - 1) // cls.frame_step + 1
-        tokens = latent_frames * (params.height // 32) * (params.width // 32)
-        return batch * tokens * c.bytes_per_token + params.width * params.height * params.num_frames * \
-            c.vae_bytes_per_voxel
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

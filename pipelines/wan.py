@@ -10,27 +10,15 @@ from typing import ClassVar
 
 from PIL import Image
 
-from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
-from pipelines.memory import coefficients
+from pipelines.base import RenderResult, RenderSpec, StepCallback, VideoClip
 from pipelines.video_base import VideoFamily
 
 
 class WanVideoFamily(VideoFamily):
-    """Shared by both Wan 2.2 layouts; subclasses set the compression and width."""
+    """Shared by both Wan 2.2 layouts; subclasses set their latent token size (token_patch)."""
 
     pipeline_class: ClassVar[str] = "WanImageToVideoPipeline"
     frame_step: ClassVar[int] = 4
-    spatial_compression: ClassVar[int]
-
-    @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        # Latent tokens (VAE compression x 2x2 patches) through the DiT; the causal 3D VAE decode per voxel.
-        c = coefficients(cls.name)
-        latent_frames = (params.num_frames - 1) // cls.frame_step + 1
-        patch = cls.spatial_compression * 2
-        tokens = latent_frames * (params.height // patch) * (params.width // patch)
-        return batch * tokens * c.bytes_per_token + params.width * params.height * params.num_frames * \
-            c.vae_bytes_per_voxel
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
@@ -57,7 +45,7 @@ class WanTI2V5BFamily(WanVideoFamily):
 
     name: ClassVar[str] = "wan2.2-ti2v-5b"
     size_multiple: ClassVar[int] = 32
-    spatial_compression: ClassVar[int] = 16
+    token_patch: ClassVar[int] = 32  # 16x VAE, 2x2 patches
 
 
 class WanI2VA14BFamily(WanVideoFamily):
@@ -65,5 +53,5 @@ class WanI2VA14BFamily(WanVideoFamily):
 
     name: ClassVar[str] = "wan2.2-i2v-a14b"
     size_multiple: ClassVar[int] = 16
-    spatial_compression: ClassVar[int] = 8
+    token_patch: ClassVar[int] = 16  # 8x VAE, 2x2 patches
     supports_last_frame: ClassVar[bool] = True
