@@ -25,7 +25,9 @@ from server.engine.loop import Engine
 from server.engine.policy import BatchConfig
 from server.engine.scheduler import VramAwareScheduler
 from server.engine.worker import Worker, device_budget, resolve_devices, resolve_dtype
+from server.jobs.lock import DataDirLock
 from server.jobs.store import JobStore
+from server.lifecycle import Lifecycle
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
 from server.media.storage import InputStore, OutputStore
@@ -62,14 +64,24 @@ def prepare_weights(settings: Settings, manifest: dict[str, WeightsEntry], neede
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the ASGI app. Workers start with the app's lifespan and stop with it."""
+    """Build the ASGI app. Workers start with the app's lifespan and stop with it.
+
+    The app's `state.lifecycle` drains it (SIGTERM) or restarts it (device fault); whoever runs the HTTP
+    server binds `lifecycle.on_exit` to that server's exit.
+    """
     settings.check_bind_safety()
+    data = settings.data_dir
+    # Before anything touches the database: only one server may own a data dir (crash recovery assumes it).
+    lock = DataDirLock(data)
+    lock.acquire()
     manifest = load_manifest()
     catalog = Catalog.load(manifest, license_policy=settings.license_policy)
+    names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()))
+    if settings.models:
+        catalog = catalog.only(settings.models)
     needed = catalog.weights_needed()
     located = prepare_weights(settings, manifest, needed)
 
-    data = settings.data_dir
     store = JobStore(data / "jobs.sqlite3")
     requeued = store.requeue_interrupted()
     if requeued:
@@ -101,7 +113,9 @@ def create_app(settings: Settings) -> FastAPI:
         hub.finished(job_id)
         webhooks.finished(job_id)
 
-    engine = Engine(store, scheduler, workers, outputs, finished, preload=sorted(needed), wait_s=wait_s)
+    engine = Engine(store, scheduler, workers, outputs, finished, preload=sorted(needed), wait_s=wait_s,
+                    step_timeout_s=settings.step_timeout_s, on_fault=lambda reason: lifecycle.fault(reason))
+    lifecycle = Lifecycle(engine, store, settings.drain_timeout_s, restart_on_fault=settings.restart_on_fault)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),
         FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
@@ -109,9 +123,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
                                 frozenset(name for name, w in located.items() if w.demo), costs,
-                                settings.max_queue, settings.queue_retry_after_s)
-    names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()))
-    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks)
+                                settings.max_queue, settings.queue_retry_after_s, draining=lambda: lifecycle.draining)
+    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle)
     webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
     webhooks.builder("fal", lambda record, base, event: fal.webhook_payload(record, base, event, ctx))
     webhooks.builder("replicate", replicate.webhook_payload)
@@ -124,14 +137,16 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            ctx.draining = True
+            lifecycle.draining = True
             await webhooks.stop()
             engine.stop()
             store.close()
+            lock.release()
 
     app = FastAPI(title="darkroom", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
     for module in (health, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate, bfl, gemini):
         app.include_router(module.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 
@@ -207,6 +208,17 @@ class Catalog:
         models = {mid: ModelSpec(id=mid, **body) for mid, body in raw.get("models", {}).items()}
         videos = {mid: VideoModelSpec(id=mid, **body) for mid, body in raw.get("videos", {}).items()}
         return cls(models, manifest, videos, license_policy)
+
+    def only(self, ids: list[str]) -> Catalog:
+        """A catalog serving just `ids` (image or video); ValueError naming any id that is not configured."""
+        unknown = sorted(set(ids) - set(self._models) - set(self._videos))
+        if unknown:
+            raise ValueError(f"models {unknown} are not in configs/models.toml; known: "
+                             f"{', '.join(self.ids() + self.video_ids())}")
+        narrowed = copy.copy(self)
+        narrowed._models = {k: v for k, v in self._models.items() if k in ids}
+        narrowed._videos = {k: v for k, v in self._videos.items() if k in ids}
+        return narrowed
 
     def ids(self) -> list[str]:
         """Every image model id, sorted."""

@@ -56,14 +56,36 @@ def serve(**given: Any) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _configure_logging(settings.log_level)
+    if settings.supervise:
+        from server.supervisor import child_command, supervise
+
+        sys.exit(supervise(child_command(sys.argv[1:])))
     import uvicorn
 
     from server.app import create_app
+    from server.jobs.lock import DataDirBusy
+    from server.lifecycle import RESTART_EXIT_CODE, DrainingServer
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except DataDirBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    lifecycle = app.state.lifecycle
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=settings.log_level == "debug", timeout_graceful_shutdown=10)
+    server = DrainingServer(config, lifecycle)
+    lifecycle.on_exit(server.exit_now)
     logging.getLogger("darkroom").info("listening on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.log_level == "debug", timeout_graceful_shutdown=30)
+    server.run()
+    if lifecycle.restart:
+        # The jobs database is closed and committed by now. Skip interpreter teardown: a worker thread stuck in
+        # native code (the hung or faulted one) would abort it, and the process is being replaced anyway.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(RESTART_EXIT_CODE)
+
 
 
 @main.group()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from server.catalog import Catalog
 from server.dialects import ModelNames
 from server.jobs.store import JobStore
+from server.lifecycle import Lifecycle
 from server.media.storage import OutputStore
 from server.service import GenerationService
 from server.settings import Settings
@@ -31,7 +32,12 @@ class AppContext:
     outputs: OutputStore
     names: ModelNames
     webhooks: Webhooks
-    draining: bool = False
+    lifecycle: Lifecycle
+
+    @property
+    def draining(self) -> bool:
+        """True once the server stopped taking work (SIGTERM, or a restart after a fault)."""
+        return self.lifecycle.draining
 
     def public_base(self, request_base_url: str) -> str:
         """Base of URLs handed to clients: the configured public URL, else what the client called."""

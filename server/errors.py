@@ -40,6 +40,11 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     QUEUE_FULL = "queue_full"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    SHUTTING_DOWN = "shutting_down"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    TOO_MANY_PARTS = "too_many_parts"
+    JSON_TOO_DEEP = "json_too_deep"
 
 
 class ApiError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,8 +105,10 @@ class GenerationService:
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
                  inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
-                 costs: Costs, max_queue: int = 1000, retry_after_s: int = 10) -> None:
+                 costs: Costs, max_queue: int = 1000, retry_after_s: int = 10,
+                 draining: Callable[[], bool] = lambda: False) -> None:
         self.catalog = catalog
+        self.draining = draining
         self.costs = costs
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
@@ -120,7 +123,11 @@ class GenerationService:
     # ---- accept ------------------------------------------------------------------------
     def check_capacity(self) -> None:
         """429 queue_full with Retry-After when the bounded queue is full (a fail-fast check before any work for
-        the request; the commit checks again atomically)."""
+        the request; the commit checks again atomically); 503 shutting_down while the server drains."""
+        if self.draining():
+            raise ApiError(503, ErrorCode.SHUTTING_DOWN, "the server is shutting down or restarting; retry in "
+                           f"{self.retry_after_s} s (queued jobs are kept)", None,
+                           headers={"Retry-After": str(self.retry_after_s)})
         if self.store.active_count() >= self.max_queue:
             raise self._queue_full()
 
@@ -128,8 +135,9 @@ class GenerationService:
         return ApiError(429, ErrorCode.QUEUE_FULL, f"the queue is full ({self.max_queue} jobs waiting or running); "
                         f"retry after {self.retry_after_s} s", None, headers={"Retry-After": str(self.retry_after_s)})
 
-    async def submit_image(self, ask: ImageAsk) -> tuple[str, GenerationRequest]:
-        """Validate, store inputs, commit the job, wake the engine. Returns (job id, request)."""
+    async def submit_image(self, ask: ImageAsk, idempotency_key: str | None = None) -> tuple[str, GenerationRequest]:
+        """Validate, store inputs, commit the job (binding `idempotency_key` to it), wake the engine.
+        Returns (job id, request)."""
         self.check_capacity()
         spec = self.catalog.get(ask.model)
         self._check_limits(spec, ask)
@@ -188,10 +196,10 @@ class GenerationService:
             warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
             priority=ask.priority,
         )
-        self._commit(job_id, fam, request, admission)
+        self._commit(job_id, fam, request, admission, idempotency_key)
         return job_id, request
 
-    async def submit_video(self, ask: VideoAsk) -> tuple[str, GenerationRequest]:
+    async def submit_video(self, ask: VideoAsk, idempotency_key: str | None = None) -> tuple[str, GenerationRequest]:
         """Validate an image-to-video ask, store its frames, commit the job, wake the engine."""
         self.check_capacity()
         spec = self.catalog.get_video(ask.model)
@@ -221,7 +229,8 @@ class GenerationService:
             num_frames=num_frames, fps=float(fps), generate_audio=audio, priority=ask.priority,
         )
         self._family_check(fam, request.render_params())
-        self._commit(job_id, fam, request, self._admit(spec.id, spec.weights, fam, request.render_params()))
+        self._commit(job_id, fam, request, self._admit(spec.id, spec.weights, fam, request.render_params()),
+                     idempotency_key)
         return job_id, request
 
     def _check_video_limits(self, spec: VideoModelSpec, fam: type[VideoFamily], ask: VideoAsk, duration: int,
@@ -298,11 +307,13 @@ class GenerationService:
         }
         return Admission(activation, estimate)
 
-    def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest, admission: Admission) -> None:
+    def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest, admission: Admission,
+                idempotency_key: str | None = None) -> None:
         batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
         accepted = self.store.create(job_id, request.model_id, batch_key, request.to_json(), weights=request.weights,
                                      priority=request.priority, activation_bytes=admission.activation_bytes,
-                                     estimate=admission.estimate, max_active=self.max_queue)
+                                     estimate=admission.estimate, max_active=self.max_queue,
+                                     idempotency_key=idempotency_key)
         if not accepted:
             self.inputs.discard(job_id)
             raise self._queue_full()

@@ -87,9 +87,36 @@ class Settings(BaseSettings):
         "a request used, else a random secret kept in the data dir.")
     webhook_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried per webhook event.")
     webhook_backoff_s: float = Field(1.0, gt=0.0, le=600.0, description="First retry delay; doubles each time.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Serve only these model ids (comma-separated; default: every id in "
+        "configs/models.toml). Weights of the others are not located or loaded.")
+    api_keys_file: Path | None = Field(
+        None, description="TOML file of named keys ([keys.NAME] key=..., rate_per_minute, jobs_per_day); "
+        "used with or instead of api_key.")
+    rate_per_minute: int = Field(
+        0, ge=0, description="Default requests per minute per key (0: unlimited); a keys-file entry may override.")
+    jobs_per_day: int = Field(
+        0, ge=0, description="Default accepted jobs per key per rolling 24 h (0: unlimited); per key in the keys file.")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest request body (JSON or multipart); past it 413 payload_too_large.")
+    max_json_depth: int = Field(32, ge=2, le=256, description="Deepest nesting of objects/arrays in a JSON body.")
+    max_multipart_parts: int = Field(64, ge=1, description="Most parts (files and fields) in one multipart body.")
+    max_multipart_field_bytes: int = Field(
+        256 * 1024, gt=0, description="Largest non-file multipart field (files are capped by max_image_bytes).")
+    drain_timeout_s: float = Field(
+        30.0, ge=0.0, description="On SIGTERM: how long running jobs may finish before they are re-queued on disk.")
+    step_timeout_s: float = Field(
+        600.0, gt=0.0, description="Watchdog: a worker with no denoising step (or load) for this long is hung; its "
+        "jobs are re-queued and the server restarts its workers.")
+    supervise: bool = Field(
+        True, description="Run the server under a supervisor that restarts it after a GPU fault, a hung worker or "
+        "a crash (jobs resume from the database).")
+    restart_on_fault: bool = Field(
+        False, description="After a GPU fault or a hung worker, drain and exit with code 75 so a supervisor starts "
+        "a fresh process (set for its child by `--supervise`; set it under systemd/Kubernetes restart policies).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 
-    @field_validator("url_allowlist", "cors_origins", mode="before")
+    @field_validator("url_allowlist", "cors_origins", "models", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):

@@ -22,8 +22,8 @@ async def ready(request: Request) -> JSONResponse:
                 "fault": w.fault, "loaded": sorted(w.loaded()), "busy_with": list(w.busy_with)}
                for w in ctx.engine.workers]
     problems = []
-    if ctx.draining:
-        problems.append("draining")
+    if ctx.lifecycle.draining:
+        problems.append(("restarting: " if ctx.lifecycle.restart else "draining: ") + ctx.lifecycle.reason)
     # A device taken out after a fault degrades the server; it is unready only when no worker is left.
     serving = [w for w in workers if w["alive"] and not w["fault"]]
     if not serving:
@@ -38,5 +38,6 @@ async def ready(request: Request) -> JSONResponse:
         "workers": workers,
         "weights": {name: ("demo" if w.demo else "real") for name, w in ctx.located.items()},
         "jobs": ctx.store.counts(),
+        "running": ctx.engine.running(),
     }
     return JSONResponse(body, status_code=200 if not problems else 503)

@@ -33,11 +33,16 @@ def body_digest(fields: dict[str, Any], files: dict[str, list[bytes]]) -> str:
 
 
 async def submit_once(request: Request, ctx: AppContext, digest: str,
-                      submit: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
-    """Run `submit` unless this Idempotency-Key already made a task; returns (job id, created now)."""
+                      submit: Callable[[str | None], Awaitable[str]]) -> tuple[str, bool]:
+    """Run `submit` unless this Idempotency-Key already made a task; returns (job id, created now).
+
+    `submit` gets the scoped key and must hand it to the job store, which binds it to the job in the same
+    transaction that commits the job: a crash between the two can neither lose the binding nor let a retry
+    create a second job.
+    """
     key = request.headers.get(HEADER)
     if key is None:
-        return await submit(), True
+        return await submit(None), True
     if not 0 < len(key) <= MAX_KEY:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be 1-{MAX_KEY} characters",
                        "Idempotency-Key")
@@ -50,11 +55,10 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
                            "different request body; use a new key for a new request", "Idempotency-Key")
         if new:
             try:
-                job_id = await submit()
+                job_id = await submit(scoped)
             except BaseException:
-                ctx.store.bind_idempotency_key(scoped, None)
+                ctx.store.release_idempotency_key(scoped)
                 raise
-            ctx.store.bind_idempotency_key(scoped, job_id)
             return job_id, True
         if job_id is not None:
             return job_id, False

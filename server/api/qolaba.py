@@ -179,8 +179,8 @@ async def generate(request: Request) -> JSONResponse:
         await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
     base = ctx.public_base(str(request.base_url))
 
-    async def submit() -> str:
-        job_id, _ = await ctx.service.submit_image(_to_ask(body, files))
+    async def submit(idempotency_key: str | None) -> str:
+        job_id, _ = await ctx.service.submit_image(_to_ask(body, files), idempotency_key)
         if body.webhook_url:
             await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", base, "webhook_url")
         return job_id

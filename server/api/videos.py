@@ -83,8 +83,8 @@ async def generate_video(request: Request) -> JSONResponse:
     if body.webhook_url:
         await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
 
-    async def submit() -> str:
-        job_id, _ = await ctx.service.submit_video(ask)
+    async def submit(idempotency_key: str | None) -> str:
+        job_id, _ = await ctx.service.submit_video(ask, idempotency_key)
         if body.webhook_url:
             await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
                                         "webhook_url")

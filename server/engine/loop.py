@@ -42,6 +42,13 @@ def _device_fault(exc: BaseException) -> bool:
     return is_device_fault(exc)
 
 
+def _output_names(result: dict[str, Any]) -> list[str]:
+    names = [i["file"] for i in result.get("images", [])]
+    for v in result.get("videos", []):
+        names += [v["file"], v["poster"]["file"]]
+    return names
+
+
 class Engine:
     """Runs pending jobs on the workers. Each worker has its own thread; the scheduler decides what it runs."""
 
@@ -54,6 +61,8 @@ class Engine:
         on_finished: Callable[[str], None],
         preload: Sequence[str] = (),
         wait_s: float = 1.0,
+        step_timeout_s: float = 600.0,
+        on_fault: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -72,6 +81,11 @@ class Engine:
         self.wait_s = wait_s
         self.stats: Counter[str] = Counter()
         self.not_batched: Counter[str] = Counter()
+        self.step_timeout_s = step_timeout_s
+        self.on_fault = on_fault
+        self._claiming = True
+        # Set when a drain ran out of time: running jobs stop at their next step and go back to the queue.
+        self._interrupt = threading.Event()
 
     def start(self) -> None:
         """Start one thread per worker."""
@@ -79,6 +93,30 @@ class Engine:
             worker.thread = threading.Thread(target=self._run, args=(worker,), name=f"worker-{worker.name}",
                                              daemon=True)
             worker.thread.start()
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+
+    def stop_claiming(self) -> None:
+        """Finish what is running but start nothing new (drain); queued jobs stay on disk."""
+        with self._cond:
+            self._claiming = False
+            self._cond.notify_all()
+
+    def running(self) -> list[str]:
+        """Ids of the jobs the healthy workers are rendering now."""
+        return [jid for w in self.workers if not w.fault for jid in w.busy_with]
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no healthy worker is rendering (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def interrupt_running(self) -> None:
+        """Stop running jobs at their next step boundary and re-queue them (the drain's time is up)."""
+        self._interrupt.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the threads to stop after their current job and wait for them."""
@@ -86,7 +124,8 @@ class Engine:
             self._stopping = True
             self._cond.notify_all()
         for worker in self.workers:
-            if worker.thread is not None:
+            # A worker taken out as hung may never return; its thread is a daemon and dies with the process.
+            if worker.thread is not None and not worker.fault:
                 worker.thread.join(timeout)
 
     def notify(self) -> None:
@@ -114,6 +153,9 @@ class Engine:
             with self._cond:
                 if self._stopping or worker.fault:
                     return
+                if not self._claiming:
+                    self._cond.wait(timeout=self.wait_s)
+                    continue
                 plan, jobs = self._claim_next(worker)
                 if not jobs:
                     # The timeout also picks up work re-queued by another process, a missed notify, and
@@ -121,6 +163,7 @@ class Engine:
                     self._cond.wait(timeout=self.wait_s)
                     continue
             assert plan is not None
+            worker.beat = time.monotonic()
             worker.busy_with = tuple(j.id for j in jobs)
             try:
                 self._execute_batch(worker, jobs, plan)
@@ -182,7 +225,8 @@ class Engine:
 
         def on_step(step: int, total: int) -> None:
             # One job of a shared call cannot leave it mid-way; the call stops only when every job cancelled.
-            if ids <= self._cancel_requested:
+            worker.beat = time.monotonic()
+            if ids <= self._cancel_requested or self._interrupt.is_set():
                 raise RenderCancelled(",".join(sorted(ids)))
             now = time.perf_counter()
             if step == total or now - last[0] >= 0.1:
@@ -195,7 +239,7 @@ class Engine:
         try:
             rendered = worker.render(merged, on_step)
         except RenderCancelled:
-            outcome = "cancelled"
+            outcome = "interrupted" if self._interrupt.is_set() and not ids <= self._cancel_requested else "cancelled"
         except (ParamError, NeverFits):
             outcome = "alone"  # one request's problem: run them one by one so each gets its own answer
         except Exception as exc:  # noqa: BLE001 - classified below, outside the except block
@@ -223,14 +267,18 @@ class Engine:
                     self._run_shared(worker, part_jobs, part_requests, info)
             return
         if outcome == "fault":
-            self._take_out(worker, [j.id for j in jobs])
+            self._take_out(worker, [j.id for j in jobs], "device fault")
+            return
+        if outcome == "interrupted":
+            self.store.requeue([j.id for j in jobs])
             return
         if outcome in ("cancelled", "error"):
             for job in jobs:
                 if outcome == "cancelled":
-                    self.store.mark_cancelled(job.id)
+                    self.store.mark_cancelled(job.id, job.attempts)
                 else:
-                    self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id})
+                    self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id},
+                                   job.attempts)
                 self._done(job.id)
             worker.release_memory()
             return
@@ -240,7 +288,7 @@ class Engine:
             part = replace(rendered, images=rendered.images[offset:offset + request.num_images])
             offset += request.num_images
             if job.id in self._cancel_requested:
-                self.store.mark_cancelled(job.id)
+                self.store.mark_cancelled(job.id, job.attempts)
             else:
                 self._record(worker, job, request, part, started)
             self._done(job.id)
@@ -251,7 +299,8 @@ class Engine:
         last = [0.0]
 
         def on_step(step: int, total: int) -> None:
-            if job.id in self._cancel_requested:
+            worker.beat = time.monotonic()
+            if job.id in self._cancel_requested or self._interrupt.is_set():
                 raise RenderCancelled(job.id)
             now = time.perf_counter()
             # Progress is for humans polling: a write per 100 ms is plenty.
@@ -270,7 +319,8 @@ class Engine:
                 rendered = worker.render(request, on_step, force)
                 outcome = "ok"
             except RenderCancelled:
-                outcome = "cancelled"
+                outcome = ("interrupted" if self._interrupt.is_set() and job.id not in self._cancel_requested
+                           else "cancelled")
             except ParamError as exc:
                 outcome, error = "param", {"code": "invalid_request", "message": exc.message, "field": exc.field}
             except NeverFits as exc:
@@ -288,22 +338,27 @@ class Engine:
             log.warning("job %s ran out of memory on %s (%s); retrying with the next offload", job.id,
                         worker.device, force or "resident")
         if outcome == "fault":
-            self._take_out(worker, [job.id])
+            self._take_out(worker, [job.id], "device fault")
+            return
+        if outcome == "interrupted":
+            self.store.requeue([job.id])
+            log.info("job %s interrupted by shutdown; back in the queue", job.id)
             return
         if outcome == "ok":
             self._record(worker, job, request, rendered, started)
         elif outcome == "cancelled":
-            self.store.mark_cancelled(job.id)
+            self.store.mark_cancelled(job.id, job.attempts)
             log.info("job %s cancelled on %s", job.id, worker.device)
         elif outcome == "param":
             assert error is not None
-            self.store.fail(job.id, error)
+            self.store.fail(job.id, error, job.attempts)
         elif outcome == "oom":
             self.store.fail(job.id, {"code": "out_of_memory", "field": None, "message": (
                 f"{request.model_id} ran out of GPU memory even with offload; lower the size, num_images or "
-                "num_frames")})
+                "num_frames")}, job.attempts)
         else:
-            self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id})
+            self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id},
+                                   job.attempts)
         if outcome in ("cancelled", "error", "oom"):
             worker.release_memory()
         self._done(job.id)
@@ -318,7 +373,8 @@ class Engine:
         except Exception:  # noqa: BLE001 - a full disk fails the job, not the worker
             log.exception("could not save the outputs of %s", job.id)
             self.store.fail(job.id, {"code": "storage_failed", "field": None,
-                                     "message": "the outputs could not be written; the server log has details"})
+                                     "message": "the outputs could not be written; the server log has details"},
+                            job.attempts)
             return
         where = worker.located[request.weights]
         result |= {
@@ -339,21 +395,46 @@ class Engine:
                 "versions": self._versions,
             },
         }
-        self.store.complete(job.id, result)
+        if not self.store.complete(job.id, result, job.attempts):
+            # The job was re-queued behind this worker's back (watchdog, device fault): another claim owns it now.
+            log.warning("discarding a late result for %s (attempt %d is no longer current)", job.id, job.attempts)
+            self.outputs.remove(_output_names(result))
 
     def _done(self, job_id: str) -> None:
         with self._cond:
             self._cancel_requested.discard(job_id)
         self.on_finished(job_id)
 
-    def _take_out(self, worker: Worker, job_ids: list[str]) -> None:
-        """The device is poisoned: stop using this worker and give its jobs back to the queue."""
-        worker.fault = f"{worker.device} failed; taken out of service"
-        requeued = self.store.requeue(job_ids)
-        log.error("%s: device fault; worker %s taken out, %d job(s) re-queued", worker.device, worker.name, requeued)
+    def _take_out(self, worker: Worker, job_ids: list[str], reason: str) -> None:
+        """The device is poisoned or the worker hung: stop using it and give its jobs back to the queue."""
         with self._cond:
-            self.stats["device_faults"] += 1
+            if worker.fault:
+                return
+            worker.fault = f"{worker.device}: {reason}; taken out of service"
+        requeued = self.store.requeue(job_ids)
+        log.error("%s: %s; worker %s taken out, %d job(s) re-queued", worker.device, reason, worker.name, requeued)
+        with self._cond:
+            self.stats["device_faults" if reason == "device fault" else "hung_workers"] += 1
             self._cond.notify_all()
+        self.on_fault(worker.fault)
+
+    def _watchdog(self) -> None:
+        """Take out a worker whose render made no step for `step_timeout_s` (a hung kernel or a deadlock).
+
+        A Python thread cannot be killed: its jobs are re-queued (a late answer is discarded by the attempt guard)
+        and `on_fault` asks for a restart of the process, the only way to get the device back.
+        """
+        check_s = min(5.0, self.step_timeout_s / 4)
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._cond.wait(timeout=check_s)
+            now = time.monotonic()
+            for worker in self.workers:
+                busy = worker.busy_with
+                if busy and not worker.fault and now - worker.beat > self.step_timeout_s:
+                    self._take_out(worker, list(busy), f"no progress for {self.step_timeout_s:g} s (hung)")
 
     def _save_outputs(self, request: GenerationRequest, rendered: Rendered) -> dict[str, Any]:
         """Write images or clips (with posters) to the output store; the result's file list."""

@@ -32,6 +32,11 @@ from weights.locate import LocatedWeights
 
 log = logging.getLogger("darkroom.worker")
 
+# Loads from disk run one at a time in the process: diffusers/transformers build models under accelerate's
+# init_empty_weights, which patches torch.nn.Module for the whole process while it runs, so two workers loading
+# at once (several GPUs warming up) corrupt each other's models ("Cannot copy out of meta tensor").
+_LOAD_LOCK = threading.Lock()
+
 
 def _quiet_load_progress() -> None:
     """Per-component progress bars are for notebooks; in a server log they are noise (kept at debug level)."""
@@ -125,7 +130,9 @@ class Worker:
         self.thread: threading.Thread | None = None
         self.busy_with: tuple[str, ...] = ()
         self.fault: str | None = None
-        """Set when the device failed in a way that poisons it; the engine then stops using this worker."""
+        """Set when the device failed in a way that poisons it, or the worker hung; the engine stops using it."""
+        self.beat: float = 0.0
+        """Monotonic time of the last sign of life while rendering (claim, each step); read by the watchdog."""
         self.moves = 0
         self.bytes_moved = 0
         # Guards the bookkeeping below against readers on other threads (/api/v1/engine, /metrics).
@@ -244,7 +251,8 @@ class Worker:
         if fam is None:
             # Offloaded models are built in host RAM and hooked to the device; residents load straight onto it.
             fam = self._new_family(weights, self.device if placement is Placement.RESIDENT else "cpu")
-            fam.load()
+            with _LOAD_LOCK:
+                fam.load()
         if placement is Placement.RESIDENT:
             fam.move_to(self.device)
         else:

@@ -52,6 +52,8 @@ ADDED_COLUMNS = {
     "batch": "TEXT",
     "webhook": "TEXT",
     "dialect": "TEXT",
+    # How many times the job reached a final state; the final transitions are guarded so this is never above 1.
+    "finishes": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -91,6 +93,7 @@ class JobRecord:
     batch: dict[str, Any] | None = None
     webhook: dict[str, Any] | None = None
     dialect: dict[str, Any] | None = None
+    finishes: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,10 @@ class JobStore:
 
     def create(self, job_id: str, model: str, batch_key: str, request: dict[str, Any], weights: str = "",
                priority: int = 0, activation_bytes: int = 0, estimate: dict[str, Any] | None = None,
-               max_active: int | None = None) -> bool:
+               max_active: int | None = None, idempotency_key: str | None = None) -> bool:
         """Insert a pending job; returns only after the row is committed.
+
+        `idempotency_key` (reserved earlier) is bound to the job in the same transaction.
 
         With `max_active`, the insert happens only while fewer jobs are pending or processing (checked in the
         same transaction, so concurrent submits cannot overshoot); False when the queue was full.
@@ -158,6 +163,8 @@ class JobStore:
                     (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time(), weights,
                      priority, activation_bytes, json.dumps(estimate) if estimate is not None else None),
                 )
+                if idempotency_key is not None:
+                    self._conn.execute("UPDATE idempotency SET job_id = ? WHERE key = ?", (job_id, idempotency_key))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -289,45 +296,58 @@ class JobStore:
                 "UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?", (step, total, job_id)
             )
 
-    def complete(self, job_id: str, result: dict[str, Any]) -> None:
-        """Mark done with its result (outputs must already be on disk)."""
-        self._finish(job_id, JobStatus.COMPLETED, result=result)
+    def complete(self, job_id: str, result: dict[str, Any], attempt: int | None = None) -> bool:
+        """Mark done with its result (outputs must already be on disk). See `_finish` for `attempt`."""
+        return self._finish(job_id, JobStatus.COMPLETED, attempt, result=result)
 
-    def fail(self, job_id: str, error: dict[str, Any]) -> None:
+    def fail(self, job_id: str, error: dict[str, Any], attempt: int | None = None) -> bool:
         """Mark failed with a client-safe error object."""
-        self._finish(job_id, JobStatus.FAILED, error=error)
+        return self._finish(job_id, JobStatus.FAILED, attempt, error=error)
 
-    def mark_cancelled(self, job_id: str) -> None:
+    def mark_cancelled(self, job_id: str, attempt: int | None = None) -> bool:
         """A running job stopped at a step boundary on request."""
-        self._finish(job_id, JobStatus.CANCELLED,
-                     error={"code": "cancelled", "message": "the task was cancelled on request", "field": None})
+        return self._finish(job_id, JobStatus.CANCELLED, attempt,
+                            error={"code": "cancelled", "message": "the task was cancelled on request", "field": None})
 
     def cancel_if_pending(self, job_id: str) -> bool:
         """Cancel a job no worker has claimed yet; False if it is not pending (any more)."""
         with self._lock:
             cur = self._conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = ?",
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, finishes = finishes + 1 "
+                "WHERE id = ? AND status = ?",
                 (JobStatus.CANCELLED, json.dumps({"code": "cancelled", "message": "the task was cancelled on request",
                                                   "field": None}), time.time(), job_id, JobStatus.PENDING),
             )
         return cur.rowcount == 1
 
-    def _finish(self, job_id: str, status: JobStatus, result: dict[str, Any] | None = None,
-                error: dict[str, Any] | None = None) -> None:
+    def _finish(self, job_id: str, status: JobStatus, attempt: int | None, result: dict[str, Any] | None = None,
+                error: dict[str, Any] | None = None) -> bool:
+        """Move a processing job to a final state; False (and nothing written) when it is no longer ours.
+
+        `attempt` is the claim's attempt number: a job re-queued behind a hung or faulted worker and claimed
+        again has a higher one, so the stale worker's late answer cannot finish it a second time.
+        """
+        guard, args = ("AND attempts = ?", (attempt,)) if attempt is not None else ("", ())
         with self._lock:
-            self._conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ? WHERE id = ?",
+            cur = self._conn.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ?, finishes = finishes + 1 "
+                f"WHERE id = ? AND status = ? {guard}",
                 (status, json.dumps(result) if result is not None else None,
-                 json.dumps(error) if error is not None else None, time.time(), job_id),
+                 json.dumps(error) if error is not None else None, time.time(), job_id, JobStatus.PROCESSING,
+                 *args),
             )
+        return cur.rowcount == 1
 
     def requeue_interrupted(self) -> int:
-        """At start-up: jobs left `processing` by a crash go back to `pending`. Returns how many."""
+        """At start-up: jobs left `processing` by a crash go back to `pending`, and Idempotency-Key reservations
+        whose request died before committing a job are released (the client's retry may use the key).
+        Returns how many jobs were re-queued."""
         with self._lock:
             cur = self._conn.execute(
                 "UPDATE jobs SET status = ?, worker = NULL, progress_step = 0 WHERE status = ?",
                 (JobStatus.PENDING, JobStatus.PROCESSING),
             )
+            self._conn.execute("DELETE FROM idempotency WHERE job_id IS NULL")
         return cur.rowcount
 
     def active_count(self) -> int:
@@ -340,8 +360,8 @@ class JobStore:
     def reserve_idempotency_key(self, key: str, body_sha: str) -> tuple[bool, str | None, str]:
         """Claim `key` for a request whose body hashes to `body_sha`.
 
-        Returns (new, job_id, stored_body_sha): new=True when this call reserved the key (the caller submits,
-        then calls `bind_idempotency_key`); otherwise the job already bound to it (None while the first
+        Returns (new, job_id, stored_body_sha): new=True when this call reserved the key (the caller then
+        passes it to `create`, or releases it with `release_idempotency_key`); otherwise the job already bound to it (None while the first
         request is still being accepted) and the body hash it was first used with.
         """
         with self._lock:
@@ -353,13 +373,10 @@ class JobStore:
             row = self._conn.execute("SELECT body_sha, job_id FROM idempotency WHERE key = ?", (key,)).fetchone()
         return False, row["job_id"], row["body_sha"]
 
-    def bind_idempotency_key(self, key: str, job_id: str | None) -> None:
-        """Record the job a reserved key created; None releases the key (the request was refused)."""
+    def release_idempotency_key(self, key: str) -> None:
+        """Free a reserved key whose request was refused before a job was committed."""
         with self._lock:
-            if job_id is None:
-                self._conn.execute("DELETE FROM idempotency WHERE key = ? AND job_id IS NULL", (key,))
-            else:
-                self._conn.execute("UPDATE idempotency SET job_id = ? WHERE key = ?", (job_id, key))
+            self._conn.execute("DELETE FROM idempotency WHERE key = ? AND job_id IS NULL", (key,))
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per status."""
@@ -390,4 +407,5 @@ def _record(row: sqlite3.Row) -> JobRecord:
         batch=json.loads(row["batch"]) if row["batch"] else None,
         webhook=json.loads(row["webhook"]) if row["webhook"] else None,
         dialect=json.loads(row["dialect"]) if row["dialect"] else None,
+        finishes=row["finishes"],
     )

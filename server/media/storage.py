@@ -115,6 +115,12 @@ class OutputStore:
             return None
         return path, _BY_EXT[name.rsplit(".", 1)[1]]
 
+    def remove(self, names: list[str]) -> None:
+        """Delete generated files (a result that arrived too late to be kept)."""
+        for name in names:
+            if _NAME.fullmatch(name):
+                (self.root / name).unlink(missing_ok=True)
+
 
 class InputStore:
     """Normalised copies of accepted jobs' input images under `<data_dir>/inputs/<job id>/`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,12 @@ def _request(prompt: str, num_images: int = 1) -> GenerationRequest:
                              strength=0.6, output_format="png")
 
 
-def _engine(tmp_path: Path, workers: list[Worker], max_batch: int = 4) -> tuple[Engine, JobStore]:
+def _engine(tmp_path: Path, workers: list[Worker], max_batch: int = 4, **kw: Any) -> tuple[Engine, JobStore]:
     store = JobStore(tmp_path / "jobs.sqlite3")
     costs = load_costs()
     scheduler = VramAwareScheduler(BatchConfig(max_batch=max_batch), workers[0].footprint, costs.transfer)
-    return Engine(store, scheduler, workers, OutputStore(tmp_path / "files"), lambda _id: None, wait_s=0.05), store
+    return Engine(store, scheduler, workers, OutputStore(tmp_path / "files"), lambda _id: None, wait_s=0.05,
+                  **kw), store
 
 
 def _submit(store: JobStore, jid: str, request: GenerationRequest) -> None:
@@ -155,3 +157,70 @@ def test_a_device_fault_takes_the_worker_out_and_its_jobs_run_elsewhere(tmp_path
     assert all(store.get(i).status is JobStatus.COMPLETED for i in ids)  # type: ignore[union-attr]
     assert {store.get(i).worker for i in ids} == {"w1"}  # type: ignore[union-attr]
     assert store.get("a").attempts + store.get("b").attempts == 3  # type: ignore[union-attr]  # one re-queued
+
+
+def test_a_hung_worker_is_taken_out_and_its_late_answer_is_discarded(tmp_path: Path, located: dict) -> None:
+    """The watchdog re-queues a render that makes no step; when the stuck call finally returns, its result is
+    thrown away (the job was finished once, by the other worker) and its files are removed."""
+    stuck = FlakyWorker("w0", "cpu", torch.float32, located)
+    good = FlakyWorker("w1", "cpu", torch.float32, located)
+    release, hung = threading.Event(), threading.Event()
+    original_stuck, original_good = stuck.render, good.render
+
+    def hang(*args: Any, **kw: Any) -> Rendered:
+        hung.set()
+        release.wait(30)
+        return original_stuck(*args, **kw)
+
+    def after_hang(*args: Any, **kw: Any) -> Rendered:
+        hung.wait(30)  # let the stuck worker claim the job first
+        return original_good(*args, **kw)
+
+    stuck.render, good.render = hang, after_hang  # type: ignore[method-assign]
+    faults: list[str] = []
+    # Loaded up front: the watchdog also times the load before a job's first step.
+    engine, store = _engine(tmp_path, [stuck, good], max_batch=1, step_timeout_s=1.0, on_fault=faults.append,
+                            preload=["sdxl-base-1.0"])
+    _submit(store, "a", _request("a"))
+    engine.start()
+    try:
+        _wait_final(store, ["a"])
+        release.set()
+        deadline = time.monotonic() + 30
+        while stuck.busy_with and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        engine.stop()
+    record = store.get("a")
+    assert record is not None and record.status is JobStatus.COMPLETED and record.worker == "w1"
+    assert record.finishes == 1 and record.attempts == 2
+    assert stuck.fault and "hung" in stuck.fault and faults == [stuck.fault]
+    assert engine.stats["hung_workers"] == 1
+    # Only the kept result's image is on disk.
+    kept = {i["file"] for i in record.result["images"]}  # type: ignore[index]
+    assert {p.name for p in (tmp_path / "files").iterdir() if not p.name.startswith(".")} == kept
+
+
+def test_a_drain_that_runs_out_of_time_puts_running_jobs_back(tmp_path: Path, located: dict) -> None:
+    from server.lifecycle import Lifecycle
+
+    worker = FlakyWorker("w0", "cpu", torch.float32, located)
+    engine, store = _engine(tmp_path, [worker], max_batch=1)
+    slow = replace(_request("slow"), num_inference_steps=400)
+    _submit(store, "slow", slow)
+    _submit(store, "queued", _request("queued"))
+    exited = threading.Event()
+    lifecycle = Lifecycle(engine, store, drain_timeout_s=0.2, restart_on_fault=True)
+    lifecycle.on_exit(exited.set)
+    engine.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.get("slow").progress_step < 1 and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.02)
+        assert lifecycle.begin_drain("test") and not lifecycle.begin_drain("again")
+        assert exited.wait(30)
+    finally:
+        engine.stop()
+    slow_rec, queued = store.get("slow"), store.get("queued")
+    assert slow_rec.status is JobStatus.PENDING and slow_rec.finishes == 0  # type: ignore[union-attr]
+    assert queued.status is JobStatus.PENDING and queued.attempts == 0  # type: ignore[union-attr]
