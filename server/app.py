@@ -15,6 +15,7 @@ from server.api import bfl, fal, files, gemini, health, openai_api, qolaba, repl
 from server.api import engine as engine_api
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
+from server.api.request_body import BodySizeLimit
 from server.api.tasks import task_view
 from server.catalog import Catalog
 from server.context import AppContext
@@ -27,6 +28,7 @@ from server.engine.scheduler import VramAwareScheduler
 from server.engine.worker import Worker, device_budget, resolve_devices, resolve_dtype
 from server.jobs.lock import DataDirLock
 from server.jobs.store import JobStore
+from server.keys import KeyRing
 from server.lifecycle import Lifecycle
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
@@ -70,6 +72,10 @@ def create_app(settings: Settings) -> FastAPI:
     server binds `lifecycle.on_exit` to that server's exit.
     """
     settings.check_bind_safety()
+    keys = KeyRing.load(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_keys_file,
+                        settings.rate_per_minute, settings.jobs_per_day)
+    if not keys.enabled and not settings.binds_loopback_only():
+        raise ValueError(f"refusing to bind to {settings.host}: the keys file holds no key")
     data = settings.data_dir
     # Before anything touches the database: only one server may own a data dir (crash recovery assumes it).
     lock = DataDirLock(data)
@@ -123,7 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
                                 frozenset(name for name, w in located.items() if w.demo), costs,
-                                settings.max_queue, settings.queue_retry_after_s, draining=lambda: lifecycle.draining)
+                                settings.max_queue, settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
+                                jobs_per_day=keys.jobs_per_day)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle)
     webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
     webhooks.builder("fal", lambda record, base, event: fal.webhook_payload(record, base, event, ctx))
@@ -150,8 +157,10 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (health, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate, bfl, gemini):
         app.include_router(module.router)
-    if settings.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    # Inside the key check: an unauthenticated client cannot make the server read a large body.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if keys.enabled:
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
     if settings.cors_origins:
         # Added last, so outermost: browsers' preflights carry no key and must be answered before the key check.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 SEED_MAX = 2**32 - 1
 DEMO_WARNING = "this model runs on random demo weights: outputs are noise, not edits"
+_DAY_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,11 @@ class GenerationService:
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
                  inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
                  costs: Costs, max_queue: int = 1000, retry_after_s: int = 10,
-                 draining: Callable[[], bool] = lambda: False) -> None:
+                 draining: Callable[[], bool] = lambda: False,
+                 jobs_per_day: Callable[[str | None], int] = lambda _caller: 0) -> None:
         self.catalog = catalog
         self.draining = draining
+        self.jobs_per_day = jobs_per_day
         self.costs = costs
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
@@ -121,6 +125,17 @@ class GenerationService:
         self.max_pixels = max_pixels
 
     # ---- accept ------------------------------------------------------------------------
+    def check_quota(self, caller: str | None) -> None:
+        """429 quota_exceeded when `caller`'s key has used its jobs for the rolling 24 hours."""
+        quota = self.jobs_per_day(caller)
+        if caller is None or quota <= 0:
+            return
+        used, oldest = self.store.jobs_since(caller, time.time() - _DAY_S)
+        if used >= quota:
+            retry = max(1, int(oldest + _DAY_S - time.time()) + 1)
+            raise ApiError(429, ErrorCode.QUOTA_EXCEEDED, f"key {caller!r} has used its {quota} jobs for the last 24 "
+                           f"hours; the next one frees up in {retry} s", None, headers={"Retry-After": str(retry)})
+
     def check_capacity(self) -> None:
         """429 queue_full with Retry-After when the bounded queue is full (a fail-fast check before any work for
         the request; the commit checks again atomically); 503 shutting_down while the server drains."""
@@ -135,10 +150,12 @@ class GenerationService:
         return ApiError(429, ErrorCode.QUEUE_FULL, f"the queue is full ({self.max_queue} jobs waiting or running); "
                         f"retry after {self.retry_after_s} s", None, headers={"Retry-After": str(self.retry_after_s)})
 
-    async def submit_image(self, ask: ImageAsk, idempotency_key: str | None = None) -> tuple[str, GenerationRequest]:
-        """Validate, store inputs, commit the job (binding `idempotency_key` to it), wake the engine.
-        Returns (job id, request)."""
+    async def submit_image(self, ask: ImageAsk, idempotency_key: str | None = None,
+                           caller: str | None = None) -> tuple[str, GenerationRequest]:
+        """Validate, store inputs, commit the job (binding `idempotency_key` to it, owned by the `caller` key),
+        wake the engine. Returns (job id, request)."""
         self.check_capacity()
+        self.check_quota(caller)
         spec = self.catalog.get(ask.model)
         self._check_limits(spec, ask)
         fam = family_class(spec.family)
@@ -196,12 +213,14 @@ class GenerationService:
             warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
             priority=ask.priority,
         )
-        self._commit(job_id, fam, request, admission, idempotency_key)
+        self._commit(job_id, fam, request, admission, idempotency_key, caller)
         return job_id, request
 
-    async def submit_video(self, ask: VideoAsk, idempotency_key: str | None = None) -> tuple[str, GenerationRequest]:
+    async def submit_video(self, ask: VideoAsk, idempotency_key: str | None = None,
+                           caller: str | None = None) -> tuple[str, GenerationRequest]:
         """Validate an image-to-video ask, store its frames, commit the job, wake the engine."""
         self.check_capacity()
+        self.check_quota(caller)
         spec = self.catalog.get_video(ask.model)
         fam = family_class(spec.family)
         assert issubclass(fam, VideoFamily)
@@ -230,7 +249,7 @@ class GenerationService:
         )
         self._family_check(fam, request.render_params())
         self._commit(job_id, fam, request, self._admit(spec.id, spec.weights, fam, request.render_params()),
-                     idempotency_key)
+                     idempotency_key, caller)
         return job_id, request
 
     def _check_video_limits(self, spec: VideoModelSpec, fam: type[VideoFamily], ask: VideoAsk, duration: int,
@@ -308,12 +327,12 @@ class GenerationService:
         return Admission(activation, estimate)
 
     def _commit(self, job_id: str, fam: type[Family], request: GenerationRequest, admission: Admission,
-                idempotency_key: str | None = None) -> None:
+                idempotency_key: str | None = None, caller: str | None = None) -> None:
         batch_key = "|".join(str(part) for part in fam.batch_key(request.render_params()))
         accepted = self.store.create(job_id, request.model_id, batch_key, request.to_json(), weights=request.weights,
                                      priority=request.priority, activation_bytes=admission.activation_bytes,
                                      estimate=admission.estimate, max_active=self.max_queue,
-                                     idempotency_key=idempotency_key)
+                                     idempotency_key=idempotency_key, owner=caller)
         if not accepted:
             self.inputs.discard(job_id)
             raise self._queue_full()

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,8 +143,8 @@ class Settings(BaseSettings):
 
     def check_bind_safety(self) -> None:
         """Refuse to expose an unauthenticated server beyond this machine."""
-        if not self.binds_loopback_only() and self.api_key is None:
+        if not self.binds_loopback_only() and self.api_key is None and self.api_keys_file is None:
             raise ValueError(
-                f"refusing to bind to {self.host} without an API key: set DARKROOM_API_KEY (or --api-key), "
-                "or bind to 127.0.0.1"
+                f"refusing to bind to {self.host} without an API key: set DARKROOM_API_KEY (or --api-key) or "
+                "DARKROOM_API_KEYS_FILE, or bind to 127.0.0.1"
             )

@@ -1,14 +1,18 @@
-"""API-key check for every route but /health, as pure ASGI middleware (it also guards 404s and /files)."""
+"""API-key check and per-key rate limit for every route but /health, as pure ASGI middleware (it also guards
+404s and /files). The matched key's name is left in the scope for the routes (quota, Idempotency-Key scope)."""
 
 from __future__ import annotations
 
-import hmac
-import json
+import math
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/health"})
+from server.api.errors import send_error
+from server.errors import ApiError, ErrorCode
+from server.keys import KeyRing, RateLimiter
 
+OPEN_PATHS = frozenset({"/health"})
+SCOPE_KEY = "darkroom.key"
 
 # Every provider's way of sending a key: OpenAI/Replicate/native `Authorization: Bearer`, fal `Authorization: Key`,
 # Replicate's older `Authorization: Token`, native `X-API-Key`, Black Forest Labs `x-key`, Gemini `x-goog-api-key`.
@@ -29,30 +33,38 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-class ApiKeyMiddleware:
-    """Rejects requests without the configured key with 401 and the standard error body."""
+def caller(scope: Scope) -> str | None:
+    """Name of the key that authenticated this request (None when auth is off)."""
+    return scope.get(SCOPE_KEY)
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+
+_UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key> "
+                         "(or Key/Token), X-API-Key, x-key or x-goog-api-key", None,
+                         headers={"WWW-Authenticate": 'Bearer realm="darkroom"'})
+
+
+class ApiKeyMiddleware:
+    """401 without a known key; 429 rate_limited (with Retry-After) past the key's requests per minute."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
-        self.key = api_key.encode()
+        self.keys = keys
+        self.limiter = RateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        key = presented_key(scope["headers"])
-        # compare_digest: the time taken does not reveal how much of the key matched.
-        if key is not None and hmac.compare_digest(key, self.key):
-            await self.app(scope, receive, send)
+        key = self.keys.match(presented_key(scope["headers"]))
+        if key is None:
+            await send_error(send, _UNAUTHORIZED, scope["path"])
             return
-        body = json.dumps({"error": {
-            "code": "unauthorized",
-            "message": "missing or wrong API key: send Authorization: Bearer <key> (or Key/Token), X-API-Key, x-key "
-                       "or x-goog-api-key",
-            "field": None,
-        }}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="darkroom"'),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        wait_s = self.limiter.take(key)
+        if wait_s > 0:
+            retry = max(1, math.ceil(wait_s))
+            await send_error(send, ApiError(429, ErrorCode.RATE_LIMITED, f"key {key.name!r} is limited to "
+                                            f"{key.rate_per_minute} requests per minute; retry in {retry} s", None,
+                                            headers={"Retry-After": str(retry)}), scope["path"])
+            return
+        scope[SCOPE_KEY] = key.name
+        await self.app(scope, receive, send)

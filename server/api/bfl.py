@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.api.auth import caller
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
@@ -108,7 +109,7 @@ async def submit(variant: str, request: Request) -> JSONResponse:
                    aspect_ratio=body.aspect_ratio or "auto", seed=body.seed, output_format=body.output_format,
                    num_inference_steps=body.steps, guidance_scale=body.guidance, warnings=warnings,
                    size=(body.width, body.height) if body.width and body.height else None, size_field="width")
-    job_id, _ = await ctx.service.submit_image(ask)
+    job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     base = base_url(request)
     if body.webhook_url:
         await ctx.webhooks.register(job_id, body.webhook_url, "bfl", base, "webhook_url",
@@ -140,7 +141,7 @@ def result_view(record: JobRecord, base: str) -> dict[str, Any]:
 
 
 @router.get("/v1/get_result")
-async def get_result(request: Request, id: str = "") -> JSONResponse:  # noqa: A002 - BFL's parameter name
+async def get_result(request: Request, id: str = "") -> JSONResponse:
     """Pending / Ready (result.sample) / Error; 'Task not found' (404) for an unknown id."""
     ctx = ctx_of(request)
     record = ctx.service.get(id) if 0 < len(id) <= 100 else None

@@ -14,6 +14,7 @@ from fastapi import Request, Response
 from pydantic import BaseModel, ValidationError
 
 from server.api.errors import from_validation_errors
+from server.api.request_body import read_json_object
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
@@ -32,14 +33,8 @@ def base_url(request: Request) -> str:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; 400 invalid_request otherwise."""
-    try:
-        raw = await request.json()
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    return raw
+    """The request body as a JSON object; 400 invalid_request otherwise (json_too_deep past the nesting limit)."""
+    return await read_json_object(request)
 
 
 def validated(model: type[BaseModelT], fields: dict[str, Any], prefix: str = "") -> BaseModelT:

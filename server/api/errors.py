@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from server.errors import ApiError, ErrorCode
 
@@ -48,6 +50,15 @@ def shaped_body(err: ApiError, path: str) -> dict[str, Any]:
 def error_response(err: ApiError, headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
     """The JSON response for an ApiError (shaped for the dialect of `path`)."""
     return JSONResponse(shaped_body(err, path), status_code=err.status, headers=headers)
+
+
+async def send_error(send: Send, err: ApiError, path: str) -> None:
+    """Answer with `err` straight from ASGI middleware (before any route ran), shaped like `error_response`."""
+    body = json.dumps(shaped_body(err, path)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers or {}).items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def from_validation_errors(errors: Sequence[Any], valid_fields: Sequence[str] = ()) -> ApiError:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.api.auth import caller
 from server.api.dialect_io import (
     base_url,
     ctx_of,
@@ -211,9 +212,9 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     if hook:
         await ctx.webhooks.check_url(hook, "fal_webhook")
     if model in ctx.catalog.video_ids():
-        job_id, _ = await ctx.service.submit_video(_video_ask(model, body, warnings))
+        job_id, _ = await ctx.service.submit_video(_video_ask(model, body, warnings), caller=caller(request.scope))
     else:
-        job_id, _ = await ctx.service.submit_image(_image_ask(model, body, ctx, warnings))
+        job_id, _ = await ctx.service.submit_image(_image_ask(model, body, ctx, warnings), caller=caller(request.scope))
     if hook:
         await ctx.webhooks.register(job_id, hook, "fal", base_url(request), "fal_webhook")
     return job_id, body

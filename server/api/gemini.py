@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api.auth import caller
 from server.api.dialect_io import InlineImages, ctx_of, json_object, outputs, wait_done
 from server.errors import ApiError, ErrorCode
 from server.service import SEED_MAX, ImageAsk, ImageInput
@@ -138,7 +139,7 @@ async def generate_content(model: str, request: Request) -> Response:
     ctx = ctx_of(request)
     local = ctx.names.resolve("gemini", model)
     ask = _ask(local, camelise(await json_object(request)), ctx)
-    job_id, _ = await ctx.service.submit_image(ask)
+    job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     record = await wait_done(request, job_id)
     files = outputs(record, "")
     inline = InlineImages(ctx)

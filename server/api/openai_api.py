@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from server.api.auth import caller
 from server.api.dialect_io import (
     InlineImages,
     base_url,
@@ -28,6 +29,7 @@ from server.api.dialect_io import (
     validated,
     wait_done,
 )
+from server.api.request_body import read_form
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
 from server.service import ImageAsk, ImageInput, VideoAsk
@@ -148,10 +150,7 @@ def openai_mask(data: bytes) -> bytes:
 async def _read_edit_form(request: Request) -> tuple[dict[str, Any], list[bytes], bytes | None]:
     ctx = ctx_of(request)
     limit = ctx.settings.max_image_bytes
-    try:
-        form = await request.form(max_files=17, max_fields=32, max_part_size=limit)
-    except Exception:  # noqa: BLE001 - parser internals are not for clients
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed or over its limits") from None
+    form = await read_form(request, max_files=17)
     fields: dict[str, Any] = {}
     images: list[bytes] = []
     mask: bytes | None = None
@@ -210,7 +209,7 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=(), mask=mask,
                    num_images=body.n, output_format=body.output_format, num_inference_steps=steps,
                    size=_parse_size(body.size), size_field="size")
-    job_id, _ = await ctx.service.submit_image(ask)
+    job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     record = await wait_done(request, job_id)
     return _images_response(request, body, record, warnings)
 
@@ -323,7 +322,7 @@ async def create_video(request: Request) -> JSONResponse:
     model = ctx.names.resolve("openai.videos", body.model)
     ask = VideoAsk(model=model, prompt=body.prompt, frames=(frame,), duration=int(body.seconds),
                    resolution=resolution, aspect_ratio=ratio)
-    job_id, _ = await ctx.service.submit_video(ask)
+    job_id, _ = await ctx.service.submit_video(ask, caller=caller(request.scope))
     record = record_or_404(ctx, job_id)
     return JSONResponse(video_object(record))
 
@@ -331,10 +330,7 @@ async def create_video(request: Request) -> JSONResponse:
 async def _read_video_form(request: Request) -> tuple[dict[str, Any], list[bytes], None]:
     ctx = ctx_of(request)
     limit = ctx.settings.max_image_bytes
-    try:
-        form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
-    except Exception:  # noqa: BLE001
-        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed or over its limits") from None
+    form = await read_form(request, max_files=1)
     fields: dict[str, Any] = {}
     files: list[bytes] = []
     try:

@@ -6,7 +6,6 @@ both land in `GenerateBody`, then in a dialect-neutral `ImageAsk`.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -15,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.datastructures import UploadFile
 
 from pipelines.registry import family_class
+from server.api.auth import caller
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
+from server.api.request_body import parse_json_object, read_form
 from server.api.tasks import task_view
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
@@ -86,14 +87,7 @@ async def read_body(request: Request, ctx: AppContext) -> tuple[dict[str, Any], 
     """Parse JSON or multipart into (fields, uploaded files by role); shared by the platform's routes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json" or ctype.endswith("+json") or not ctype:
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-        return data, {}
+        return parse_json_object(await request.body(), ctx.settings.max_json_depth), {}
     if ctype == "multipart/form-data":
         return await _read_multipart(request, ctx)
     raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE,
@@ -102,11 +96,7 @@ async def read_body(request: Request, ctx: AppContext) -> tuple[dict[str, Any], 
 
 async def _read_multipart(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
     limit = ctx.settings.max_image_bytes
-    try:
-        form = await request.form(max_files=2 * _MAX_LIST + 1, max_fields=64, max_part_size=limit)
-    except Exception:  # noqa: BLE001 - multipart parser errors carry parser internals; say what to fix
-        raise ApiError(400, ErrorCode.INVALID_REQUEST,
-                       f"the multipart body is malformed or over its limits (parts up to {limit} bytes)") from None
+    form = await read_form(request, max_files=2 * _MAX_LIST + 1)
     fields: dict[str, Any] = {}
     files: dict[str, list[bytes]] = {}
     try:
@@ -180,7 +170,7 @@ async def generate(request: Request) -> JSONResponse:
     base = ctx.public_base(str(request.base_url))
 
     async def submit(idempotency_key: str | None) -> str:
-        job_id, _ = await ctx.service.submit_image(_to_ask(body, files), idempotency_key)
+        job_id, _ = await ctx.service.submit_image(_to_ask(body, files), idempotency_key, caller=caller(request.scope))
         if body.webhook_url:
             await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", base, "webhook_url")
         return job_id

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.api.auth import caller
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
@@ -165,7 +166,7 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
                        "stream")
     if body.webhook:
         await ctx.webhooks.check_url(body.webhook, "webhook")
-    job_id, _ = await ctx.service.submit_image(_to_ask(model, inp, ctx))
+    job_id, _ = await ctx.service.submit_image(_to_ask(model, inp, ctx), caller=caller(request.scope))
     ctx.store.set_dialect_note(job_id, {"replicate_model": owner_name, "replicate_input": body.input})
     base = base_url(request)
     if body.webhook:

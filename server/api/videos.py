@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.registry import family_class
+from server.api.auth import caller
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.qolaba import read_body
@@ -84,7 +85,7 @@ async def generate_video(request: Request) -> JSONResponse:
         await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
 
     async def submit(idempotency_key: str | None) -> str:
-        job_id, _ = await ctx.service.submit_video(ask, idempotency_key)
+        job_id, _ = await ctx.service.submit_video(ask, idempotency_key, caller=caller(request.scope))
         if body.webhook_url:
             await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
                                         "webhook_url")

@@ -54,6 +54,8 @@ ADDED_COLUMNS = {
     "dialect": "TEXT",
     # How many times the job reached a final state; the final transitions are guarded so this is never above 1.
     "finishes": "INTEGER NOT NULL DEFAULT 0",
+    # Name of the API key that submitted the job (quota accounting); NULL when auth is off.
+    "owner": "TEXT",
 }
 
 
@@ -132,6 +134,7 @@ class JobStore:
             for name, decl in ADDED_COLUMNS.items():
                 if name not in have:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            self._conn.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at)")
 
     def close(self) -> None:
         """Close the connection."""
@@ -140,7 +143,7 @@ class JobStore:
 
     def create(self, job_id: str, model: str, batch_key: str, request: dict[str, Any], weights: str = "",
                priority: int = 0, activation_bytes: int = 0, estimate: dict[str, Any] | None = None,
-               max_active: int | None = None, idempotency_key: str | None = None) -> bool:
+               max_active: int | None = None, idempotency_key: str | None = None, owner: str | None = None) -> bool:
         """Insert a pending job; returns only after the row is committed.
 
         `idempotency_key` (reserved earlier) is bound to the job in the same transaction.
@@ -159,9 +162,9 @@ class JobStore:
                         return False
                 self._conn.execute(
                     "INSERT INTO jobs (id, status, model, batch_key, request, created_at, weights, priority, "
-                    "activation_bytes, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "activation_bytes, estimate, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, JobStatus.PENDING, model, batch_key, json.dumps(request), time.time(), weights,
-                     priority, activation_bytes, json.dumps(estimate) if estimate is not None else None),
+                     priority, activation_bytes, json.dumps(estimate) if estimate is not None else None, owner),
                 )
                 if idempotency_key is not None:
                     self._conn.execute("UPDATE idempotency SET job_id = ? WHERE key = ?", (job_id, idempotency_key))
@@ -349,6 +352,13 @@ class JobStore:
             )
             self._conn.execute("DELETE FROM idempotency WHERE job_id IS NULL")
         return cur.rowcount
+
+    def jobs_since(self, owner: str, since: float) -> tuple[int, float]:
+        """(jobs `owner` submitted since `since`, creation time of the oldest of them) for quota checks."""
+        with self._lock:
+            n, oldest = self._conn.execute("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE owner = ? AND "
+                                           "created_at >= ?", (owner, since)).fetchone()
+        return int(n), float(oldest or since)
 
     def active_count(self) -> int:
         """Jobs accepted and not finished (pending or processing)."""

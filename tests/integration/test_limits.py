@@ -3,6 +3,9 @@ same task for a retried request, and CORS stays off unless configured."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,20 +13,43 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, data_url, png_bytes
 
 QUEUE = 3
+FLASH = "vertex/nano-banana-flash"
 # Slow enough (50 steps at 1K) that the queue stays full while the test floods it.
-SLOW = {"model": "seedream-4.0", "prompt": "x", "quality": "1K", "celery": True, "num_inference_steps": 50}
+SLOW = {"model": FLASH, "prompt": "x", "quality": "1K", "celery": True, "num_inference_steps": 50}
+FLOOD, ALICE, BOB = "flood-key-0123456789", "alice-key-0123456789", "bob-key-0123456789"
+KEYS_FILE = f"""
+[keys.flood]
+key = "{FLOOD}"
+[keys.alice]
+key = "{ALICE}"
+rate_per_minute = 3
+[keys.bob]
+key_sha256 = "{hashlib.sha256(BOB.encode()).hexdigest()}"
+jobs_per_day = 1
+"""
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
 def small_queue(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("data") / "queue", demo_dir,
-                         env={"DARKROOM_MAX_QUEUE": str(QUEUE), "DARKROOM_QUEUE_RETRY_AFTER_S": "7",
-                              "DARKROOM_MAX_BATCH": "1", "DARKROOM_CORS_ORIGINS": "https://studio.example"})
+    """One model, a 3-job queue, named keys with a rate limit and a quota, small body/JSON/multipart limits."""
+    data = tmp_path_factory.mktemp("data")
+    keys = data / "keys.toml"
+    keys.write_text(KEYS_FILE)
+    proc = ServerProcess(data / "queue", demo_dir,
+                         env={"DARKROOM_MODELS": FLASH, "DARKROOM_MAX_QUEUE": str(QUEUE),
+                              "DARKROOM_QUEUE_RETRY_AFTER_S": "7", "DARKROOM_MAX_BATCH": "1",
+                              "DARKROOM_CORS_ORIGINS": "https://studio.example", "DARKROOM_API_KEYS_FILE": str(keys),
+                              "DARKROOM_MAX_BODY_BYTES": "300000", "DARKROOM_MAX_JSON_DEPTH": "8",
+                              "DARKROOM_MAX_MULTIPART_PARTS": "6", "DARKROOM_MAX_MULTIPART_FIELD_BYTES": "5000"})
     try:
-        proc.wait_ready()
+        proc.wait_ready(headers=_as(FLOOD))
         yield proc
     finally:
         proc.stop()
@@ -31,8 +57,11 @@ def small_queue(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Ite
 
 def test_five_times_the_queue_gets_only_2xx_and_429(small_queue: ServerProcess) -> None:
     def post(i: int) -> httpx.Response:
-        with small_queue.client() as c:
-            return c.post("/api/v1/images/generate", json={**SLOW, "seed": i})
+        with small_queue.client(headers=_as(FLOOD)) as c:
+            started = time.perf_counter()
+            r = c.post("/api/v1/images/generate", json={**SLOW, "seed": i})
+            r.extensions["took_s"] = time.perf_counter() - started
+            return r
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(post, range(5 * QUEUE)))
@@ -41,7 +70,9 @@ def test_five_times_the_queue_gets_only_2xx_and_429(small_queue: ServerProcess) 
     assert codes.count(202) <= QUEUE + 1 and codes.count(429) >= 5 * QUEUE - QUEUE - 1
     refused = next(r for r in answers if r.status_code == 429)
     assert refused.headers["retry-after"] == "7" and refused.json()["error"]["code"] == "queue_full"
-    with small_queue.client() as c:
+    # A full queue answers at once: no request waited on the model.
+    assert max(r.extensions["took_s"] for r in answers if r.status_code == 429) < 5
+    with small_queue.client(headers=_as(FLOOD)) as c:
         for r in answers:
             if r.status_code == 202:
                 c.post(f"/api/v1/tasks/{r.json()['task_id']}/cancel")
@@ -71,7 +102,7 @@ def test_idempotency_key_returns_the_same_task(server: ServerProcess) -> None:
 def test_cors_only_when_configured(small_queue: ServerProcess, server: ServerProcess) -> None:
     pre = {"Origin": "https://studio.example", "Access-Control-Request-Method": "POST",
            "Access-Control-Request-Headers": "authorization,content-type"}
-    with small_queue.client() as c:
+    with small_queue.client() as c:  # preflights carry no key
         r = c.options("/api/v1/images/generate", headers=pre)
         assert r.headers.get("access-control-allow-origin") == "https://studio.example"
         r = c.options("/api/v1/images/generate", headers={**pre, "Origin": "https://evil.example"})
@@ -79,3 +110,56 @@ def test_cors_only_when_configured(small_queue: ServerProcess, server: ServerPro
     with server.client() as c:
         r = c.options("/api/v1/images/generate", headers=pre)
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_named_keys_rate_limit_and_quota(small_queue: ServerProcess) -> None:
+    quick = {"model": FLASH, "prompt": "k", "quality": "512", "num_inference_steps": 1, "celery": True}
+    with small_queue.client() as c:
+        assert c.get("/api/v1/images/models").status_code == 401
+        assert c.get("/api/v1/images/models", headers=_as("alice-key-0123456788")).status_code == 401
+        # alice: 3 requests a minute, then 429 rate_limited with the wait.
+        codes = [c.get("/api/v1/images/models", headers=_as(ALICE)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        limited = c.get("/api/v1/images/models", headers={"x-key": ALICE})
+        assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        # bob's key is stored only as a SHA-256 digest; one job a day.
+        first = c.post("/api/v1/images/generate", json=quick, headers=_as(BOB))
+        assert first.status_code == 202, first.text
+        second = c.post("/api/v1/images/generate", json=quick, headers=_as(BOB))
+        assert second.status_code == 429 and second.json()["error"]["code"] == "quota_exceeded"
+        assert 86000 < int(second.headers["retry-after"]) <= 86401
+        # Other keys are unaffected.
+        c.post(f"/api/v1/tasks/{first.json()['task_id']}/cancel", headers=_as(BOB))
+        assert c.get("/api/v1/images/models", headers=_as(FLOOD)).status_code == 200
+
+
+def test_body_json_and_multipart_limits(small_queue: ServerProcess) -> None:
+    auth = _as(FLOOD)
+    base = {"model": FLASH, "prompt": "x", "quality": "512", "num_inference_steps": 1}
+    with small_queue.client(headers=auth) as c:
+        big = c.post("/api/v1/images/generate", json={**base, "image_urls": [data_url(b"x" * 400_000)]})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+            yield b'{"model": "' + FLASH.encode() + b'", "prompt": "'
+            for _ in range(40):
+                yield b"p" * 10_000
+            yield b'"}'
+
+        streamed = c.post("/api/v1/images/generate", content=chunks(), headers={"Content-Type": "application/json"})
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "payload_too_large"
+        deep = c.post("/api/v1/images/generate", content=json.dumps({**base, "extra": [[[[[[[[[1]]]]]]]]]}),
+                      headers={"Content-Type": "application/json"})
+        assert deep.status_code == 400 and deep.json()["error"]["code"] == "json_too_deep"
+        # A bracket inside a string is text, not nesting.
+        shallow = c.post("/api/v1/images/generate", json={**base, "prompt": "[[[[[[[[[[[[ {{{{{{{{{{"})
+        assert shallow.status_code == 200, shallow.text
+        huge_nesting = c.post("/v1/images/generations", content=b"[" * 100_000,
+                              headers={"Content-Type": "application/json"})
+        assert huge_nesting.status_code == 400 and huge_nesting.json()["error"]["code"] == "json_too_deep"
+        many = c.post("/api/v1/images/generate", data={**base, **{f"x{i}": "1" for i in range(8)}},
+                      files={"image": ("a.png", png_bytes(), "image/png")})
+        assert many.status_code == 413 and many.json()["error"]["code"] == "too_many_parts"
+        long_field = c.post("/api/v1/images/generate", data={**base, "prompt": "p" * 6000},
+                            files={"image": ("a.png", png_bytes(), "image/png")})
+        assert long_field.status_code == 413 and long_field.json()["error"]["code"] == "payload_too_large"
