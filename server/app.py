@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
                                 frozenset(name for name, w in located.items() if w.demo), costs,
                                 settings.max_queue, settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
-                                jobs_per_day=keys.jobs_per_day)
+                                jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle)
     webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
     webhooks.builder("fal", lambda record, base, event: fal.webhook_payload(record, base, event, ctx))

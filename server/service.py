@@ -109,7 +109,7 @@ class GenerationService:
                  inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
                  costs: Costs, max_queue: int = 1000, retry_after_s: int = 10,
                  draining: Callable[[], bool] = lambda: False,
-                 jobs_per_day: Callable[[str | None], int] = lambda _caller: 0) -> None:
+                 jobs_per_day: Callable[[str | None], int] = lambda _caller: 0, max_side: int = 16384) -> None:
         self.catalog = catalog
         self.draining = draining
         self.jobs_per_day = jobs_per_day
@@ -123,6 +123,7 @@ class GenerationService:
         self.inputs = inputs
         self.hub = hub
         self.max_pixels = max_pixels
+        self.max_side = max_side
 
     # ---- accept ------------------------------------------------------------------------
     def check_quota(self, caller: str | None) -> None:
@@ -393,7 +394,7 @@ class GenerationService:
         blobs = await asyncio.gather(*(self._bytes_of(item) for item in items))
         # Decoding is CPU work; off the event loop so other requests keep flowing.
         return await asyncio.to_thread(
-            lambda: [decode_image(b, item.field, self.max_pixels, "L" if item is mask else "RGB")
+            lambda: [decode_image(b, item.field, self.max_pixels, "L" if item is mask else "RGB", self.max_side)
                      for item, b in zip(items, blobs, strict=True)]
         )
 

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest source image, fetched or uploaded.")
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="Largest source image in pixels (checked before decode).")
+    max_image_side: int = Field(8192, gt=0, description="Longest side of a source image in pixels (checked before "
+                                "decode; stops 1x20000 strips).")
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for image URLs.")
     fetch_total_timeout_s: float = Field(30.0, gt=0, description="Whole-download timeout for one image URL.")
     fetch_max_redirects: int = Field(3, ge=0, le=10, description="Redirect hops followed (same host only).")
