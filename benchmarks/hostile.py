@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from PIL import Image
@@ -179,8 +179,8 @@ class Canary:
 
 
 class _HostileHandler(BaseHTTPRequestHandler):
-    redirects: dict[str, str] = {}
-    corpus: list[Hostile] = []
+    redirects: ClassVar[dict[str, str]] = {}
+    corpus: ClassVar[list[Hostile]] = []
     cap: int = 0
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming

@@ -15,6 +15,7 @@ from server.api import bfl, fal, files, gemini, health, openai_api, qolaba, repl
 from server.api import engine as engine_api
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
+from server.api.openapi_doc import documented_openapi
 from server.api.request_body import BodySizeLimit
 from server.api.tasks import task_view
 from server.catalog import Catalog
@@ -153,6 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="darkroom", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
+    app.openapi = lambda: documented_openapi(app)  # type: ignore[method-assign]
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
     for module in (health, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate, bfl, gemini):

@@ -34,9 +34,10 @@ class ModelNames:
                 raise ValueError(f"configs/dialects.toml [{dialect}] maps to unknown ids {unknown}")
         return cls(tables)
 
-    def names(self, dialect: str) -> list[str]:
-        """The provider's names darkroom answers to."""
-        return sorted(self.tables.get(dialect, {}))
+    def names(self, dialect: str, served: set[str] | None = None) -> list[str]:
+        """The provider's names darkroom answers to (only those mapped to `served` ids, when given)."""
+        table = self.tables.get(dialect, {})
+        return sorted(n for n, target in table.items() if served is None or target in served)
 
     def resolve(self, dialect: str, name: str, field: str = "model") -> str:
         """The darkroom id for `name`; 422 unknown_model listing the provider's names otherwise."""

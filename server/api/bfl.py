@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.auth import caller
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
+from server.api.openapi_doc import json_body
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput
@@ -83,7 +84,7 @@ def image_input(value: str, field: str) -> ImageInput:
         raise ApiError(400, ErrorCode.INVALID_IMAGE, f"{field} is neither a URL nor valid base64", field) from None
 
 
-@router.post("/v1/flux-{variant}")
+@router.post("/v1/flux-{variant}", openapi_extra=json_body(BflBody))
 async def submit(variant: str, request: Request) -> JSONResponse:
     """Queue a generation; poll the returned polling_url (or /v1/get_result?id=)."""
     ctx = ctx_of(request)

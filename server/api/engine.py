@@ -84,7 +84,7 @@ def prometheus_text(view: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus metrics (same numbers as /api/v1/engine)."""
     return PlainTextResponse(prometheus_text(engine_view(request.app.state.ctx)),

@@ -27,6 +27,7 @@ from server.api.dialect_io import (
     wait_done,
 )
 from server.api.errors import shaped_body
+from server.api.openapi_doc import json_body
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput, VideoAsk
@@ -205,6 +206,9 @@ def _urls(base: str, model_path: str, job_id: str) -> dict[str, str]:
 
 async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     ctx = ctx_of(request)
+    if "/requests/" in model_path:  # a queue request's own URL (status, result, cancel): not a model to run
+        raise ApiError(405, ErrorCode.METHOD_NOT_ALLOWED, "this route does not accept that method", None,
+                       headers={"Allow": "PUT" if model_path.endswith("/cancel") else "GET"})
     model = ctx.names.resolve("fal", model_path)
     body = validated(FalBody, await json_object(request))
     warnings = _warnings_and_refusals(body)
@@ -218,29 +222,6 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     if hook:
         await ctx.webhooks.register(job_id, hook, "fal", base_url(request), "fal_webhook")
     return job_id, body
-
-
-@router.post("/fal-ai/{model_path:path}")
-async def queue_submit(model_path: str, request: Request) -> JSONResponse:
-    """Queue a request: request_id, status/response/cancel URLs and the queue position."""
-    path = f"fal-ai/{model_path}"
-    job_id, _ = await _submit(request, path)
-    ctx = ctx_of(request)
-    return JSONResponse({"request_id": job_id, "gateway_request_id": job_id, "status": "IN_QUEUE",
-                         "queue_position": ctx.store.queue_position(job_id) or 0,
-                         **_urls(base_url(request), path, job_id)})
-
-
-@router.post("/sync/fal-ai/{model_path:path}")
-async def sync_run(model_path: str, request: Request) -> JSONResponse:
-    """fal.run: hold the connection and answer with the output."""
-    job_id, body = await _submit(request, f"fal-ai/{model_path}")
-    record = await wait_done(request, job_id)
-    return JSONResponse(result_payload(ctx_of(request), record, base_url(request), body.sync_mode))
-
-
-def _status(record: JobRecord) -> str:
-    return {JobStatus.PENDING: "IN_QUEUE", JobStatus.PROCESSING: "IN_PROGRESS"}.get(record.status, "COMPLETED")
 
 
 @router.get("/fal-ai/{app:path}/requests/{request_id}/status")
@@ -287,3 +268,27 @@ def webhook_payload(record: JobRecord, base: str, _event: str, ctx: Any) -> dict
     return {"request_id": record.id, "gateway_request_id": record.id, "status": "OK" if ok else "ERROR",
             "payload": result_payload(ctx, record, base) if ok else None,
             "error": None if ok else (record.error or {}).get("message", "the request failed")}
+
+
+# After the request routes: the catch-all model path would otherwise shadow them (and their Allow header).
+@router.post("/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody))
+async def queue_submit(model_path: str, request: Request) -> JSONResponse:
+    """Queue a request: request_id, status/response/cancel URLs and the queue position."""
+    path = f"fal-ai/{model_path}"
+    job_id, _ = await _submit(request, path)
+    ctx = ctx_of(request)
+    return JSONResponse({"request_id": job_id, "gateway_request_id": job_id, "status": "IN_QUEUE",
+                         "queue_position": ctx.store.queue_position(job_id) or 0,
+                         **_urls(base_url(request), path, job_id)})
+
+
+@router.post("/sync/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody))
+async def sync_run(model_path: str, request: Request) -> JSONResponse:
+    """fal.run: hold the connection and answer with the output."""
+    job_id, body = await _submit(request, f"fal-ai/{model_path}")
+    record = await wait_done(request, job_id)
+    return JSONResponse(result_payload(ctx_of(request), record, base_url(request), body.sync_mode))
+
+
+def _status(record: JobRecord) -> str:
+    return {JobStatus.PENDING: "IN_QUEUE", JobStatus.PROCESSING: "IN_PROGRESS"}.get(record.status, "COMPLETED")

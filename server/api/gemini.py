@@ -132,8 +132,15 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
     return ask
 
 
-@router.post("/v1beta/models/{model}:generateContent")
-@router.post("/v1/models/{model}:generateContent")
+# Gemini's GenerateContentRequest, as far as image generation reads it (camelCase or snake_case keys).
+_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["contents"],
+    "properties": {"contents": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                   "generationConfig": {"type": "object"}, "generation_config": {"type": "object"}}}}}}}
+
+
+@router.post("/v1beta/models/{model}:generateContent", openapi_extra=_BODY_DOC)
+@router.post("/v1/models/{model}:generateContent", openapi_extra=_BODY_DOC)
 async def generate_content(model: str, request: Request) -> Response:
     """Image generation and editing in Gemini's shape (synchronous, like the hosted API)."""
     ctx = ctx_of(request)

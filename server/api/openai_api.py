@@ -29,6 +29,7 @@ from server.api.dialect_io import (
     validated,
     wait_done,
 )
+from server.api.openapi_doc import json_body
 from server.api.request_body import read_form
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
@@ -214,7 +215,7 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     return _images_response(request, body, record, warnings)
 
 
-@router.post("/v1/images/generations")
+@router.post("/v1/images/generations", openapi_extra=json_body(GenerationsBody))
 async def images_generations(request: Request) -> Response:
     """Text to image (OpenAI's generations)."""
     body = validated(GenerationsBody, await json_object(request))
@@ -223,7 +224,7 @@ async def images_generations(request: Request) -> Response:
     return await _submit_images(request, body, [], None)
 
 
-@router.post("/v1/images/edits")
+@router.post("/v1/images/edits", openapi_extra=json_body(GenerationsBody, multipart=True))
 async def images_edits(request: Request) -> Response:
     """Edit from one or more images (multipart files, or JSON with images[].image_url), with an optional mask."""
     ctype = request.headers.get("content-type", "")
@@ -292,7 +293,7 @@ def video_object(record: JobRecord) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/videos")
+@router.post("/v1/videos", openapi_extra=json_body(VideoBody, multipart=True))
 async def create_video(request: Request) -> JSONResponse:
     """Image-to-video, asynchronous: returns a Video object to poll."""
     ctx = ctx_of(request)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.auth import caller
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
+from server.api.openapi_doc import json_body
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput
@@ -183,13 +184,13 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     return JSONResponse(prediction(record, base, owner_name), status_code=201)
 
 
-@router.post("/v1/models/{owner}/{name}/predictions")
+@router.post("/v1/models/{owner}/{name}/predictions", openapi_extra=json_body(PredictionBody))
 async def create_model_prediction(owner: str, name: str, request: Request) -> JSONResponse:
     """A prediction for an official model."""
     return await _create(request, f"{owner}/{name}", validated(PredictionBody, await json_object(request)))
 
 
-@router.post("/v1/predictions")
+@router.post("/v1/predictions", openapi_extra=json_body(PredictionBody))
 async def create_prediction(request: Request) -> JSONResponse:
     """A prediction naming its model in `version` ("owner/name" or "owner/name:version")."""
     body = validated(PredictionBody, await json_object(request))
