@@ -75,6 +75,32 @@ class ServerProcess:
             time.sleep(0.02)
         raise RuntimeError(f"server not listening after {timeout}s:\n{self.log()}")
 
+    def server_pid(self) -> int | None:
+        """Pid of the serving process: the supervisor's child (Linux /proc), or None between restarts."""
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(kids[0]) if kids else None
+
+    def wait_new_server(self, other_than: int | None, timeout: float = 60.0) -> int:
+        """Block until a serving process other than `other_than` runs; its pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.server_pid()
+            if pid is not None and pid != other_than:
+                return pid
+            time.sleep(0.05)
+        raise RuntimeError(f"no new server process after {timeout}s:\n{self.log()}")
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) of the serving process so far, in MiB."""
+        pid = self.server_pid()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
     def log(self) -> str:
         """The tail of what the server printed."""
         self._log.flush()
@@ -93,6 +119,58 @@ class ServerProcess:
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client for this server."""
         return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
+
+
+def submit_through_kills(proc: ServerProcess, bodies: list[dict[str, Any]], kills: int, rng: Any,
+                         unexpected: list[str], gap_s: tuple[float, float] = (0.5, 2.5)) -> dict[str, str]:
+    """Submit `bodies` (each retried with its own Idempotency-Key until accepted, as a careful client does) while
+    the serving process is SIGKILLed `kills` times, `gap_s` apart (uniform), and the supervisor restarts it.
+    Returns {idempotency key: task id}; answers other than 202/503 are appended to `unexpected`."""
+    import os
+    import signal
+    import threading
+
+    accepted: dict[str, str] = {}
+
+    def submit_all() -> None:
+        for i, body in enumerate(bodies):
+            key = f"crash-{i}"
+            while key not in accepted:
+                try:
+                    r = httpx.post(f"{proc.base_url}/api/v1/images/generate", json=body, timeout=10,
+                                   headers={"Idempotency-Key": key})
+                    if r.status_code == 202:
+                        accepted[key] = r.json()["task_id"]
+                        continue
+                    if r.status_code != 503:  # 503 only while a restarted process warms up
+                        unexpected.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.TransportError:
+                    pass  # killed mid-request: retry with the same key
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.0, 0.3))
+
+    submitter = threading.Thread(target=submit_all)
+    submitter.start()
+    pid = proc.wait_new_server(None)
+    for _ in range(kills):
+        time.sleep(rng.uniform(*gap_s))
+        os.kill(pid, signal.SIGKILL)
+        pid = proc.wait_new_server(pid)
+        proc.wait_ready()
+    submitter.join(300)
+    return accepted
+
+
+def job_rows(data_dir: Path) -> dict[str, Any]:
+    """Every job row of a server's database (read-only; safe while it runs), by id."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{data_dir / 'jobs.sqlite3'}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["id"]: r for r in conn.execute("SELECT id, status, finishes, attempts, result FROM jobs")}
+    finally:
+        conn.close()
 
 
 def environment() -> dict[str, Any]:

@@ -183,7 +183,7 @@ class _HostileHandler(BaseHTTPRequestHandler):
     corpus: ClassVar[list[Hostile]] = []
     cap: int = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         path = self.path
         if path in self.redirects:
             self.send_response(302)

@@ -17,7 +17,8 @@ from tests.support import ServerProcess
 def batching_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
     # A batch smaller than max_batch waits up to 3 s for mates, so requests sent together share it.
     proc = ServerProcess(tmp_path_factory.mktemp("data") / "batching", demo_dir,
-                         env={"DARKROOM_MAX_BATCH": "3", "DARKROOM_BATCH_MAX_WAIT_S": "3"})
+                         env={"DARKROOM_MAX_BATCH": "3", "DARKROOM_BATCH_MAX_WAIT_S": "3",
+                              "DARKROOM_MODELS": "seedream-4.0"})
     try:
         proc.wait_ready()
         yield proc
@@ -84,7 +85,7 @@ def test_different_sizes_do_not_share_and_the_reason_is_counted(batching_server:
 def small_gpu_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
     # A 50 MB memory limit: the tiny weights fit, a 512 px SDXL render's activations never do.
     proc = ServerProcess(tmp_path_factory.mktemp("data") / "small", demo_dir,
-                         env={"DARKROOM_MEMORY_LIMIT_GB": "0.05"})
+                         env={"DARKROOM_MEMORY_LIMIT_GB": "0.05", "DARKROOM_MODELS": "seedream-4.0"})
     try:
         proc.wait_ready()
         yield proc

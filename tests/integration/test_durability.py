@@ -3,54 +3,24 @@ nothing twice, and a hung worker makes the supervisor start a fresh process. One
 
 from __future__ import annotations
 
-import os
+import json
 import random
 import signal
-import sqlite3
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
-
+from benchmarks.harness import job_rows, submit_through_kills
 from tests.support import ServerProcess
 
 FLASH = "vertex/nano-banana-flash"
 ONE_MODEL = {"DARKROOM_MODELS": FLASH}
 
 
-def _child_pid(proc: ServerProcess) -> int | None:
-    """The supervised server process under the supervisor (Linux /proc)."""
-    try:
-        kids = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(kids[0]) if kids else None
-
-
-def _wait_child(proc: ServerProcess, other_than: int | None, timeout: float = 60.0) -> int:
+def _wait_final(data_dir: Path, ids: set[str], proc: ServerProcess, timeout: float = 180.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = _child_pid(proc)
-        if pid is not None and pid != other_than:
-            return pid
-        time.sleep(0.05)
-    raise AssertionError(f"no new server process:\n{proc.log()}")
-
-
-def _rows(data_dir: Path) -> dict[str, sqlite3.Row]:
-    conn = sqlite3.connect(f"file:{data_dir / 'jobs.sqlite3'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return {r["id"]: r for r in conn.execute("SELECT id, status, finishes, attempts, result FROM jobs")}
-    finally:
-        conn.close()
-
-
-def _wait_final(data_dir: Path, ids: set[str], proc: ServerProcess, timeout: float = 180.0) -> dict[str, sqlite3.Row]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = _rows(data_dir)
+        rows = job_rows(data_dir)
         if all(i in rows and rows[i]["status"] in ("completed", "failed", "cancelled") for i in ids):
             return rows
         time.sleep(0.2)
@@ -68,7 +38,7 @@ def test_sigterm_drains_running_jobs_and_keeps_the_queue(tmp_path: Path, demo_di
     try:
         proc.wait_ready()
         with proc.client() as c:
-            running = c.post("/api/v1/images/generate", json=_job(20, 1, "1K")).json()["task_id"]
+            running = c.post("/api/v1/images/generate", json=_job(30, 1)).json()["task_id"]
             queued = c.post("/api/v1/images/generate", json=_job(2, 2)).json()["task_id"]
             deadline = time.monotonic() + 60
             while c.get(f"/api/v1/tasks/{running}").json()["status"] != "processing":
@@ -84,7 +54,7 @@ def test_sigterm_drains_running_jobs_and_keeps_the_queue(tmp_path: Path, demo_di
         assert proc.proc.wait(90) == 0
     finally:
         proc.stop()
-    rows = _rows(data)
+    rows = job_rows(data)
     assert rows[running]["status"] == "completed" and rows[queued]["status"] == "pending"
     # The next server picks up what was left queued.
     again = ServerProcess(data, demo_dir, env=ONE_MODEL)
@@ -99,48 +69,22 @@ def test_sigterm_drains_running_jobs_and_keeps_the_queue(tmp_path: Path, demo_di
 def test_kill_9_at_random_moments_loses_nothing_and_finishes_each_job_once(tmp_path: Path, demo_dir: Path) -> None:
     """M jobs submitted while the server process is SIGKILLed K times (the supervisor restarts it); clients retry
     refused connections with the same Idempotency-Key. Every accepted job ends exactly once, with its image."""
-    m_jobs, kills = 12, 3
+    m_jobs, kills = 10, 3
     rng = random.Random(7)
     data = tmp_path / "data"
     proc = ServerProcess(data, demo_dir, env=ONE_MODEL)
-    accepted: dict[str, str] = {}
+    unexpected: list[str] = []
     try:
         proc.wait_ready()
-
-        def submit_all() -> None:
-            for i in range(m_jobs):
-                key = f"crash-{i}"
-                while key not in accepted:
-                    try:
-                        r = httpx.post(f"{proc.base_url}/api/v1/images/generate", timeout=10,
-                                       json=_job(rng.randint(2, 12), i), headers={"Idempotency-Key": key})
-                        if r.status_code == 202:
-                            accepted[key] = r.json()["task_id"]
-                            continue
-                        assert r.status_code == 503, r.text  # only while the restarted process warms up
-                    except httpx.TransportError:
-                        pass  # the process was killed mid-request: retry with the same key
-                    time.sleep(0.1)
-                time.sleep(rng.uniform(0.0, 0.3))
-
-        submitter = threading.Thread(target=submit_all)
-        submitter.start()
-        pid = _wait_child(proc, None)
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.5, 2.5))
-            os.kill(pid, signal.SIGKILL)
-            pid = _wait_child(proc, pid)
-            proc.wait_ready()
-        submitter.join(120)
-        assert len(accepted) == m_jobs
+        bodies = [_job(rng.randint(2, 12), i) for i in range(m_jobs)]
+        accepted = submit_through_kills(proc, bodies, kills, rng, unexpected, gap_s=(0.3, 1.5))
+        assert len(accepted) == m_jobs and not unexpected, unexpected
         rows = _wait_final(data, set(accepted.values()), proc)
     finally:
         proc.stop()
     assert len(rows) == m_jobs  # retried submissions created no duplicates
     assert all(rows[t]["status"] == "completed" and rows[t]["finishes"] == 1 for t in accepted.values()), \
         {t: (rows[t]["status"], rows[t]["finishes"]) for t in accepted.values()}
-    import json
-
     files = {p.name for p in (data / "files").iterdir() if not p.name.startswith(".")}
     for t in accepted.values():
         assert {img["file"] for img in json.loads(rows[t]["result"])["images"]} <= files
@@ -154,15 +98,15 @@ def test_a_hung_worker_restarts_the_server_process(tmp_path: Path, demo_dir: Pat
                                               "DARKROOM_DRAIN_TIMEOUT_S": "0"})
     try:
         proc.wait_ready()
-        first = _wait_child(proc, None)
+        first = proc.wait_new_server(None)
         with proc.client() as c:
             task = c.post("/api/v1/images/generate", json=_job(30, 1, "2K")).json()["task_id"]
-            second = _wait_child(proc, first)
+            second = proc.wait_new_server(first)
         assert second != first
         log = proc.log_path.read_text()
         assert "(hung)" in log and "asked for a restart" in log
     finally:
         proc.stop()
-    row = _rows(data)[task]
+    row = job_rows(data)[task]
     # It would hang every process it lands on; what matters is that it was never lost nor finished twice.
     assert row["status"] in ("pending", "processing") and row["finishes"] == 0 and row["attempts"] >= 1

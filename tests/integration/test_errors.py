@@ -33,8 +33,11 @@ CASES = [
     ("missing prompt", {"model": "flux-kontext-pro"}, 422, "missing_field", "prompt"),
     ("unknown field", {**OK, "strengthh": 0.5}, 422, "unknown_field", "strengthh"),
     ("bad base64", {**OK, "image_urls": ["data:image/png;base64,!!notbase64!!"]}, 400, "invalid_image", "image_urls[0]"),
-    ("not an image", {**OK, "image_urls": [data_url(b"GIF89a? no, just text" * 10)]}, 422, "invalid_image",
+    ("not an image", {**OK, "image_urls": [data_url(b"no image, just text" * 10)]}, 422, "invalid_image",
      "image_urls[0]"),
+    # A GIF signature followed by text declares a 8255x28526 screen: refused from the header, like any bomb.
+    ("gif header, text body", {**OK, "image_urls": [data_url(b"GIF89a? no, just text" * 10)]}, 413,
+     "image_too_large", "image_urls[0]"),
     ("too many sources", {**OK, "image_urls": [data_url(png_bytes())] * 2}, 422, "too_many_images", "image_urls"),
     ("too many references", {**OK, "model": "seedream-4.0", "reference_images": [data_url(png_bytes())] * 10}, 422,
      "too_many_images", "reference_images"),

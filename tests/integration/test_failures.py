@@ -19,7 +19,7 @@ def broken_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> I
     shutil.copytree(demo_dir, demo)
     for f in (demo / "sdxl-base-1.0" / "unet").glob("*.safetensors"):
         f.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
-    proc = ServerProcess(demo.parent / "data", demo)
+    proc = ServerProcess(demo.parent / "data", demo, env={"DARKROOM_MODELS": "seedream-4.0,flux-kontext-pro"})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -44,15 +44,6 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> 
         proc.stop()
 
 
-def _peak_rss_mb(proc: ServerProcess) -> float:
-    """Peak resident memory of the supervised server process."""
-    child = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text().split()[0]
-    for line in Path(f"/proc/{child}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_every_hostile_image_gets_its_documented_answer_by_every_transport(hostile_server: ServerProcess) -> None:
     cases = shared_corpus()
     wrong, accepted = [], []
@@ -74,7 +65,7 @@ def test_every_hostile_image_gets_its_documented_answer_by_every_transport(hosti
                 time.sleep(0.1)
             assert done["status"] == "completed" and done["images"][0]["width"] > 0, (name, transport, done)
     # Bombs are refused from their headers: the server never held their pixels (9500x9500 would be 90+ MB).
-    assert _peak_rss_mb(hostile_server) < 3000
+    assert hostile_server.peak_rss_mb() < 3000
 
 
 def test_ssrf_battery_reaches_no_canary(hostile_server: ServerProcess) -> None:

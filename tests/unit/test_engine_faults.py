@@ -131,7 +131,8 @@ def test_a_single_job_out_of_memory_fails_clearly_and_the_worker_goes_on(tmp_pat
 def test_a_device_fault_takes_the_worker_out_and_its_jobs_run_elsewhere(tmp_path: Path, located: dict) -> None:
     bad = FlakyWorker("w0", "cpu", torch.float32, located, fault_first=True)
     good = FlakyWorker("w1", "cpu", torch.float32, located)
-    engine, store = _engine(tmp_path, [bad, good], max_batch=1)
+    faults: list[str] = []
+    engine, store = _engine(tmp_path, [bad, good], max_batch=1, on_fault=faults.append)
     started = threading.Event()
     # Hold the good worker back until the bad one has claimed the first job.
     original = good.render
@@ -154,6 +155,7 @@ def test_a_device_fault_takes_the_worker_out_and_its_jobs_run_elsewhere(tmp_path
     finally:
         engine.stop()
     assert bad.fault and engine.stats["device_faults"] == 1
+    assert faults == [bad.fault] and "device fault" in faults[0]  # the app turns this into a process restart
     assert all(store.get(i).status is JobStatus.COMPLETED for i in ids)  # type: ignore[union-attr]
     assert {store.get(i).worker for i in ids} == {"w1"}  # type: ignore[union-attr]
     assert store.get("a").attempts + store.get("b").attempts == 3  # type: ignore[union-attr]  # one re-queued
@@ -162,37 +164,45 @@ def test_a_device_fault_takes_the_worker_out_and_its_jobs_run_elsewhere(tmp_path
 def test_a_hung_worker_is_taken_out_and_its_late_answer_is_discarded(tmp_path: Path, located: dict) -> None:
     """The watchdog re-queues a render that makes no step; when the stuck call finally returns, its result is
     thrown away (the job was finished once, by the other worker) and its files are removed."""
-    stuck = FlakyWorker("w0", "cpu", torch.float32, located)
-    good = FlakyWorker("w1", "cpu", torch.float32, located)
-    release, hung = threading.Event(), threading.Event()
-    original_stuck, original_good = stuck.render, good.render
+    workers = [FlakyWorker(f"w{i}", "cpu", torch.float32, located) for i in range(2)]
+    release = threading.Event()
+    first: list[Worker] = []  # whichever worker claims the job first is the one that hangs
+    guard = threading.Lock()
 
-    def hang(*args: Any, **kw: Any) -> Rendered:
-        hung.set()
-        release.wait(30)
-        return original_stuck(*args, **kw)
+    def hanging(worker: FlakyWorker) -> Callable[..., Rendered]:
+        original = worker.render
 
-    def after_hang(*args: Any, **kw: Any) -> Rendered:
-        hung.wait(30)  # let the stuck worker claim the job first
-        return original_good(*args, **kw)
+        def render(*args: Any, **kw: Any) -> Rendered:
+            with guard:
+                hangs = not first
+                if hangs:
+                    first.append(worker)
+            if hangs:
+                release.wait(30)
+            return original(*args, **kw)
 
-    stuck.render, good.render = hang, after_hang  # type: ignore[method-assign]
+        return render
+
+    for w in workers:
+        w.render = hanging(w)  # type: ignore[method-assign]
     faults: list[str] = []
     # Loaded up front: the watchdog also times the load before a job's first step.
-    engine, store = _engine(tmp_path, [stuck, good], max_batch=1, step_timeout_s=1.0, on_fault=faults.append,
+    engine, store = _engine(tmp_path, workers, max_batch=1, step_timeout_s=2.0, on_fault=faults.append,
                             preload=["sdxl-base-1.0"])
     _submit(store, "a", _request("a"))
     engine.start()
     try:
         _wait_final(store, ["a"])
         release.set()
+        stuck = first[0]
         deadline = time.monotonic() + 30
         while stuck.busy_with and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         engine.stop()
+    good = next(w for w in workers if w is not stuck)
     record = store.get("a")
-    assert record is not None and record.status is JobStatus.COMPLETED and record.worker == "w1"
+    assert record is not None and record.status is JobStatus.COMPLETED and record.worker == good.name
     assert record.finishes == 1 and record.attempts == 2
     assert stuck.fault and "hung" in stuck.fault and faults == [stuck.fault]
     assert engine.stats["hung_workers"] == 1
@@ -224,3 +234,35 @@ def test_a_drain_that_runs_out_of_time_puts_running_jobs_back(tmp_path: Path, lo
     slow_rec, queued = store.get("slow"), store.get("queued")
     assert slow_rec.status is JobStatus.PENDING and slow_rec.finishes == 0  # type: ignore[union-attr]
     assert queued.status is JobStatus.PENDING and queued.attempts == 0  # type: ignore[union-attr]
+
+
+class _IdleEngine:
+    """Just the engine surface the lifecycle drives."""
+
+    def __init__(self) -> None:
+        self.claiming = True
+
+    def stop_claiming(self) -> None:
+        self.claiming = False
+
+    def running(self) -> list[str]:
+        return []
+
+    def wait_idle(self, timeout: float) -> bool:
+        return True
+
+    def interrupt_running(self) -> None:
+        raise AssertionError("nothing was running")
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+def test_a_fault_restarts_only_when_supervised(tmp_path: Path, supervised: bool) -> None:
+    from server.lifecycle import Lifecycle
+
+    engine = _IdleEngine()
+    lifecycle = Lifecycle(engine, JobStore(tmp_path / "jobs.sqlite3"), 5.0, restart_on_fault=supervised)  # type: ignore[arg-type]
+    exited = threading.Event()
+    lifecycle.on_exit(exited.set)
+    lifecycle.fault("cuda:0: device fault; taken out of service")
+    assert exited.wait(5) is supervised
+    assert lifecycle.restart is supervised and lifecycle.draining is supervised and engine.claiming is not supervised
