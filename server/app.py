@@ -75,8 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
     settings.check_bind_safety()
     keys = KeyRing.load(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_keys_file,
                         settings.rate_per_minute, settings.jobs_per_day)
-    if not keys.enabled and not settings.binds_loopback_only():
-        raise ValueError(f"refusing to bind to {settings.host}: the keys file holds no key")
+    if settings.api_keys_file is not None and not keys.enabled:
+        raise ValueError(f"{settings.api_keys_file.name} holds no key: add a [keys.NAME] table or unset the file")
     data = settings.data_dir
     # Before anything touches the database: only one server may own a data dir (crash recovery assumes it).
     lock = DataDirLock(data)

@@ -68,7 +68,7 @@ def serve(**given: Any) -> None:
 
     try:
         app = create_app(settings)
-    except DataDirBusy as exc:
+    except (DataDirBusy, ValueError, OSError) as exc:  # a busy data dir, a bad keys or config file
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     lifecycle = app.state.lifecycle

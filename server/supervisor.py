@@ -24,7 +24,7 @@ log = logging.getLogger("darkroom.supervisor")
 _PR_SET_PDEATHSIG = 1
 # A child that lived this long before dying was serving: its next restart starts the back-off afresh.
 _HEALTHY_RUN_S = 60.0
-_MAX_QUICK_FAILURES = 5
+_MAX_QUICK_FAILURES = 10
 
 
 def _die_with_parent() -> None:
@@ -73,7 +73,8 @@ def supervise(child_argv: Sequence[str]) -> int:
                           quick_failures, _HEALTHY_RUN_S)
                 return 1
         why = "asked for a restart" if code == RESTART_EXIT_CODE else f"died ({_describe(code)})"
-        delay = 0.0 if code == RESTART_EXIT_CODE and quick_failures == 0 else backoff
+        # The first restart after a healthy run is immediate; a crash loop backs off 1, 2, 4 ... 30 s.
+        delay = 0.0 if quick_failures <= 1 else backoff
         log.warning("supervisor: server process %d %s; starting a new one in %.1f s", child.pid, why, delay)
         time.sleep(delay)
         if quick_failures:

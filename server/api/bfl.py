@@ -142,7 +142,7 @@ def result_view(record: JobRecord, base: str) -> dict[str, Any]:
 
 
 @router.get("/v1/get_result")
-async def get_result(request: Request, id: str = "") -> JSONResponse:
+async def get_result(request: Request, id: str = "") -> JSONResponse:  # noqa: A002 - BFL's parameter name
     """Pending / Ready (result.sample) / Error; 'Task not found' (404) for an unknown id."""
     ctx = ctx_of(request)
     record = ctx.service.get(id) if 0 < len(id) <= 100 else None

@@ -174,7 +174,7 @@ class Engine:
         for weights in self.preload:
             try:
                 worker.preload([weights])
-            except Exception:
+            except Exception:  # noqa: BLE001 - a model that cannot load must not kill the worker; jobs report it
                 log.exception("could not preload %s on %s", weights, worker.device)
                 self.load_failures[weights] = f"{weights} could not be loaded on {worker.device}"
         with self._cond:
@@ -242,7 +242,7 @@ class Engine:
             outcome = "interrupted" if self._interrupt.is_set() and not ids <= self._cancel_requested else "cancelled"
         except (ParamError, NeverFits):
             outcome = "alone"  # one request's problem: run them one by one so each gets its own answer
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - classified below, outside the except block
             outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
                 "fault" if _device_fault(exc) else "error")
             if outcome == "error":
@@ -326,7 +326,7 @@ class Engine:
             except NeverFits as exc:
                 outcome, error = "param", {"code": "insufficient_vram", "field": None,
                                            "message": f"this job {exc}; lower the size or num_images"}
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any pipeline fault fails this job only; details go to the log
                 outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
                     "fault" if _device_fault(exc) else "error")
                 if outcome == "error":
@@ -370,7 +370,7 @@ class Engine:
             save_started = time.perf_counter()
             result: dict[str, Any] = self._save_outputs(request, rendered)
             save_s = time.perf_counter() - save_started
-        except Exception:
+        except Exception:  # noqa: BLE001 - a full disk fails the job, not the worker
             log.exception("could not save the outputs of %s", job.id)
             self.store.fail(job.id, {"code": "storage_failed", "field": None,
                                      "message": "the outputs could not be written; the server log has details"},

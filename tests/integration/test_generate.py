@@ -81,7 +81,7 @@ def test_models_endpoint_describes_every_id(server: ServerProcess) -> None:
 def test_sync_edit_returns_images(server: ServerProcess, model: str) -> None:
     with server.client() as c:
         r = _generate(c, model=model, prompt="make the wall blue", image_urls=[data_url(png_bytes((120, 80)))],
-                      num_inference_steps=4)
+                      num_inference_steps=2)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["task_id"].startswith("task_") and body["prompt"] == "make the wall blue"
@@ -95,7 +95,7 @@ def test_sync_edit_returns_images(server: ServerProcess, model: str) -> None:
 def test_async_task_lifecycle(server: ServerProcess, model: str) -> None:
     with server.client() as c:
         r = _generate(c, model=model, prompt="a lighthouse", image_urls=[data_url(png_bytes())], celery=True,
-                      num_inference_steps=4, aspect_ratio="1:1")
+                      num_inference_steps=2, aspect_ratio="1:1")
         assert r.status_code == 202, r.text
         assert r.json()["status"] in ("pending", "processing")
         view = _poll(c, r.json()["task_id"])
