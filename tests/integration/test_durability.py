@@ -55,21 +55,16 @@ def test_sigterm_drains_running_jobs_and_keeps_the_queue(tmp_path: Path, demo_di
     finally:
         proc.stop()
     rows = job_rows(data)
-    assert rows[running]["status"] == "completed" and rows[queued]["status"] == "pending"
-    # The next server picks up what was left queued.
-    again = ServerProcess(data, demo_dir, env=ONE_MODEL)
-    try:
-        again.wait_ready()
-        rows = _wait_final(data, {queued}, again)
-        assert rows[queued]["status"] == "completed" and rows[queued]["finishes"] == 1
-    finally:
-        again.stop()
+    # The running job finished inside the drain; the queued one waits on disk for the next start (the kill test
+    # below shows a restarted server finishing what it finds queued).
+    assert rows[running]["status"] == "completed" and rows[running]["finishes"] == 1
+    assert rows[queued]["status"] == "pending" and rows[queued]["attempts"] == 0
 
 
 def test_kill_9_at_random_moments_loses_nothing_and_finishes_each_job_once(tmp_path: Path, demo_dir: Path) -> None:
     """M jobs submitted while the server process is SIGKILLed K times (the supervisor restarts it); clients retry
     refused connections with the same Idempotency-Key. Every accepted job ends exactly once, with its image."""
-    m_jobs, kills = 10, 3
+    m_jobs, kills = 8, 3
     rng = random.Random(7)
     data = tmp_path / "data"
     proc = ServerProcess(data, demo_dir, env=ONE_MODEL)
@@ -77,7 +72,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_finishes_each_job_once(tmp_p
     try:
         proc.wait_ready()
         bodies = [_job(rng.randint(2, 12), i) for i in range(m_jobs)]
-        accepted = submit_through_kills(proc, bodies, kills, rng, unexpected, gap_s=(0.3, 1.5))
+        accepted = submit_through_kills(proc, bodies, kills, rng, unexpected, gap_s=(0.2, 1.2))
         assert len(accepted) == m_jobs and not unexpected, unexpected
         rows = _wait_final(data, set(accepted.values()), proc)
     finally:
