@@ -37,7 +37,7 @@ class ServerProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
         full_env.update({"DARKROOM_DATA_DIR": str(data_dir), "DARKROOM_PORT": str(self.port),
-                         "PYTHONUNBUFFERED": "1", "DARKROOM_DRAIN_TIMEOUT_S": "2"})
+                         "PYTHONUNBUFFERED": "1", "DARKROOM_DRAIN_TIMEOUT_S": "0.5"})
         if demo_dir is not None:
             full_env["DARKROOM_DEMO_WEIGHTS_PATH"] = str(demo_dir)
         full_env.update(env or {})

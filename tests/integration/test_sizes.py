@@ -29,7 +29,7 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
     lowest = min(spec.quality, key=QUALITY_LONG_SIDE.__getitem__)
     with server.client() as c:
         for quality in spec.quality:
-            # Every ratio at every native tier is rendered for the Kontext ids. For the other ids
+            # Every ratio at every native tier is rendered for flux-kontext-pro. For the other ids
             # the squarest and most extreme ratios are rendered at the lowest tier (the arithmetic of every
             # id x tier x ratio is checked in tests/unit/test_catalog.py). Refined tiers (above the native
             # size) take one tiled pass per request, so only the widest ratio (fewest tiles) is rendered.
@@ -41,7 +41,7 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
                 if model not in REFINED_SAMPLE or quality != min(refined, key=QUALITY_LONG_SIDE.__getitem__):
                     continue
                 chosen = [max(ratios, key=lambda a: parse_ratio(a)[0] / parse_ratio(a)[1])]
-            elif spec.family == "flux-kontext":
+            elif model == "flux-kontext-pro":  # kontext-max differs in steps, not in sizing
                 chosen = ratios
             elif quality == lowest:
                 chosen = _extremes(ratios)
