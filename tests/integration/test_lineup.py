@@ -33,6 +33,8 @@ def _post(c: httpx.Client, model: str, **body: Any) -> httpx.Response:
 @pytest.mark.parametrize("shape", ["text-only", "one-source", "four-references", "maximum"])
 def test_input_shapes(server: ServerProcess, model: str, shape: str) -> None:
     spec = CATALOG.get(model)
+    if shape == "four-references" and spec.max_reference_images == 4 and spec.max_source_images > 1:
+        pytest.skip("the maximum shape already sends these 4 references (with more sources)")
     body: dict[str, Any] = {
         "text-only": {},
         "one-source": {"image_urls": _images(1)},
