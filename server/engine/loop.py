@@ -16,6 +16,7 @@ from pipelines.base import ParamError, RenderCancelled
 from pipelines.registry import family_class
 from server.engine.policy import NeverFits, Placement
 from server.engine.request import GenerationRequest
+from server.engine.results import output_names, save_outputs
 from server.engine.scheduler import Plan, Scheduler, WorkerView
 from server.jobs.store import JobRecord, JobStatus, JobStore
 from server.media.storage import OutputStore
@@ -40,13 +41,6 @@ def _device_fault(exc: BaseException) -> bool:
     from server.engine.worker import is_device_fault
 
     return is_device_fault(exc)
-
-
-def _output_names(result: dict[str, Any]) -> list[str]:
-    names = [i["file"] for i in result.get("images", [])]
-    for v in result.get("videos", []):
-        names += [v["file"], v["poster"]["file"]]
-    return names
 
 
 class Engine:
@@ -368,7 +362,7 @@ class Engine:
         """Write a finished job's outputs, then mark it completed (outputs first: a done job always has them)."""
         try:
             save_started = time.perf_counter()
-            result: dict[str, Any] = self._save_outputs(request, rendered)
+            result: dict[str, Any] = save_outputs(self.outputs, request, rendered)
             save_s = time.perf_counter() - save_started
         except Exception:  # noqa: BLE001 - a full disk fails the job, not the worker
             log.exception("could not save the outputs of %s", job.id)
@@ -398,7 +392,7 @@ class Engine:
         if not self.store.complete(job.id, result, job.attempts):
             # The job was re-queued behind this worker's back (watchdog, device fault): another claim owns it now.
             log.warning("discarding a late result for %s (attempt %d is no longer current)", job.id, job.attempts)
-            self.outputs.remove(_output_names(result))
+            self.outputs.remove(output_names(result))
 
     def _done(self, job_id: str) -> None:
         with self._cond:
@@ -435,19 +429,3 @@ class Engine:
                 busy = worker.busy_with
                 if busy and not worker.fault and now - worker.beat > self.step_timeout_s:
                     self._take_out(worker, list(busy), f"no progress for {self.step_timeout_s:g} s (hung)")
-
-    def _save_outputs(self, request: GenerationRequest, rendered: Rendered) -> dict[str, Any]:
-        """Write images or clips (with posters) to the output store; the result's file list."""
-        if rendered.videos:
-            videos = []
-            for clip, seed in zip(rendered.videos, request.seeds, strict=True):
-                v = self.outputs.save_video(clip.frames, clip.fps, clip.audio, clip.sample_rate)
-                videos.append({"file": v.name, "width": v.width, "height": v.height, "num_frames": v.num_frames,
-                               "fps": v.fps, "duration": round(v.num_frames / v.fps, 4), "has_audio": v.has_audio,
-                               "content_type": "video/mp4", "seed": seed,
-                               "poster": {"file": v.poster.name, "width": v.poster.width,
-                                          "height": v.poster.height, "content_type": v.poster.content_type}})
-            return {"videos": videos}
-        stored = [self.outputs.save(img, request.output_format) for img in rendered.images]
-        return {"images": [{"file": s.name, "width": s.width, "height": s.height, "content_type": s.content_type,
-                            "seed": seed} for s, seed in zip(stored, request.seeds, strict=True)]}
