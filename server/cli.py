@@ -78,13 +78,13 @@ def serve(**given: Any) -> None:
     lifecycle.on_exit(server.exit_now)
     logging.getLogger("darkroom").info("listening on http://%s:%d", settings.host, settings.port)
     server.run()
-    if lifecycle.restart:
-        # The jobs database is closed and committed by now. Skip interpreter teardown: a worker thread stuck in
-        # native code (the hung or faulted one) would abort it, and the process is being replaced anyway.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(RESTART_EXIT_CODE)
+    # The jobs database is closed and committed by now and every thread left is a daemon. Skip interpreter
+    # teardown: a worker thread stuck in native code (a hung or faulted one) would abort it, and tearing down
+    # torch's and diffusers' module graph adds about 2 s to every stop for nothing.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(RESTART_EXIT_CODE if lifecycle.restart else 0)
 
 
 

@@ -63,7 +63,7 @@ class Lifecycle:
             if self.draining:
                 return False
             self.draining, self.restart, self.reason = True, restart, reason
-        log.warning("draining (%s): finishing %d running job(s) for up to %.0f s; queued jobs stay on disk%s",
+        log.warning("draining (%s): finishing %d running job(s) for up to %g s; queued jobs stay on disk%s",
                     reason, len(self.engine.running()), self.drain_timeout_s, "; then restarting" if restart else "")
         self.engine.stop_claiming()
         threading.Thread(target=self._drain, name="drain", daemon=True).start()
