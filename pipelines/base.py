@@ -29,6 +29,8 @@ from weights.safetensors_header import folder_bytes_at
 if TYPE_CHECKING:
     import torch
 
+    from pipelines.memory import MemoryCoefficients
+
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, steps total)."""
 
@@ -234,8 +236,11 @@ class Family(ABC):
 
     @classmethod
     @abstractmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        """Conservative peak activation memory for `batch` renders like `params` (excludes weights)."""
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+        """Conservative peak activation memory for `batch` renders like `params` (excludes weights).
+
+        `coeffs` replaces the family's coefficients from configs/memory.toml (calibration evaluates the formula's
+        terms with them)."""
 
     # ---- runtime, owned by one worker thread ---------------------------------------------
     @abstractmethod

@@ -47,8 +47,8 @@ class Flux2KleinFamily(Family):
     native_max_long_side: ClassVar[int] = 2048
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        return _activation_bytes(params, batch, coefficients(cls.name))
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+        return _activation_bytes(params, batch, coeffs or coefficients(cls.name))
 
     def load(self) -> None:
         from diffusers import Flux2KleinInpaintPipeline
@@ -110,8 +110,8 @@ class Flux2DevFamily(Family):
     native_max_long_side: ClassVar[int] = 2048
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        return _activation_bytes(params, batch, coefficients(cls.name))
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+        return _activation_bytes(params, batch, coeffs or coefficients(cls.name))
 
     def load(self) -> None:
         from pipelines import torchvision_shims

@@ -15,7 +15,7 @@ from typing import ClassVar
 from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
-from pipelines.memory import coefficients
+from pipelines.memory import MemoryCoefficients, coefficients
 
 _TRUE_CFG = 2.0
 
@@ -42,8 +42,8 @@ class FluxKontextFamily(Family):
     supports_negative_prompt: ClassVar[bool] = True
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        c = coefficients(cls.name)
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+        c = coeffs or coefficients(cls.name)
         out_tokens = (params.width // 16) * (params.height // 16)
         # The stitched source (+ references) becomes conditioning tokens beside the output's.
         cond_tokens = out_tokens * (1 + params.num_references) if params.num_sources else 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task
-from pipelines.memory import coefficients
+from pipelines.memory import MemoryCoefficients, coefficients
 
 # Each conditioning image is VAE-encoded at ~1 MP (hard-coded in the pipeline): 4096 tokens of 16 px patches.
 _COND_TOKENS = 1024 * 1024 // 256
@@ -29,8 +29,8 @@ class QwenImageEditFamily(Family):
     supports_negative_prompt: ClassVar[bool] = True
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
-        c = coefficients(cls.name)
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+        c = coeffs or coefficients(cls.name)
         out_tokens = (params.width // 16) * (params.height // 16)
         cond = (params.num_sources + params.num_references) * _COND_TOKENS
         # True classifier-free guidance runs the transformer twice per step.

@@ -32,7 +32,7 @@ from pipelines.base import (
     Task,
     dtype_bytes,
 )
-from pipelines.memory import coefficients
+from pipelines.memory import MemoryCoefficients, coefficients
 from weights.safetensors_header import file_bytes_at, folder_bytes_at
 
 IP_ADAPTER_FOLDER = "ip_adapter"
@@ -70,9 +70,9 @@ class SDXLFamily(Family):
             )
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
         # UNet activations per latent pixel (8x VAE), per image; VAE decode per output pixel.
-        c = coefficients(cls.name)
+        c = coeffs or coefficients(cls.name)
         latent_pixels = (params.width // 8) * (params.height // 8)
         unet = batch * params.num_images * latent_pixels * c.bytes_per_token
         return unet + params.width * params.height * c.vae_bytes_per_pixel

@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from pipelines.base import Family, ParamError, RenderParams, Task
-from pipelines.memory import coefficients
+from pipelines.memory import MemoryCoefficients, coefficients
 
 # Clips above this many output pixels x frames decode with VAE tiling, which bounds decoder memory
 # by the tile size instead of the clip size (slower, same result up to seam blending).
@@ -28,9 +28,9 @@ class VideoFamily(Family):
     """Pixels per latent token side (VAE spatial compression x the transformer's patch size)."""
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int) -> int:
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
         """Latent tokens through the DiT, plus the 3D VAE decode per output voxel (coefficients in configs/)."""
-        c = coefficients(cls.name)
+        c = coeffs or coefficients(cls.name)
         latent_frames = (params.num_frames - 1) // cls.frame_step + 1
         tokens = latent_frames * (params.height // cls.token_patch) * (params.width // cls.token_patch)
         return batch * tokens * c.bytes_per_token + params.width * params.height * params.num_frames * \
