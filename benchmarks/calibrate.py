@@ -1,6 +1,7 @@
 """Calibrate configs/memory.toml and configs/costs.toml on this machine's GPU.
 
-For each family whose weights are present (real ones from `darkroom weights pull`, else the demo weights), the
+For each family whose weights are present (real ones from `darkroom weights pull`, else the demo weights; or a
+folder named with --weights-path, such as a full-size random build from `python -m weights.full_size`), the
 script renders a grid of (images, size[, frames]) through the same Family classes the server runs and measures
 the peak device memory beyond the weights (`torch.cuda.max_memory_allocated`), seconds per denoising step, the
 seconds around the steps (text encoding, VAE), and load seconds from disk and from pinned host RAM. It fits each
@@ -10,6 +11,8 @@ held-out grid: it must never undershoot a measured peak by more than 5%.
     python -m benchmarks.calibrate                                 # every family with weights
     python -m benchmarks.calibrate --families sdxl,flux-kontext --write-configs
     python -m benchmarks.calibrate --device cpu --quick            # the code path on demo weights, no memory figures
+    python -m weights.full_size flux-kontext --out /scratch/kontext && \
+        python -m benchmarks.calibrate --families flux-kontext --weights-path /scratch/kontext --write-configs
 
 Writes benchmarks/results/<device>/calibration.json (device name, versions, command, every point). With
 --write-configs the fitted coefficients, seconds and transfer rates replace the estimates in configs/.
@@ -39,7 +42,8 @@ from pipelines.memory import MEMORY_PATH, coefficients
 from pipelines.registry import FAMILIES
 from pipelines.video_base import VideoFamily
 from server.engine.costs import COSTS_PATH, load_costs
-from weights.locate import locate
+from weights.full_size import RANDOM_MARKER
+from weights.locate import locate, real_weights_ready
 from weights.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,6 +242,15 @@ def reference_costs(name: str, fam: Family, meter: Meter) -> dict[str, Any] | No
             "activation_gb": None if one["peak_bytes"] is None else round(one["peak_bytes"] / 1e9, 2)}
 
 
+def weights_kind(folder: Path) -> str:
+    """'random full-size' for a weights.full_size build at full depth, 'real' for pulled weights, else what it is."""
+    marker = folder / RANDOM_MARKER
+    if marker.is_file():
+        depth = json.loads(marker.read_text()).get("depth")
+        return "random full-size" if depth is None else f"random full-width, depth {depth} (a shape check)"
+    return "real" if real_weights_ready(folder) else "unverified folder"
+
+
 def device_slug(device: str) -> tuple[str, str]:
     """(human name, folder name) of the device."""
     import torch
@@ -296,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's data dir (default: DARKROOM_DATA_DIR or the server's default)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<device>)")
     parser.add_argument("--write-configs", action="store_true", help="write fitted values into configs/")
+    parser.add_argument("--weights-path", type=Path, default=None,
+                        help="one family's folder to measure instead of the served weights (e.g. from weights.full_size)")
     parser.add_argument("--drop-page-cache", action="store_true",
                         help="drop the OS page cache before each load (needs root) so disk seconds are cold reads")
     args = parser.parse_args(argv)
@@ -314,21 +329,27 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown families {unknown}; known: {', '.join(sorted(FAMILIES))}")
     by_family = {e.family: e for e in load_manifest().values()}
-    meter, results, demo = Meter(device), [], []
+    if args.weights_path and len(wanted) != 1:
+        parser.error("--weights-path names one family's folder: give exactly one --families")
+    meter, results, kinds = Meter(device), [], {}
     for name in wanted:
-        where = locate(by_family[name], settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
-        if where is None:
-            print(f"skip {name}: no weights (run `darkroom weights pull {by_family[name].name}` or `weights demo`)")
-            continue
-        if where.demo:
-            demo.append(name)
-        fam = FAMILIES[name](where.path, device, resolve_dtype(settings.dtype, device))
+        if args.weights_path:
+            path, kind = args.weights_path, weights_kind(args.weights_path)
+        else:
+            where = locate(by_family[name], settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
+            if where is None:
+                print(f"skip {name}: no weights (`darkroom weights pull {by_family[name].name}`, `weights demo`, or "
+                      "`python -m weights.full_size` with --weights-path)")
+                continue
+            path, kind = where.path, "demo" if where.demo else "real"
+        kinds[name] = kind
+        fam = FAMILIES[name](path, device, resolve_dtype(settings.dtype, device))
         weights = sum(c.bytes for c in fam.components())
         if meter.cuda and weights > 0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory:
             # Offloaded runs measure the offload, not the formula; a bigger GPU calibrates this family.
             print(f"skip {name}: {weights / 1e9:.1f} GB of weights do not fit this device resident")
             continue
-        print(f"{name}: {'demo' if where.demo else 'real'} weights from {where.path}", flush=True)
+        print(f"{name}: {kind} weights from {path}", flush=True)
         results.append(calibrate_family(name, fam, args.quick, meter, args.drop_page_cache))
         del fam
         if meter.cuda:
@@ -338,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name, "command": "python -m benchmarks.calibrate " + " ".join(argv or sys.argv[1:]),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {p: version(p) for p in ("torch", "diffusers", "transformers")},
-        "demo_weights": demo, "quick": args.quick, "transfer": transfer_rates(results), "families": results,
+        "weights": kinds, "demo_weights": sorted(n for n, k in kinds.items() if k == "demo"), "quick": args.quick, "transfer": transfer_rates(results), "families": results,
     }
     out_dir = args.out or ROOT / "benchmarks" / "results" / slug
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             if check else "memory not measured"))
     print(f"wrote {out_dir / 'calibration.json'}")
     if args.write_configs:
-        if demo or args.quick or not meter.cuda:
-            print("not writing configs/: demo weights, --quick or no CUDA give figures that describe nothing real")
+        measurable = {"real", "random full-size"}
+        if set(kinds.values()) - measurable or args.quick or not meter.cuda:
+            print("not writing configs/: demo or depth-capped weights, --quick or no CUDA give figures that describe "
+                  "nothing real")
             return 2
         for line in write_configs(results, device_name):
             print("  " + line)

@@ -77,3 +77,36 @@ def test_quick_run_on_demo_weights_measures_and_refuses_to_write_configs(
     for point in family["points"]:
         assert point["step_s"] > 0 and point["tokens_term"] > 0 and point["estimate_before"] > 0
     assert family["costs"]["job_s"] > 0 and 0 <= family["costs"]["batch_marginal"] <= 1
+
+
+# Published parameter counts (../shared/reference/tiny-models.md section 3, counted on the meta device).
+PUBLISHED = {
+    "flux-kontext": {"transformer": 11_901_408_320, "vae": 83_819_683, "text_encoder": 123_060_480,
+                     "text_encoder_2": 4_762_310_656},
+    "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
+}
+
+
+@pytest.mark.parametrize("family", sorted(PUBLISHED))
+def test_full_size_configs_have_the_published_parameter_counts_and_match_the_cost_table(family: str) -> None:
+    from server.engine.costs import load_costs
+    from weights.full_size import parameter_counts
+
+    counts = parameter_counts(family)
+    assert counts == PUBLISHED[family]
+    table = sorted(load_costs().families[family].components, reverse=True)
+    assert len(table) == len(counts)
+    for listed, params in zip(table, sorted(counts.values(), reverse=True), strict=True):
+        assert listed == pytest.approx(2 * params, abs=0.05e9)  # bf16 bytes, as configs/costs.toml lists them
+
+
+def test_a_folder_named_by_hand_is_classified_and_needs_one_family(tmp_path: Path) -> None:
+    from weights.full_size import RANDOM_MARKER
+
+    (tmp_path / RANDOM_MARKER).write_text(json.dumps({"family": "sdxl", "depth": None}))
+    assert calibrate.weights_kind(tmp_path) == "random full-size"
+    (tmp_path / RANDOM_MARKER).write_text(json.dumps({"family": "sdxl", "depth": 1}))
+    assert calibrate.weights_kind(tmp_path).startswith("random full-width, depth 1")
+    assert calibrate.weights_kind(tmp_path / "nothing") == "unverified folder"
+    with pytest.raises(SystemExit):
+        calibrate.main(["--families", "sdxl,flux2-klein", "--weights-path", str(tmp_path), "--device", "cpu"])
