@@ -9,7 +9,8 @@ for pulled weights; `python -m benchmarks.calibrate --weights-path DIR` names it
 
     python -m weights.full_size flux-kontext --out /scratch/kontext-full     # then calibrate on it
 
-Only the families whose configs are written here can be built; the others need their configs added.
+Configs are written here for FLUX.1 Kontext, SDXL, Qwen-Image-Edit-2511 and Wan 2.2 TI2V-5B; the other families
+need theirs added (FLUX.2 reads text-encoder hidden states by layer index, so its encoders keep their full depth).
 """
 
 from __future__ import annotations
@@ -48,6 +49,39 @@ FULL_CONFIGS: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
         "text_encoder": ("transformers", "CLIPTextModel", _CLIP_L),
         "text_encoder_2": ("transformers", "T5EncoderModel", _T5_XXL),
     },
+    "qwen-image-edit": {  # Qwen/Qwen-Image-Edit-2511
+        "transformer": ("diffusers", "QwenImageTransformer2DModel", {
+            "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+            "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False,
+            "axes_dims_rope": [16, 56, 56], "zero_cond_t": True}),
+        "vae": ("diffusers", "AutoencoderKLQwenImage", {
+            "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+            "temperal_downsample": [False, True, True]}),
+        "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration", {  # Qwen2.5-VL-7B-Instruct
+            "tie_word_embeddings": False,
+            "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                            "rms_norm_eps": 1e-6, "max_position_embeddings": 128000,
+                            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24], "rope_type": "default"},
+                            "rope_theta": 1000000.0},
+            "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                              "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
+                              "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+                              "in_channels": 3, "hidden_act": "silu"}}),
+    },
+    "wan2.2-ti2v-5b": {  # Wan-AI/Wan2.2-TI2V-5B-Diffusers
+        "transformer": ("diffusers", "WanTransformer3DModel", {
+            "patch_size": [1, 2, 2], "num_attention_heads": 24, "attention_head_dim": 128, "in_channels": 48,
+            "out_channels": 48, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 14336, "num_layers": 30,
+            "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024}),
+        # latents_mean/std only shift and scale latents; their length must be z_dim.
+        "vae": ("diffusers", "AutoencoderKLWan", {
+            "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+            "attn_scales": [], "temperal_downsample": [False, True, True], "in_channels": 12, "out_channels": 12,
+            "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4, "is_residual": True,
+            "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48}),
+        "text_encoder": ("transformers", "UMT5EncoderModel", {**_T5_XXL, "vocab_size": 256384}),
+    },
     "sdxl": {  # stabilityai/stable-diffusion-xl-base-1.0
         "unet": ("diffusers", "UNet2DConditionModel", {
             "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -64,19 +98,16 @@ FULL_CONFIGS: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
 }
 
 # Fields that count layers: capped by `depth` so a test can check that full widths line up on a small machine.
-_DEPTH_FIELDS = ("num_layers", "num_single_layers", "num_hidden_layers")
+_DEPTH_FIELDS = ("num_layers", "num_single_layers", "num_hidden_layers", "depth")
 # Token ids come from the demo build's tokenizers, so the configs take theirs.
-_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "image_token_id",
+                    "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
 
 def build_component(library: str, class_name: str, fields: dict[str, Any], tiny_config: dict[str, Any] | None = None,
                     depth: int | None = None) -> Any:
     """One model from its size-defining fields (and the demo build's token ids), on the current default device."""
-    fields = dict(fields)
-    if depth is not None:
-        fields.update({k: min(v, depth) for k, v in fields.items() if k in _DEPTH_FIELDS})
-        if "transformer_layers_per_block" in fields:
-            fields["transformer_layers_per_block"] = [min(n, depth) for n in fields["transformer_layers_per_block"]]
+    fields = _capped(fields, depth) if depth is not None else dict(fields)
     if library == "diffusers":
         import diffusers
 
@@ -86,6 +117,21 @@ def build_component(library: str, class_name: str, fields: dict[str, Any], tiny_
     model_class = getattr(transformers, class_name)
     ids = {k: v for k, v in (tiny_config or {}).items() if k in _TOKEN_ID_FIELDS and v is not None}
     return model_class(model_class.config_class(**{**ids, **fields}))
+
+
+def _capped(fields: dict[str, Any], depth: int) -> dict[str, Any]:
+    """`fields` with every layer count (nested configs included) at most `depth`."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            out[key] = _capped(value, depth)
+        elif key in _DEPTH_FIELDS and isinstance(value, int):
+            out[key] = min(value, depth)
+        elif key == "transformer_layers_per_block":
+            out[key] = [min(n, depth) for n in value]
+        else:
+            out[key] = value
+    return out
 
 
 @contextmanager

@@ -45,6 +45,7 @@ def build_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=1,
         joint_attention_dim=HIDDEN, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+        zero_cond_t=True,  # as Qwen-Image-Edit-2511: conditioning tokens are modulated at t = 0
     )
     z_dim = 16
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
