@@ -9,8 +9,8 @@ for pulled weights; `python -m benchmarks.calibrate --weights-path DIR` names it
 
     python -m weights.full_size flux-kontext --out /scratch/kontext-full     # then calibrate on it
 
-Configs are written here for FLUX.1 Kontext, SDXL, Qwen-Image-Edit-2511 and Wan 2.2 TI2V-5B; the other families
-need theirs added (FLUX.2 reads text-encoder hidden states by layer index, so its encoders keep their full depth).
+Configs are written here for FLUX.1 Kontext, SDXL, FLUX.2 [klein] 4B, Qwen-Image-Edit-2511 and Wan 2.2 TI2V-5B;
+FLUX.2 [dev], Wan 2.2 I2V-A14B and LTX-2 need theirs added (and more disk and GPU memory than one 80 GB card has).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 RANDOM_MARKER = ".darkroom-random-full-size"
+
+# A component whose layer count the pipeline depends on (hidden states read by index): `depth` leaves it whole.
+_FULL_DEPTH = "_full_depth"
 
 _CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
            "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768, "hidden_act": "quick_gelu"}
@@ -48,6 +51,23 @@ FULL_CONFIGS: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
                                                "use_post_quant_conv": False}),
         "text_encoder": ("transformers", "CLIPTextModel", _CLIP_L),
         "text_encoder_2": ("transformers", "T5EncoderModel", _T5_XXL),
+    },
+    "flux2-klein": {  # black-forest-labs/FLUX.2-klein-4B
+        "transformer": ("diffusers", "Flux2Transformer2DModel", {
+            "patch_size": 1, "in_channels": 128, "num_layers": 5, "num_single_layers": 20, "attention_head_dim": 128,
+            "num_attention_heads": 24, "joint_attention_dim": 7680, "timestep_guidance_channels": 256,
+            "mlp_ratio": 3.0, "axes_dims_rope": [32, 32, 32, 32], "rope_theta": 2000, "eps": 1e-6,
+            "guidance_embeds": False}),
+        "vae": ("diffusers", "AutoencoderKLFlux2", {
+            **{k: v for k, v in _VAE_4_BLOCKS.items() if k != "force_upcast"}, "latent_channels": 32,
+            "patch_size": [2, 2], "use_quant_conv": True,
+            "use_post_quant_conv": True}),
+        # The pipeline stacks hidden states of layers 9, 18 and 27: this encoder keeps its depth under `depth`.
+        "text_encoder": ("transformers", "Qwen3ForCausalLM", {  # Qwen/Qwen3-4B
+            _FULL_DEPTH: True, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+            "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True}),
     },
     "qwen-image-edit": {  # Qwen/Qwen-Image-Edit-2511
         "transformer": ("diffusers", "QwenImageTransformer2DModel", {
@@ -107,7 +127,10 @@ _TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_sta
 def build_component(library: str, class_name: str, fields: dict[str, Any], tiny_config: dict[str, Any] | None = None,
                     depth: int | None = None) -> Any:
     """One model from its size-defining fields (and the demo build's token ids), on the current default device."""
-    fields = _capped(fields, depth) if depth is not None else dict(fields)
+    fields = dict(fields)
+    if depth is not None and not fields.get(_FULL_DEPTH):
+        fields = _capped(fields, depth)
+    fields.pop(_FULL_DEPTH, None)
     if library == "diffusers":
         import diffusers
 

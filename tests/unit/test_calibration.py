@@ -86,6 +86,7 @@ PUBLISHED = {
     "flux-kontext": {"transformer": 11_901_408_320, "vae": 83_819_683, "text_encoder": 123_060_480,
                      "text_encoder_2": 4_762_310_656},
     "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
+    "flux2-klein": {},  # no exact published counts: the cost-table check below still applies
     "qwen-image-edit": {"vae": 126_892_531},
     "wan2.2-ti2v-5b": {"text_encoder": 5_680_910_336},
 }
