@@ -230,7 +230,7 @@ def reference_costs(name: str, fam: Family, meter: Meter) -> dict[str, Any] | No
     side = int(ref.ref_pixels ** 0.5) // cls.size_multiple * cls.size_multiple
     width, height = (1280, 704) if ref.ref_frames > 1 else (side, side)
     frames = cls.valid_frames(ref.ref_frames) if issubclass(cls, VideoFamily) else 0
-    if meter.cuda is False:  # a CPU cannot render full size in reasonable time; the demo sizes say little anyway
+    if not meter.cuda:  # a CPU cannot render full size in reasonable time; the demo sizes say little anyway
         width, height = 64, 64
         frames = cls.valid_frames(9) if frames else 0
     one = render(fam, params_for(cls, GridPoint(width, height, 1, frames)), meter)
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name, "command": "python -m benchmarks.calibrate " + " ".join(argv or sys.argv[1:]),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {p: version(p) for p in ("torch", "diffusers", "transformers")},
-        "weights": kinds, "demo_weights": sorted(n for n, k in kinds.items() if k == "demo"), "quick": args.quick, "transfer": transfer_rates(results), "families": results,
+        "weights": kinds, "quick": args.quick, "transfer": transfer_rates(results), "families": results,
     }
     out_dir = args.out or ROOT / "benchmarks" / "results" / slug
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def test_quick_run_on_demo_weights_measures_and_refuses_to_write_configs(
     assert code == 2  # demo weights on a CPU: figures that describe nothing real are never written
     assert (MEMORY_PATH.read_text(), COSTS_PATH.read_text()) == before
     report = json.loads((tmp_path / "out" / "calibration.json").read_text())
-    assert report["device"].startswith("cpu") and report["demo_weights"] == ["flux2-klein"]
+    assert report["device"].startswith("cpu") and report["weights"] == {"flux2-klein": "demo"}
     assert set(report["versions"]) == {"torch", "diffusers", "transformers"}
     (family,) = report["families"]
     assert family["memory"].startswith("not measured") and family["fit"] is None
