@@ -19,6 +19,9 @@ class LTX2Family(VideoFamily):
     size_multiple: ClassVar[int] = 32
     frame_step: ClassVar[int] = 8
     token_patch: ClassVar[int] = 32  # 32x VAE, 1x1 patches
+    vae_spatial: ClassVar[int] = 32
+    vae_tile_px: ClassVar[int] = 512
+    vae_overlap_px: ClassVar[int] = 64
     supports_audio: ClassVar[bool] = True
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
@@ -26,7 +29,7 @@ class LTX2Family(VideoFamily):
 
         p = spec.params
         pipe = self.pipeline("i2v")
-        self.use_tiling(pipe.vae, p)
+        self.apply_decode_plan(pipe.vae, self.decode_plan(p))
         first = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
         with torch.inference_mode():
             out = pipe(

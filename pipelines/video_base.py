@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -12,6 +13,36 @@ from pipelines.memory import MemoryCoefficients, coefficients
 # Clips above this many output pixels x frames decode with VAE tiling, which bounds decoder memory
 # by the tile size instead of the clip size (slower, same result up to seam blending).
 TILING_THRESHOLD = 480 * 864 * 49
+# The decoders pad with reflection, which needs at least two latents along each side of a tile.
+_SMALLEST_TILE_LATENTS = 2
+
+
+def tile_stride(latents: int, tile: int, overlap: int) -> int:
+    """Latent stride for tiling one axis of `latents` with tiles of at most `tile` overlapping by `overlap`.
+
+    diffusers starts a tile every `stride` latents until the axis ends, so the last tile is `latents % stride`
+    long; at one latent the decoder's reflection padding fails ("Padding size should be less than the
+    corresponding input dimension"), which is what a 4:3 clip at 720p hit with the default 448 px stride.
+    The largest stride (fewest tiles) whose last tile is not such a sliver wins; one always exists between
+    half and all of `tile - overlap` (tests/unit/test_video_units.py checks every length a tier can ask for).
+    """
+    widest = tile - overlap
+    for stride in range(widest, max(1, widest // 2) - 1, -1):
+        rest = latents % stride
+        if latents <= stride or rest == 0 or rest >= _SMALLEST_TILE_LATENTS:
+            return stride
+    raise ValueError(f"no tile stride for {latents} latents with {tile}-latent tiles")
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """How a clip's latents are decoded: whole, or in overlapping spatial tiles (sizes in output pixels)."""
+
+    tiled: bool
+    tile: tuple[int, int] = (0, 0)
+    """(height, width) of one tile."""
+    stride: tuple[int, int] = (0, 0)
+    """(height, width) between tile starts; tile - stride is the blended overlap."""
 
 
 class VideoFamily(Family):
@@ -26,6 +57,12 @@ class VideoFamily(Family):
     max_frames: ClassVar[int] = 257
     token_patch: ClassVar[int]
     """Pixels per latent token side (VAE spatial compression x the transformer's patch size)."""
+    vae_spatial: ClassVar[int]
+    """Pixels per latent side in the VAE (its spatial compression, patchify included)."""
+    vae_tile_px: ClassVar[int]
+    """Largest decode tile side (diffusers' default for the VAE: it bounds decoder memory)."""
+    vae_overlap_px: ClassVar[int]
+    """Overlap blended between neighbouring tiles (diffusers' default tile less its stride)."""
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
@@ -68,8 +105,21 @@ class VideoFamily(Family):
         """diffusers 'np' output (F, H, W, 3) floats in [0, 1] -> uint8."""
         return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
-    @staticmethod
-    def use_tiling(vae: object, params: RenderParams) -> None:
-        """Tile the VAE for long or large clips; keep the faster untiled path for short ones."""
-        big = params.width * params.height * params.num_frames > TILING_THRESHOLD
-        getattr(vae, "enable_tiling" if big else "disable_tiling")()
+    @classmethod
+    def decode_plan(cls, params: RenderParams) -> DecodePlan:
+        """Tile the VAE decode for long or large clips (memory bounded by the tile, not the clip); decode short
+        ones whole, which is faster. Tile strides are chosen per clip so that no tile is a sliver."""
+        if params.width * params.height * params.num_frames <= TILING_THRESHOLD:
+            return DecodePlan(tiled=False)
+        r = cls.vae_spatial
+        tile, overlap = cls.vae_tile_px // r, cls.vae_overlap_px // r
+        sh, sw = tile_stride(params.height // r, tile, overlap), tile_stride(params.width // r, tile, overlap)
+        return DecodePlan(True, ((sh + overlap) * r, (sw + overlap) * r), (sh * r, sw * r))
+
+    def apply_decode_plan(self, vae: Any, plan: DecodePlan) -> None:
+        """Set the pipeline's VAE up for `plan` (the settings stay on the shared VAE, so every call sets them)."""
+        if not plan.tiled:
+            vae.disable_tiling()
+            return
+        vae.enable_tiling(tile_sample_min_height=plan.tile[0], tile_sample_min_width=plan.tile[1],
+                          tile_sample_stride_height=plan.stride[0], tile_sample_stride_width=plan.stride[1])

@@ -19,13 +19,15 @@ class WanVideoFamily(VideoFamily):
 
     pipeline_class: ClassVar[str] = "WanImageToVideoPipeline"
     frame_step: ClassVar[int] = 4
+    vae_tile_px: ClassVar[int] = 256
+    vae_overlap_px: ClassVar[int] = 64
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 
         p = spec.params
         pipe = self.pipeline("i2v")
-        self.use_tiling(pipe.vae, p)
+        self.apply_decode_plan(pipe.vae, self.decode_plan(p))
         first = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
         last = spec.sources[1].resize((p.width, p.height), Image.Resampling.LANCZOS) if len(spec.sources) > 1 else None
         extra = {"last_image": last} if last is not None else {}
@@ -46,6 +48,7 @@ class WanTI2V5BFamily(WanVideoFamily):
     name: ClassVar[str] = "wan2.2-ti2v-5b"
     size_multiple: ClassVar[int] = 32
     token_patch: ClassVar[int] = 32  # 16x VAE, 2x2 patches
+    vae_spatial: ClassVar[int] = 16  # 8x VAE after a 2x patchify
 
 
 class WanI2VA14BFamily(WanVideoFamily):
@@ -54,4 +57,5 @@ class WanI2VA14BFamily(WanVideoFamily):
     name: ClassVar[str] = "wan2.2-i2v-a14b"
     size_multiple: ClassVar[int] = 16
     token_patch: ClassVar[int] = 16  # 8x VAE, 2x2 patches
+    vae_spatial: ClassVar[int] = 8
     supports_last_frame: ClassVar[bool] = True
