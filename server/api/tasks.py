@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.context import AppContext
+from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 
@@ -28,6 +29,7 @@ def _file(entry: dict[str, Any], base: str) -> dict[str, Any]:
 def task_view(record: JobRecord, base: str) -> dict[str, Any]:
     """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset)."""
     req = record.request
+    width, height = GenerationRequest.output_size_of(req)
     view: dict[str, Any] = {
         "task_id": record.id,
         "status": str(record.status),
@@ -35,8 +37,8 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
         "prompt": req["prompt"],
         "seed": req["seeds"][0],
         "seeds": req["seeds"],
-        "width": req["width"],
-        "height": req["height"],
+        "width": width,
+        "height": height,
         "warnings": req["warnings"],
         "progress": {"step": record.progress_step, "total": record.progress_total},
         "created_at": record.created_at,
@@ -64,7 +66,7 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
                          "compute_seconds": result["timings"]["pipeline_s"]}
     view["darkroom"] |= {"timings": result["timings"], "runtime": result["runtime"], "task": req["task"],
                          "num_inference_steps": req["num_inference_steps"], "guidance_scale": req["guidance_scale"],
-                         "strength": req["strength"]}
+                         "strength": req["strength"], "rendered": {"width": req["width"], "height": req["height"]}}
     return view
 
 

@@ -14,6 +14,7 @@ from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.qolaba import read_body
 from server.context import AppContext
+from server.engine.request import GenerationRequest
 from server.service import SEED_MAX, ImageInput, VideoAsk
 
 router = APIRouter()
@@ -95,8 +96,9 @@ async def generate_video(request: Request) -> JSONResponse:
     record = ctx.service.get(job_id)
     assert record is not None
     req = record.request
+    width, height = GenerationRequest.output_size_of(req)
     return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": list(req["warnings"]),
-                         "width": req["width"], "height": req["height"], "num_frames": req["num_frames"],
+                         "width": width, "height": height, "num_frames": req["num_frames"],
                          "fps": req["fps"], "generate_audio": req["generate_audio"]}, status_code=202)
 
 

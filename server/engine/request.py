@@ -40,6 +40,15 @@ class GenerationRequest:
     prompts: tuple[str, ...] = ()
     """Per-image prompts of a merged batch (several requests in one call); empty for one request."""
     priority: int = 0
+    output_width: int = 0
+    output_height: int = 0
+    """The size the client gets when it differs from the rendered width x height (0: the same); the render is
+    cropped or resized to it (server/media/fit.py), since models render only on their size grid."""
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of what the client gets."""
+        return self.output_width or self.width, self.output_height or self.height
 
     def render_params(self) -> RenderParams:
         """The pixel-free part handed to the family."""
@@ -65,6 +74,11 @@ class GenerationRequest:
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict for the job store."""
         return asdict(self)
+
+    @staticmethod
+    def output_size_of(data: dict[str, Any]) -> tuple[int, int]:
+        """`output_size` of a request as stored (to_json), without rebuilding it."""
+        return data.get("output_width") or data["width"], data.get("output_height") or data["height"]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationRequest:

@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipelines.registry import family_class
 from server.catalog import QUALITY_LONG_SIDE, Catalog
-from server.engine.sizing import output_size
+from server.engine.sizing import exact_image_size
 from tests.conftest import API_KEY
 from tests.support import ServerProcess, data_url, decode_png_size, image_host, png_bytes
 from weights.manifest import load_manifest
@@ -27,9 +26,8 @@ def _lowest_quality(model: str) -> str:
 
 
 def _size(model: str, ratio: tuple[int, int], quality: str | None = None) -> tuple[int, int]:
-    spec = SPECS[model]
-    return output_size(QUALITY_LONG_SIDE[quality or _lowest_quality(model)], ratio,
-                       family_class(spec.family).size_multiple)
+    """What the client gets: the tier's long side and the ratio's exact short side (whatever the model's grid)."""
+    return exact_image_size(QUALITY_LONG_SIDE[quality or _lowest_quality(model)], ratio)
 
 
 def _generate(client: httpx.Client, **body: Any) -> httpx.Response:

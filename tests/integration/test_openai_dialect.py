@@ -6,6 +6,7 @@ import base64
 import io
 import time
 
+import av
 import httpx
 import openai
 import pytest
@@ -54,13 +55,31 @@ def test_edit_with_several_images_and_an_alpha_mask(server: ServerProcess) -> No
     ({"background": "transparent"}, "background"),
     ({"output_compression": 50}, "output_compression"),
     ({"model": "dall-e-3"}, "model"),
-    ({"size": "100x100"}, "size"),
+    ({"size": "32x32"}, "size"),  # below the smallest side any model makes
+    ({"size": "5000x1000"}, "size"),  # past the model's largest tier (4K)
+    ({"n": 11}, "n"),
 ])
 def test_refusals_are_4xx_with_the_field(server: ServerProcess, kwargs: dict[str, object], field: str) -> None:
     args = {"model": "gpt-image-1-mini", "prompt": "x", **kwargs}
     with pytest.raises(openai.UnprocessableEntityError) as exc:
         _client(server).images.generate(**args)  # type: ignore[arg-type]
     assert exc.value.body["param"] == field and exc.value.body["message"]  # type: ignore[index]
+
+
+def test_any_size_a_model_can_make_is_returned_exactly(server: ServerProcess) -> None:
+    """Hosted APIs return the size asked for: off-grid sizes are rendered on the model's grid and cropped."""
+    r = _client(server).images.generate(model="gpt-image-1-mini", prompt="x", size="1000x600", quality="low")
+    assert r.size == "1000x600"
+    assert Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json or ""))).size == (1000, 600)
+    task = httpx.get(f"{server.base_url}/api/v1/tasks/{r.model_extra['darkroom']['task_id']}").json()  # type: ignore[index]
+    assert (task["width"], task["height"]) == (1000, 600)
+    assert task["darkroom"]["rendered"] == {"width": 992, "height": 592}  # klein's 16 px grid, the same ratio
+
+
+def test_n_over_the_limit_names_the_models_limit(server: ServerProcess) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as exc:
+        _client(server).images.generate(model="dall-e-2", prompt="x", n=7)
+    assert "1 to 4" in exc.value.body["message"] and exc.value.body["param"] == "n"  # type: ignore[index]
 
 
 def test_video_create_poll_download(server: ServerProcess) -> None:
@@ -75,6 +94,9 @@ def test_video_create_poll_download(server: ServerProcess) -> None:
     assert video.status == "completed" and video.progress == 100, video.error
     mp4 = client.videos.download_content(video.id).content
     assert mp4[4:8] == b"ftyp"
+    assert video.size == "426x240"
+    with av.open(io.BytesIO(mp4)) as container:  # exactly the size asked for, not the model's 416x224 grid
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (426, 240)
     thumb = client.videos.download_content(video.id, variant="thumbnail").content
     assert thumb[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(openai.UnprocessableEntityError):

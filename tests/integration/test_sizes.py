@@ -1,11 +1,12 @@
-"""Every quality x aspect_ratio a model lists produces exactly the advertised size."""
+"""Every quality x aspect_ratio a model lists produces exactly the advertised size: the tier's long side and the
+ratio's exact short side, rendered on the model's grid (recorded as `rendered`) and cropped to it."""
 
 from __future__ import annotations
 
 import pytest
 
 from server.catalog import QUALITY_LONG_SIDE, Catalog, parse_ratio
-from server.engine.sizing import output_size
+from server.engine.sizing import exact_image_size, output_size
 from pipelines.registry import family_class
 from tests.support import ServerProcess, decode_png_size
 from weights.manifest import load_manifest
@@ -29,9 +30,9 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
     lowest = min(spec.quality, key=QUALITY_LONG_SIDE.__getitem__)
     with server.client() as c:
         for quality in spec.quality:
-            # Every ratio at every native tier is rendered for flux-kontext-pro. For the other ids
-            # the squarest and most extreme ratios are rendered at the lowest tier (the arithmetic of every
-            # id x tier x ratio is checked in tests/unit/test_catalog.py). Refined tiers (above the native
+            # Every ratio at the default tier for every id (every native tier for flux-kontext-pro), and the
+            # squarest and most extreme ratios at the lowest tier (the arithmetic of every id x tier x ratio is
+            # checked in tests/unit/test_catalog.py). Refined tiers (above the native
             # size) take one tiled pass per request, so only the widest ratio (fewest tiles) is rendered.
             fam = family_class(spec.family)
             if QUALITY_LONG_SIDE[quality] > fam.native_max_long_side:
@@ -41,7 +42,8 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
                 if model not in REFINED_SAMPLE or quality != min(refined, key=QUALITY_LONG_SIDE.__getitem__):
                     continue
                 chosen = [max(ratios, key=lambda a: parse_ratio(a)[0] / parse_ratio(a)[1])]
-            elif model == "flux-kontext-pro":  # kontext-max differs in steps, not in sizing
+            elif quality == spec.default_quality or model == "flux-kontext-pro":
+                # What a user gets by default: the default tier in every ratio (every native tier for Kontext).
                 chosen = ratios
             elif quality == lowest:
                 chosen = _extremes(ratios)
@@ -53,8 +55,10 @@ def test_every_quality_and_aspect_ratio(server: ServerProcess, model: str) -> No
                 r = c.post("/api/v1/images/generate", json=body)
                 assert r.status_code == 200, (quality, ar, r.text)
                 img = r.json()["images"][0]
-                want = output_size(QUALITY_LONG_SIDE[quality], parse_ratio(ar), multiple)
+                want = exact_image_size(QUALITY_LONG_SIDE[quality], parse_ratio(ar))
+                rendered = output_size(QUALITY_LONG_SIDE[quality], parse_ratio(ar), multiple)
                 assert (img["width"], img["height"]) == want
                 assert max(want) == QUALITY_LONG_SIDE[quality]
-                assert want[0] % multiple == 0 and want[1] % multiple == 0
+                assert r.json()["darkroom"]["rendered"] == {"width": rendered[0], "height": rendered[1]}
+                assert rendered[0] % multiple == 0 and rendered[1] % multiple == 0
                 assert decode_png_size(c.get(img["url"]).content) == want

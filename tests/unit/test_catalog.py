@@ -101,7 +101,7 @@ def test_manifest_refuses_pickle_patterns(tmp_path: Path) -> None:
 
 def test_every_id_tier_and_ratio_maps_to_a_valid_size() -> None:
     from server.catalog import QUALITY_LONG_SIDE, parse_ratio
-    from server.engine.sizing import output_size
+    from server.engine.sizing import exact_image_size, output_size
 
     catalog = Catalog.load(MANIFEST)
     checked = 0
@@ -117,5 +117,34 @@ def test_every_id_tier_and_ratio_maps_to_a_valid_size() -> None:
                 # The short side is the grid multiple nearest the exact ratio.
                 exact = QUALITY_LONG_SIDE[quality] * min(rw, rh) / max(rw, rh)
                 assert abs(min(w, h) - exact) <= multiple / 2 or min(w, h) == multiple
+                # What the client gets is the exact ratio; the render covers it within the grid's rounding.
+                ew, eh = exact_image_size(QUALITY_LONG_SIDE[quality], (rw, rh))
+                assert max(ew, eh) == QUALITY_LONG_SIDE[quality] and abs(min(ew, eh) - exact) <= 0.5
                 checked += 1
     assert checked > 200
+
+
+def test_every_refined_tier_tiles_on_the_model_grid() -> None:
+    """Above a family's native size, every tier x ratio renders natively, then refines tile by tile: each tile is
+    a size the family's img2img can run (on its grid, at least one grid step) and the tiles cover the render."""
+    from pipelines.tiling import tile_boxes
+    from server.catalog import QUALITY_LONG_SIDE, parse_ratio
+    from server.engine.sizing import output_size
+
+    catalog = Catalog.load(MANIFEST)
+    refined = 0
+    for spec in catalog.specs():
+        fam = FAMILIES[spec.family]
+        for quality in spec.quality:
+            if QUALITY_LONG_SIDE[quality] <= fam.native_max_long_side:
+                continue
+            for ar in (a for a in spec.aspect_ratios if a != "auto"):
+                w, h = output_size(QUALITY_LONG_SIDE[quality], parse_ratio(ar), fam.size_multiple)
+                boxes = tile_boxes(w, h, fam.refine_tile, fam.refine_overlap)
+                for left, top, right, bottom in boxes:
+                    tw, th = right - left, bottom - top
+                    assert tw % fam.size_multiple == 0 and th % fam.size_multiple == 0, (spec.id, quality, ar)
+                    assert min(tw, th) >= fam.size_multiple and max(tw, th) <= fam.refine_tile
+                assert max(b[2] for b in boxes) == w and max(b[3] for b in boxes) == h
+                refined += 1
+    assert refined > 50

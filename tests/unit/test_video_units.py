@@ -69,3 +69,80 @@ def test_commercial_policy_swaps_every_non_commercial_stand_in() -> None:
     assert pro_strict.defaults.num_inference_steps == 8 and "FLUX.2 [klein]" in pro_strict.description
     assert (pro_strict.max_source_images, pro_strict.max_num_images, pro_strict.quality) == (14, 10, pro.quality)
     assert "flux2-dev" not in strict.weights_needed()
+
+
+# ---- decode tiling and exact sizes ---------------------------------------------------------------------------
+
+VIDEO_FAMILIES = (LTX2Family, WanTI2V5BFamily, WanI2VA14BFamily)
+# What `auto` can turn into: the source's own shape (every ratio a client's first frame may have, 1:4 to 4:1).
+SOURCE_SHAPES = [(4, 3), (3, 4), (3, 2), (2, 3), (21, 9), (9, 21), (5, 4), (4, 5), (4, 1), (1, 4), (1, 1)]
+
+
+@pytest.mark.parametrize("fam", VIDEO_FAMILIES, ids=lambda f: f.name)
+def test_a_tile_stride_exists_for_every_length(fam: type) -> None:
+    from pipelines.video_base import _SMALLEST_TILE_LATENTS, tile_stride
+
+    tile, overlap = fam.vae_tile_px // fam.vae_spatial, fam.vae_overlap_px // fam.vae_spatial
+    for latents in range(1, 2000):
+        stride = tile_stride(latents, tile, overlap)
+        assert tile // 2 <= stride + overlap <= tile
+        assert latents <= stride or latents % stride == 0 or latents % stride >= _SMALLEST_TILE_LATENTS
+
+
+def _video_requests() -> list[tuple[str, str, tuple[int, int], int]]:
+    catalog = Catalog.load(load_manifest())
+    out = []
+    for spec in catalog.video_specs():
+        ratios = [tuple(map(int, r.split(":"))) for r in spec.aspect_ratios if r != "auto"] + SOURCE_SHAPES
+        out += [(spec.id, res, ratio, d) for res in spec.resolutions for ratio in ratios for d in spec.durations]
+    return out
+
+
+def test_every_advertised_clip_decodes_without_a_sliver_tile() -> None:
+    """Every video id x resolution x ratio (and source shape for auto) x duration: the decode plan's last tile
+    along each side is at least two latents (the 4:3 720p clip once left one, and LTX-2's decoder failed)."""
+    from dataclasses import replace
+
+    from pipelines.base import RenderParams, Task
+    from pipelines.registry import family_class
+    from pipelines.video_base import _SMALLEST_TILE_LATENTS
+    from server.catalog import RESOLUTION_SHORT_SIDE
+
+    catalog = Catalog.load(load_manifest())
+    tiled = 0
+    for model, res, ratio, duration in _video_requests():
+        spec = catalog.get_video(model)
+        fam = family_class(spec.family)
+        width, height = video_size(RESOLUTION_SHORT_SIDE[res], ratio, fam.size_multiple)
+        base = RenderParams(Task.IMAGE_TO_VIDEO, "x", width, height, 1, (0,), 1, 1.0, 1.0, num_sources=1)
+        plan = fam.decode_plan(replace(base, num_frames=fam.valid_frames(duration * spec.defaults.fps)))
+        if not plan.tiled:
+            continue
+        tiled += 1
+        r = fam.vae_spatial
+        for side, tile, stride in ((height, plan.tile[0], plan.stride[0]), (width, plan.tile[1], plan.stride[1])):
+            assert tile % r == 0 and stride % r == 0 and tile - stride == fam.vae_overlap_px
+            latents, step = side // r, stride // r
+            assert latents <= step or latents % step == 0 or latents % step >= _SMALLEST_TILE_LATENTS, \
+                (model, res, ratio, duration, plan)
+    assert tiled > 100  # the default tiers tile: the check is not vacuous
+
+
+@pytest.mark.parametrize(("short", "ratio", "want"), [
+    (720, (16, 9), (1280, 720)), (720, (9, 16), (720, 1280)), (720, (4, 3), (960, 720)), (240, (16, 9), (426, 240)),
+    (480, (16, 9), (854, 480)), (240, (1, 1), (240, 240)), (1080, (9, 16), (1080, 1920)),
+])
+def test_exact_video_size_is_the_tier_with_even_sides(short: int, ratio: tuple[int, int],
+                                                      want: tuple[int, int]) -> None:
+    from server.engine.sizing import exact_video_size
+
+    assert exact_video_size(short, ratio) == want
+
+
+def test_frames_are_fitted_to_the_exact_size() -> None:
+    from server.media.fit import fit_frames
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 224, 416, 3), dtype=np.uint8)
+    out = fit_frames(frames, (426, 240))
+    assert out.shape == (3, 240, 426, 3) and out.dtype == np.uint8
+    assert fit_frames(frames, (416, 224)) is frames  # already that size: untouched
