@@ -10,6 +10,7 @@ from server.dialects import ModelNames
 from server.jobs.store import JobStore
 from server.lifecycle import Lifecycle
 from server.media.storage import OutputStore
+from server.media.uploads import UploadStore
 from server.service import GenerationService
 from server.settings import Settings
 from server.webhooks import Webhooks
@@ -33,6 +34,7 @@ class AppContext:
     names: ModelNames
     webhooks: Webhooks
     lifecycle: Lifecycle
+    uploads: UploadStore
 
     @property
     def draining(self) -> bool:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     offload_ram_gb: float = Field(
         64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
         "from disk); 0 turns the RAM tier off.")
+    retention_hours: float = Field(
+        24.0, ge=0.0, description="Hours uploaded files (Replicate's files API) are kept, like hosted providers' "
+        "24 h; 0 keeps them until deleted.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
     max_queue: int = Field(
         1000, ge=1, description="Most accepted jobs not yet finished; past it requests get 429 with Retry-After.")

@@ -6,6 +6,7 @@ webhook_events_filter. Model names map through configs/dialects.toml [replicate]
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.api.auth import caller
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.api.openapi_doc import json_body
+from server.api.replicate_files import own_file_bytes
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.service import SEED_MAX, ImageAsk, ImageInput
@@ -64,8 +66,9 @@ class ReplicateInput(BaseModel):
     size: str | None = Field(None, max_length=8)
     width: int | None = Field(None, ge=64, le=4096)
     height: int | None = Field(None, ge=64, le=4096)
-    max_images: int | None = Field(None, ge=1, le=10)
-    num_outputs: int | None = Field(None, ge=1, le=10)
+    # The upper bound is the id's own, checked by the service (which names it; a schema bound here would not).
+    max_images: int | None = Field(None, ge=1)
+    num_outputs: int | None = Field(None, ge=1)
     sequential_image_generation: str | None = None
     prompt_upsampling: bool | None = None
     enhance_prompt: bool | None = None
@@ -86,7 +89,13 @@ class PredictionBody(BaseModel):
     stream: bool | None = None
 
 
-def _to_ask(model: str, inp: ReplicateInput, ctx: Any) -> ImageAsk:
+def _image_input(request: Request, field: str, url: str) -> ImageInput:
+    """A file of this server's files API is read from the store; any other URL is fetched as usual."""
+    data = own_file_bytes(request, url)
+    return ImageInput(field=field, data=data) if data is not None else ImageInput(field=field, url=url)
+
+
+def _to_ask(model: str, inp: ReplicateInput, ctx: Any, request: Request) -> ImageAsk:
     for name in ("prompt_upsampling", "enhance_prompt"):
         if getattr(inp, name):
             raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, f"{name} needs a hosted language model; send false",
@@ -103,8 +112,8 @@ def _to_ask(model: str, inp: ReplicateInput, ctx: Any) -> ImageAsk:
     urls = ([inp.input_image] if inp.input_image else []) + inp.image_input
     n_src = min(len(urls), spec.max_source_images)
     field = "input.input_image" if inp.input_image else "input.image_input"
-    sources = [ImageInput(field=field, url=u) for u in urls[:n_src]]
-    refs = [ImageInput(field="input.image_input", url=u) for u in urls[n_src:]]
+    sources = [_image_input(request, field, u) for u in urls[:n_src]]
+    refs = [_image_input(request, "input.image_input", u) for u in urls[n_src:]]
     tier = inp.resolution or (inp.size if inp.size != "custom" else None)
     size = None
     if inp.size == "custom":
@@ -118,6 +127,7 @@ def _to_ask(model: str, inp: ReplicateInput, ctx: Any) -> ImageAsk:
     aspect = "auto" if inp.aspect_ratio == "match_input_image" else inp.aspect_ratio
     return ImageAsk(model=model, prompt=inp.prompt, sources=tuple(sources), references=tuple(refs),
                     aspect_ratio=aspect, quality=tier, num_images=inp.max_images or inp.num_outputs, seed=inp.seed,
+                    num_images_field="input.max_images" if inp.max_images else "input.num_outputs",
                     output_format=fmt, warnings=tuple(warnings), size=size, size_field="input.width")
 
 
@@ -142,7 +152,7 @@ def prediction(record: JobRecord, base: str, owner_name: str | None = None) -> d
     if record.result:
         metrics["predict_time"] = record.result["timings"]["pipeline_s"]
     return {
-        "id": record.id, "model": name, "version": "darkroom", "input": note.get("replicate_input", {}),
+        "id": record.id, "model": name, "version": version_id(name), "input": note.get("replicate_input", {}),
         "output": output, "error": error, "logs": "", "status": _STATUS[record.status],
         "created_at": _iso(record.created_at), "started_at": _iso(record.started_at),
         "completed_at": _iso(record.finished_at) if record.status in FINAL_STATES else None,
@@ -167,7 +177,7 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
                        "stream")
     if body.webhook:
         await ctx.webhooks.check_url(body.webhook, "webhook")
-    job_id, _ = await ctx.service.submit_image(_to_ask(model, inp, ctx), caller=caller(request.scope))
+    job_id, _ = await ctx.service.submit_image(_to_ask(model, inp, ctx, request), caller=caller(request.scope))
     ctx.store.set_dialect_note(job_id, {"replicate_model": owner_name, "replicate_input": body.input})
     base = base_url(request)
     if body.webhook:
@@ -192,11 +202,79 @@ async def create_model_prediction(owner: str, name: str, request: Request) -> JS
 
 @router.post("/v1/predictions", openapi_extra=json_body(PredictionBody))
 async def create_prediction(request: Request) -> JSONResponse:
-    """A prediction naming its model in `version` ("owner/name" or "owner/name:version")."""
+    """A prediction naming its model in `version`: "owner/name", "owner/name:version" or a version id (as
+    `models.get(...).latest_version` gives it)."""
     body = validated(PredictionBody, await json_object(request))
     if not body.version:
-        raise ApiError(422, ErrorCode.MISSING_FIELD, "version is required: \"owner/name\"", "version")
-    return await _create(request, body.version.split(":", 1)[0], body)
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "version is required: \"owner/name\" or a version id",
+                       "version")
+    ctx = ctx_of(request)
+    owner_name = body.version.split(":", 1)[0]
+    if "/" not in owner_name:
+        owner_name = next((n for n in _served_names(ctx) if version_id(n) == owner_name), owner_name)
+    return await _create(request, owner_name, body)
+
+
+# ---- models and versions (what client.models.get / model.versions read) ----------------------------------
+
+_CREATED = "2026-01-01T00:00:00Z"
+
+
+def version_id(owner_name: str) -> str:
+    """A stable version id per model name (Replicate's are 64 hex digits)."""
+    return hashlib.sha256(f"darkroom:{owner_name}".encode()).hexdigest()
+
+
+def _served_names(ctx: Any) -> list[str]:
+    return ctx.names.names("replicate", set(ctx.catalog.ids()))
+
+
+def _version(owner_name: str) -> dict[str, Any]:
+    """The version object, with the input schema darkroom accepts for the model."""
+    schema = {"openapi": "3.0.2", "info": {"title": "darkroom", "version": "1"}, "paths": {},
+              "components": {"schemas": {"Input": ReplicateInput.model_json_schema(),
+                                         "Output": {"type": "string", "format": "uri"}}}}
+    return {"id": version_id(owner_name), "created_at": _CREATED, "cog_version": "darkroom",
+            "openapi_schema": schema}
+
+
+def _model_or_404(ctx: Any, owner: str, name: str) -> tuple[str, Any]:
+    owner_name = f"{owner}/{name}"
+    if owner_name not in _served_names(ctx):
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no model {owner_name[:100]!r} here; this server runs "
+                       f"{', '.join(_served_names(ctx))}", "model")
+    return owner_name, ctx.catalog.get(ctx.names.resolve("replicate", owner_name))
+
+
+@router.get("/v1/models/{owner}/{name}")
+async def get_model(owner: str, name: str, request: Request) -> JSONResponse:
+    """The Model object of a model name this server answers to."""
+    ctx = ctx_of(request)
+    owner_name, spec = _model_or_404(ctx, owner, name)
+    entry = ctx.catalog.weights_for(spec)
+    return JSONResponse({
+        "url": f"{base_url(request)}/v1/models/{owner_name}", "owner": owner, "name": name,
+        "description": spec.description, "visibility": "public", "github_url": None, "paper_url": None,
+        "license_url": entry.license_url, "run_count": 0, "cover_image_url": None, "default_example": None,
+        "latest_version": _version(owner_name),
+    })
+
+
+@router.get("/v1/models/{owner}/{name}/versions")
+async def list_versions(owner: str, name: str, request: Request) -> JSONResponse:
+    """The model's one version (the weights darkroom runs it with)."""
+    owner_name, _spec = _model_or_404(ctx_of(request), owner, name)
+    return JSONResponse({"next": None, "previous": None, "results": [_version(owner_name)]})
+
+
+@router.get("/v1/models/{owner}/{name}/versions/{version}")
+async def get_version(owner: str, name: str, version: str, request: Request) -> JSONResponse:
+    """The version object, by its id."""
+    owner_name, _spec = _model_or_404(ctx_of(request), owner, name)
+    if version != version_id(owner_name):
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"{owner_name} has one version here: {version_id(owner_name)}",
+                       "version")
+    return JSONResponse(_version(owner_name))
 
 
 @router.get("/v1/predictions/{prediction_id}")

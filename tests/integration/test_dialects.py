@@ -235,7 +235,7 @@ def test_gemini_rest_snake_case(srv: ServerProcess) -> None:
         assert len(r.json()["candidates"]) == 2
         assert any("temperature" in w for w in r.json()["darkroom"]["warnings"])
         r = c.post("/v1beta/models/gemini-9:generateContent", json=body)
-        assert r.status_code == 422 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+        assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"  # as Gemini answers
 
 
 def test_native_webhook_url_never_to_private_addresses(srv: ServerProcess) -> None:
@@ -270,3 +270,49 @@ def test_refused_fields_are_4xx_naming_the_field(srv: ServerProcess, path: str, 
     r = httpx.post(f"{srv.base_url}{path}", json=body, headers=headers, timeout=30)
     assert 400 <= r.status_code < 500, r.text
     assert field in r.text
+
+
+def test_replicate_files_api_and_model_reads_with_the_sdk(srv: ServerProcess, tmp_path: Any) -> None:
+    """replicate.run with an open file uploads it to /v1/files first and sends its URL; models.get and versions
+    read the model; files are the uploading key's alone and can be deleted."""
+    import replicate
+
+    src = tmp_path / "src.png"
+    src.write_bytes(_png((96, 64)))
+    client = replicate.Client(api_token=KEY, base_url=srv.base_url)
+    with src.open("rb") as fh:
+        url = client.run("black-forest-labs/flux-kontext-pro",
+                         input={"prompt": "add a hat", "input_image": fh, "aspect_ratio": "1:1"})
+    assert httpx.get(url, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    uploaded = client.files.create(src, metadata={"shot": "12A"})
+    assert uploaded.size == src.stat().st_size and uploaded.checksums["sha256"] == hashlib.sha256(
+        src.read_bytes()).hexdigest()
+    assert uploaded.expires_at and uploaded.metadata == {"shot": "12A"}
+    assert client.files.get(uploaded.id).name == "src.png"
+    assert uploaded.id in [f.id for f in client.files.list()]
+    got = httpx.get(f"{srv.base_url}/v1/files/{uploaded.id}/download", headers={"Authorization": f"Bearer {KEY}"})
+    assert got.content == src.read_bytes()
+
+    model = client.models.get("bytedance/seedream-4")
+    assert (model.owner, model.name) == ("bytedance", "seedream-4") and model.latest_version is not None
+    assert [v.id for v in model.versions.list().results] == [model.latest_version.id]
+    assert "prompt" in model.latest_version.openapi_schema["components"]["schemas"]["Input"]["properties"]
+    pred = client.predictions.create(version=model.latest_version.id,
+                                     input={"prompt": "x", "image_input": [uploaded.urls["get"]], "size": "1K"})
+    pred.wait()
+    assert pred.status == "succeeded", pred.error
+    task = httpx.get(f"{srv.base_url}/api/v1/tasks/{pred.id}", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert task["darkroom"]["task"] == "edit" and (task["width"], task["height"]) == (1024, 683)  # the file's 3:2
+
+    assert client.files.delete(uploaded.id)
+    with pytest.raises(replicate.exceptions.ReplicateError) as exc:
+        client.files.get(uploaded.id)
+    assert exc.value.status == 404
+    with pytest.raises(replicate.exceptions.ReplicateError) as exc:
+        client.models.get("acme/not-served")
+    assert exc.value.status == 404
+    # A deleted file's URL in a prediction is a clear 422 naming the file (never a fetch to ourselves).
+    r = httpx.post(f"{srv.base_url}/v1/models/bytedance/seedream-4/predictions",
+                   headers={"Authorization": f"Bearer {KEY}"},
+                   json={"input": {"prompt": "x", "image_input": [uploaded.urls["get"]]}})
+    assert r.status_code == 422 and uploaded.id in r.json()["detail"]
