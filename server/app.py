@@ -11,13 +11,27 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pipelines.registry import family_class
-from server.api import bfl, fal, files, gemini, health, openai_api, qolaba, replicate, tasks, videos
+from server.api import (
+    bfl,
+    docs,
+    fal,
+    files,
+    gemini,
+    health,
+    openai_api,
+    qolaba,
+    replicate,
+    replicate_files,
+    tasks,
+    videos,
+)
 from server.api import engine as engine_api
 from server.api.auth import ApiKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.openapi_doc import documented_openapi
 from server.api.request_body import BodySizeLimit
 from server.api.tasks import task_view
+from server.version import __version__
 from server.catalog import Catalog
 from server.context import AppContext
 from server.dialects import ModelNames
@@ -34,6 +48,7 @@ from server.lifecycle import Lifecycle
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
 from server.media.storage import InputStore, OutputStore
+from server.media.uploads import UploadStore
 from server.service import GenerationService
 from server.settings import Settings
 from server.webhooks import RetryPolicy, Webhooks, derive_secret, local_secret
@@ -132,7 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
                                 frozenset(name for name, w in located.items() if w.demo), costs,
                                 settings.max_queue, settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
                                 jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side)
-    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle)
+    uploads = UploadStore(data / "uploads", settings.retention_hours * 3600 or None)
+    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads)
     webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
     webhooks.builder("fal", lambda record, base, event: fal.webhook_payload(record, base, event, ctx))
     webhooks.builder("replicate", replicate.webhook_payload)
@@ -151,13 +167,14 @@ def create_app(settings: Settings) -> FastAPI:
             store.close()
             lock.release()
 
-    app = FastAPI(title="darkroom", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="darkroom", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
     app.openapi = lambda: documented_openapi(app)  # type: ignore[method-assign]
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
-    for module in (health, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate, bfl, gemini):
+    for module in (health, docs, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate,
+                   replicate_files, bfl, gemini):
         app.include_router(module.router)
     # Inside the key check: an unauthenticated client cannot make the server read a large body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

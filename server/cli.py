@@ -5,21 +5,66 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from server.settings import Settings
+from server.version import __version__
 
 
-def _settings_options(func: Any) -> Any:
-    """One `--flag` per Settings field, so every flag maps to exactly one setting (and its DARKROOM_ env var)."""
-    for name, info in reversed(list(Settings.model_fields.items())):
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description} [env DARKROOM_{name.upper()}]"
-        func = click.option(flag, name, default=None, help=help_text)(func)
-    return func
+_WEIGHTS_SETTINGS = ("data_dir", "weights_dir", "demo_weights_path")
+"""The settings the weights commands read (serve takes every setting)."""
+
+
+def _click_type(annotation: Any) -> tuple[Any, str | None]:
+    """(click type, metavar) for a Settings annotation: Literal -> a choice, Path, int, float, bool, or a
+    comma-separated list; None is dropped (unset is the flag's absence)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _click_type(args[0])
+    if origin is Literal:
+        return click.Choice([str(a) for a in args]), None
+    if origin in (Union, UnionType) and len(args) == 1:
+        return _click_type(args[0])
+    if origin is list:
+        return str, "A,B,..."
+    if annotation is SecretStr:
+        return str, "SECRET"
+    if annotation is Path:
+        return click.Path(path_type=Path), "PATH"
+    return {bool: click.BOOL, int: int, float: float}.get(annotation, str), None
+
+
+def _default_text(name: str, info: Any) -> str:
+    if info.annotation is SecretStr or get_args(info.annotation)[:1] == (SecretStr,):
+        return "unset"
+    default = info.get_default(call_default_factory=True)
+    if default is None or default == []:
+        return "unset"
+    return str(default)
+
+
+def _settings_options(only: tuple[str, ...] | None = None) -> Any:
+    """One `--flag` per Settings field (or the `only` ones), so every flag maps to exactly one setting and its
+    DARKROOM_ environment variable; the help shows its type, default and variable."""
+
+    def decorate(func: Any) -> Any:
+        for name, info in reversed(list(Settings.model_fields.items())):
+            if only is not None and name not in only:
+                continue
+            kind, metavar = _click_type(info.annotation)
+            help_text = f"{info.description} [default: {_default_text(name, info)}; env DARKROOM_{name.upper()}]"
+            # No click default: an absent flag must leave the environment's (or the field's) value in force.
+            func = click.option("--" + name.replace("_", "-"), name, type=kind, metavar=metavar, default=None,
+                                help=help_text)(func)
+        return func
+
+    return decorate
 
 
 def _build_settings(given: dict[str, Any]) -> Settings:
@@ -41,13 +86,14 @@ def _configure_logging(level: str) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-@click.group()
+@click.group(context_settings={"max_content_width": 120})
+@click.version_option(__version__, prog_name="darkroom")
 def main() -> None:
     """darkroom: self-hosted image editing behind the hosted platforms' APIs."""
 
 
 @main.command()
-@_settings_options
+@_settings_options()
 def serve(**given: Any) -> None:
     """Start the HTTP server (builds demo weights first when no real weights are present)."""
     settings = _build_settings(given)
@@ -76,7 +122,8 @@ def serve(**given: Any) -> None:
                             access_log=settings.log_level == "debug", timeout_graceful_shutdown=10)
     server = DrainingServer(config, lifecycle)
     lifecycle.on_exit(server.exit_now)
-    logging.getLogger("darkroom").info("listening on http://%s:%d", settings.host, settings.port)
+    logging.getLogger("darkroom").info("listening on http://%s:%d (API docs: http://%s:%d/docs)", settings.host,
+                                       settings.port, settings.host, settings.port)
     server.run()
     # The jobs database is closed and committed by now and every thread left is a daemon. Skip interpreter
     # teardown: a worker thread stuck in native code (a hung or faulted one) would abort it, and tearing down
@@ -94,7 +141,7 @@ def weights() -> None:
 
 
 @weights.command("list")
-@_settings_options
+@_settings_options(_WEIGHTS_SETTINGS)
 def weights_list(**given: Any) -> None:
     """Every weights entry: repo, revision, licence, and whether real or demo weights are on disk."""
     from weights.locate import demo_weights_ready, real_weights_ready
@@ -112,7 +159,7 @@ def weights_list(**given: Any) -> None:
 @weights.command("pull")
 @click.argument("name")
 @click.option("--token", default=None, envvar="HF_TOKEN", help="Hugging Face token for gated repos [env HF_TOKEN].")
-@_settings_options
+@_settings_options(_WEIGHTS_SETTINGS)
 def weights_pull(name: str, token: str | None, **given: Any) -> None:
     """Download NAME's safetensors from the Hugging Face Hub and verify them."""
     from weights.manifest import load_manifest
@@ -132,7 +179,7 @@ def weights_pull(name: str, token: str | None, **given: Any) -> None:
 
 @weights.command("demo")
 @click.option("--force", is_flag=True, help="Rebuild even if present.")
-@_settings_options
+@_settings_options(_WEIGHTS_SETTINGS)
 def weights_demo(force: bool, **given: Any) -> None:
     """Build tiny random-weight versions of every family (real classes, saved with save_pretrained)."""
     from weights.demo import build_demo

@@ -9,6 +9,7 @@ the engine. It knows no wire format and no torch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from server.engine.completion import CompletionHub
 from server.engine.costs import Costs
 from server.engine.policy import EVICTION_ORDERS, GB, DeviceState, NeverFits, ResidencyPlan, plan_residency
 from server.engine.request import GenerationRequest
-from server.engine.sizing import output_size, video_size
+from server.engine.sizing import (
+    exact_image_size,
+    exact_video_size,
+    output_size,
+    render_size_for,
+    render_video_size_for,
+    video_size,
+)
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStore, new_task_id
 from server.media.decode import decode_image
@@ -35,8 +43,15 @@ from server.media.storage import InputStore
 if TYPE_CHECKING:
     from server.engine.loop import Engine
 
+log = logging.getLogger("darkroom.jobs")
+
 SEED_MAX = 2**32 - 1
+MIN_SIDE = 64
+"""Smallest output side in pixels: below it an image is a thumbnail of a render, not a render."""
 DEMO_WARNING = "this model runs on random demo weights: outputs are noise, not edits"
+DRAFT_TIER = "240p"
+CPU_SLOW_SHORT_SIDE = 480
+"""Video tiers from this short side up take minutes per clip on a CPU (a warning says so)."""
 _DAY_S = 86400.0
 
 
@@ -72,6 +87,8 @@ class ImageAsk:
     size: tuple[int, int] | None = None
     """An exact output size (dialects that speak in WxH); replaces aspect_ratio and quality."""
     size_field: str = "size"
+    num_images_field: str = "num_images"
+    """The dialect's name for num_images (n, max_images...), named in errors."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +109,9 @@ class VideoAsk:
     guidance_scale: float | None = None
     warnings: tuple[str, ...] = ()
     priority: int = 0
+    size: tuple[int, int] | None = None
+    """An exact clip size (dialects that speak in WxH); replaces resolution and aspect_ratio."""
+    size_field: str = "size"
 
 
 @dataclass(frozen=True)
@@ -180,7 +200,8 @@ class GenerationService:
         strength = ask.strength if ask.strength is not None else spec.defaults.strength
 
         # Size-independent checks before any download.
-        long_side = max(ask.size) if ask.size else QUALITY_LONG_SIDE[ask.quality or spec.default_quality]
+        long_side = (max(render_size_for(*ask.size, fam.size_multiple)) if ask.size
+                     else QUALITY_LONG_SIDE[ask.quality or spec.default_quality])
         probe = self._params(task, ask, long_side, long_side, num_images, seeds, steps, guidance, strength)
         self._family_check(fam, probe)
 
@@ -193,10 +214,12 @@ class GenerationService:
         if not sources and references:
             sources, references = references[:1], references[1:]
         if ask.size:
-            width, height = ask.size
+            out_w, out_h = ask.size
+            width, height = render_size_for(out_w, out_h, fam.size_multiple)
         else:
             ratio = (sources[0].size if sources else (1, 1)) if ask.aspect_ratio == "auto" else parse_ratio(
                 ask.aspect_ratio)
+            out_w, out_h = exact_image_size(long_side, ratio)
             width, height = output_size(long_side, ratio, fam.size_multiple)
         params = self._params(task, ask, width, height, num_images, seeds, steps, guidance, strength,
                               len(sources), len(references))
@@ -212,7 +235,7 @@ class GenerationService:
             reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
             mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
             warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
-            priority=ask.priority,
+            priority=ask.priority, output_width=out_w, output_height=out_h,
         )
         self._commit(job_id, fam, request, admission, idempotency_key, caller)
         return job_id, request
@@ -227,7 +250,19 @@ class GenerationService:
         assert issubclass(fam, VideoFamily)
         d = spec.defaults
         duration = d.duration if ask.duration is None else ask.duration
+        warnings = ask.warnings
         resolution = ask.resolution or d.resolution
+        if ask.size is not None:
+            resolution = self._tier_for_size(spec, ask)
+        elif ask.resolution is None and self._cpu_only() and DRAFT_TIER in spec.resolutions:
+            # A default-size clip takes many minutes on a CPU; the draft tier shows the motion in a fraction.
+            resolution = DRAFT_TIER
+            warnings += (f"rendering on the CPU: no resolution was given, so the {DRAFT_TIER} draft tier was used "
+                         f"instead of the default {d.resolution} (which takes many minutes here); ask for a "
+                         "resolution to override",)
+        if self._cpu_only() and RESOLUTION_SHORT_SIDE[resolution] >= CPU_SLOW_SHORT_SIDE:
+            warnings += (f"rendering on the CPU: a {resolution} clip takes minutes; the {DRAFT_TIER} draft tier is "
+                         "much faster",)
         fps = ask.fps or d.fps
         self._check_video_limits(spec, fam, ask, duration, resolution, fps)
         # Unasked, audio follows the model's default where the running family can make it.
@@ -237,21 +272,45 @@ class GenerationService:
         guidance = ask.guidance_scale if ask.guidance_scale is not None else d.guidance_scale
         seeds = self._seeds(ask.seed, 1)
         frames = await self._decode(list(ask.frames), None)
-        ratio = frames[0].size if ask.aspect_ratio == "auto" else parse_ratio(ask.aspect_ratio)
-        width, height = video_size(RESOLUTION_SHORT_SIDE[resolution], ratio, fam.size_multiple)
+        if ask.size is not None:
+            out_w, out_h = ask.size
+            width, height = render_video_size_for(out_w, out_h, fam.size_multiple)
+        else:
+            ratio = frames[0].size if ask.aspect_ratio == "auto" else parse_ratio(ask.aspect_ratio)
+            out_w, out_h = exact_video_size(RESOLUTION_SHORT_SIDE[resolution], ratio)
+            width, height = video_size(RESOLUTION_SHORT_SIDE[resolution], ratio, fam.size_multiple)
         job_id = new_task_id()
         request = GenerationRequest(
             model_id=spec.id, weights=spec.weights, family=spec.family, task=Task.IMAGE_TO_VIDEO,
             prompt=ask.prompt, width=width, height=height, num_images=1, seeds=seeds, num_inference_steps=steps,
             guidance_scale=guidance, strength=1.0, output_format="mp4",
             source_paths=tuple(self.inputs.save(job_id, "frame", i, im) for i, im in enumerate(frames)),
-            warnings=self._warnings(ask.warnings, spec.weights), negative_prompt=ask.negative_prompt,
+            warnings=self._warnings(warnings, spec.weights), negative_prompt=ask.negative_prompt,
             num_frames=num_frames, fps=float(fps), generate_audio=audio, priority=ask.priority,
+            output_width=out_w, output_height=out_h,
         )
         self._family_check(fam, request.render_params())
         self._commit(job_id, fam, request, self._admit(spec.id, spec.weights, fam, request.render_params()),
                      idempotency_key, caller)
         return job_id, request
+
+    def _cpu_only(self) -> bool:
+        """Whether every serving worker is a CPU (renders there take orders of magnitude longer)."""
+        return all(w.device == "cpu" for w in self.engine.workers if not w.fault)
+
+    @staticmethod
+    def _tier_for_size(spec: VideoModelSpec, ask: VideoAsk) -> str:
+        """The smallest listed tier whose short side covers an exact clip size; 422 for sizes never made."""
+        assert ask.size is not None
+        w, h = ask.size
+        tiers = sorted(spec.resolutions, key=RESOLUTION_SHORT_SIDE.__getitem__)
+        fits = [t for t in tiers if RESOLUTION_SHORT_SIDE[t] >= min(w, h)]
+        if w % 2 or h % 2 or min(w, h) < MIN_SIDE or not fits or max(w, h) > 4 * min(w, h):
+            largest = RESOLUTION_SHORT_SIDE[tiers[-1]]
+            raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, (
+                f"{spec.id} makes clips with even sides, the short side from {MIN_SIDE} to {largest} px, at most "
+                f"4:1 (H.264 needs even sides); got {w}x{h}"), ask.size_field)
+        return fits[0]
 
     def _check_video_limits(self, spec: VideoModelSpec, fam: type[VideoFamily], ask: VideoAsk, duration: int,
                             resolution: str, fps: int) -> None:
@@ -337,17 +396,23 @@ class GenerationService:
         if not accepted:
             self.inputs.discard(job_id)
             raise self._queue_full()
+        log.info("accepted %s %s: %s %dx%d, %d output(s), %d step(s)%s", job_id, request.model_id, request.task,
+                 *request.output_size, request.num_images, request.num_inference_steps,
+                 f", {request.num_frames} frames" if request.num_frames else "")
         self.engine.notify()
 
     @staticmethod
     def _check_size(spec: ModelSpec, fam: type[Family], ask: ImageAsk) -> None:
+        """Refuse only sizes the model can never make: any other size is rendered on the model's grid and
+        cropped or resized to exactly what was asked (server/media/fit.py)."""
         assert ask.size is not None
         w, h = ask.size
         largest = max(QUALITY_LONG_SIDE[q] for q in spec.quality)
-        m = fam.size_multiple
-        if w % m or h % m or min(w, h) < m or max(w, h) > largest or max(w, h) > 4 * min(w, h):
+        ratios = [parse_ratio(r) for r in spec.aspect_ratios if r != "auto"]
+        widest = max([4.0, *(max(r) / min(r) for r in ratios)])
+        if min(w, h) < MIN_SIDE or max(w, h) > largest or max(w, h) > widest * min(w, h):
             raise ApiError(422, ErrorCode.INVALID_REQUEST, (
-                f"{spec.id} needs a size in multiples of {m} px, at most {largest} px a side and at most 4:1; "
+                f"{spec.id} makes sizes from {MIN_SIDE} px up to {largest} px a side, at most {widest:g}:1; "
                 f"got {w}x{h}"), ask.size_field)
 
     def _check_limits(self, spec: ModelSpec, ask: ImageAsk) -> None:
@@ -369,7 +434,8 @@ class GenerationService:
                            "quality")
         if ask.num_images is not None and not 1 <= ask.num_images <= spec.max_num_images:
             raise ApiError(422, ErrorCode.INVALID_REQUEST,
-                           f"{spec.id} makes 1 to {spec.max_num_images} images per request", "num_images")
+                           f"{spec.id} makes 1 to {spec.max_num_images} images per request; got "
+                           f"{ask.num_images}", ask.num_images_field)
         if ask.output_format not in spec.output_formats:
             raise ApiError(422, ErrorCode.INVALID_REQUEST,
                            f"output_format must be one of {', '.join(spec.output_formats)}", "output_format")

@@ -7,11 +7,12 @@ import math
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.api import docs
 from server.api.errors import send_error
 from server.errors import ApiError, ErrorCode
 from server.keys import KeyRing, RateLimiter
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health"}) | docs.OPEN_PATHS
 SCOPE_KEY = "darkroom.key"
 
 # Every provider's way of sending a key: OpenAI/Replicate/native `Authorization: Bearer`, fal `Authorization: Key`,
@@ -52,7 +53,7 @@ class ApiKeyMiddleware:
         self.limiter = RateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(docs.ASSETS_PREFIX):
             await self.app(scope, receive, send)
             return
         key = self.keys.match(presented_key(scope["headers"]))

@@ -37,7 +37,7 @@ def shaped_body(err: ApiError, path: str) -> dict[str, Any]:
     if path.startswith(("/fal-ai/", "/sync/fal-ai/")):  # fal: FastAPI-style detail list
         return {**body, "detail": [{"loc": ["body", err.field] if err.field else ["body"], "msg": err.message,
                                     "type": str(err.code)}]}
-    if path.startswith("/v1/predictions") or (path.startswith("/v1/models/") and path.endswith("/predictions")):
+    if path.startswith(("/v1/predictions", "/v1/files")) or (path.startswith("/v1/models/") and path.count("/") >= 4):
         return {**body, "title": str(err.code), "detail": err.message, "status": err.status}  # Replicate
     if path.startswith(("/v1/flux-", "/v1/get_result")):
         return {**body, "detail": err.message}  # Black Forest Labs

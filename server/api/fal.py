@@ -40,6 +40,17 @@ IMAGE_SIZES = {"square_hd": ("1:1", "1K"), "square": ("1:1", "512"), "portrait_4
                "auto": ("auto", None), "auto_2K": ("auto", "2K"), "auto_4K": ("auto", "4K")}
 RESOLUTIONS = {"0.5K": "512", "512": "512", "1K": "1K", "2K": "2K", "4K": "4K"}
 
+# fal's edit endpoints refuse a request without their image field; their text-to-image siblings have other paths.
+REQUIRED_IMAGES = {
+    "fal-ai/flux-pro/kontext": "image_url",
+    "fal-ai/flux-pro/kontext/max": "image_url",
+    "fal-ai/flux-kontext/dev": "image_url",
+    "fal-ai/nano-banana/edit": "image_urls",
+    "fal-ai/nano-banana-2/edit": "image_urls",
+    "fal-ai/nano-banana-pro/edit": "image_urls",
+    "fal-ai/bytedance/seedream/v4/edit": "image_urls",
+}
+
 FIELD_POLICY = {
     "prompt": "mapped: prompt",
     "image_url": "mapped: the source image (URL or data URI)",
@@ -75,8 +86,9 @@ class FalBody(BaseModel):
     prompt: str = Field(min_length=1, max_length=4000)
     image_url: str | None = Field(None, max_length=20_000_000)
     image_urls: list[str] = Field(default_factory=list, max_length=32)
-    num_images: int | None = Field(None, ge=1, le=10)
-    max_images: int | None = Field(None, ge=1, le=10)
+    # The upper bound is the id's own, checked by the service (which names it; a schema bound here would not).
+    num_images: int | None = Field(None, ge=1)
+    max_images: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     output_format: str = "png"
     aspect_ratio: str | None = Field(None, max_length=20)
@@ -153,6 +165,7 @@ def _image_ask(model: str, body: FalBody, ctx: Any, warnings: list[str]) -> Imag
         warnings.append(f"resolution: served at the nearest tier this model has ({quality})")
     return ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=tuple(refs),
                     aspect_ratio=aspect, quality=quality, num_images=body.max_images or body.num_images,
+                    num_images_field="max_images" if body.max_images else "num_images",
                     seed=body.seed, output_format=body.output_format, num_inference_steps=body.num_inference_steps,
                     guidance_scale=body.guidance_scale, negative_prompt=body.negative_prompt,
                     warnings=tuple(warnings), size=size, size_field="image_size")
@@ -215,6 +228,10 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     hook = request.query_params.get("fal_webhook")
     if hook:
         await ctx.webhooks.check_url(hook, "fal_webhook")
+    required = REQUIRED_IMAGES.get(model_path)
+    if required and not getattr(body, required):
+        raise ApiError(422, ErrorCode.MISSING_FIELD, f"{model_path} edits images: {required} is required (fal's "
+                       "text-to-image endpoints have their own paths)", required)
     if model in ctx.catalog.video_ids():
         job_id, _ = await ctx.service.submit_video(_video_ask(model, body, warnings), caller=caller(request.scope))
     else:

@@ -121,14 +121,19 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
     if size is not None and size not in IMAGE_SIZES:
         raise ApiError(422, ErrorCode.UNSUPPORTED_QUALITY, "imageSize must be 512, 1K, 2K or 4K",
                        "generationConfig.imageConfig.imageSize")
+    count = config.get("candidateCount")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, "candidateCount must be a whole number",
+                       "generationConfig.candidateCount")
     seed = config.get("seed")
     if seed is not None and not (isinstance(seed, int) and 0 <= seed <= SEED_MAX):
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"seed must be an integer 0-{SEED_MAX}",
                        "generationConfig.seed")
     ask = ImageAsk(model=model, prompt=prompt[:4000], sources=tuple(images[:n_src]),
                    references=tuple(images[n_src:]), aspect_ratio=image_config.get("aspectRatio") or "auto",
-                   quality=IMAGE_SIZES.get(size) if size else None, num_images=config.get("candidateCount"),
-                   seed=seed, output_format="png", warnings=tuple(warnings))
+                   quality=IMAGE_SIZES.get(size) if size else None, num_images=count,
+                   num_images_field="generationConfig.candidateCount", seed=seed, output_format="png",
+                   warnings=tuple(warnings))
     return ask
 
 
@@ -144,7 +149,11 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {
 async def generate_content(model: str, request: Request) -> Response:
     """Image generation and editing in Gemini's shape (synchronous, like the hosted API)."""
     ctx = ctx_of(request)
-    local = ctx.names.resolve("gemini", model)
+    try:
+        local = ctx.names.resolve("gemini", model)
+    except ApiError as exc:
+        # Gemini answers an unknown model with 404 NOT_FOUND (google-genai raises ClientError for it).
+        raise ApiError(404, exc.code, exc.message, exc.field) from None
     ask = _ask(local, camelise(await json_object(request)), ctx)
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     record = await wait_done(request, job_id)

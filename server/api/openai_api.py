@@ -31,6 +31,7 @@ from server.api.dialect_io import (
 )
 from server.api.openapi_doc import json_body
 from server.api.request_body import read_form
+from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
 from server.service import ImageAsk, ImageInput, VideoAsk
@@ -66,7 +67,7 @@ FIELD_POLICY: dict[str, dict[str, str]] = {
         "model": "mapped: configs/dialects.toml [openai.videos]",
         "input_reference": "mapped: first frame (required: the stand-ins are image-to-video)",
         "seconds": "mapped: duration",
-        "size": "mapped: resolution (short side) and aspect ratio",
+        "size": "mapped: exact clip size (any even WxH the tiers cover; rendered on the grid, then cropped)",
     },
 }
 
@@ -78,7 +79,7 @@ class GenerationsBody(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=32000)
     model: str = "gpt-image-1"
-    n: int = Field(1, ge=1, le=10)
+    n: int = Field(1, ge=1)  # the id's own upper limit is checked by the service, which names it
     size: str = Field("auto", max_length=20)
     quality: Literal["low", "medium", "high", "auto", "standard", "hd"] = "auto"
     output_format: Literal["png", "jpeg", "webp"] = "png"
@@ -208,7 +209,7 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     spec = ctx.catalog.get(model)
     steps = max(1, round(spec.defaults.num_inference_steps * QUALITY_STEPS[body.quality]))
     ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=(), mask=mask,
-                   num_images=body.n, output_format=body.output_format, num_inference_steps=steps,
+                   num_images=body.n, num_images_field="n", output_format=body.output_format, num_inference_steps=steps,
                    size=_parse_size(body.size), size_field="size")
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     record = await wait_done(request, job_id)
@@ -236,6 +237,9 @@ async def images_edits(request: Request) -> Response:
         if mask is not None:
             mask_input = ImageInput(field="mask", data=openai_mask(mask))
     else:
+        if ctype.split(";")[0].strip().lower() not in ("application/json", ""):
+            raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "this route takes multipart/form-data (files in "
+                           "image / image[] and mask) or JSON with images[].image_url", None)
         body = validated(GenerationsBody, await json_object(request))
         sources = []
         for i, item in enumerate(body.images):
@@ -255,10 +259,8 @@ async def images_edits(request: Request) -> Response:
 
 # ---- videos ----------------------------------------------------------------------------------------
 
-# OpenAI's four sizes, plus darkroom's 480p and 240p draft tiers (extensions) for quick motion previews.
-VIDEO_SIZES = {"720x1280": ("720p", "9:16"), "1280x720": ("720p", "16:9"), "1024x1792": ("1080p", "9:16"),
-               "1792x1024": ("1080p", "16:9"), "480x854": ("480p", "9:16"), "854x480": ("480p", "16:9"),
-               "240x426": ("240p", "9:16"), "426x240": ("240p", "16:9")}
+# OpenAI's sizes are 720x1280, 1280x720, 1024x1792 and 1792x1024; any even WxH the model's tiers cover is served
+# at exactly that size (rendered on the model's grid, then cropped or resized).
 _VIDEO_STATUS = {JobStatus.PENDING: "queued", JobStatus.PROCESSING: "in_progress", JobStatus.COMPLETED: "completed",
                  JobStatus.FAILED: "failed", JobStatus.CANCELLED: "failed"}
 
@@ -278,6 +280,7 @@ class VideoBody(BaseModel):
 def video_object(record: JobRecord) -> dict[str, Any]:
     """The OpenAI Video object for a job."""
     req = record.request
+    width, height = GenerationRequest.output_size_of(req)
     total = max(1, record.progress_total)
     progress = 100 if record.status is JobStatus.COMPLETED else int(100 * record.progress_step / total)
     error = None
@@ -289,7 +292,7 @@ def video_object(record: JobRecord) -> dict[str, Any]:
         "completed_at": int(record.finished_at) if record.finished_at and record.status is JobStatus.COMPLETED
         else None,
         "expires_at": None, "model": record.model, "seconds": str(round(req["num_frames"] / max(req["fps"], 1))),
-        "size": f"{req['width']}x{req['height']}", "remixed_from_video_id": None, "error": error,
+        "size": f"{width}x{height}", "remixed_from_video_id": None, "error": error,
     }
 
 
@@ -314,15 +317,14 @@ async def create_video(request: Request) -> JSONResponse:
     if frame is None:
         raise ApiError(422, ErrorCode.MISSING_FIELD, "input_reference is required: the local video models animate "
                        "a first frame (image-to-video)", "input_reference")
-    if body.size not in VIDEO_SIZES:
-        raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, f"size must be one of {', '.join(VIDEO_SIZES)}",
-                       "size")
+    size = _parse_size(body.size)
+    if size is None:
+        raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, "size must be WIDTHxHEIGHT, e.g. 1280x720", "size")
     if not body.seconds.isdigit():
         raise ApiError(422, ErrorCode.UNSUPPORTED_DURATION, "seconds must be a whole number like \"4\"", "seconds")
-    resolution, ratio = VIDEO_SIZES[body.size]
     model = ctx.names.resolve("openai.videos", body.model)
-    ask = VideoAsk(model=model, prompt=body.prompt, frames=(frame,), duration=int(body.seconds),
-                   resolution=resolution, aspect_ratio=ratio)
+    ask = VideoAsk(model=model, prompt=body.prompt, frames=(frame,), duration=int(body.seconds), size=size,
+                   size_field="size")
     job_id, _ = await ctx.service.submit_video(ask, caller=caller(request.scope))
     record = record_or_404(ctx, job_id)
     return JSONResponse(video_object(record))

@@ -46,7 +46,7 @@ class GenerateBody(BaseModel):
                                         description="Reference images for subject/style consistency.")
     aspect_ratio: str = Field("auto", max_length=20, description="'auto' (match the first source) or W:H.")
     quality: str | None = Field(None, max_length=10, description="'512', '1K', '2K' or '4K' as the model lists.")
-    num_images: int | None = Field(None, ge=1, le=_MAX_LIST)
+    num_images: int | None = Field(None, ge=1, description="How many images (1 to the model's maxNumImages).")
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     output_format: Literal["png", "jpeg", "webp"] = "png"
     celery: bool = Field(False, description="true: answer 202 with a task id at once; false: wait for the images.")

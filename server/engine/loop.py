@@ -130,7 +130,7 @@ class Engine:
     def cancel(self, job_id: str) -> bool:
         """Cancel a pending job now, or ask a running one to stop at its next step. False if already final."""
         if self.store.cancel_if_pending(job_id):
-            self.on_finished(job_id)
+            self._done(job_id)
             return True
         record = self.store.get(job_id)
         if record is None or record.status is not JobStatus.PROCESSING:
@@ -397,6 +397,12 @@ class Engine:
     def _done(self, job_id: str) -> None:
         with self._cond:
             self._cancel_requested.discard(job_id)
+        record = self.store.get(job_id)
+        if record is not None:
+            took = (record.finished_at or time.time()) - (record.started_at or record.created_at)
+            error = f" ({record.error['code']})" if record.error else ""
+            log.info("finished %s %s: %s%s in %.2f s (%.2f s since accepted)", job_id, record.model, record.status,
+                     error, took, (record.finished_at or time.time()) - record.created_at)
         self.on_finished(job_id)
 
     def _take_out(self, worker: Worker, job_ids: list[str], reason: str) -> None:

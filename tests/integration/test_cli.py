@@ -62,3 +62,15 @@ def test_every_setting_is_a_serve_flag() -> None:
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in r.stdout
         assert f"DARKROOM_{name.upper()}" in r.stdout
+
+
+def test_version_and_typed_flags_with_defaults() -> None:
+    r = _run(["--version"])
+    assert r.returncode == 0 and r.stdout.startswith("darkroom, version ")
+    serve = " ".join(_run(["serve", "--help"]).stdout.split())  # click wraps lines: compare words
+    assert "--port INTEGER" in serve and "[default: 8000; env DARKROOM_PORT]" in serve
+    assert "--residency-policy [cost_aware|lru|smallest_first]" in serve
+    pull = _run(["weights", "pull", "--help"]).stdout
+    assert "--data-dir PATH" in pull and "--weights-dir" in pull
+    assert "--port" not in pull and "--api-key" not in pull  # only the settings the command reads
+    assert "--port" not in _run(["weights", "demo", "--help"]).stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -124,3 +125,66 @@ def test_base64_without_data_prefix_is_not_a_url(server: ServerProcess) -> None:
     raw = base64.b64encode(png_bytes()).decode()
     with server.client() as c:
         _assert_error(c.post("/api/v1/images/generate", json={**OK, "image_urls": [raw]}), 422, "url_not_allowed")
+
+
+# ---- what a new user ran into (each failed before its fix) -------------------------------------------------
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/api/v1/images/generate", {**OK, "num_images": 100}, "num_images"),
+    ("/fal-ai/nano-banana-2/edit", {"prompt": "x", "image_urls": [data_url(png_bytes())], "num_images": 20},
+     "num_images"),
+    ("/v1/models/google/nano-banana-2/predictions", {"input": {"prompt": "x", "max_images": 20}},
+     "input.max_images"),
+])
+def test_num_images_over_the_limit_names_the_ids_limit(server: ServerProcess, path: str, body: dict[str, Any],
+                                                         field: str) -> None:
+    with server.client() as c:
+        err = _assert_error(c.post(path, json=body), 422, "invalid_request", field)
+    assert "1 to 4" in err["message"] and "64" not in err["message"]
+
+
+def test_url_encoded_edit_says_which_bodies_the_route_takes(server: ServerProcess) -> None:
+    with server.client() as c:
+        err = _assert_error(c.post("/v1/images/edits", data={"prompt": "x", "model": "gpt-image-1"}), 415,
+                            "unsupported_media_type")
+    assert "multipart/form-data" in err["message"] and "image_url" in err["message"]
+
+
+def test_fal_edit_route_needs_its_images(server: ServerProcess) -> None:
+    with server.client() as c:
+        _assert_error(c.post("/fal-ai/nano-banana/edit", json={"prompt": "x"}), 422, "missing_field", "image_urls")
+        _assert_error(c.post("/fal-ai/flux-pro/kontext", json={"prompt": "x"}), 422, "missing_field", "image_url")
+
+
+def test_gemini_unknown_model_is_404_not_found(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = c.post("/v1beta/models/gemini-9-ultra:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]})
+    assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"
+    assert "gemini-3-pro-image-preview" in r.json()["error"]["message"]
+
+
+def test_docs_work_offline_without_a_key(keyed_server: ServerProcess) -> None:
+    """/docs and /redoc load their scripts from this server (no CDN), and documentation needs no key."""
+    with keyed_server.client() as c:
+        for page in ("/docs", "/redoc"):
+            r = c.get(page)
+            assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+            scripts = [s.split('"')[1] for s in r.text.split("src=")[1:]]
+            assert scripts and all(s.startswith("/docs-assets/") for s in scripts), scripts
+            assert "cdn" not in r.text.lower() and "fonts.googleapis" not in r.text
+            for script in scripts:
+                assert c.get(script).status_code == 200
+        assert c.get("/openapi.json").json()["info"]["title"] == "darkroom"
+        _assert_error(c.get("/docs-assets/..%2Fcore.py"), 404, "not_found")
+        _assert_error(c.get("/api/v1/images/models"), 401, "unauthorized")  # the API itself stays keyed
+
+
+def test_each_job_is_logged_when_accepted_and_when_finished(server: ServerProcess) -> None:
+    with server.client() as c:
+        task = c.post("/api/v1/images/generate", json=OK).json()["task_id"]
+    deadline = time.monotonic() + 10
+    while f"finished {task}" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [ln for ln in server.log().splitlines() if task in ln]
+    assert any(" INFO " in ln and f"accepted {task} flux-kontext-pro" in ln for ln in lines), lines
+    assert any(" INFO " in ln and f"finished {task} flux-kontext-pro: completed in" in ln for ln in lines), lines

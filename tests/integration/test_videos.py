@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from pipelines.registry import family_class
+from server.engine.sizing import exact_video_size
 from tests.support import ServerProcess, data_url, decode_png_size, png_bytes
 
 FRAME = data_url(png_bytes((320, 180), (30, 90, 200)))
@@ -73,11 +74,11 @@ def test_each_video_id_end_to_end(server: ServerProcess, model: str, extra: dict
         assert (video["num_frames"] - 1) % fam.frame_step == 0
         assert video["fps"] == fps and video["has_audio"] is audio
         assert video["duration"] == pytest.approx(video["num_frames"] / fps, abs=1e-3)
-        assert video["width"] % fam.size_multiple == 0 and video["height"] % fam.size_multiple == 0
-        if extra.get("aspect_ratio") == "9:16":
-            assert video["height"] > video["width"]
-        else:
-            assert min(video["width"], video["height"]) == video["height"] <= 240
+        # Exactly the tier's size (240 px short side, the exact ratio), whatever grid the model renders on.
+        shape = (9, 16) if extra.get("aspect_ratio") == "9:16" else (320, 180)
+        assert (video["width"], video["height"]) == exact_video_size(240, shape)
+        rendered = view["darkroom"]["rendered"]
+        assert rendered["width"] % fam.size_multiple == 0 and rendered["height"] % fam.size_multiple == 0
         probe = _probe(c.get(video["url"]).content)
         assert probe["codec"] == "h264"
         assert probe["frames"] == video["num_frames"]
@@ -213,3 +214,26 @@ def test_video_errors(server: ServerProcess, body: dict[str, Any], code: str, fi
             assert "veo-3" in err["message"] and "veo-3-fast" in err["message"]
         if code == "unknown_model":
             assert "sora-2-pro" in err["message"]
+
+
+def test_default_resolution_on_a_cpu_is_the_draft_tier_and_says_so(server: ServerProcess) -> None:
+    """On a CPU a default-size clip takes many minutes: no resolution means the 240p draft tier, with a warning;
+    an explicit large tier is honoured with a warning of its cost. (A busy worker keeps both queued: only the
+    answers to the submits are under test, and cancelling a pending job is immediate.)"""
+    with server.client() as c:
+        busy = _submit(c, model="sora-2", num_inference_steps=200)["task_id"]
+        r = c.post("/api/v1/videos/generate", json={"model": "veo-3", "prompt": "p", "image_urls": [FRAME],
+                                                     "duration": 4, "num_inference_steps": 1})
+        assert r.status_code == 202, r.text
+        draft = r.json()
+        assert min(draft["width"], draft["height"]) == 240
+        assert any("240p draft tier" in w and "720p" in w for w in draft["warnings"]), draft["warnings"]
+        r = c.post("/api/v1/videos/generate", json={"model": "veo-3", "prompt": "p", "image_urls": [FRAME],
+                                                     "duration": 4, "resolution": "720p", "num_inference_steps": 1})
+        assert r.status_code == 202
+        large = r.json()
+        assert (large["width"], large["height"]) == (1280, 720)
+        assert any("720p clip takes minutes" in w for w in large["warnings"])
+        for task in (large["task_id"], draft["task_id"], busy):
+            c.post(f"/api/v1/tasks/{task}/cancel")
+        assert _wait(c, busy)["status"] == "cancelled"
