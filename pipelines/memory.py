@@ -25,6 +25,11 @@ def _table(path: Path) -> dict[str, MemoryCoefficients]:
     return {name: MemoryCoefficients(**body) for name, body in tomllib.loads(path.read_text()).items()}
 
 
+def load_memory_table(path: Path = MEMORY_PATH) -> dict[str, MemoryCoefficients]:
+    """Every family's coefficients in `path` (a deployment's own configs/memory.toml)."""
+    return dict(_table(path))
+
+
 def coefficients(family: str, path: Path = MEMORY_PATH) -> MemoryCoefficients:
     """The coefficients of `family` (a static file, read once per path); KeyError names the file."""
     try:

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from pipelines.registry import family_class
-from server.api import (
-    bfl,
-    docs,
-    fal,
-    files,
-    gemini,
-    health,
-    openai_api,
-    qolaba,
-    replicate,
-    replicate_files,
-    tasks,
-    videos,
-)
+from pipelines.memory import load_memory_table
+from server.acceleration_config import Acceleration
+from server.api import docs, files, health
 from server.api import engine as engine_api
 from server.api.auth import ApiKeyMiddleware
+from server.api.dialect import ErrorShaper
 from server.api.errors import install_error_handlers
 from server.api.openapi_doc import documented_openapi
+from server.api.registry import DIALECTS
 from server.api.request_body import BodySizeLimit
-from server.api.tasks import task_view
-from server.version import __version__
 from server.catalog import Catalog
 from server.context import AppContext
 from server.dialects import ModelNames
@@ -42,7 +31,7 @@ from server.engine.policy import BatchConfig
 from server.engine.scheduler import VramAwareScheduler
 from server.engine.worker import Worker, device_budget, resolve_devices, resolve_dtype
 from server.jobs.lock import DataDirLock
-from server.jobs.store import JobStore
+from server.jobs.sqlite import SqliteJobStore
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
 from server.media.fetch import FetchLimits, ImageFetcher
@@ -51,6 +40,7 @@ from server.media.storage import InputStore, OutputStore
 from server.media.uploads import UploadStore
 from server.service import GenerationService
 from server.settings import Settings
+from server.version import __version__
 from server.webhooks import RetryPolicy, Webhooks, derive_secret, local_secret
 from weights.demo import build_demo
 from weights.locate import LocatedWeights, locate
@@ -93,36 +83,41 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_keys_file is not None and not keys.enabled:
         raise ValueError(f"{settings.api_keys_file.name} holds no key: add a [keys.NAME] table or unset the file")
     data = settings.data_dir
-    # Before anything touches the database: only one server may own a data dir (crash recovery assumes it).
+    # Before anything touches the data dir: one server owns its inputs, outputs and demo weights.
     lock = DataDirLock(data)
     lock.acquire()
     manifest = load_manifest()
-    catalog = Catalog.load(manifest, license_policy=settings.license_policy)
-    names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()))
+    catalog = Catalog.load(manifest, settings.config("models.toml"), license_policy=settings.license_policy)
+    names = ModelNames.load(set(catalog.ids()) | set(catalog.video_ids()), settings.config("dialects.toml"))
+    acceleration = Acceleration.load(settings.config("acceleration.toml"), catalog)
     if settings.models:
         catalog = catalog.only(settings.models)
+    acceleration = acceleration.serving(catalog)
     needed = catalog.weights_needed()
     located = prepare_weights(settings, manifest, needed)
 
-    store = JobStore(data / "jobs.sqlite3")
-    requeued = store.requeue_interrupted()
+    store = SqliteJobStore(data / "jobs.sqlite3", lease_s=settings.lease_s, synchronous=settings.sqlite_synchronous)
+    # Leases held by a process of this machine that is gone (the last run of this server, killed) lapse now.
+    requeued = store.requeue_expired()
     if requeued:
-        log.warning("re-queued %d job(s) interrupted by the last shutdown", requeued)
+        log.warning("re-queued %d job(s) interrupted by the last shutdown", len(requeued))
+    store.release_stale_reservations(older_than_s=60.0)
     outputs = OutputStore(data / "files", settings.png_compress_level)
     inputs = InputStore(data / "inputs")
     hub = CompletionHub()
     reserve = int(settings.vram_reserve_gb * 1e9)
-    costs = load_costs()
+    costs = load_costs(settings.config("costs.toml"))
+    memory = load_memory_table(settings.config("memory.toml"))
+    # Compiled graphs persist under the data dir, so a restart loads them instead of compiling again.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(settings.compile_cache_dir or data / "compile-cache")
     limit = int(settings.memory_limit_gb * 1e9) if settings.memory_limit_gb else None
     workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located, device_budget(dev, reserve, limit),
                       ram_budget=int(settings.offload_ram_gb * 1e9), order=settings.residency_policy,
-                      transfer=costs.transfer)
+                      transfer=costs.transfer, memory=memory,
+                      profiles={w: acceleration.load_profile(w) for w in needed})
                for i, dev in enumerate(resolve_devices(settings.device))]
-    scheduler = VramAwareScheduler(
-        BatchConfig(settings.max_batch, settings.batch_max_wait_s, settings.priority_s),
-        footprint=workers[0].footprint, transfer=costs.transfer,
-        key_names=lambda weights: family_class(located[weights].entry.family).batch_key_names(),
-    )
+    scheduler = VramAwareScheduler(BatchConfig(settings.max_batch, settings.batch_max_wait_s, settings.priority_s),
+                                   footprint=workers[0].footprint, transfer=costs.transfer)
     # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
     wait_s = min(1.0, settings.batch_max_wait_s / 2) if settings.batch_max_wait_s > 0 else 1.0
     webhooks = Webhooks(store, Allowlist(settings.url_allowlist),
@@ -135,8 +130,9 @@ def create_app(settings: Settings) -> FastAPI:
         hub.finished(job_id)
         webhooks.finished(job_id)
 
-    engine = Engine(store, scheduler, workers, outputs, finished, preload=sorted(needed), wait_s=wait_s,
-                    step_timeout_s=settings.step_timeout_s, on_fault=lambda reason: lifecycle.fault(reason))
+    engine = Engine(store, scheduler, workers, outputs, inputs, finished, costs, preload=sorted(needed),
+                    wait_s=wait_s, step_timeout_s=settings.step_timeout_s,
+                    on_fault=lambda reason: lifecycle.fault(reason), memory=memory)
     lifecycle = Lifecycle(engine, store, settings.drain_timeout_s, restart_on_fault=settings.restart_on_fault)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),
@@ -144,15 +140,18 @@ def create_app(settings: Settings) -> FastAPI:
                     settings.fetch_max_redirects),
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
-                                frozenset(name for name, w in located.items() if w.demo), costs,
-                                settings.max_queue, settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
-                                jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side)
+                                frozenset(name for name, w in located.items() if w.demo), settings.max_queue,
+                                settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
+                                jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side,
+                                on_accepted=webhooks.accepted,
+                                presets=lambda model_id: acceleration.step_cache(model_id).encode())
     uploads = UploadStore(data / "uploads", settings.retention_hours * 3600 or None)
-    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads)
-    webhooks.builder("darkroom", lambda record, base, _event: task_view(record, base))
-    webhooks.builder("fal", lambda record, base, event: fal.webhook_payload(record, base, event, ctx))
-    webhooks.builder("replicate", replicate.webhook_payload)
-    webhooks.builder("bfl", bfl.webhook_payload)
+    ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
+                     acceleration)
+    for dialect in DIALECTS:
+        if dialect.webhook is not None:
+            webhooks.builder(dialect.name, lambda record, base, event, shape=dialect.webhook: shape(record, base,
+                                                                                                   event, ctx))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -172,14 +171,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.ctx = ctx
     app.openapi = lambda: documented_openapi(app)  # type: ignore[method-assign]
     app.state.lifecycle = lifecycle
-    install_error_handlers(app)
-    for module in (health, docs, qolaba, videos, tasks, files, engine_api, openai_api, fal, replicate,
-                   replicate_files, bfl, gemini):
-        app.include_router(module.router)
+    shaper = ErrorShaper(DIALECTS)
+    install_error_handlers(app, shaper)
+    for router in (health.router, docs.router, files.router, engine_api.router,
+                   *(r for dialect in DIALECTS for r in dialect.routers)):
+        app.include_router(router)
     # Inside the key check: an unauthenticated client cannot make the server read a large body.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, shaper=shaper)
     if keys.enabled:
-        app.add_middleware(ApiKeyMiddleware, keys=keys)
+        app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper)
     if settings.cors_origins:
         # Added last, so outermost: browsers' preflights carry no key and must be answered before the key check.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,

@@ -236,6 +236,14 @@ class Catalog:
         """Every video spec (as served under the licence policy), sorted by id."""
         return [self._videos[i] for i in self.video_ids()]  # type: ignore[misc]
 
+    def all_ids(self) -> list[str]:
+        """Every image and video id, sorted."""
+        return sorted([*self._models, *self._videos])
+
+    def any_spec(self, model_id: str) -> AnySpec:
+        """The spec of an image or video id (exact match; KeyError otherwise)."""
+        return self._models.get(model_id) or self._videos[model_id]
+
     def weights_needed(self) -> set[str]:
         """Weights entries that some served id runs on."""
         return {s.weights for s in [*self._models.values(), *self._videos.values()]}

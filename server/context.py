@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from server.acceleration_config import Acceleration
 from server.catalog import Catalog
 from server.dialects import ModelNames
 from server.jobs.store import JobStore
@@ -35,6 +36,7 @@ class AppContext:
     webhooks: Webhooks
     lifecycle: Lifecycle
     uploads: UploadStore
+    acceleration: Acceleration
 
     @property
     def draining(self) -> bool:

@@ -75,7 +75,8 @@ class Lifecycle:
             self.engine.interrupt_running()
             if not self.engine.wait_idle(_INTERRUPT_GRACE_S):
                 # A step that never returns (hung kernel): its job goes back now; a late answer is discarded.
-                self.store.requeue(self.engine.running())
+                claims = self.engine.running_claims()
+                self.store.requeue([c.job_id for c in claims], claims)
         self.drained.set()
         self._exit()
 

@@ -13,7 +13,10 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+import configs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(configs.__file__).resolve().parent
 
 
 class Settings(BaseSettings):
@@ -26,6 +29,16 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="Key clients send (Bearer/Key/Token, X-API-Key, x-key or "
                                           "x-goog-api-key); unset = no auth.")
     data_dir: Path = Field(Path("./darkroom-data"), description="Jobs database, inputs, outputs and weights live here.")
+    config_dir: Path = Field(CONFIG_DIR, description="Folder of models.toml, dialects.toml, costs.toml, memory.toml "
+                             "and acceleration.toml (point it at a copy to change ids, presets or costs).")
+    compile_cache_dir: Path | None = Field(
+        None, description="Where torch.compile keeps compiled graphs across restarts (default: "
+        "<data_dir>/compile-cache).")
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full", description="SQLite sync for the jobs database: full survives a power cut, normal only a crash "
+        "(and is a little faster per submit).")
+    lease_s: float = Field(30.0, ge=2.0, le=3600.0, description="How long a claim on a running job lasts without "
+                           "renewal; a job whose holder stops renewing goes back to the queue after it.")
     weights_dir: Path | None = Field(None, description="Where real weights are pulled to (default: <data_dir>/weights).")
     demo_weights_path: Path | None = Field(
         None, description="Where demo weights are built (default: <data_dir>/demo-weights)."
@@ -126,6 +139,10 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [part.strip() for part in v.split(",") if part.strip()]
         return v
+
+    def config(self, name: str) -> Path:
+        """A configuration file in `config_dir`."""
+        return self.config_dir / name
 
     @property
     def resolved_weights_dir(self) -> Path:

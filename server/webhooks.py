@@ -103,16 +103,21 @@ class Webhooks:
             raise ApiError(422, ErrorCode.URL_NOT_ALLOWED, "the webhook URL points to a private or local address; "
                            "ask the operator to add the host to DARKROOM_URL_ALLOWLIST if it is trusted", field)
 
-    async def register(self, job_id: str, url: str, dialect: str, base: str, field: str,
-                       events: tuple[str, ...] = ("completed",), secret: str | None = None) -> None:
-        """Attach a webhook to a job (call before the job can finish: right after submit)."""
+    async def prepare(self, url: str, dialect: str, base: str, field: str, events: tuple[str, ...] = ("completed",),
+                      secret: str | None = None) -> dict[str, Any]:
+        """A checked webhook for a job about to be submitted; the job store keeps it in the job's own
+        transaction, so a crash cannot separate an accepted job from its webhook (deliveries owed are found
+        again after a restart)."""
         await self.check_url(url, field)
-        self.store.set_webhook(job_id, {"url": url, "dialect": dialect, "base": base, "events": list(events),
-                                        "secret": secret or self.default_secret, "attempts": [], "delivered": []})
-        if "start" in events:
-            self._spawn(job_id, "start")
+        return {"url": url, "dialect": dialect, "base": base, "events": list(events),
+                "secret": secret or self.default_secret, "attempts": [], "delivered": []}
+
+    def accepted(self, job_id: str) -> None:
+        """A job was committed: deliver its `start` event (when asked for) and, if it already finished, its
+        completion. Called on the event loop."""
+        self._spawn(job_id, "start")
         record = self.store.get(job_id)
-        if record is not None and record.status in FINAL_STATES:
+        if record is not None and record.status in FINAL_STATES:  # it finished before this ran
             self._spawn(job_id, "completed")
 
     # ---- delivery -------------------------------------------------------------------------------------------

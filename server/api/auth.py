@@ -8,6 +8,7 @@ import math
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api import docs
+from server.api.dialect import ErrorShaper
 from server.api.errors import send_error
 from server.errors import ApiError, ErrorCode
 from server.keys import KeyRing, RateLimiter
@@ -47,9 +48,10 @@ _UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key:
 class ApiKeyMiddleware:
     """401 without a known key; 429 rate_limited (with Retry-After) past the key's requests per minute."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper) -> None:
         self.app = app
         self.keys = keys
+        self.shaper = shaper
         self.limiter = RateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,14 +60,14 @@ class ApiKeyMiddleware:
             return
         key = self.keys.match(presented_key(scope["headers"]))
         if key is None:
-            await send_error(send, _UNAUTHORIZED, scope["path"])
+            await send_error(send, _UNAUTHORIZED, scope["path"], self.shaper)
             return
         wait_s = self.limiter.take(key)
         if wait_s > 0:
             retry = max(1, math.ceil(wait_s))
             await send_error(send, ApiError(429, ErrorCode.RATE_LIMITED, f"key {key.name!r} is limited to "
                                             f"{key.rate_per_minute} requests per minute; retry in {retry} s", None,
-                                            headers={"Retry-After": str(retry)}), scope["path"])
+                                            headers={"Retry-After": str(retry)}), scope["path"], self.shaper)
             return
         scope[SCOPE_KEY] = key.name
         await self.app(scope, receive, send)

@@ -15,11 +15,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.auth import caller
+from server.api.dialect import Dialect
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
 from server.api.openapi_doc import json_body
+from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
-from server.service import SEED_MAX, ImageAsk, ImageInput
+from server.service import SEED_MAX
 
 router = APIRouter()
 
@@ -104,17 +106,15 @@ async def submit(variant: str, request: Request) -> JSONResponse:
     sources = [image_input(body.input_image, "input_image")] if body.input_image else []
     if not sources and refs:
         sources, refs = refs[:1], refs[1:]
-    if body.webhook_url:
-        await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
+    base = base_url(request)
+    hook = await ctx.webhooks.prepare(body.webhook_url, "bfl", base, "webhook_url", secret=body.webhook_secret) \
+        if body.webhook_url else None
     ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=tuple(refs),
                    aspect_ratio=body.aspect_ratio or "auto", seed=body.seed, output_format=body.output_format,
                    num_inference_steps=body.steps, guidance_scale=body.guidance, warnings=warnings,
-                   size=(body.width, body.height) if body.width and body.height else None, size_field="width")
+                   size=(body.width, body.height) if body.width and body.height else None, size_field="width",
+                   webhook=hook)
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
-    base = base_url(request)
-    if body.webhook_url:
-        await ctx.webhooks.register(job_id, body.webhook_url, "bfl", base, "webhook_url",
-                                    secret=body.webhook_secret)
     return JSONResponse({"id": job_id, "polling_url": f"{base}/v1/get_result?id={job_id}", "cost": 0.0,
                          "input_mp": None, "output_mp": None})
 
@@ -151,6 +151,15 @@ async def get_result(request: Request, id: str = "") -> JSONResponse:  # noqa: A
     return JSONResponse(result_view(record, base_url(request)))
 
 
-def webhook_payload(record: JobRecord, base: str, _event: str) -> dict[str, Any]:
+def webhook_payload(record: JobRecord, base: str, _event: str, _ctx: Any) -> dict[str, Any]:
     """BFL's webhook body is the result object."""
     return result_view(record, base)
+
+
+def error_shape(err: ApiError) -> dict[str, Any]:
+    """darkroom's error plus BFL's `detail`."""
+    return {**err.body(), "detail": err.message}
+
+
+DIALECT = Dialect("bfl", (router,), prefixes=("/v1/flux-", "/v1/get_result"), error_shape=error_shape,
+                  webhook=webhook_payload)

@@ -48,6 +48,20 @@ def validated(model: type[BaseModelT], fields: dict[str, Any], prefix: str = "")
         raise ApiError(err.status, err.code, err.message, f"{prefix}.{err.field}" if err.field else prefix) from None
 
 
+def acceleration_view(ctx: AppContext, model_id: str, weights: str) -> dict[str, Any]:
+    """An id's acceleration: what configs/acceleration.toml asks for, and what a worker that has the weights
+    loaded actually runs (null until one has; the job records carry it too)."""
+    active = None
+    for slot in ctx.engine.slots:
+        if slot.fault:
+            continue
+        found = next((r for r in slot.snapshot()["resident"] if r["weights"] == weights), None)
+        if found is not None and found.get("acceleration"):
+            active = {"worker": slot.name, "device": slot.device, **found["acceleration"]}
+            break
+    return {"profile": ctx.acceleration.describe(model_id), "active": active}
+
+
 def record_or_404(ctx: AppContext, job_id: str, field: str = "id") -> JobRecord:
     """The job or 404 not_found."""
     record = ctx.service.get(job_id) if len(job_id) <= 100 else None

@@ -17,7 +17,7 @@ def engine_view(ctx: AppContext) -> dict[str, Any]:
     batching counters and the named reasons requests could not share a batch."""
     engine = ctx.engine
     return {
-        "workers": [w.snapshot() for w in engine.workers],
+        "workers": [slot.snapshot() for slot in engine.slots],
         "queue": ctx.store.pending_by_weights(),
         "jobs": ctx.store.counts(),
         "batching": dict(engine.stats),

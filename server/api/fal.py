@@ -7,6 +7,7 @@ replaced: queue.fal.run -> darkroom, fal.run -> darkroom/sync.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.api.auth import caller
+from server.api.dialect import Dialect
 from server.api.dialect_io import (
     base_url,
     ctx_of,
@@ -26,11 +28,11 @@ from server.api.dialect_io import (
     validated,
     wait_done,
 )
-from server.api.errors import shaped_body
 from server.api.openapi_doc import json_body
+from server.asks import ImageAsk, ImageInput, VideoAsk
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
-from server.service import SEED_MAX, ImageAsk, ImageInput, VideoAsk
+from server.service import SEED_MAX
 
 router = APIRouter()
 
@@ -225,19 +227,18 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     model = ctx.names.resolve("fal", model_path)
     body = validated(FalBody, await json_object(request))
     warnings = _warnings_and_refusals(body)
-    hook = request.query_params.get("fal_webhook")
-    if hook:
-        await ctx.webhooks.check_url(hook, "fal_webhook")
+    hook_url = request.query_params.get("fal_webhook")
+    hook = await ctx.webhooks.prepare(hook_url, "fal", base_url(request), "fal_webhook") if hook_url else None
     required = REQUIRED_IMAGES.get(model_path)
     if required and not getattr(body, required):
         raise ApiError(422, ErrorCode.MISSING_FIELD, f"{model_path} edits images: {required} is required (fal's "
                        "text-to-image endpoints have their own paths)", required)
     if model in ctx.catalog.video_ids():
-        job_id, _ = await ctx.service.submit_video(_video_ask(model, body, warnings), caller=caller(request.scope))
+        job_id, _ = await ctx.service.submit_video(replace(_video_ask(model, body, warnings), webhook=hook),
+                                                   caller=caller(request.scope))
     else:
-        job_id, _ = await ctx.service.submit_image(_image_ask(model, body, ctx, warnings), caller=caller(request.scope))
-    if hook:
-        await ctx.webhooks.register(job_id, hook, "fal", base_url(request), "fal_webhook")
+        job_id, _ = await ctx.service.submit_image(replace(_image_ask(model, body, ctx, warnings), webhook=hook),
+                                                   caller=caller(request.scope))
     return job_id, body
 
 
@@ -249,7 +250,7 @@ async def queue_status(app: str, request_id: str, request: Request) -> JSONRespo
     body: dict[str, Any] = {"status": _status(record), "request_id": record.id,
                             **_urls(base_url(request), f"fal-ai/{app}", record.id), "logs": []}
     if record.status is JobStatus.PENDING:
-        body["queue_position"] = ctx.store.queue_position(record.id) or 0
+        body["queue_position"] = ctx.service.queue_position(record.id) or 0
     return JSONResponse(body, status_code=202 if record.status not in FINAL_STATES else 200)
 
 
@@ -262,7 +263,7 @@ async def queue_result(app: str, request_id: str, request: Request) -> JSONRespo
         return JSONResponse(result_payload(ctx, record, base_url(request)))
     if record.status in FINAL_STATES:
         err = failure(record)
-        return JSONResponse(shaped_body(err, request.url.path), status_code=err.status,
+        return JSONResponse(error_shape(err), status_code=err.status,
                             headers={"X-Fal-Error-Type": str(err.code)})
     raise ApiError(400, ErrorCode.NOT_READY, "the request is still in progress; poll its status_url")
 
@@ -277,6 +278,12 @@ async def queue_cancel(app: str, request_id: str, request: Request) -> JSONRespo
     if record.status in FINAL_STATES or not ctx.service.cancel(request_id):
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+
+def error_shape(err: ApiError) -> dict[str, Any]:
+    """darkroom's error plus fal's FastAPI-style `detail` list."""
+    return {**err.body(), "detail": [{"loc": ["body", err.field] if err.field else ["body"], "msg": err.message,
+                                      "type": str(err.code)}]}
 
 
 def webhook_payload(record: JobRecord, base: str, _event: str, ctx: Any) -> dict[str, Any]:
@@ -295,7 +302,7 @@ async def queue_submit(model_path: str, request: Request) -> JSONResponse:
     job_id, _ = await _submit(request, path)
     ctx = ctx_of(request)
     return JSONResponse({"request_id": job_id, "gateway_request_id": job_id, "status": "IN_QUEUE",
-                         "queue_position": ctx.store.queue_position(job_id) or 0,
+                         "queue_position": ctx.service.queue_position(job_id) or 0,
                          **_urls(base_url(request), path, job_id)})
 
 
@@ -309,3 +316,7 @@ async def sync_run(model_path: str, request: Request) -> JSONResponse:
 
 def _status(record: JobRecord) -> str:
     return {JobStatus.PENDING: "IN_QUEUE", JobStatus.PROCESSING: "IN_PROGRESS"}.get(record.status, "COMPLETED")
+
+
+DIALECT = Dialect("fal", (router,), prefixes=("/fal-ai/", "/sync/fal-ai/"), error_shape=error_shape,
+                  webhook=webhook_payload)

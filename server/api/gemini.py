@@ -15,9 +15,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api.auth import caller
+from server.api.dialect import Dialect
 from server.api.dialect_io import InlineImages, ctx_of, json_object, outputs, wait_done
+from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
-from server.service import SEED_MAX, ImageAsk, ImageInput
+from server.service import SEED_MAX
 
 router = APIRouter()
 
@@ -168,3 +170,18 @@ async def generate_content(model: str, request: Request) -> Response:
         "modelVersion": model, "responseId": job_id,
         "darkroom": {"task_id": job_id, "model": local, "warnings": list(record.request["warnings"])},
     })
+
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  409: "ABORTED", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+                  500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def error_shape(err: ApiError) -> dict[str, Any]:
+    """Google's {"error": {code, message, status}} (darkroom's code and field under details)."""
+    return {"error": {"code": err.status, "message": err.message, "status": _GOOGLE_STATUS.get(err.status, "UNKNOWN"),
+                      "details": [{"darkroom_code": str(err.code), "field": err.field}]}}
+
+
+DIALECT = Dialect("gemini", (router,), prefixes=("/v1beta/",), owns_path=lambda p: p.endswith(":generateContent"),
+                  error_shape=error_shape)

@@ -18,9 +18,9 @@ async def health() -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     """200 when every model's weights are located and loaded and every worker thread is alive; else 503."""
     ctx = request.app.state.ctx
-    workers = [{"name": w.name, "device": w.device, "alive": bool(w.thread and w.thread.is_alive()),
-                "fault": w.fault, "loaded": sorted(w.loaded()), "busy_with": list(w.busy_with)}
-               for w in ctx.engine.workers]
+    workers = [{"name": s.name, "device": s.device, "alive": s.alive, "fault": s.fault,
+                "loaded": sorted(r["weights"] for r in s.handle.snapshot()["resident"]), "busy_with": list(s.busy_with)}
+               for s in ctx.engine.slots]
     problems = []
     if ctx.lifecycle.draining:
         problems.append(("restarting: " if ctx.lifecycle.restart else "draining: ") + ctx.lifecycle.reason)

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
 
 from server.api.auth import caller
+from server.api.dialect import Dialect
 from server.api.dialect_io import (
     InlineImages,
     base_url,
@@ -30,11 +30,11 @@ from server.api.dialect_io import (
     wait_done,
 )
 from server.api.openapi_doc import json_body
-from server.api.request_body import read_form
+from server.api.request_body import content_kind, read_json_or_multipart
+from server.asks import ImageAsk, ImageInput, VideoAsk
 from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
-from server.service import ImageAsk, ImageInput, VideoAsk
 
 router = APIRouter()
 
@@ -149,34 +149,7 @@ def openai_mask(data: bytes) -> bytes:
     return out.getvalue()
 
 
-async def _read_edit_form(request: Request) -> tuple[dict[str, Any], list[bytes], bytes | None]:
-    ctx = ctx_of(request)
-    limit = ctx.settings.max_image_bytes
-    form = await read_form(request, max_files=17)
-    fields: dict[str, Any] = {}
-    images: list[bytes] = []
-    mask: bytes | None = None
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                data = await value.read(limit + 1)
-                if len(data) > limit:
-                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {limit} bytes", name)
-                if name in ("image", "image[]"):
-                    images.append(data)
-                elif name == "mask":
-                    mask = data
-                else:
-                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown file field {name!r}: use image or mask",
-                                   name)
-            else:
-                fields[name] = value
-    finally:
-        await form.close()
-    for key in ("stream",):
-        if key in fields:
-            fields[key] = str(fields[key]).lower() in ("1", "true")
-    return fields, images, mask
+_EDIT_FILES = {"image": "image", "image[]": "image", "mask": "mask"}
 
 
 def _images_response(request: Request, body: GenerationsBody, record: JobRecord, warnings: list[str]) -> Response:
@@ -228,19 +201,21 @@ async def images_generations(request: Request) -> Response:
 @router.post("/v1/images/edits", openapi_extra=json_body(GenerationsBody, multipart=True))
 async def images_edits(request: Request) -> Response:
     """Edit from one or more images (multipart files, or JSON with images[].image_url), with an optional mask."""
-    ctype = request.headers.get("content-type", "")
     mask_input: ImageInput | None = None
-    if ctype.startswith("multipart/form-data"):
-        fields, files, mask = await _read_edit_form(request)
+    fields, files = await read_json_or_multipart(request, _EDIT_FILES, 17, "files in image / image[] and mask, "
+                                                 "or JSON with images[].image_url")
+    if content_kind(request) == "multipart":
+        if "stream" in fields:  # form fields are text
+            fields["stream"] = str(fields["stream"]).lower() in ("1", "true")
         body = validated(GenerationsBody, fields)
-        sources = [ImageInput(field="image", data=d) for d in files]
-        if mask is not None:
-            mask_input = ImageInput(field="mask", data=openai_mask(mask))
+        sources = [ImageInput(field="image", data=u.data) for u in files.get("image", [])]
+        masks = files.get("mask", [])
+        if len(masks) > 1:
+            raise ApiError(422, ErrorCode.TOO_MANY_IMAGES, "send at most one mask", "mask")
+        if masks:
+            mask_input = ImageInput(field="mask", data=openai_mask(masks[0].data))
     else:
-        if ctype.split(";")[0].strip().lower() not in ("application/json", ""):
-            raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "this route takes multipart/form-data (files in "
-                           "image / image[] and mask) or JSON with images[].image_url", None)
-        body = validated(GenerationsBody, await json_object(request))
+        body = validated(GenerationsBody, fields)
         sources = []
         for i, item in enumerate(body.images):
             if "image_url" not in item:
@@ -300,20 +275,17 @@ def video_object(record: JobRecord) -> dict[str, Any]:
 async def create_video(request: Request) -> JSONResponse:
     """Image-to-video, asynchronous: returns a Video object to poll."""
     ctx = ctx_of(request)
-    ctype = request.headers.get("content-type", "")
     frame: ImageInput | None = None
-    if ctype.startswith("multipart/form-data"):
-        fields, files, _ = await _read_video_form(request)
-        body = validated(VideoBody, fields)
-        if files:
-            frame = ImageInput(field="input_reference", data=files[0])
-    else:
-        body = validated(VideoBody, await json_object(request))
-        if body.input_reference:
-            if "image_url" not in body.input_reference:
-                raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only input_reference.image_url is supported "
-                               "(no Files API here)", "input_reference")
-            frame = ImageInput(field="input_reference", url=body.input_reference["image_url"])
+    fields, files = await read_json_or_multipart(request, {"input_reference": "input_reference"}, 1,
+                                                 "the first frame in input_reference")
+    body = validated(VideoBody, fields)
+    if files:
+        frame = ImageInput(field="input_reference", data=files["input_reference"][0].data)
+    elif body.input_reference:
+        if "image_url" not in body.input_reference:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only input_reference.image_url is supported "
+                           "(no Files API here)", "input_reference")
+        frame = ImageInput(field="input_reference", url=body.input_reference["image_url"])
     if frame is None:
         raise ApiError(422, ErrorCode.MISSING_FIELD, "input_reference is required: the local video models animate "
                        "a first frame (image-to-video)", "input_reference")
@@ -328,27 +300,6 @@ async def create_video(request: Request) -> JSONResponse:
     job_id, _ = await ctx.service.submit_video(ask, caller=caller(request.scope))
     record = record_or_404(ctx, job_id)
     return JSONResponse(video_object(record))
-
-
-async def _read_video_form(request: Request) -> tuple[dict[str, Any], list[bytes], None]:
-    ctx = ctx_of(request)
-    limit = ctx.settings.max_image_bytes
-    form = await read_form(request, max_files=1)
-    fields: dict[str, Any] = {}
-    files: list[bytes] = []
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if name != "input_reference":
-                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown file field {name!r}", name)
-                files.append(await value.read(limit + 1))
-                if len(files[-1]) > limit:
-                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {limit} bytes", name)
-            else:
-                fields[name] = value
-    finally:
-        await form.close()
-    return fields, files, None
 
 
 @router.get("/v1/videos/{video_id}")
@@ -382,3 +333,12 @@ async def list_models(request: Request) -> JSONResponse:
     data = [{"id": n, "object": "model", "created": now, "owned_by": "darkroom"}
             for n in names.names("openai.images") + names.names("openai.videos")]
     return JSONResponse({"object": "list", "data": data})
+
+
+def error_shape(err: ApiError) -> dict[str, Any]:
+    """OpenAI's {"error": {message, type, param, code}} with darkroom's field kept."""
+    return {"error": {**err.body()["error"], "type": "invalid_request_error" if err.status < 500 else "server_error",
+                      "param": err.field}}
+
+
+DIALECT = Dialect("openai", (router,), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape)

@@ -6,23 +6,25 @@ both land in `GenerateBody`, then in a dialect-neutral `ImageAsk`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.datastructures import UploadFile
 
 from pipelines.registry import family_class
 from server.api.auth import caller
+from server.api.dialect_io import acceleration_view
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
-from server.api.request_body import parse_json_object, read_form
+from server.api.request_body import read_json_or_multipart
 from server.api.tasks import task_view
+from server.asks import ImageAsk, ImageInput
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobStatus
-from server.service import SEED_MAX, ImageAsk, ImageInput
+from server.service import SEED_MAX
 
 router = APIRouter()
 
@@ -72,7 +74,7 @@ class GenerateBody(BaseModel):
         return "jpeg" if isinstance(v, str) and v.lower() in ("jpg", "jpeg") else v.lower() if isinstance(v, str) else v
 
 
-_LIST_FIELDS = {"image_urls", "reference_images"}
+_LIST_FIELDS = frozenset({"image_urls", "reference_images"})
 _FILE_ROLES = {"image": "image_urls", "images": "image_urls", "image_urls": "image_urls",
                "reference_images": "reference_images", "reference_image": "reference_images",
                "mask": "mask_url", "mask_url": "mask_url"}
@@ -83,42 +85,11 @@ def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-async def read_body(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
-    """Parse JSON or multipart into (fields, uploaded files by role); shared by the platform's routes."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json" or ctype.endswith("+json") or not ctype:
-        return parse_json_object(await request.body(), ctx.settings.max_json_depth), {}
-    if ctype == "multipart/form-data":
-        return await _read_multipart(request, ctx)
-    raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                   "send application/json or multipart/form-data", None)
-
-
-async def _read_multipart(request: Request, ctx: AppContext) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
-    limit = ctx.settings.max_image_bytes
-    form = await read_form(request, max_files=2 * _MAX_LIST + 1)
-    fields: dict[str, Any] = {}
-    files: dict[str, list[bytes]] = {}
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                role = _FILE_ROLES.get(name)
-                if role is None:
-                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD,
-                                   f"unknown file field {name!r}: use image, reference_images or mask", name)
-                data = await value.read(limit + 1)
-                if len(data) > limit:
-                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {limit} bytes", name)
-                files.setdefault(role, []).append(data)
-            elif name in _LIST_FIELDS:
-                fields.setdefault(name, []).append(value)
-            elif name in fields:
-                raise ApiError(422, ErrorCode.INVALID_REQUEST, f"field {name!r} was sent twice", name)
-            else:
-                fields[name] = value
-    finally:
-        await form.close()
-    return fields, files
+async def read_body(request: Request) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """JSON or multipart into (fields, uploaded files by role); shared by the platform's image and video routes."""
+    fields, files = await read_json_or_multipart(request, _FILE_ROLES, 2 * _MAX_LIST + 1,
+                                                 "files in image, reference_images, mask", _LIST_FIELDS)
+    return fields, {role: [u.data for u in uploads] for role, uploads in files.items()}
 
 
 def _refuse_offline_features(body: GenerateBody) -> None:
@@ -159,20 +130,18 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
 async def generate(request: Request) -> JSONResponse:
     """Text-to-image and image-to-image. celery=false waits and returns images; true returns 202 + task_id."""
     ctx = _ctx(request)
-    fields, files = await read_body(request, ctx)
+    fields, files = await read_body(request)
     try:
         body = GenerateBody.model_validate(fields)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
     _refuse_offline_features(body)
-    if body.webhook_url:
-        await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
     base = ctx.public_base(str(request.base_url))
+    hook = await ctx.webhooks.prepare(body.webhook_url, "darkroom", base, "webhook_url") if body.webhook_url else None
+    ask = replace(_to_ask(body, files), webhook=hook)
 
     async def submit(idempotency_key: str | None) -> str:
-        job_id, _ = await ctx.service.submit_image(_to_ask(body, files), idempotency_key, caller=caller(request.scope))
-        if body.webhook_url:
-            await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", base, "webhook_url")
+        job_id, _ = await ctx.service.submit_image(ask, idempotency_key, caller=caller(request.scope))
         return job_id
 
     job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
@@ -224,6 +193,7 @@ async def list_models(request: Request) -> JSONResponse:
             "supportsSeed": spec.supports_seed,
             "editControls": family_class(spec.family).edit_controls(),
             "defaults": spec.defaults.model_dump(),
+            "acceleration": acceleration_view(ctx, spec.id, spec.weights),
             "local": {
                 "family": spec.family,
                 "weights": entry.name,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,13 +16,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.api import replicate_files
 from server.api.auth import caller
+from server.api.dialect import Dialect
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.api.openapi_doc import json_body
 from server.api.replicate_files import own_file_bytes
+from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
-from server.service import SEED_MAX, ImageAsk, ImageInput
+from server.service import SEED_MAX
 
 router = APIRouter()
 
@@ -175,15 +179,15 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     if body.stream:
         raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "output streaming is not supported; send stream=false",
                        "stream")
-    if body.webhook:
-        await ctx.webhooks.check_url(body.webhook, "webhook")
-    job_id, _ = await ctx.service.submit_image(_to_ask(model, inp, ctx, request), caller=caller(request.scope))
-    ctx.store.set_dialect_note(job_id, {"replicate_model": owner_name, "replicate_input": body.input})
     base = base_url(request)
+    hook = None
     if body.webhook:
         # "output" and "logs" arrive together with completion here (outputs are written all at once).
         events = tuple(e for e in ("start", "completed") if e in body.webhook_events_filter)
-        await ctx.webhooks.register(job_id, body.webhook, "replicate", base, "webhook", events)
+        hook = await ctx.webhooks.prepare(body.webhook, "replicate", base, "webhook", events)
+    ask = replace(_to_ask(model, inp, ctx, request), webhook=hook,
+                  dialect_note={"replicate_model": owner_name, "replicate_input": body.input})
+    job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     prefer = _WAIT.match(request.headers.get("prefer", ""))
     if prefer:
         wait_s = min(60.0, float(prefer.group(1) or 60))
@@ -294,6 +298,17 @@ async def cancel_prediction(prediction_id: str, request: Request) -> JSONRespons
     return JSONResponse(prediction(record_or_404(ctx, prediction_id), base_url(request)))
 
 
-def webhook_payload(record: JobRecord, base: str, _event: str) -> dict[str, Any]:
+def webhook_payload(record: JobRecord, base: str, _event: str, _ctx: Any) -> dict[str, Any]:
     """Replicate's webhook body is the prediction object."""
     return prediction(record, base)
+
+
+def error_shape(err: ApiError) -> dict[str, Any]:
+    """darkroom's error plus Replicate's problem-details keys (the client raises ReplicateError from them)."""
+    return {**err.body(), "title": str(err.code), "detail": err.message, "status": err.status}
+
+
+DIALECT = Dialect("replicate", (router, replicate_files.router), prefixes=("/v1/predictions", "/v1/files"),
+                  # /v1/models/{owner}/{name}[/...]: OpenAI's /v1/models has no owner segment.
+                  owns_path=lambda p: p.startswith("/v1/models/") and p.count("/") >= 4,
+                  error_shape=error_shape, webhook=webhook_payload)

@@ -14,11 +14,10 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
 from server.api.auth import caller
 from server.api.dialect_io import base_url, ctx_of
-from server.api.request_body import read_form
+from server.api.request_body import content_kind, read_multipart
 from server.errors import ApiError, ErrorCode
 from server.media.uploads import UploadedFile
 
@@ -65,32 +64,23 @@ def own_file_bytes(request: Request, url: str) -> bytes | None:
 async def create_file(request: Request) -> JSONResponse:
     """Upload one file (part `content`; optional `metadata`, a JSON object as text)."""
     ctx = ctx_of(request)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if content_kind(request) != "multipart":
         raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "upload the file as multipart/form-data in a part "
                        "named content", None)
-    limit = ctx.settings.max_image_bytes
-    form = await read_form(request, max_files=1)
-    try:
-        content = form.get("content")
-        if not isinstance(content, UploadFile):
-            raise ApiError(422, ErrorCode.MISSING_FIELD, "send the file in a multipart part named content", "content")
-        data = await content.read(limit + 1)
-        if len(data) > limit:
-            raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"the file is larger than {limit} bytes", "content")
-        metadata: Any = {}
-        raw = form.get("metadata")
-        if isinstance(raw, str) and raw:
-            try:
-                metadata = json.loads(raw)
-            except ValueError:
-                metadata = None
-            if not isinstance(metadata, dict):
-                raise ApiError(422, ErrorCode.INVALID_REQUEST, "metadata must be a JSON object", "metadata")
-        name = content.filename or "file"
-        ctype = content.content_type or "application/octet-stream"
-    finally:
-        await form.close()
-    record = ctx.uploads.create(data, name, ctype, caller(request.scope), metadata)
+    fields, files = await read_multipart(request, {"content": "content"}, max_files=1)
+    if not files.get("content"):
+        raise ApiError(422, ErrorCode.MISSING_FIELD, "send the file in a multipart part named content", "content")
+    upload = files["content"][0]
+    metadata: Any = {}
+    if fields.get("metadata"):
+        try:
+            metadata = json.loads(fields["metadata"])
+        except ValueError:
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, "metadata must be a JSON object", "metadata")
+    record = ctx.uploads.create(upload.data, upload.filename or "file",
+                                upload.content_type or "application/octet-stream", caller(request.scope), metadata)
     return JSONResponse(file_object(record, base_url(request)), status_code=201)
 
 

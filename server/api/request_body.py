@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import Request
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.dialect import ErrorShaper
 from server.api.errors import send_error
 from server.errors import ApiError, ErrorCode
 
@@ -38,9 +41,10 @@ class BodyTooLarge(ApiError):
 class BodySizeLimit:
     """ASGI middleware: 413 payload_too_large for a body over `max_bytes` (declared or counted)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, shaper: ErrorShaper) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.shaper = shaper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,7 +52,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(send, BodyTooLarge(self.max_bytes), scope["path"])
+            await send_error(send, BodyTooLarge(self.max_bytes), scope["path"], self.shaper)
             return
         seen = 0
         started = False
@@ -72,7 +76,7 @@ class BodySizeLimit:
         except BodyTooLarge as exc:
             # Raised where no handler turned it into a response (e.g. inside the multipart parser's stream).
             if not started:
-                await send_error(send, exc, scope["path"])
+                await send_error(send, exc, scope["path"], self.shaper)
 
 
 def json_depth(raw: bytes) -> int:
@@ -122,3 +126,64 @@ async def read_form(request: Request, max_files: int) -> FormData:
         raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed") from None
     except Exception:  # noqa: BLE001 - parser internals are not for clients
         raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed") from None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file part."""
+
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+
+async def read_multipart(request: Request, roles: Mapping[str, str], max_files: int,
+                         list_fields: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, list[Upload]]]:
+    """The one multipart reader: (text fields, files by role). `roles` maps a file part's name to its role;
+    any other file part is 422 unknown_field naming the accepted ones, a file over max_image_bytes is 413, a
+    repeated text field is 422 unless listed in `list_fields` (those collect into lists)."""
+    limit = request.app.state.ctx.settings.max_image_bytes
+    form = await read_form(request, max_files=max_files)
+    fields: dict[str, Any] = {}
+    files: dict[str, list[Upload]] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                role = roles.get(name)
+                if role is None:
+                    raise ApiError(422, ErrorCode.UNKNOWN_FIELD, f"unknown file field {name!r}: use "
+                                   f"{', '.join(sorted(set(roles)))}", name)
+                data = await value.read(limit + 1)
+                if len(data) > limit:
+                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"the file is larger than {limit} bytes", name)
+                files.setdefault(role, []).append(Upload(data, value.filename, value.content_type))
+            elif name in list_fields:
+                fields.setdefault(name, []).append(value)
+            elif name in fields:
+                raise ApiError(422, ErrorCode.INVALID_REQUEST, f"field {name!r} was sent twice", name)
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, files
+
+
+def content_kind(request: Request) -> str:
+    """'json', 'multipart' or the media type as sent (an absent type counts as JSON, as clients assume)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json" or ctype.endswith("+json") or not ctype:
+        return "json"
+    return "multipart" if ctype == "multipart/form-data" else ctype
+
+
+async def read_json_or_multipart(request: Request, roles: Mapping[str, str], max_files: int, what: str,
+                                 list_fields: frozenset[str] = frozenset()
+                                 ) -> tuple[dict[str, Any], dict[str, list[Upload]]]:
+    """A JSON object or a multipart form (see read_multipart); 415 naming both (`what` says which files)."""
+    kind = content_kind(request)
+    if kind == "json":
+        return await read_json_object(request), {}
+    if kind == "multipart":
+        return await read_multipart(request, roles, max_files, list_fields)
+    raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"this route takes application/json or "
+                   f"multipart/form-data ({what}); got {kind[:60]}", None)

@@ -95,7 +95,7 @@ async def get_task(task_id: str, request: Request) -> JSONResponse:
     ctx = _ctx(request)
     view = task_view(_record_or_404(ctx, task_id), ctx.public_base(str(request.base_url)))
     if view["status"] == JobStatus.PENDING:
-        view["queue_position"] = ctx.store.queue_position(task_id)
+        view["queue_position"] = ctx.service.queue_position(task_id)
     return JSONResponse(view)
 
 

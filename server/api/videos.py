@@ -10,12 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.registry import family_class
 from server.api.auth import caller
+from server.api.dialect_io import acceleration_view
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.qolaba import read_body
+from server.asks import ImageInput, VideoAsk
 from server.context import AppContext
 from server.engine.request import GenerationRequest
-from server.service import SEED_MAX, ImageInput, VideoAsk
+from server.service import SEED_MAX
 
 router = APIRouter()
 
@@ -67,7 +69,7 @@ def _ctx(request: Request) -> AppContext:
 async def generate_video(request: Request) -> JSONResponse:
     """Queue an image-to-video job: 202 with the task id; poll /api/v1/tasks/{id} or stream its events."""
     ctx = _ctx(request)
-    fields, files = await read_body(request, ctx)
+    fields, files = await read_body(request)
     try:
         body = VideoBody.model_validate(fields)
     except ValidationError as exc:
@@ -81,15 +83,12 @@ async def generate_video(request: Request) -> JSONResponse:
         generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
         priority=body.priority,
+        webhook=await ctx.webhooks.prepare(body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
+                                           "webhook_url") if body.webhook_url else None,
     )
-    if body.webhook_url:
-        await ctx.webhooks.check_url(body.webhook_url, "webhook_url")
 
     async def submit(idempotency_key: str | None) -> str:
         job_id, _ = await ctx.service.submit_video(ask, idempotency_key, caller=caller(request.scope))
-        if body.webhook_url:
-            await ctx.webhooks.register(job_id, body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
-                                        "webhook_url")
         return job_id
 
     job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
@@ -118,6 +117,7 @@ async def list_video_models(request: Request) -> JSONResponse:
             "fps": spec.fps, "supportsAudio": getattr(fam, "supports_audio", False),
             "supportsLastFrame": getattr(fam, "supports_last_frame", False), "supportsSeed": True,
             "defaults": spec.defaults.model_dump(),
+            "acceleration": acceleration_view(ctx, spec.id, spec.weights),
             "local": {"family": spec.family, "weights": entry.name, "repo": entry.repo, "revision": entry.revision,
                       "license": entry.license, "license_url": entry.license_url,
                       "commercial_use": entry.all_commercial, "weights_kind": "demo" if demo else "real"},

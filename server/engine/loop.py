@@ -1,4 +1,9 @@
-"""The engine loop: per worker, schedule -> claim -> execute -> record, with plain data between steps."""
+"""The engine loop: per worker, schedule -> claim -> render -> record, with plain data between the steps.
+
+Every way a render ends is a typed `Outcome` from the worker interface, and one path (`_run_call`) handles the
+outcomes of solo and shared calls alike. Jobs are held under leases that a supervision thread renews; it also
+puts lapsed leases back in the queue (another process's crash, say) and takes out hung workers.
+"""
 
 from __future__ import annotations
 
@@ -7,67 +12,98 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from pipelines.base import ParamError, RenderCancelled
+from pipelines.base import RenderCancelled, RenderParams
+from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
-from server.engine.policy import NeverFits, Placement
+from server.engine.admission import Admission, admit
+from server.engine.costs import Costs
+from server.engine.policy import Placement, split_after_oom
 from server.engine.request import GenerationRequest
 from server.engine.results import output_names, save_outputs
 from server.engine.scheduler import Plan, Scheduler, WorkerView
-from server.jobs.store import JobRecord, JobStatus, JobStore
-from server.media.storage import OutputStore
-
-if TYPE_CHECKING:
-    # The worker module imports torch; the engine loop itself only passes workers around.
-    from server.engine.worker import Rendered, Worker
+from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, RenderWork
+from server.engine.worker_handle import WorkerHandle
+from server.jobs.leases import owner_id
+from server.jobs.store import Claim, JobRecord, JobStore
+from server.media.storage import InputStore, OutputStore
 
 log = logging.getLogger("darkroom.engine")
 
-
-def _versions() -> dict[str, str]:
-    return {pkg: version(pkg) for pkg in ("torch", "diffusers", "transformers")}
-
-
 _GENERATION_FAILED = {"code": "generation_failed", "field": None,
                       "message": "the model failed while rendering this job; the server log has details for "}
+_OFFLOAD_LADDER = (Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD)
 
 
-def _device_fault(exc: BaseException) -> bool:
-    """Whether `exc` poisoned the device (torch is imported only where workers are)."""
-    from server.engine.worker import is_device_fault
+@dataclass
+class WorkerSlot:
+    """The engine's side of one worker: the handle, its thread, its lease owner id and what it is doing."""
 
-    return is_device_fault(exc)
+    handle: WorkerHandle
+    owner: str
+    thread: threading.Thread | None = None
+    busy_with: tuple[str, ...] = ()
+    claims: list[Claim] = field(default_factory=list)
+    fault: str | None = None
+    """Set when the device failed in a way that poisons it, or the worker hung; the engine stops using it."""
+    beat: float = 0.0
+    """Monotonic time of the last sign of life while rendering (claim, each step); read by the watchdog."""
+
+    @property
+    def name(self) -> str:
+        """The worker's name."""
+        return self.handle.name
+
+    @property
+    def device(self) -> str:
+        """The worker's device."""
+        return self.handle.device
+
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs."""
+        return bool(self.thread and self.thread.is_alive())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The handle's view plus the engine's: fault and the batch it runs."""
+        return {**self.handle.snapshot(), "fault": self.fault, "current_batch": list(self.busy_with)}
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Jobs rendered by one pipeline call, with their requests and claims."""
+
+    jobs: tuple[JobRecord, ...]
+    requests: tuple[GenerationRequest, ...]
+
+    @property
+    def ids(self) -> set[str]:
+        return {j.id for j in self.jobs}
 
 
 class Engine:
     """Runs pending jobs on the workers. Each worker has its own thread; the scheduler decides what it runs."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        scheduler: Scheduler,
-        workers: Sequence[Worker],
-        outputs: OutputStore,
-        on_finished: Callable[[str], None],
-        preload: Sequence[str] = (),
-        wait_s: float = 1.0,
-        step_timeout_s: float = 600.0,
-        on_fault: Callable[[str], None] = lambda _reason: None,
-    ) -> None:
+    def __init__(self, store: JobStore, scheduler: Scheduler, workers: Sequence[WorkerHandle], outputs: OutputStore,
+                 inputs: InputStore, on_finished: Callable[[str], None], costs: Costs, preload: Sequence[str] = (),
+                 wait_s: float = 1.0, step_timeout_s: float = 600.0,
+                 on_fault: Callable[[str], None] = lambda _reason: None, reap_every_s: float = 2.0,
+                 memory: Mapping[str, MemoryCoefficients] | None = None) -> None:
         self.store = store
+        self.memory = memory or {}
         self.scheduler = scheduler
-        self.workers = list(workers)
+        self.slots = [WorkerSlot(w, owner_id(w.name)) for w in workers]
         self.outputs = outputs
+        self.inputs = inputs
         self.on_finished = on_finished
+        self.costs = costs
         self.preload = list(preload)
         # One condition guards scheduling: a worker plans and claims while holding it, so no job is planned twice.
         self._cond = threading.Condition()
         self._stopping = False
-        self._versions = _versions()
         self.ready = threading.Event()
         self._preloaded = 0
         self.load_failures: dict[str, str] = {}
@@ -76,18 +112,19 @@ class Engine:
         self.stats: Counter[str] = Counter()
         self.not_batched: Counter[str] = Counter()
         self.step_timeout_s = step_timeout_s
+        self.reap_every_s = reap_every_s
         self.on_fault = on_fault
         self._claiming = True
         # Set when a drain ran out of time: running jobs stop at their next step and go back to the queue.
         self._interrupt = threading.Event()
 
+    # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start one thread per worker."""
-        for worker in self.workers:
-            worker.thread = threading.Thread(target=self._run, args=(worker,), name=f"worker-{worker.name}",
-                                             daemon=True)
-            worker.thread.start()
-        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        """Start one thread per worker and the supervision thread."""
+        for slot in self.slots:
+            slot.thread = threading.Thread(target=self._run, args=(slot,), name=f"worker-{slot.name}", daemon=True)
+            slot.thread.start()
+        threading.Thread(target=self._supervise, name="engine-supervision", daemon=True).start()
 
     def stop_claiming(self) -> None:
         """Finish what is running but start nothing new (drain); queued jobs stay on disk."""
@@ -97,7 +134,11 @@ class Engine:
 
     def running(self) -> list[str]:
         """Ids of the jobs the healthy workers are rendering now."""
-        return [jid for w in self.workers if not w.fault for jid in w.busy_with]
+        return [jid for s in self.slots if not s.fault for jid in s.busy_with]
+
+    def running_claims(self) -> list[Claim]:
+        """The claims of the jobs the healthy workers are rendering now."""
+        return [c for s in self.slots if not s.fault for c in s.claims]
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no healthy worker is rendering (True) or `timeout` passes (False)."""
@@ -117,10 +158,10 @@ class Engine:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for worker in self.workers:
+        for slot in self.slots:
             # A worker taken out as hung may never return; its thread is a daemon and dies with the process.
-            if worker.thread is not None and not worker.fault:
-                worker.thread.join(timeout)
+            if slot.thread is not None and not slot.fault:
+                slot.thread.join(timeout)
 
     def notify(self) -> None:
         """New work was queued."""
@@ -128,72 +169,81 @@ class Engine:
             self._cond.notify_all()
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a pending job now, or ask a running one to stop at its next step. False if already final."""
+        """Cancel a pending job now, or ask a running one to stop at its next step (whichever process runs it:
+        the flag travels through the store). False if already final."""
         if self.store.cancel_if_pending(job_id):
             self._done(job_id)
             return True
-        record = self.store.get(job_id)
-        if record is None or record.status is not JobStatus.PROCESSING:
+        if not self.store.request_cancel(job_id):
             return False
         with self._cond:
             self._cancel_requested.add(job_id)
         return True
 
-    # ---- worker thread -----------------------------------------------------------------
-    def _run(self, worker: Worker) -> None:
-        worker.queued = self.store.pending_by_weights
-        self._warm(worker)
+    def admit(self, model_id: str, weights: str, family: str, params: RenderParams) -> Admission:
+        """The job's memory and time estimate on the healthy device that fits it best (see admission.py)."""
+        return admit(model_id, weights, family_class(family), params, [s.handle for s in self.slots if not s.fault],
+                     self.costs, self.memory)
+
+    def cpu_only(self) -> bool:
+        """Whether every healthy worker is a CPU (renders there take orders of magnitude longer)."""
+        return all(s.device == "cpu" for s in self.slots if not s.fault)
+
+    # ---- worker thread -----------------------------------------------------------------------------------
+    def _run(self, slot: WorkerSlot) -> None:
+        self._warm(slot)
         while True:
             with self._cond:
-                if self._stopping or worker.fault:
+                if self._stopping or slot.fault:
                     return
                 if not self._claiming:
                     self._cond.wait(timeout=self.wait_s)
                     continue
-                plan, jobs = self._claim_next(worker)
+                plan, jobs = self._claim_next(slot)
                 if not jobs:
                     # The timeout also picks up work re-queued by another process, a missed notify, and
                     # batches that are gathering mates (max_wait_s).
                     self._cond.wait(timeout=self.wait_s)
                     continue
+                slot.beat = time.monotonic()
+                slot.busy_with = tuple(j.id for j in jobs)
+                slot.claims = [Claim.of(j) for j in jobs]
             assert plan is not None
-            worker.beat = time.monotonic()
-            worker.busy_with = tuple(j.id for j in jobs)
             try:
-                self._execute_batch(worker, jobs, plan)
+                self._execute_batch(slot, jobs, plan)
             finally:
-                worker.busy_with = ()
+                with self._cond:
+                    slot.busy_with, slot.claims = (), []
 
-    def _warm(self, worker: Worker) -> None:
+    def _warm(self, slot: WorkerSlot) -> None:
         for weights in self.preload:
             try:
-                worker.preload([weights])
+                slot.handle.preload([weights])
             except Exception:  # noqa: BLE001 - a model that cannot load must not kill the worker; jobs report it
-                log.exception("could not preload %s on %s", weights, worker.device)
-                self.load_failures[weights] = f"{weights} could not be loaded on {worker.device}"
+                log.exception("could not preload %s on %s", weights, slot.device)
+                self.load_failures[weights] = f"{weights} could not be loaded on {slot.device}"
         with self._cond:
             self._preloaded += 1
-            if self._preloaded == len(self.workers):
+            if self._preloaded == len(self.slots):
                 self.ready.set()
 
-    def _claim_next(self, worker: Worker) -> tuple[Plan | None, list[JobRecord]]:
+    def _claim_next(self, slot: WorkerSlot) -> tuple[Plan | None, list[JobRecord]]:
         """Called with `_cond` held."""
         queue = self.store.pending()
         if not queue:
             return None, []
-        view = WorkerView(name=worker.name, device=worker.device, state=worker.state())
+        view = WorkerView(name=slot.name, device=slot.device, state=slot.handle.state())
         plan = self.scheduler.schedule(queue, view, time.time())
         if plan is None:
             return None, []
-        return plan, self.store.claim(list(plan.job_ids), worker.name)
+        return plan, self.store.claim(list(plan.job_ids), slot.name, slot.owner)
 
-    def _execute_batch(self, worker: Worker, jobs: list[JobRecord], plan: Plan) -> None:
-        """Run a planned batch: one shared pipeline call when the family can merge the requests, else in turn."""
+    def _execute_batch(self, slot: WorkerSlot, jobs: list[JobRecord], plan: Plan) -> None:
+        """Run a planned batch: one shared pipeline call when the family can merge its requests, else in turn."""
         requests = [GenerationRequest.from_json(j.request) for j in jobs]
         fam = family_class(requests[0].family)
-        shared = (len(jobs) > 1 and all(fam.can_merge(r.render_params()) for r in requests)
-                  and len({r.negative_prompt for r in requests}) == 1)
-        info = {"id": secrets.token_hex(6), "size": len(jobs), "shared_call": shared, "worker": worker.name,
+        shared = len(jobs) > 1 and all(fam.can_merge(r.params) for r in requests)
+        info = {"id": secrets.token_hex(6), "size": len(jobs), "shared_call": shared, "worker": slot.name,
                 "not_batched": dict(plan.not_batched)}
         self.store.set_batch([j.id for j in jobs], info)
         with self._cond:
@@ -201,197 +251,135 @@ class Engine:
             self.stats["batched_jobs"] += len(jobs)
             self.stats["shared_calls"] += int(shared)
             self.not_batched.update(plan.not_batched)
-        if shared:
-            self._run_shared(worker, jobs, requests, info)
-        else:
-            for job, request in zip(jobs, requests, strict=True):
-                self._execute(worker, job, request)
+        calls = [_Call(tuple(jobs), tuple(requests))] if shared else \
+            [_Call((j,), (r,)) for j, r in zip(jobs, requests, strict=True)]
+        for call in calls:
+            self._run_call(slot, call, info)
 
-    def _run_shared(self, worker: Worker, jobs: list[JobRecord], requests: list[GenerationRequest],
-                    info: dict[str, Any]) -> None:
-        """Several requests in one pipeline call (prompts and seeds per image); split and retry on OOM."""
-        merged = replace(requests[0], num_images=sum(r.num_images for r in requests),
-                         seeds=tuple(s for r in requests for s in r.seeds),
-                         prompts=tuple(p for r in requests for p in [r.prompt] * r.num_images))
-        ids = {j.id for j in jobs}
-        started = time.time()
+    def _work(self, call: _Call, force: Placement | None) -> RenderWork:
+        """The render for a call: one request as it is, or several merged (prompts, seeds and inputs per image)."""
+        first = call.requests[0]
+        params = first.params
+        if len(call.requests) > 1:
+            params = replace(params, num_images=sum(r.params.num_images for r in call.requests),
+                             seeds=tuple(s for r in call.requests for s in r.params.seeds),
+                             prompts=tuple(p for r in call.requests for p in [r.params.prompt] * r.params.num_images),
+                             negative_prompts=tuple(n for r in call.requests
+                                                    for n in [r.params.negative_prompt] * r.params.num_images))
+        read = self.inputs.read
+        # A merged call's inputs are per image; one request's serve all of its images.
+        per_image = [(r, n) for r in call.requests for n in range(r.params.num_images)] if len(call.requests) > 1 \
+            else [(first, 0)]
+        return RenderWork(
+            weights=first.weights, family=first.family, params=params,
+            sources=tuple(read(p) for r, _ in per_image for p in r.source_paths),
+            references=tuple(read(p) for r, _ in per_image for p in r.reference_paths),
+            masks=tuple(read(r.mask_path) for r, _ in per_image if r.mask_path),
+            force=force, demand=self.store.pending_by_weights())
+
+    def _on_step(self, slot: WorkerSlot, ids: set[str]) -> Callable[[int, int], None]:
         last = [0.0]
 
         def on_step(step: int, total: int) -> None:
-            # One job of a shared call cannot leave it mid-way; the call stops only when every job cancelled.
-            worker.beat = time.monotonic()
+            # A job of a shared call cannot leave it mid-way: the call stops when every job in it is cancelled.
+            slot.beat = time.monotonic()
             if ids <= self._cancel_requested or self._interrupt.is_set():
                 raise RenderCancelled(",".join(sorted(ids)))
             now = time.perf_counter()
-            if step == total or now - last[0] >= 0.1:
+            if step == total or now - last[0] >= 0.1:  # progress is for humans polling: 10 writes/s is plenty
                 last[0] = now
                 for jid in ids:
                     self.store.set_progress(jid, step, total)
 
-        memory_before = worker.memory_allocated()
-        outcome = "ok"
-        try:
-            rendered = worker.render(merged, on_step)
-        except RenderCancelled:
-            outcome = "interrupted" if self._interrupt.is_set() and not ids <= self._cancel_requested else "cancelled"
-        except (ParamError, NeverFits):
-            outcome = "alone"  # one request's problem: run them one by one so each gets its own answer
-        except Exception as exc:  # noqa: BLE001 - classified below, outside the except block
-            outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
-                "fault" if _device_fault(exc) else "error")
-            if outcome == "error":
-                log.exception("shared batch %s failed on %s", info["id"], worker.device)
-        if outcome == "alone":
-            for job, request in zip(jobs, requests, strict=True):
-                self._execute(worker, job, request)
-            return
-        if outcome == "oom":
+        return on_step
+
+    def _run_call(self, slot: WorkerSlot, call: _Call, info: dict[str, Any], force: Placement | None = None) -> None:
+        """One pipeline call and everything that can follow from its outcome (the one outcome path)."""
+        claims = {j.id: Claim.of(j) for j in call.jobs}
+        started = time.time()
+        memory_before = slot.handle.memory_allocated()
+        outcome = slot.handle.render(self._work(call, force), self._on_step(slot, call.ids))
+        if isinstance(outcome, Completed):
+            offset = 0
+            for job, request in zip(call.jobs, call.requests, strict=True):
+                n = request.params.num_images
+                part = replace(outcome, images=outcome.images[offset:offset + n],
+                               videos=outcome.videos[offset:offset + n] if outcome.videos else [])
+                offset += n
+                if job.id in self._cancel_requested:
+                    self.store.mark_cancelled(job.id, claims[job.id])
+                else:
+                    self._record(job, request, part, started, claims[job.id])
+                self._done(job.id)
+        elif isinstance(outcome, Cancelled):
+            if self._interrupt.is_set() and not call.ids <= self._cancel_requested:
+                self.store.requeue(list(call.ids), list(claims.values()))
+                log.info("job(s) %s interrupted by shutdown; back in the queue", ", ".join(sorted(call.ids)))
+                return
+            for job in call.jobs:
+                self.store.mark_cancelled(job.id, claims[job.id])
+                self._done(job.id)
+        elif isinstance(outcome, DeviceFault):
+            self._take_out(slot, list(call.ids), "device fault", list(claims.values()))
+        elif isinstance(outcome, OutOfMemory) and len(call.jobs) > 1:
             with self._cond:
                 self.stats["oom_splits"] += 1
             log.warning("batch %s (%d jobs) ran out of memory on %s; splitting it (memory %d -> %d bytes)",
-                        info["id"], len(jobs), worker.device, memory_before, worker.memory_allocated())
-            half = len(jobs) // 2
-            for part_jobs, part_requests in ((jobs[:half], requests[:half]), (jobs[half:], requests[half:])):
-                self.store.set_batch([j.id for j in part_jobs], {**info, "id": secrets.token_hex(6),
-                                                                 "size": len(part_jobs), "split_from": info["id"],
-                                                                 "shared_call": len(part_jobs) > 1})
-                if len(part_jobs) == 1:
-                    self._execute(worker, part_jobs[0], part_requests[0])
-                else:
-                    self._run_shared(worker, part_jobs, part_requests, info)
-            return
-        if outcome == "fault":
-            self._take_out(worker, [j.id for j in jobs], "device fault")
-            return
-        if outcome == "interrupted":
-            self.store.requeue([j.id for j in jobs])
-            return
-        if outcome in ("cancelled", "error"):
-            for job in jobs:
-                if outcome == "cancelled":
-                    self.store.mark_cancelled(job.id, job.attempts)
-                else:
-                    self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id},
-                                   job.attempts)
-                self._done(job.id)
-            worker.release_memory()
-            return
-        # Hand each job its own images, in request order.
-        offset = 0
-        for job, request in zip(jobs, requests, strict=True):
-            part = replace(rendered, images=rendered.images[offset:offset + request.num_images])
-            offset += request.num_images
-            if job.id in self._cancel_requested:
-                self.store.mark_cancelled(job.id, job.attempts)
-            else:
-                self._record(worker, job, request, part, started)
-            self._done(job.id)
-
-    def _execute(self, worker: Worker, job: JobRecord, request: GenerationRequest | None = None) -> None:
-        request = request or GenerationRequest.from_json(job.request)
-        started = time.time()
-        last = [0.0]
-
-        def on_step(step: int, total: int) -> None:
-            worker.beat = time.monotonic()
-            if job.id in self._cancel_requested or self._interrupt.is_set():
-                raise RenderCancelled(job.id)
-            now = time.perf_counter()
-            # Progress is for humans polling: a write per 100 ms is plenty.
-            if step == total or now - last[0] >= 0.1:
-                last[0] = now
-                self.store.set_progress(job.id, step, total)
-
-        # Out of memory alone: retry with model offload, then group offload (only where a GPU is managed).
-        ladder: list[Placement | None] = [None]
-        if worker.budget is not None:
-            ladder += [Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD]
-        outcome = "error"
-        error: dict[str, Any] | None = None
-        for force in ladder:
-            try:
-                rendered = worker.render(request, on_step, force)
-                outcome = "ok"
-            except RenderCancelled:
-                outcome = ("interrupted" if self._interrupt.is_set() and job.id not in self._cancel_requested
-                           else "cancelled")
-            except ParamError as exc:
-                outcome, error = "param", {"code": "invalid_request", "message": exc.message, "field": exc.field}
-            except NeverFits as exc:
-                outcome, error = "param", {"code": "insufficient_vram", "field": None,
-                                           "message": f"this job {exc}; lower the size or num_images"}
-            except Exception as exc:  # noqa: BLE001 - any pipeline fault fails this job only; details go to the log
-                outcome = "oom" if type(exc).__name__ == "DeviceOutOfMemory" else (
-                    "fault" if _device_fault(exc) else "error")
-                if outcome == "error":
-                    log.exception("job %s failed on %s", job.id, worker.device)
-            if outcome != "oom":
-                break
-            with self._cond:
-                self.stats["oom_retries"] += 1
-            log.warning("job %s ran out of memory on %s (%s); retrying with the next offload", job.id,
-                        worker.device, force or "resident")
-        if outcome == "fault":
-            self._take_out(worker, [job.id], "device fault")
-            return
-        if outcome == "interrupted":
-            self.store.requeue([job.id])
-            log.info("job %s interrupted by shutdown; back in the queue", job.id)
-            return
-        if outcome == "ok":
-            self._record(worker, job, request, rendered, started)
-        elif outcome == "cancelled":
-            self.store.mark_cancelled(job.id, job.attempts)
-            log.info("job %s cancelled on %s", job.id, worker.device)
-        elif outcome == "param":
-            assert error is not None
-            self.store.fail(job.id, error, job.attempts)
-        elif outcome == "oom":
+                        info["id"], len(call.jobs), slot.device, memory_before, slot.handle.memory_allocated())
+            half, _rest = split_after_oom(len(call.jobs))
+            for part in (slice(0, half), slice(half, None)):
+                sub = _Call(call.jobs[part], call.requests[part])
+                self.store.set_batch([j.id for j in sub.jobs], {**info, "id": secrets.token_hex(6),
+                                                                 "size": len(sub.jobs), "split_from": info["id"],
+                                                                 "shared_call": len(sub.jobs) > 1})
+                self._run_call(slot, sub, info)
+        elif isinstance(outcome, OutOfMemory):
+            rung = _OFFLOAD_LADDER.index(force) + 1 if force in _OFFLOAD_LADDER else 0
+            if slot.handle.budget is not None and rung < len(_OFFLOAD_LADDER):
+                with self._cond:
+                    self.stats["oom_retries"] += 1
+                log.warning("job %s ran out of memory on %s (%s); retrying with %s", call.jobs[0].id, slot.device,
+                            force or "resident", _OFFLOAD_LADDER[rung])
+                self._run_call(slot, call, info, _OFFLOAD_LADDER[rung])
+                return
+            job = call.jobs[0]
             self.store.fail(job.id, {"code": "out_of_memory", "field": None, "message": (
-                f"{request.model_id} ran out of GPU memory even with offload; lower the size, num_images or "
-                "num_frames")}, job.attempts)
+                f"{call.requests[0].model_id} ran out of GPU memory even with offload; lower the size, num_images "
+                "or num_frames")}, claims[job.id])
+            self._done(job.id)
+        elif isinstance(outcome, Failed) and outcome.error is not None and len(call.jobs) > 1:
+            # One request's own problem: run them one by one so each gets its own answer.
+            for job, request in zip(call.jobs, call.requests, strict=True):
+                self._run_call(slot, _Call((job,), (request,)), info)
         else:
-            self.store.fail(job.id, _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id},
-                                   job.attempts)
-        if outcome in ("cancelled", "error", "oom"):
-            worker.release_memory()
-        self._done(job.id)
+            assert isinstance(outcome, Failed)
+            for job in call.jobs:
+                error = outcome.error or _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id}
+                self.store.fail(job.id, error, claims[job.id])
+                self._done(job.id)
 
-    def _record(self, worker: Worker, job: JobRecord, request: GenerationRequest, rendered: Rendered,
-                started: float) -> None:
+    def _record(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
+                claim: Claim) -> None:
         """Write a finished job's outputs, then mark it completed (outputs first: a done job always has them)."""
         try:
             save_started = time.perf_counter()
-            result: dict[str, Any] = save_outputs(self.outputs, request, rendered)
+            result: dict[str, Any] = save_outputs(self.outputs, request, done.images, done.videos)
             save_s = time.perf_counter() - save_started
         except Exception:  # noqa: BLE001 - a full disk fails the job, not the worker
             log.exception("could not save the outputs of %s", job.id)
             self.store.fail(job.id, {"code": "storage_failed", "field": None,
                                      "message": "the outputs could not be written; the server log has details"},
-                            job.attempts)
+                            claim)
             return
-        where = worker.located[request.weights]
         result |= {
-            "timings": {
-                "queued_s": round(started - job.created_at, 4),
-                "load_s": round(rendered.load_s, 4),
-                "pipeline_s": round(rendered.pipeline_s, 4),
-                "save_s": round(save_s, 4),
-            },
-            "runtime": {
-                "worker": worker.name,
-                "device": worker.device,
-                "dtype": str(worker.dtype).removeprefix("torch."),
-                "weights": request.weights,
-                "demo_weights": where.demo,
-                "family": request.family,
-                "placement": rendered.placement,
-                "versions": self._versions,
-            },
+            "timings": {"queued_s": round(started - job.created_at, 4), "load_s": round(done.load_s, 4),
+                        "pipeline_s": round(done.pipeline_s, 4), "save_s": round(save_s, 4)},
+            "runtime": done.runtime,
         }
-        if not self.store.complete(job.id, result, job.attempts):
-            # The job was re-queued behind this worker's back (watchdog, device fault): another claim owns it now.
-            log.warning("discarding a late result for %s (attempt %d is no longer current)", job.id, job.attempts)
+        if not self.store.complete(job.id, result, claim):
+            # The lease lapsed behind this worker's back (watchdog, device fault, a slow renewal): another
+            # claim owns the job now.
+            log.warning("discarding a late result for %s (attempt %d is no longer current)", job.id, claim.attempt)
             self.outputs.remove(output_names(result))
 
     def _done(self, job_id: str) -> None:
@@ -405,33 +393,47 @@ class Engine:
                      error, took, (record.finished_at or time.time()) - record.created_at)
         self.on_finished(job_id)
 
-    def _take_out(self, worker: Worker, job_ids: list[str], reason: str) -> None:
+    def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim]) -> None:
         """The device is poisoned or the worker hung: stop using it and give its jobs back to the queue."""
         with self._cond:
-            if worker.fault:
+            if slot.fault:
                 return
-            worker.fault = f"{worker.device}: {reason}; taken out of service"
-        requeued = self.store.requeue(job_ids)
-        log.error("%s: %s; worker %s taken out, %d job(s) re-queued", worker.device, reason, worker.name, requeued)
+            slot.fault = f"{slot.device}: {reason}; taken out of service"
+        requeued = self.store.requeue(job_ids, claims)
+        log.error("%s: %s; worker %s taken out, %d job(s) re-queued", slot.device, reason, slot.name, requeued)
         with self._cond:
             self.stats["device_faults" if reason == "device fault" else "hung_workers"] += 1
             self._cond.notify_all()
-        self.on_fault(worker.fault)
+        self.on_fault(slot.fault)
 
-    def _watchdog(self) -> None:
-        """Take out a worker whose render made no step for `step_timeout_s` (a hung kernel or a deadlock).
-
-        A Python thread cannot be killed: its jobs are re-queued (a late answer is discarded by the attempt guard)
-        and `on_fault` asks for a restart of the process, the only way to get the device back.
-        """
-        check_s = min(5.0, self.step_timeout_s / 4)
+    # ---- supervision -------------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Renew the leases of running jobs (learning of cancels requested elsewhere), put lapsed leases back in
+        the queue, and take out a worker whose render made no step for `step_timeout_s` (a hung kernel or a
+        deadlock: a Python thread cannot be killed, so its jobs are re-queued, a late answer is discarded by the
+        lease check, and `on_fault` asks for a process restart, the only way to get the device back)."""
+        renew_every = min(1.0, self.store.lease_s / 3)
+        last_renew = last_reap = 0.0
         while True:
             with self._cond:
                 if self._stopping:
                     return
-                self._cond.wait(timeout=check_s)
+                self._cond.wait(timeout=min(0.25, renew_every))
             now = time.monotonic()
-            for worker in self.workers:
-                busy = worker.busy_with
-                if busy and not worker.fault and now - worker.beat > self.step_timeout_s:
-                    self._take_out(worker, list(busy), f"no progress for {self.step_timeout_s:g} s (hung)")
+            if now - last_renew >= renew_every:
+                last_renew = now
+                cancels = self.store.renew(self.running_claims())
+                if cancels:
+                    with self._cond:
+                        self._cancel_requested |= cancels
+            if now - last_reap >= self.reap_every_s:
+                last_reap = now
+                back = self.store.requeue_expired()
+                if back:
+                    log.warning("re-queued %d job(s) whose lease lapsed: %s", len(back), ", ".join(back))
+                    self.notify()
+            for slot in self.slots:
+                busy = slot.busy_with
+                if busy and not slot.fault and now - slot.beat > self.step_timeout_s:
+                    self._take_out(slot, list(busy), f"no progress for {self.step_timeout_s:g} s (hung)",
+                                   list(slot.claims))

@@ -187,12 +187,37 @@ def offload_need(model: ModelFootprint, activation_bytes: int) -> dict[Placement
     }
 
 
+def most_that_fit(room: int | None, need: Callable[[int], int], most: int) -> int:
+    """The one answer to "how many fit": the largest n in 1..most whose `need(n)` bytes fit in `room` (None:
+    unmanaged, all fit). Never below one: a single item that does not fit is the offload ladder's business."""
+    if room is None:
+        return most
+    lo, hi = 1, max(1, most)
+    while lo < hi:  # need(n) grows with n: binary search
+        mid = (lo + hi + 1) // 2
+        if need(mid) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def largest_batch(model: ModelFootprint, activation_per_job: int, budget: int | None, cap: int) -> int:
     """The most jobs (<= cap, >= 1) whose activations fit beside the model's weights on an empty device."""
-    if budget is None:
-        return cap
-    room = budget - model.bytes
-    return max(1, min(cap, room // max(1, activation_per_job)))
+    room = None if budget is None else budget - model.bytes
+    return most_that_fit(room, lambda n: n * activation_per_job, cap)
+
+
+def images_per_call(room: int | None, activation_of: Callable[[int], int], num_images: int) -> int:
+    """How many of a request's images one pipeline call may make with `room` bytes beside the loaded weights
+    (`activation_of(n)`: the family's estimate for n images)."""
+    return most_that_fit(room, activation_of, num_images)
+
+
+def split_after_oom(n: int) -> tuple[int, int]:
+    """How a merged call that ran out of memory is retried: in two halves (the estimate was wrong, so the
+    next guess halves the work rather than trusting the formula again)."""
+    return n // 2, n - n // 2
 
 
 def plan_residency(device: DeviceState, model: ModelFootprint, activation_bytes: int, demand: Mapping[str, int],
@@ -301,12 +326,13 @@ def batch_key_difference(a: str, b: str, names: Sequence[str] = ()) -> str:
 
 def pick_batch(queue: Sequence[QueuedItem], device: DeviceState, now: float, config: BatchConfig,
                switch_seconds: Callable[[str], float], max_batch_for: Callable[[str, str], int] | None = None,
-               key_names: Callable[[str], Sequence[str]] | None = None) -> BatchChoice | None:
+               key_difference: Callable[[str, str], str] | None = None) -> BatchChoice | None:
     """The (model, batch key) group this idle device should run now, at most `max_batch` jobs, oldest first;
     None when the queue is empty or every group is still waiting for batch mates (see BatchConfig.max_wait_s).
 
     `switch_seconds(model)` is 0 for a resident model, else its load time to this device;
-    `max_batch_for(model, key)` caps the batch by the memory estimate.
+    `max_batch_for(model, key)` caps the batch by the memory estimate; `key_difference(a, b)` names why two
+    keys differ (default: the index of the first differing `|`-separated field).
     """
     groups: dict[tuple[str, str], list[QueuedItem]] = {}
     for item in sorted(queue, key=lambda j: (j.created_at, j.id)):
@@ -329,7 +355,7 @@ def pick_batch(queue: Sequence[QueuedItem], device: DeviceState, now: float, con
         return None
     score, (model, key), chosen, _cap = max(due, key=lambda s: (s[0], -min(j.created_at for j in s[2])))
     left: dict[str, int] = {}
-    names = key_names(model) if key_names else ()
+    differ = key_difference or batch_key_difference
     chosen_ids = {j.id for j in chosen}
     for (m, k), items in groups.items():
         if m != model:
@@ -337,6 +363,6 @@ def pick_batch(queue: Sequence[QueuedItem], device: DeviceState, now: float, con
         for item in items:
             if item.id in chosen_ids:
                 continue
-            reason = "batch_full" if k == key else batch_key_difference(key, k, names)
+            reason = "batch_full" if k == key else differ(key, k)
             left[reason] = left.get(reason, 0) + 1
     return BatchChoice(model, key, tuple(j.id for j in chosen), score, left)

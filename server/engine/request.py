@@ -1,15 +1,20 @@
-"""GenerationRequest: the one provider-agnostic request every dialect translates into.
+"""GenerationRequest: the one provider-agnostic request every dialect's ask resolves into.
 
-It is plain data that survives a restart: images are referenced by the path of
-their normalised copy under the data dir, never carried as bytes or tensors.
+It is plain data that survives a restart: the render's parameters (one `RenderParams`), references to the
+normalised input images in the input store (never bytes or tensors), and what the client gets (format, exact
+size, warnings). Stored as one flat JSON object, so task views read its fields directly and rows written by
+earlier releases still load.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from pipelines.base import RenderParams, Task
+
+_PARAM_FIELDS = {f.name for f in fields(RenderParams)}
+_TUPLES = ("seeds", "prompts", "negative_prompts", "source_size", "source_paths", "reference_paths", "warnings")
 
 
 @dataclass(frozen=True)
@@ -19,26 +24,13 @@ class GenerationRequest:
     model_id: str
     weights: str
     family: str
-    task: Task
-    prompt: str
-    width: int
-    height: int
-    num_images: int
-    seeds: tuple[int, ...]
-    num_inference_steps: int
-    guidance_scale: float
-    strength: float
+    params: RenderParams
     output_format: str
     source_paths: tuple[str, ...] = ()
     reference_paths: tuple[str, ...] = ()
     mask_path: str | None = None
-    warnings: tuple[str, ...] = field(default=())
-    negative_prompt: str | None = None
-    num_frames: int = 0
-    fps: float = 0.0
-    generate_audio: bool = False
-    prompts: tuple[str, ...] = ()
-    """Per-image prompts of a merged batch (several requests in one call); empty for one request."""
+    """Input-store references of the normalised inputs (names the input store resolves, local or remote)."""
+    warnings: tuple[str, ...] = ()
     priority: int = 0
     output_width: int = 0
     output_height: int = 0
@@ -48,32 +40,17 @@ class GenerationRequest:
     @property
     def output_size(self) -> tuple[int, int]:
         """(width, height) of what the client gets."""
-        return self.output_width or self.width, self.output_height or self.height
+        return self.output_width or self.params.width, self.output_height or self.params.height
 
-    def render_params(self) -> RenderParams:
-        """The pixel-free part handed to the family."""
-        return RenderParams(
-            task=self.task,
-            prompt=self.prompt,
-            width=self.width,
-            height=self.height,
-            num_images=self.num_images,
-            seeds=self.seeds,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            strength=self.strength,
-            num_sources=len(self.source_paths),
-            num_references=len(self.reference_paths),
-            negative_prompt=self.negative_prompt,
-            num_frames=self.num_frames,
-            fps=self.fps,
-            generate_audio=self.generate_audio,
-            prompts=self.prompts,
-        )
+    def with_params(self, **changes: Any) -> GenerationRequest:
+        """A copy with some render parameters changed."""
+        return replace(self, params=replace(self.params, **changes))
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe dict for the job store."""
-        return asdict(self)
+        """Flat JSON-safe dict for the job store (the render parameters inline)."""
+        out = asdict(self)
+        out.update(out.pop("params"))
+        return out
 
     @staticmethod
     def output_size_of(data: dict[str, Any]) -> tuple[int, int]:
@@ -82,9 +59,13 @@ class GenerationRequest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationRequest:
-        """Inverse of to_json."""
+        """Inverse of to_json (also reads rows stored before the parameters were one object)."""
         data = dict(data)
+        for key in _TUPLES:
+            if key in data:
+                data[key] = tuple(data[key])
         data["task"] = Task(data["task"])
-        for key in ("seeds", "source_paths", "reference_paths", "warnings", "prompts"):
-            data[key] = tuple(data.get(key, ()))
-        return cls(**data)
+        params = {k: data.pop(k) for k in list(data) if k in _PARAM_FIELDS}
+        params.setdefault("num_sources", len(data.get("source_paths", ())))
+        params.setdefault("num_references", len(data.get("reference_paths", ())))
+        return cls(params=RenderParams(**params), **data)

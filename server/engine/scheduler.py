@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipelines.batching import key_difference, shares_calls
 from server.engine.policy import (
     BatchConfig,
     DeviceState,
@@ -50,21 +51,13 @@ class Scheduler(Protocol):
         ...
 
 
-def solo(batch_key: str) -> bool:
-    """Whether jobs with this key cannot share a pipeline call (its second field, see Family.batch_key)."""
-    parts = batch_key.split("|")
-    return len(parts) > 1 and parts[1] == "solo"
-
-
 class VramAwareScheduler:
     """Batches by (weights, batch key), prefers resident models, ages waiting work, caps batches by memory."""
 
-    def __init__(self, config: BatchConfig, footprint: Callable[[str], ModelFootprint], transfer: Transfer,
-                 key_names: Callable[[str], Sequence[str]] | None = None) -> None:
+    def __init__(self, config: BatchConfig, footprint: Callable[[str], ModelFootprint], transfer: Transfer) -> None:
         self.config = config
         self.footprint = footprint
         self.transfer = transfer
-        self.key_names = key_names
 
     def schedule(self, queue: Sequence[QueuedJob], worker: WorkerView, now: float) -> Plan | None:
         items = [QueuedItem(j.id, j.weights or j.model, j.batch_key, j.created_at, j.priority) for j in queue]
@@ -78,12 +71,12 @@ class VramAwareScheduler:
             return self.transfer.load_seconds(self.footprint(model).bytes, from_ram=model in state.ram)
 
         def cap(model: str, key: str) -> int:
-            if solo(key):
+            if not shares_calls(key):
                 return 1
             return largest_batch(self.footprint(model), activation.get((model, key), 0), state.budget,
                                  self.config.max_batch)
 
-        choice = pick_batch(items, state, now, self.config, switch, cap, self.key_names)
+        choice = pick_batch(items, state, now, self.config, switch, cap, key_difference)
         if choice is None:
             return None
         return Plan(worker.name, choice.job_ids, choice.model, choice.batch_key, choice.not_batched)

@@ -123,28 +123,31 @@ class OutputStore:
 
 
 class InputStore:
-    """Normalised copies of accepted jobs' input images under `<data_dir>/inputs/<job id>/`."""
+    """Normalised copies of accepted jobs' input images under `<data_dir>/inputs/<job id>/`.
+
+    A job records its inputs by reference (`<job id>/<role>-<n>.png`), which `read` resolves; workers get the
+    bytes, so they need not share this filesystem.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
 
     def save(self, job_id: str, role: str, index: int, image: Image.Image) -> str:
-        """Store one input losslessly; returns the path the job records."""
+        """Store one input losslessly; returns the reference the job records."""
         folder = self.root / job_id
         folder.mkdir(exist_ok=True)
-        path = folder / f"{role}-{index}.png"
-        atomic_write(path, encode(image, "png", 1))
-        return str(path)
+        name = f"{role}-{index}.png"
+        atomic_write(folder / name, encode(image, "png", 1))
+        return f"{job_id}/{name}"
+
+    def read(self, ref: str) -> bytes:
+        """The bytes behind a reference `save` returned (rows of earlier releases hold absolute paths)."""
+        path = Path(ref) if Path(ref).is_absolute() else self.root / ref
+        return path.read_bytes()
 
     def discard(self, job_id: str) -> None:
         """Remove the inputs of a job that was refused after they were written."""
         folder = self.root / job_id
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
-
-    @staticmethod
-    def load(path: str, mode: str) -> Image.Image:
-        """Read back an input written by `save`."""
-        with Image.open(path) as im:
-            return im.convert(mode)

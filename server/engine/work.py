@@ -1,0 +1,78 @@
+"""What crosses the worker interface: a render to do, as data, and its typed outcome.
+
+Plain data only (numbers, strings, encoded image bytes, PIL images and arrays on the way back), so the same
+values can be handed to an in-process worker, pickled to a Ray actor on another machine, or scripted by a test's
+fake worker. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from pipelines.base import RenderParams, VideoClip
+from server.engine.policy import Placement
+
+
+@dataclass(frozen=True)
+class RenderWork:
+    """One pipeline call's worth of work: one request, or several merged into one call."""
+
+    weights: str
+    family: str
+    params: RenderParams
+    sources: tuple[bytes, ...] = ()
+    references: tuple[bytes, ...] = ()
+    masks: tuple[bytes, ...] = ()
+    """Inputs as encoded images (PNG bytes the input store wrote), never local paths. A merged call (several
+    requests: `params.prompts` set) has them per image, in image order (see pipelines.base.RenderSpec)."""
+    force: Placement | None = None
+    """An offload placement to use even where the policy would keep the model resident (the OOM ladder)."""
+    demand: Mapping[str, int] = field(default_factory=dict)
+    """Queued jobs per weights name when the work was planned: the cost-aware eviction order keeps those."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The render's images (or clips), in seed order, and what it cost and ran on."""
+
+    images: list[Image.Image]
+    videos: list[VideoClip]
+    load_s: float
+    pipeline_s: float
+    runtime: dict[str, Any]
+    """What ran it: worker, device, dtype, weights (demo or real), placement, acceleration, library versions."""
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    """The device ran out of memory; the worker has already released what the render held."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class DeviceFault:
+    """The device is poisoned (CUDA error, illegal address): nothing more can run on it in this process."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The render stopped at a step boundary because the step callback asked it to."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The render failed. `error` is set when the request itself is at fault (a parameter the family refuses,
+    a size that never fits): a client-safe error, and a merged call should be retried one request at a time."""
+
+    detail: str
+    error: dict[str, Any] | None = None
+
+
+Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed

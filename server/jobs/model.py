@@ -1,0 +1,132 @@
+"""The job store's plain data: statuses, records, what the scheduler sees, claims and submission results."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job; the words are the hosted API's."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored."""
+
+    id: str
+    status: JobStatus
+    model: str
+    batch_key: str
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    progress_step: int
+    progress_total: int
+    attempts: int
+    worker: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    weights: str = ""
+    priority: int = 0
+    estimate: dict[str, Any] | None = None
+    batch: dict[str, Any] | None = None
+    webhook: dict[str, Any] | None = None
+    dialect: dict[str, Any] | None = None
+    finishes: int = 0
+    owner: str | None = None
+    """Name of the API key that submitted the job (None when auth is off)."""
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler sees of a pending job: no request body, no pixels."""
+
+    id: str
+    model: str
+    batch_key: str
+    created_at: float
+    weights: str = ""
+    priority: int = 0
+    activation_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Proof of holding a running job: the lease owner and the claim's attempt number. A final transition or a
+    renewal is accepted only with the current claim, so a holder whose lease expired (and whose job another
+    worker took) cannot finish it a second time."""
+
+    job_id: str
+    owner: str
+    attempt: int
+
+    @classmethod
+    def of(cls, record: JobRecord) -> Claim:
+        """The claim a freshly claimed record carries."""
+        assert record.lease_owner is not None
+        return cls(record.id, record.lease_owner, record.attempts)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to insert, with what must be committed in the same transaction (webhook, dialect note)."""
+
+    id: str
+    model: str
+    batch_key: str
+    request: dict[str, Any]
+    weights: str = ""
+    priority: int = 0
+    activation_bytes: int = 0
+    estimate: dict[str, Any] | None = None
+    owner: str | None = None
+    webhook: dict[str, Any] | None = None
+    dialect: dict[str, Any] | None = None
+
+
+class Refusal(StrEnum):
+    """Why a submission was not inserted."""
+
+    QUEUE_FULL = "queue_full"
+    QUOTA_EXCEEDED = "quota_exceeded"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """At most `jobs` per `window_s` for the submitting key, counted inside the insert's transaction."""
+
+    jobs: int
+    window_s: float = 86400.0
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """The outcome of an insert: accepted, or refused with the reason and when to retry."""
+
+    refused: Refusal | None = None
+    retry_after_s: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.refused is None
+
+
+def new_task_id() -> str:
+    """`task_<ms>_<random>`, the hosted platform's shape; 64 random bits make it unguessable."""
+    return f"task_{int(time.time() * 1000)}_{secrets.token_hex(8)}"
