@@ -15,7 +15,6 @@ from pydantic import SecretStr, ValidationError
 from server.settings import Settings
 from server.version import __version__
 
-
 _WEIGHTS_SETTINGS = ("data_dir", "weights_dir", "demo_weights_path")
 """The settings the weights commands read (serve takes every setting)."""
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.registry import family_class
 from server.catalog import QUALITY_LONG_SIDE, Catalog, parse_ratio
 from server.engine.sizing import exact_image_size, output_size
-from pipelines.registry import family_class
 from tests.support import ServerProcess, decode_png_size
 from weights.manifest import load_manifest
 

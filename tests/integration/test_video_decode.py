@@ -8,7 +8,6 @@ VAE calls on the same tile grid, fewer frames. The tiny pipelines are the real d
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
