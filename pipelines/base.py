@@ -13,7 +13,9 @@ which must start without them.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,12 +26,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from pipelines.acceleration import (
+    Applied,
+    LoadProfile,
+    StepCache,
+    apply_load_profile,
+    compile_counters,
+    step_cache_call,
+)
+from pipelines.batching import BatchKey
 from weights.safetensors_header import folder_bytes_at
 
 if TYPE_CHECKING:
     import torch
 
     from pipelines.memory import MemoryCoefficients
+
+log = logging.getLogger("darkroom.pipelines")
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, steps total)."""
@@ -83,6 +96,12 @@ class RenderParams:
     generate_audio: bool = False
     prompts: tuple[str, ...] = ()
     """Per-image prompts when several requests share one call (len == num_images); empty otherwise."""
+    negative_prompts: tuple[str | None, ...] = ()
+    """Per-image negative prompts of a merged call (len == num_images); empty otherwise."""
+    preset: str = ""
+    """The acceleration preset the model id runs with (configs/acceleration.toml): cache settings differ by it."""
+    source_size: tuple[int, int] = (0, 0)
+    """The first source image's (width, height), for families whose batches depend on it."""
 
     def prompt_kwargs(self) -> dict[str, object]:
         """`prompt` and `num_images_per_prompt` for a diffusers call, for one request or a merged batch."""
@@ -91,9 +110,13 @@ class RenderParams:
         return {"prompt": self.prompt, "num_images_per_prompt": self.num_images}
 
     def negative_kwarg(self, default: str | None = None) -> str | list[str] | None:
-        """The negative prompt, repeated per image for a merged batch (requests in one batch share it)."""
-        neg = self.negative_prompt if self.negative_prompt is not None else default
-        return [neg] * self.num_images if self.prompts and neg is not None else neg
+        """The negative prompt; per image for a merged call (requests without one get `default`, or "")."""
+        if self.prompts:
+            negatives = self.negative_prompts or (self.negative_prompt,) * self.num_images
+            if all(n is None for n in negatives) and default is None:
+                return None
+            return [n if n is not None else (default or "") for n in negatives]
+        return self.negative_prompt if self.negative_prompt is not None else default
 
 
 @dataclass(frozen=True)
@@ -108,12 +131,42 @@ class VideoClip:
 
 @dataclass(frozen=True)
 class RenderSpec:
-    """One job's render: its params plus decoded RGB inputs (masks are L)."""
+    """One render: its params plus decoded RGB inputs (masks are L).
+
+    In a merged call (several requests in one pipeline call: `params.prompts` is set) the inputs are per image:
+    `params.num_sources` sources and `params.num_references` references for each image in image order, and one
+    entry of `masks` per image. Otherwise every image of the request uses `sources`, `references` and `mask`.
+    """
 
     params: RenderParams
     sources: tuple[Image.Image, ...] = ()
     references: tuple[Image.Image, ...] = ()
     mask: Image.Image | None = None
+    masks: tuple[Image.Image, ...] = ()
+
+    @property
+    def merged(self) -> bool:
+        """Whether this is several requests' images in one call (inputs per image)."""
+        return bool(self.params.prompts)
+
+    def image_inputs(self, i: int) -> tuple[tuple[Image.Image, ...], tuple[Image.Image, ...], Image.Image | None]:
+        """(sources, references, mask) of image `i`."""
+        if not self.merged:
+            return self.sources, self.references, self.mask
+        ns, nr = self.params.num_sources, self.params.num_references
+        return (self.sources[i * ns:(i + 1) * ns], self.references[i * nr:(i + 1) * nr],
+                self.masks[i] if self.masks else None)
+
+    def images(self, start: int, stop: int) -> RenderSpec:
+        """The part of this render that makes images [start, stop) (one pipeline call of a chunked request)."""
+        p = self.params
+        sub = replace(p, num_images=len(p.seeds[start:stop]), seeds=p.seeds[start:stop], prompts=p.prompts[start:stop],
+                      negative_prompts=p.negative_prompts[start:stop])
+        if not self.merged:
+            return replace(self, params=sub)
+        ns, nr = p.num_sources, p.num_references
+        return RenderSpec(sub, self.sources[start * ns:stop * ns], self.references[start * nr:stop * nr],
+                          masks=self.masks[start:stop])
 
 
 @dataclass(frozen=True)
@@ -131,6 +184,8 @@ class RenderResult:
 
     images: list[Image.Image] = field(default_factory=list)
     videos: list[VideoClip] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    """How the call ran: full denoiser passes, the step cache in force (for the job's runtime record)."""
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:
@@ -157,11 +212,22 @@ class Family(ABC):
     refine_strength: ClassVar[float] = 0.3
     merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE})
     """Tasks whose renders from different requests can share one pipeline call (prompts and seeds per image)."""
+    denoisers: ClassVar[tuple[str, ...]] = ("transformer",)
+    """The main pipeline's denoiser modules (what compile, fp8, attention backends and the step cache act on)."""
+    attention_dispatch: ClassVar[bool] = True
+    """Whether the denoiser's attention goes through diffusers' attention dispatcher (backend choice)."""
+    step_cache: ClassVar[bool] = True
+    """Whether the denoiser takes diffusers' step-cache hooks (CacheMixin transformers do; SDXL's UNet does not)."""
+    sets_cache_context: ClassVar[bool] = True
+    """Whether the family's pipelines set diffusers' cache context around denoiser calls themselves."""
 
-    def __init__(self, model_dir: Path, device: str, dtype: torch.dtype) -> None:
+    def __init__(self, model_dir: Path, device: str, dtype: torch.dtype, profile: LoadProfile | None = None) -> None:
         self.model_dir = model_dir
         self.device = device
         self.dtype = dtype
+        self.profile = profile or LoadProfile()
+        self.applied: Applied | None = None
+        """What the load profile turned into on this device (set by `load`)."""
         self.pipelines: dict[str, Any] = {}
         """Loaded diffusers pipelines by role; `load` fills it, sharing modules between roles."""
 
@@ -213,26 +279,20 @@ class Family(ABC):
         return controls
 
     @classmethod
-    def batch_key(cls, params: RenderParams) -> tuple[object, ...]:
-        """Fields that must match for two renders to share a batch (prompt and seed may differ).
-
-        The second field says whether such renders can share one pipeline call ("merge") or only run
-        one after another ("solo"); the scheduler batches only the former.
-        """
-        return (cls.name, "merge" if cls.can_merge(params) else "solo", params.task, params.width, params.height,
-                params.num_inference_steps, params.guidance_scale, params.strength, params.num_sources,
-                params.num_references)
+    def batch_key(cls, params: RenderParams) -> BatchKey:
+        """What must match for two renders to share a batch (prompt, seed and source pixels may differ).
+        `shared_call` says whether such renders share one pipeline call or only run one after another."""
+        return BatchKey(family=cls.name, shared_call=cls.can_merge(params), task=str(params.task),
+                        width=params.width, height=params.height, steps=params.num_inference_steps,
+                        guidance=params.guidance_scale, strength=params.strength, sources=params.num_sources,
+                        references=params.num_references, negative_prompt=params.negative_prompt is not None,
+                        preset=params.preset, frames=params.num_frames, fps=params.fps,
+                        audio=params.generate_audio)
 
     @classmethod
     def can_merge(cls, params: RenderParams) -> bool:
         """Whether this render may share a pipeline call with others of the same batch key."""
         return params.task in cls.merge_tasks and max(params.width, params.height) <= cls.native_max_long_side
-
-    @classmethod
-    def batch_key_names(cls) -> tuple[str, ...]:
-        """Names of the batch_key fields, for the reasons two requests could not share a batch."""
-        return ("family", "shared_call", "task", "width", "height", "steps", "guidance", "strength", "sources",
-                "references")
 
     @classmethod
     @abstractmethod
@@ -302,10 +362,52 @@ class Family(ABC):
         self.device = device
 
     def _use(self, pipelines: dict[str, Any]) -> None:
-        """Keep the loaded pipelines by role (progress bars off: they are for notebooks, not server logs)."""
+        """Keep the loaded pipelines by role (progress bars off: they are for notebooks, not server logs) and
+        apply the load profile to their shared denoisers; compiled families warm up at the profile's sizes."""
         for pipe in pipelines.values():
             pipe.set_progress_bar_config(disable=True)
         self.pipelines = pipelines
+        self.applied = apply_load_profile(self.profile, pipelines, self.denoisers, self.device, self.dtype,
+                                          self.attention_dispatch, self.no_fusing())
+        if self.applied.compile["active"] and self.profile.warmup:
+            self.warm_up(self.profile.warmup)
+
+    def no_fusing(self) -> str | None:
+        """Why the loaded attention processors cannot take fused QKV projections (None: they can)."""
+        return None
+
+    def denoiser_modules(self) -> list[Any]:
+        """The loaded denoiser modules (shared by every role)."""
+        main = next(iter(self.pipelines.values()))
+        return [m for name in self.denoisers if (m := getattr(main, name, None)) is not None]
+
+    def warm_up(self, sizes: tuple[tuple[int, int, int], ...]) -> None:
+        """Render the family's main task once per size (two steps) so compilation happens at load, not in a
+        request; logs how many graphs came from the persisted compile cache."""
+        started = time.perf_counter()
+        task = Task.EDIT if Task.EDIT in self.tasks else next(iter(sorted(self.tasks)))
+        for width, height, frames in sizes:
+            params = self.warmup_params(task, width, height, frames)
+            self.render(RenderSpec(params, sources=(Image.new("RGB", (width, height), (128, 128, 128)),)
+                                   * params.num_sources), lambda _k, _n: None)
+        counts = compile_counters()
+        self.applied.compile |= {"warmup_s": round(time.perf_counter() - started, 2), **counts}  # type: ignore[union-attr]
+        log.info("%s warmed up at %s in %.1f s (%d compiled graphs from the cache, %d compiled now)", self.name,
+                 sizes, time.perf_counter() - started, counts["fxgraph_cache_hit"], counts["fxgraph_cache_miss"])
+
+    def warmup_params(self, task: Task, width: int, height: int, frames: int = 0) -> RenderParams:
+        """The render a warm-up runs at one size (and clip length, for video)."""
+        return RenderParams(task=task, prompt="warm-up", width=width, height=height, num_images=1, seeds=(0,),
+                            num_inference_steps=2, guidance_scale=1.0, strength=1.0,
+                            num_sources=0 if task is Task.GENERATE else 1, num_frames=frames,
+                            fps=24.0 if frames else 0.0)
+
+    def cache_for(self, params: RenderParams) -> tuple[StepCache, str | None]:
+        """The step cache a call runs with, and why it differs from the preset when it does."""
+        cache = StepCache.decode(params.preset)
+        if cache.kind != "none" and not self.step_cache:
+            return StepCache(), f"{self.name} has no step-cache hooks"
+        return cache, None
 
     @abstractmethod
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
@@ -327,6 +429,15 @@ class Family(ABC):
     def render(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         """Render at any size: natively up to `native_max_long_side`, above it natively at that size and
         then upscaled with a tiled img2img refine (pipelines/tiling.py). Progress counts both passes."""
+        cache, why = self.cache_for(spec.params)
+        with step_cache_call(self.denoiser_modules(), cache, not self.sets_cache_context) as counter:
+            result = self._render_sized(spec, on_step)
+        result.stats = {"denoiser_passes": counter.passes, "step_cache": cache.encode() or None}
+        if why:
+            result.stats["step_cache_off"] = why
+        return result
+
+    def _render_sized(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
         if max(p.width, p.height) <= self.native_max_long_side or not self.images_only(p):
             return self.run(spec, on_step)

@@ -106,6 +106,7 @@ class Flux2DevFamily(Family):
     name: ClassVar[str] = "flux2-dev"
     pipeline_class: ClassVar[str] = "Flux2Pipeline"
     size_multiple: ClassVar[int] = 16
+    sets_cache_context: ClassVar[bool] = False  # Flux2Pipeline calls the transformer bare
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT})
     native_max_long_side: ClassVar[int] = 2048
 

@@ -10,11 +10,14 @@ which paints the masked area from it. The inpaint pipeline is built with
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from PIL import Image
 
+from pipelines.acceleration import StepCache
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
+from pipelines.batching import BatchKey
 from pipelines.memory import MemoryCoefficients, coefficients
 
 _TRUE_CFG = 2.0
@@ -40,6 +43,10 @@ class FluxKontextFamily(Family):
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
     supports_negative_prompt: ClassVar[bool] = True
+    sets_cache_context: ClassVar[bool] = False  # FluxKontext(Inpaint)Pipeline call the transformer bare
+    # The pipelines take one conditioning image (and mask) per prompt, so edits from different requests share a
+    # call when their conditioning images have one shape (the batch key's source_shape).
+    merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
@@ -49,6 +56,22 @@ class FluxKontextFamily(Family):
         cond_tokens = out_tokens * (1 + params.num_references) if params.num_sources else 0
         per_image = (out_tokens + cond_tokens + c.text_tokens) * c.bytes_per_token
         return batch * params.num_images * per_image + params.width * params.height * c.vae_bytes_per_pixel
+
+    @classmethod
+    def batch_key(cls, params: RenderParams) -> BatchKey:
+        """Edits batch only with edits whose conditioning image has the same shape (it is not resized to the
+        output: Kontext conditions on the source's own aspect)."""
+        key = super().batch_key(params)
+        if params.task is Task.EDIT:
+            return replace(key, source_shape="x".join(map(str, params.source_size)))
+        return key
+
+    def cache_for(self, params: RenderParams) -> tuple[StepCache, str | None]:
+        """No step cache under true CFG: the conditional and unconditional passes would share one cache state."""
+        cache, why = super().cache_for(params)
+        if cache.kind != "none" and params.negative_prompt is not None:
+            return StepCache(), "a negative prompt runs true CFG (two passes per step); the step cache is off for it"
+        return cache, why
 
     def load(self) -> None:
         from diffusers import FluxKontextInpaintPipeline
@@ -78,21 +101,33 @@ class FluxKontextFamily(Family):
         )
         import torch
 
+        # One input per prompt: a single request's inputs, or each merged request's own (one per image).
+        rows = range(len(p.prompts)) if spec.merged else range(1)
         with torch.inference_mode():
             if p.task is Task.GENERATE:
                 images = self.pipeline("edit")(**common).images
             elif p.task is Task.EDIT:
-                cond = spec.sources[0]
-                if spec.references:
-                    cond = stitch_side_by_side([cond, *spec.references], cond.height)
-                cond = fit_within(cond, area * (1 + len(spec.references)), self.size_multiple)
-                images = self.pipeline("edit")(image=cond, **common).images
+                conds = [self._condition(*spec.image_inputs(i)[:2], area) for i in rows]
+                images = self.pipeline("edit")(image=conds if spec.merged else conds[0], **common).images
             else:
-                assert spec.mask is not None
-                src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
-                mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
-                ref = fit_within(spec.references[0], area, self.size_multiple) if spec.references else None
+                srcs, masks, refs = [], [], []
+                for i in rows:
+                    sources, references, mask = spec.image_inputs(i)
+                    assert mask is not None
+                    srcs.append(sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS))
+                    masks.append(mask.resize((p.width, p.height), Image.Resampling.NEAREST))
+                    refs.append(fit_within(references[0], area, self.size_multiple) if references else None)
+                one = not spec.merged
                 images = self.pipeline("inpaint")(
-                    image=src, mask_image=mask, image_reference=ref, strength=p.strength, **common
+                    image=srcs[0] if one else srcs, mask_image=masks[0] if one else masks,
+                    image_reference=refs[0] if one or refs[0] is None else refs, strength=p.strength, **common
                 ).images
         return RenderResult(images=list(images))
+
+    def _condition(self, sources: tuple[Image.Image, ...], references: tuple[Image.Image, ...],
+                   area: int) -> Image.Image:
+        """The conditioning image: the source, with references laid beside it, at the output's area."""
+        cond = sources[0]
+        if references:
+            cond = stitch_side_by_side([cond, *references], cond.height)
+        return fit_within(cond, area * (1 + len(references)), self.size_multiple)

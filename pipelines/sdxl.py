@@ -53,6 +53,10 @@ class SDXLFamily(Family):
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
     supports_negative_prompt: ClassVar[bool] = True
     img2img_strength: ClassVar[bool] = True
+    denoisers: ClassVar[tuple[str, ...]] = ("unet",)
+    attention_dispatch: ClassVar[bool] = False  # the UNet's processors call SDPA directly
+    step_cache: ClassVar[bool] = False  # UNet2DConditionModel takes no diffusers cache hooks
+    merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
 
     @classmethod
     def check(cls, params: RenderParams) -> None:
@@ -90,6 +94,11 @@ class SDXLFamily(Family):
 
     def _ip_adapter_root(self) -> Path:
         return self.model_dir / IP_ADAPTER_FOLDER / _IP_ADAPTER_SUBFOLDER
+
+    def no_fusing(self) -> str | None:
+        if self.has_ip_adapter:
+            return "the IP-Adapter's attention processors keep separate key/value projections for image prompts"
+        return None
 
     @property
     def has_ip_adapter(self) -> bool:
@@ -163,13 +172,22 @@ class SDXLFamily(Family):
             if text_only:
                 images = self.pipeline("txt2img")(height=p.height, width=p.width, **common).images
             else:
-                src = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
+                # One source (and mask) per prompt: a single request's, or each merged request's own.
+                rows = [spec.image_inputs(i) for i in (range(len(p.prompts)) if spec.merged else range(1))]
+                srcs = [s[0].resize((p.width, p.height), Image.Resampling.LANCZOS) for s, _r, _m in rows]
+                image = srcs if spec.merged else srcs[0]
                 if p.task is Task.EDIT:
-                    images = self.pipeline("img2img")(image=src, strength=p.strength, **common).images
+                    images = self.pipeline("img2img")(image=image, strength=p.strength, **common).images
                 else:
-                    assert spec.mask is not None
-                    mask = spec.mask.resize((p.width, p.height), Image.Resampling.NEAREST)
+                    masks = [m.resize((p.width, p.height), Image.Resampling.NEAREST) for _s, _r, m in rows
+                             if m is not None]
                     images = self.pipeline("inpaint")(
-                        image=src, mask_image=mask, height=p.height, width=p.width, strength=p.strength, **common
-                    ).images
+                        image=image, mask_image=masks if spec.merged else masks[0], height=p.height, width=p.width,
+                        strength=p.strength, **common).images
         return RenderResult(images=list(images))
+
+    @classmethod
+    def can_merge(cls, params: RenderParams) -> bool:
+        """Edits and inpaints merge (img2img and inpaint take one image per prompt); not with reference images,
+        whose IP-Adapter embeddings would have to be lined up per prompt."""
+        return super().can_merge(params) and params.num_references == 0

@@ -89,14 +89,6 @@ class VideoFamily(Family):
         if params.num_sources > (2 if cls.supports_last_frame else 1):
             raise ParamError("image_urls", f"{cls.name} takes {'a first and a last' if cls.supports_last_frame else 'one first'} frame")
 
-    @classmethod
-    def batch_key(cls, params: RenderParams) -> tuple[object, ...]:
-        return (*super().batch_key(params), params.num_frames, params.fps, params.generate_audio)
-
-    @classmethod
-    def batch_key_names(cls) -> tuple[str, ...]:
-        return (*super().batch_key_names(), "frames", "fps", "audio")
-
     def load(self) -> None:
         self._use({"i2v": self._from_pretrained()})
 

@@ -57,5 +57,6 @@ class WanI2VA14BFamily(WanVideoFamily):
     name: ClassVar[str] = "wan2.2-i2v-a14b"
     size_multiple: ClassVar[int] = 16
     token_patch: ClassVar[int] = 16  # 8x VAE, 2x2 patches
+    denoisers: ClassVar[tuple[str, ...]] = ("transformer", "transformer_2")  # high- and low-noise experts
     vae_spatial: ClassVar[int] = 8
     supports_last_frame: ClassVar[bool] = True

@@ -1,33 +1,41 @@
-"""One worker per device: owns that device's loaded families and is the only caller of their pipelines."""
+"""The in-process worker: one device in this process, the families loaded on it, and the only caller of their
+diffusers pipelines (the engine gives each worker one thread)."""
 
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
+from importlib.metadata import version
+from typing import Any
 
 import torch
 from PIL import Image
 
-from pipelines.base import Family, RenderParams, RenderSpec, VideoClip
+from pipelines.acceleration import LoadProfile
+from pipelines.base import Family, ParamError, RenderCancelled, RenderParams, RenderSpec, VideoClip
+from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
+from server.engine import policy
 from server.engine.policy import (
     EVICTION_ORDERS,
     DeviceState,
     ModelFootprint,
+    NeverFits,
     Placement,
     ResidencyPlan,
     Resident,
     Transfer,
     plan_residency,
 )
-from server.engine.request import GenerationRequest
-from server.media.storage import InputStore
+from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork
+from server.engine.worker_handle import StepReport, WorkerHandle
 from weights.locate import LocatedWeights
 
 log = logging.getLogger("darkroom.worker")
@@ -36,6 +44,7 @@ log = logging.getLogger("darkroom.worker")
 # init_empty_weights, which patches torch.nn.Module for the whole process while it runs, so two workers loading
 # at once (several GPUs warming up) corrupt each other's models ("Cannot copy out of meta tensor").
 _LOAD_LOCK = threading.Lock()
+_VERSIONED = ("torch", "diffusers", "transformers")
 
 
 def _quiet_load_progress() -> None:
@@ -65,10 +74,6 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     return getattr(torch, setting)
 
 
-class DeviceOutOfMemory(Exception):
-    """The device ran out of memory in a render; the worker has already released what the render held."""
-
-
 _FAULT_MARKERS = ("cuda error", "illegal memory access", "device-side assert", "unspecified launch failure",
                   "cublas_status_execution_failed", "ecc error")
 
@@ -81,17 +86,6 @@ def is_device_fault(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _FAULT_MARKERS)
 
 
-@dataclass(frozen=True)
-class Rendered:
-    """Images or clips of one request plus what it cost."""
-
-    images: list[Image.Image]
-    videos: list[VideoClip]
-    load_s: float
-    pipeline_s: float
-    placement: str = "resident"
-
-
 def device_budget(device: str, reserve_bytes: int, limit_bytes: int | None = None) -> int | None:
     """Bytes models and activations may use on `device`: total memory less a reserve, capped by `limit_bytes`
     (None on CPU unless a limit is set)."""
@@ -101,7 +95,12 @@ def device_budget(device: str, reserve_bytes: int, limit_bytes: int | None = Non
     return total if limit_bytes is None else min(total, limit_bytes)
 
 
-class Worker:
+def _image(data: bytes, mode: str) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert(mode)
+
+
+class Worker(WorkerHandle):
     """A device, the families on it (or parked in its host-RAM tier), and the thread that alone calls them.
 
     What moves where is decided by server/engine/policy.py (`plan_residency`): the
@@ -110,7 +109,8 @@ class Worker:
 
     def __init__(self, name: str, device: str, dtype: torch.dtype, located: dict[str, LocatedWeights],
                  budget: int | None = None, ram_budget: int = 0, order: str = "cost_aware",
-                 transfer: Transfer | None = None) -> None:
+                 transfer: Transfer | None = None, memory: Mapping[str, MemoryCoefficients] | None = None,
+                 profiles: Mapping[str, LoadProfile] | None = None) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -119,20 +119,16 @@ class Worker:
         self.ram_budget = ram_budget
         self.order = EVICTION_ORDERS[order]
         self.transfer = transfer or Transfer()
+        self.memory = memory or {}
+        self.profiles = profiles or {}
+        """Acceleration to apply when each weights entry loads (configs/acceleration.toml)."""
         # Insertion order is recency: a family moves to the end each time it is used.
         self._families: OrderedDict[str, Family] = OrderedDict()
         self._ram: OrderedDict[str, Family] = OrderedDict()
         self._placement: dict[str, Placement] = {}
         self._last_used: dict[str, float] = {}
         self._footprints: dict[str, ModelFootprint] = {}
-        self.queued: Callable[[], Mapping[str, int]] = dict
-        """Queued jobs per weights name (set by the engine): the cost-aware order keeps what is wanted."""
-        self.thread: threading.Thread | None = None
-        self.busy_with: tuple[str, ...] = ()
-        self.fault: str | None = None
-        """Set when the device failed in a way that poisons it, or the worker hung; the engine stops using it."""
-        self.beat: float = 0.0
-        """Monotonic time of the last sign of life while rendering (claim, each step); read by the watchdog."""
+        self._versions = {pkg: version(pkg) for pkg in _VERSIONED}
         self.moves = 0
         self.bytes_moved = 0
         # Guards the bookkeeping below against readers on other threads (/api/v1/engine, /metrics).
@@ -154,7 +150,8 @@ class Worker:
 
     def _new_family(self, weights: str, device: str | None = None) -> Family:
         where = self.located[weights]
-        return family_class(where.entry.family)(where.path, device or self.device, self.dtype)
+        return family_class(where.entry.family)(where.path, device or self.device, self.dtype,
+                                                self.profiles.get(weights))
 
     def footprint(self, weights: str) -> ModelFootprint:
         """Component bytes of `weights` at this worker's dtype, from the safetensors headers (cached)."""
@@ -174,7 +171,6 @@ class Worker:
         return self.footprint(weights).bytes
 
     def state(self) -> DeviceState:
-        """This device as the policy sees it."""
         with self._book:
             on_device = [(n, self._placement.get(n), self._last_used.get(n, 0.0)) for n in self._families]
             parked = list(self._ram)
@@ -182,26 +178,23 @@ class Worker:
         ram_used = sum(self.weight_bytes(n) for n in parked)
         return DeviceState(self.name, self.budget, gpu, frozenset(parked), max(0, self.ram_budget - ram_used))
 
-    def snapshot(self) -> dict[str, object]:
-        """What /api/v1/engine and /metrics show of this worker (safe from any thread)."""
+    def snapshot(self) -> dict[str, Any]:
         with self._book:
-            on_device = [(n, self._placement.get(n)) for n in self._families]
+            on_device = [(n, self._placement.get(n), self._families[n].applied) for n in self._families]
             parked = list(self._ram)
         return {
             "name": self.name,
             "device": self.device,
             "budget_bytes": self.budget,
-            "fault": self.fault,
-            "resident": [{"weights": n, "bytes": self.weight_bytes(n), "placement": p.value if p else None}
-                         for n, p in on_device],
+            "resident": [{"weights": n, "bytes": self.weight_bytes(n), "placement": p.value if p else None,
+                          "acceleration": applied.record() if applied else None}
+                         for n, p, applied in on_device],
             "host_ram": [{"weights": n, "bytes": self.weight_bytes(n)} for n in parked],
-            "current_batch": list(self.busy_with),
             "loads": self.moves,
             "bytes_moved": self.bytes_moved,
         }
 
     def preload(self, names: list[str]) -> None:
-        """Load `names` in order while they fit the budget as residents without evicting one another."""
         for weights in names:
             room = self.budget is None or self.state().used + self.weight_bytes(weights) <= self.budget
             if room:
@@ -210,17 +203,18 @@ class Worker:
                 log.info("not preloading %s on %s: %.1f GB would exceed the %.1f GB budget; it loads on demand",
                          weights, self.device, self.weight_bytes(weights) / 1e9, (self.budget or 0) / 1e9)
 
-    def plan(self, weights: str, activation_bytes: int) -> ResidencyPlan:
+    def plan(self, weights: str, activation_bytes: int, demand: Mapping[str, int] | None = None) -> ResidencyPlan:
         """What would have to move for `weights` to run with `activation_bytes` (NeverFits if it cannot)."""
-        return plan_residency(self.state(), self.footprint(weights), activation_bytes, self.queued(), self.order,
+        return plan_residency(self.state(), self.footprint(weights), activation_bytes, demand or {}, self.order,
                               self.transfer)
 
-    def family(self, weights: str, activation_bytes: int = 0, force: Placement | None = None) -> tuple[Family, float]:
+    def family(self, weights: str, activation_bytes: int = 0, force: Placement | None = None,
+               demand: Mapping[str, int] | None = None) -> tuple[Family, float]:
         """The family for `weights`, after making room and loading it as the policy says, and the load seconds.
 
         `force` asks for an offload placement even when the policy would keep it resident (the OOM retry).
         """
-        plan = self.plan(weights, activation_bytes)
+        plan = self.plan(weights, activation_bytes, demand)
         placement = plan.placement if force is None else force
         for move in plan.moves:
             if move.model == weights:
@@ -228,11 +222,11 @@ class Worker:
             if move.action == "offload_to_ram" and self.ram_budget > 0:
                 self._park(move.model)
             else:
-                self.unload(move.model)
+                self.evict(move.model)
         started = time.perf_counter()
         fam = self._families.get(weights)
         if fam is not None and self._placement.get(weights) is not placement:
-            self.unload(weights)  # re-placed (e.g. resident -> offload after an OOM): rebuild its hooks
+            self.evict(weights)  # re-placed (e.g. resident -> offload after an OOM): rebuild its hooks
             fam = None
         if fam is None:
             fam = self._bring(weights, placement)
@@ -287,7 +281,7 @@ class Worker:
         log.info("parked %s in host RAM to make room on %s", weights, self.device)
         self.release_memory()
 
-    def unload(self, weights: str) -> None:
+    def evict(self, weights: str) -> None:
         """Drop a family and every reference to its pipelines, then return the memory to the device."""
         with self._book:
             fam = self._families.pop(weights, None) or self._ram.pop(weights, None)
@@ -299,55 +293,75 @@ class Worker:
         log.info("evicted %s from %s to make room", weights, self.device)
         self.release_memory()
 
-    def render(self, request: GenerationRequest, on_step: Callable[[int, int], None],
-               force: Placement | None = None) -> Rendered:
-        """Run one request (or a merged batch of them) on this device."""
-        params = request.render_params()
-        fam_class = family_class(request.family)
-        fam, load_s = self.family(request.weights, fam_class.activation_bytes(params, 1), force)
-        spec = RenderSpec(
-            params=params,
-            sources=tuple(InputStore.load(p, "RGB") for p in request.source_paths),
-            references=tuple(InputStore.load(p, "RGB") for p in request.reference_paths),
-            mask=InputStore.load(request.mask_path, "L") if request.mask_path else None,
-        )
+    # ---- rendering -----------------------------------------------------------------------------------------
+    def render(self, work: RenderWork, on_step: StepReport) -> Outcome:
+        """Run `work` and classify how it ended (the only place render exceptions are looked at)."""
+        outcome: Outcome
+        try:
+            return self._render(work, on_step)
+        except RenderCancelled:
+            outcome = Cancelled()
+        except ParamError as exc:
+            outcome = Failed(exc.message, {"code": "invalid_request", "message": exc.message, "field": exc.field})
+        except NeverFits as exc:
+            outcome = Failed(str(exc), {"code": "insufficient_vram", "field": None,
+                                        "message": f"this job {exc}; lower the size or num_images"})
+        except torch.OutOfMemoryError:
+            outcome = OutOfMemory(f"{work.weights} ran out of memory on {self.device}")
+        except Exception as exc:  # noqa: BLE001 - any pipeline fault fails this work only; details go to the log
+            if is_device_fault(exc):
+                return DeviceFault(f"{type(exc).__name__}: {exc}"[:500])
+            log.exception("render of %s failed on %s", work.weights, self.device)
+            outcome = Failed(f"{type(exc).__name__}: {exc}"[:500])
+        # Outside the except blocks: the traceback (and the activations its frames hold) is gone by now.
+        self.release_memory()
+        return outcome
+
+    def _render(self, work: RenderWork, on_step: StepReport) -> Completed:
+        params = work.params
+        fam_class = family_class(work.family)
+        coeffs = self.memory.get(fam_class.name)
+        fam, load_s = self.family(work.weights, fam_class.activation_bytes(params, 1, coeffs), work.force,
+                                  work.demand)
+        masks = tuple(_image(b, "L") for b in work.masks)
+        spec = RenderSpec(params=params, sources=tuple(_image(b, "RGB") for b in work.sources),
+                          references=tuple(_image(b, "RGB") for b in work.references),
+                          mask=None if params.prompts or not masks else masks[0],
+                          masks=masks if params.prompts else ())
         started = time.perf_counter()
-        chunk = self.images_per_call(request.weights, params)
+        chunk = self.images_per_call(work.weights, params)
         images: list[Image.Image] = []
         videos: list[VideoClip] = []
-        out_of_memory = False
-        try:
-            for start in range(0, params.num_images, chunk):
-                seeds = params.seeds[start:start + chunk]
-                prompts = params.prompts[start:start + chunk]
-                part = replace(spec, params=replace(params, num_images=len(seeds), seeds=seeds, prompts=prompts))
-                result = fam.render(part, on_step)
-                images += result.images
-                videos += result.videos
-        except torch.OutOfMemoryError:
-            out_of_memory = True
-        if out_of_memory:
-            # Outside the except block: the traceback (and the activations its frames hold) is gone.
-            del images, videos, spec
-            self.release_memory()
-            raise DeviceOutOfMemory(f"{request.weights} ran out of memory on {self.device}")
-        return Rendered(images=images, videos=videos, load_s=load_s, pipeline_s=time.perf_counter() - started,
-                        placement=self._placement.get(request.weights, Placement.RESIDENT).value)
+        passes = 0
+        stats: dict[str, Any] = {}
+        for start in range(0, params.num_images, chunk):
+            result = fam.render(spec.images(start, start + chunk), on_step)
+            images += result.images
+            videos += result.videos
+            passes += result.stats.get("denoiser_passes", 0)
+            stats = result.stats
+        placement = self._placement.get(work.weights, Placement.RESIDENT).value
+        where = self.located[work.weights]
+        runtime: dict[str, Any] = {"worker": self.name, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
+                   "weights": work.weights, "demo_weights": where.demo, "family": work.family,
+                   "placement": placement, "versions": self._versions,
+                   "acceleration": fam.applied.record() if fam.applied else None,
+                   "step_cache": stats.get("step_cache"), "denoiser_passes": passes,
+                   "pipeline_calls": -(-params.num_images // chunk)}
+        if "step_cache_off" in stats:
+            runtime["step_cache_off"] = stats["step_cache_off"]
+        return Completed(images, videos, load_s, time.perf_counter() - started, runtime)
 
     def images_per_call(self, weights: str, params: RenderParams) -> int:
-        """How many of the request's outputs one pipeline call may make: all when they fit the budget beside
-        the loaded weights, otherwise the most that do (at least one)."""
-        if self.budget is None or params.num_images == 1:
-            return params.num_images
+        """How many of a request's images one pipeline call may make beside what is loaded now (the policy's
+        answer, with this family's memory estimate)."""
         fam_class = family_class(self.located[weights].entry.family)
-        room = self.budget - self.state().used
-        for n in range(params.num_images, 1, -1):
-            if fam_class.activation_bytes(replace(params, num_images=n), 1) <= room:
-                return n
-        return 1
+        coeffs = self.memory.get(fam_class.name)
+        room = None if self.budget is None else self.budget - self.state().used
+        return policy.images_per_call(
+            room, lambda n: fam_class.activation_bytes(replace(params, num_images=n), 1, coeffs), params.num_images)
 
     def memory_allocated(self) -> int:
-        """Bytes the device's allocator holds for tensors now (0 on CPU)."""
         return torch.cuda.memory_allocated(torch.device(self.device)) if self.device.startswith("cuda") else 0
 
     def release_memory(self) -> None:

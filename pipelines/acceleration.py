@@ -1,0 +1,318 @@
+"""How a family's pipelines are made fast, and the record of what actually ran.
+
+At load (`apply_load_profile`): the attention backend through diffusers' attention dispatcher, fp8 weights and
+activations (torchao) where the GPU has fp8 tensor cores, fused QKV and channels-last where they help, and
+regional `torch.compile` of the denoiser's repeated block. Per call (`StepCacheControl`): First Block Cache, a
+step cache that skips the rest of the denoiser when its first block's output barely changed since the last step.
+
+Every choice has an asked-for value and an active one; when they differ the reason is in the record (and logged
+once), so a backend that is configured but missing is never a silent no-op and never a crash.
+
+Why First Block Cache: it is diffusers' own hook (no extra dependency pinning its own diffusers), works on every
+transformer family here (FLUX.1 Kontext, FLUX.2, Qwen-Image, Wan, LTX-2) with one threshold and no per-model
+calibration (MagCache needs calibrated ratios), and skips whole denoiser passes, which is where the step time
+goes (TaylorSeer in diffusers predicts module outputs but still runs each block's projections). It is stateful
+per call, so the state is reset before each call; it is applied once at load with the skipping threshold set per
+call, which keeps compiled blocks from recompiling when a preset changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("darkroom.acceleration")
+
+ATTENTION_BACKENDS = ("native", "flash", "_flash_3", "sage", "xformers")
+"""What a profile may ask for. diffusers' `*_hub` backends download kernels at run time: never (nothing phones home)."""
+COMPILE_MODES = ("auto", "on", "off")
+FP8_MODES = ("off", "prefer", "require")
+CACHE_KINDS = ("none", "fbcache")
+_FP8_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores; Ampere does not
+_FA3_CAPABILITY = (9, 0)
+_LOGGED: set[str] = set()
+
+
+class AccelerationRefused(RuntimeError):
+    """A profile requires something this device cannot do (fp8 `require` on a CPU or an Ampere GPU)."""
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """What to apply when a family's weights load (shared by every model id that runs those weights)."""
+
+    attention: tuple[str, ...] = ("native",)
+    """Backends in order of preference; the first this device can run wins, `native` (PyTorch SDPA) always can."""
+    compile: str = "auto"
+    """Regional torch.compile of the repeated block: auto = on CUDA devices only, on, off."""
+    fp8: str = "off"
+    """off; prefer (fp8 where the GPU has fp8 tensor cores, bf16 elsewhere); require (refuse to load without)."""
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    step_cache_hooks: bool = False
+    """Install the step cache's hooks (some id running these weights has a cached preset)."""
+    warmup: tuple[tuple[int, int, int], ...] = ()
+    """(width, height, frames) renders at load when compiling, so that no request pays for compilation."""
+
+
+@dataclass(frozen=True)
+class StepCache:
+    """A model id's per-call step cache: `fbcache` with a skip threshold, or none (quality presets)."""
+
+    kind: str = "none"
+    threshold: float = 0.0
+
+    def encode(self) -> str:
+        """Text for RenderParams.preset and batch keys ('' for none)."""
+        return "" if self.kind == "none" else f"{self.kind}:{self.threshold:g}"
+
+    @classmethod
+    def decode(cls, text: str) -> StepCache:
+        """Inverse of encode."""
+        if not text:
+            return cls()
+        kind, _, threshold = text.partition(":")
+        return cls(kind, float(threshold))
+
+
+@dataclass
+class Applied:
+    """What a load profile turned into on one device: the asked-for and active choices with reasons."""
+
+    attention: dict[str, Any] = field(default_factory=dict)
+    compile: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    fused_qkv: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False
+    weights_dtype: str = ""
+    activations_dtype: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """JSON for the job's runtime record."""
+        return {"attention": self.attention, "compile": self.compile, "quantization": self.quantization,
+                "fused_qkv": self.fused_qkv, "channels_last": self.channels_last,
+                "weights_dtype": self.weights_dtype, "activations_dtype": self.activations_dtype}
+
+
+def _once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.warning(message)
+
+
+def _capability(device: str) -> tuple[int, int] | None:
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(torch.device(device))
+
+
+def choose_attention(preference: tuple[str, ...], device: str, dispatches: bool) -> tuple[str, list[str]]:
+    """The first backend in `preference` this device and family can run, and why each earlier one was passed
+    over. `dispatches`: whether the family's attention goes through diffusers' dispatcher at all."""
+    reasons: list[str] = []
+    for backend in preference:
+        if backend == "native":
+            return "native", reasons
+        if not dispatches:
+            reasons.append(f"{backend}: this family's attention processors do not use diffusers' dispatcher")
+            continue
+        capability = _capability(device)
+        if capability is None:
+            reasons.append(f"{backend}: needs a CUDA GPU; this worker runs on {device}")
+            continue
+        if backend == "_flash_3" and capability < _FA3_CAPABILITY:
+            reasons.append(f"{backend}: FlashAttention-3 needs Hopper (compute capability 9.0); this GPU is "
+                           f"{capability[0]}.{capability[1]}")
+            continue
+        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+        try:
+            _check_attention_backend_requirements(AttentionBackendName(backend))
+        except (RuntimeError, ImportError) as exc:
+            reasons.append(f"{backend}: {exc}")
+            continue
+        return backend, reasons
+    return "native", reasons
+
+
+def choose_fp8(mode: str, device: str) -> tuple[bool, str | None]:
+    """Whether fp8 runs here, and why not when it was asked for. Raises AccelerationRefused for `require`."""
+    if mode == "off":
+        return False, None
+    capability = _capability(device)
+    reason = None
+    if capability is None:
+        reason = f"fp8 needs an NVIDIA GPU with fp8 tensor cores (compute capability >= 8.9); this worker runs on {device}"
+    elif capability < _FP8_CAPABILITY:
+        reason = (f"fp8 needs compute capability >= 8.9 (Ada, Hopper); this GPU is {capability[0]}.{capability[1]} "
+                  "(Ampere has no fp8 tensor cores)")
+    else:
+        try:
+            import torchao  # noqa: F401 - presence check
+        except ImportError:
+            reason = "fp8 needs torchao (pip install -e '.[gpu]')"
+    if reason is None:
+        return True, None
+    if mode == "require":
+        raise AccelerationRefused(reason)
+    return False, reason
+
+
+def choose_compile(mode: str, device: str) -> tuple[bool, str | None]:
+    """Whether regional compile runs here, and why not."""
+    if mode == "off":
+        return False, "off in the profile"
+    if mode == "auto" and not device.startswith("cuda"):
+        return False, "auto compiles on CUDA only (on a CPU it costs a minute of start-up per model for little)"
+    return True, None
+
+
+def _quantize_fp8(module: torch.nn.Module) -> None:
+    from torchao.quantization import quantize_
+
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+
+        config: Any = Float8DynamicActivationFloat8WeightConfig()
+    except ImportError:  # older torchao spells it as a function
+        from torchao.quantization import float8_dynamic_activation_float8_weight
+
+        config = float8_dynamic_activation_float8_weight()
+    quantize_(module, config)
+
+
+def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoisers: tuple[str, ...], device: str,
+                       dtype: torch.dtype, dispatches: bool, no_fusing: str | None = None) -> Applied:
+    """Apply `profile` to the loaded pipelines' denoisers (shared between roles, so each is touched once).
+    `no_fusing`: why the family's attention processors cannot be fused (None: they can)."""
+    import torch
+
+    main = next(iter(pipelines.values()))
+    modules = [getattr(main, name) for name in denoisers if getattr(main, name, None) is not None]
+    applied = Applied(weights_dtype=str(dtype).removeprefix("torch."),
+                      activations_dtype=str(dtype).removeprefix("torch."))
+
+    backend, reasons = choose_attention(profile.attention, device, dispatches)
+    if backend != "native":
+        for module in modules:
+            module.set_attention_backend(backend)
+    applied.attention = {"requested": list(profile.attention), "active": backend, "reasons": reasons}
+    for reason in reasons:
+        _once(f"attention {reason}")
+
+    fp8, fp8_reason = choose_fp8(profile.fp8, device)
+    if fp8:
+        for module in modules:
+            _quantize_fp8(module)
+        applied.weights_dtype = applied.activations_dtype = "float8_e4m3fn (dynamic, per-row scales)"
+    applied.quantization = {"requested": profile.fp8, "active": "fp8" if fp8 else "none", "reason": fp8_reason}
+    if fp8_reason:
+        _once(fp8_reason)
+
+    fuse = profile.fuse_qkv and hasattr(main, "fuse_qkv_projections") and no_fusing is None
+    if fuse:
+        main.fuse_qkv_projections()  # the modules are shared between roles
+    applied.fused_qkv = {"requested": profile.fuse_qkv, "active": fuse,
+                         "reason": no_fusing if profile.fuse_qkv and not fuse else None}
+    if profile.fuse_qkv and no_fusing:
+        _once(f"fused QKV off: {no_fusing}")
+    if profile.channels_last:
+        for name in (*denoisers, "vae"):
+            module = getattr(main, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+        applied.channels_last = True
+
+    if profile.step_cache_hooks:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        for module in modules:
+            # Threshold 0 never skips; each call sets its preset's threshold (StepCacheControl).
+            module.enable_cache(FirstBlockCacheConfig(threshold=0.0))
+
+    compile_on, compile_reason = choose_compile(profile.compile, device)
+    if compile_on:
+        # Automatic dynamic shapes: the first shape compiles static (the fastest kernels, for the default size most
+        # requests use); the first other size recompiles once with symbolic sizes, after which no size recompiles
+        # (torch._dynamo's cache_size_limit is the backstop). The warm-up renders both at load.
+        for module in modules:
+            module.compile_repeated_blocks(fullgraph=not profile.step_cache_hooks)
+    applied.compile = {"requested": profile.compile, "active": compile_on, "reason": compile_reason,
+                       "regions": list(getattr(modules[0], "_repeated_blocks", []) or []) if modules else []}
+    return applied
+
+
+def compile_counters() -> dict[str, int]:
+    """Inductor's graph cache hits and misses in this process (a restart on a warm cache only hits)."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"fxgraph_cache_hit": int(inductor.get("fxgraph_cache_hit", 0)),
+            "fxgraph_cache_miss": int(inductor.get("fxgraph_cache_miss", 0))}
+
+
+class PassCounter:
+    """Counts full denoiser passes: calls that reached the denoiser's last repeated block (a pass the step cache
+    skipped stops after the first block)."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        import torch
+
+        self.passes = 0
+        self._handles = []
+        for module in modules:
+            blocks = [child for child in module.children() if isinstance(child, torch.nn.ModuleList) and len(child)]
+            target: torch.nn.Module = module
+            if blocks:
+                tail = blocks[-1][-1]
+                target = next((m for m in tail.modules() if isinstance(m, torch.nn.Linear)), tail)
+            self._handles.append(target.register_forward_hook(self._count))
+
+    def _count(self, *_: Any) -> None:
+        self.passes += 1
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+@contextmanager
+def step_cache_call(modules: list[torch.nn.Module], cache: StepCache, needs_context: bool) -> Iterator[PassCounter]:
+    """Run one pipeline call with `cache` (hooks must be installed when `cache` skips), counting full passes.
+    `needs_context`: the pipeline does not set diffusers' cache context itself."""
+    from diffusers.hooks import HookRegistry
+
+    hooked = [m for m in modules if getattr(m, "is_cache_enabled", False)]
+    for module in hooked:
+        module._reset_stateful_cache()  # a cancelled call may have left its state behind
+        for block in _head_blocks(module):
+            hook = HookRegistry.check_if_exists_or_initialize(block).get_hook("fbc_leader_block_hook")
+            if hook is not None:
+                hook.threshold = cache.threshold if cache.kind == "fbcache" else 0.0
+    counter = PassCounter(modules)
+    try:
+        with ExitStack() as stack:
+            if needs_context:
+                for module in hooked:
+                    stack.enter_context(module.cache_context("cond"))
+            yield counter
+    finally:
+        counter.close()
+        for module in hooked:
+            module._reset_stateful_cache()
+
+
+def _head_blocks(module: Any) -> list[Any]:
+    import torch
+
+    lists = [c for c in module.children() if isinstance(c, torch.nn.ModuleList) and len(c)]
+    return [lists[0][0]] if lists else []

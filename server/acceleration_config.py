@@ -1,0 +1,134 @@
+"""configs/acceleration.toml, typed and checked against the served ids, weights and families at start-up.
+
+Gives each weights entry its `LoadProfile` (with the warm-up sizes its ids serve by default) and each model id
+its `StepCache`, and describes both per id for the model lists.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines.acceleration import ATTENTION_BACKENDS, LoadProfile, StepCache
+from pipelines.registry import family_class
+from pipelines.video_base import VideoFamily
+from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, Catalog
+from server.engine.sizing import output_size, video_size
+
+
+class WeightsAcceleration(BaseModel):
+    """Load-time settings of one weights entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attention: list[str] = Field(default_factory=lambda: ["native"], min_length=1)
+    compile: Literal["auto", "on", "off"] = "auto"
+    fp8: Literal["off", "prefer", "require"] = "off"
+    fuse_qkv: bool = False
+    channels_last: bool = False
+
+    @field_validator("attention")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [b for b in v if b not in ATTENTION_BACKENDS]
+        if bad:
+            raise ValueError(f"unknown or refused attention backends {bad}; use {', '.join(ATTENTION_BACKENDS)} "
+                             "(*_hub backends download kernels at run time and are never used)")
+        return v
+
+
+class ModelAcceleration(BaseModel):
+    """Per-call settings of one model id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cache: Literal["none", "fbcache"] = "none"
+    cache_threshold: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> ModelAcceleration:
+        if self.cache == "fbcache" and self.cache_threshold <= 0:
+            raise ValueError("cache = fbcache needs cache_threshold > 0")
+        return self
+
+
+class Acceleration:
+    """The validated file: load profiles per weights, step caches per id."""
+
+    def __init__(self, weights: dict[str, WeightsAcceleration], models: dict[str, ModelAcceleration],
+                 catalog: Catalog) -> None:
+        self._weights = weights
+        self._models = models
+        self.catalog = catalog
+
+    @classmethod
+    def load(cls, path: Path, catalog: Catalog) -> Acceleration:
+        """Read and check `path` against the catalog; ValueError naming the entry on any mistake."""
+        raw = tomllib.loads(path.read_text())
+        unknown = set(raw) - {"weights", "models"}
+        if unknown:
+            raise ValueError(f"{path.name}: unknown tables {sorted(unknown)}")
+        weights = {n: WeightsAcceleration(**b) for n, b in raw.get("weights", {}).items()}
+        models = {m: ModelAcceleration(**b) for m, b in raw.get("models", {}).items()}
+        known_weights = set(catalog.manifest)
+        if bad := sorted(set(weights) - known_weights):
+            raise ValueError(f"{path.name}: weights {bad} are not in weights/manifest.toml")
+        ids = set(catalog.all_ids())
+        for model_id, accel in models.items():
+            if model_id not in ids:
+                raise ValueError(f"{path.name}: model {model_id!r} is not in models.toml")
+            fam = family_class(catalog.any_spec(model_id).family)
+            # Under the commercial licence policy an id may run another family; only the configured one counts.
+            if accel.cache != "none" and not fam.step_cache and catalog.license_policy == "any":
+                raise ValueError(f"{path.name}: {model_id} runs {fam.name}, which takes no step cache; remove cache")
+        return cls(weights, models, catalog)
+
+    def serving(self, catalog: Catalog) -> Acceleration:
+        """The same settings for a narrowed catalog (DARKROOM_MODELS): warm-ups and hooks for served ids only."""
+        return Acceleration(self._weights, self._models, catalog)
+
+    def step_cache(self, model_id: str) -> StepCache:
+        """The per-call cache of `model_id` (none unless configured)."""
+        accel = self._models.get(model_id)
+        if accel is None or not family_class(self.catalog.any_spec(model_id).family).step_cache:
+            return StepCache()
+        return StepCache(accel.cache, accel.cache_threshold)
+
+    def load_profile(self, weights: str) -> LoadProfile:
+        """What to apply when `weights` load: the file's settings, the step-cache hooks when some served id on
+        these weights is cached, and warm-up renders at those ids' default sizes."""
+        w = self._weights.get(weights, WeightsAcceleration())
+        ids = [s.id for s in [*self.catalog.specs(), *self.catalog.video_specs()] if s.weights == weights]
+        cached = any(self.step_cache(i).kind != "none" for i in ids)
+        return LoadProfile(attention=tuple(w.attention), compile=w.compile, fp8=w.fp8, fuse_qkv=w.fuse_qkv,
+                           channels_last=w.channels_last, step_cache_hooks=cached, warmup=self._warmup(ids))
+
+    def _warmup(self, ids: list[str]) -> tuple[tuple[int, int, int], ...]:
+        """Each id's default size in its default shape and one other (the first other size is the one that
+        recompiles with symbolic shapes; after it no size does)."""
+        sizes: list[tuple[int, int, int]] = []
+        for model_id in ids:
+            spec = self.catalog.any_spec(model_id)
+            fam = family_class(spec.family)
+            if issubclass(fam, VideoFamily):
+                d = spec.defaults  # type: ignore[union-attr]
+                frames = fam.valid_frames(d.duration * d.fps)
+                shapes = [video_size(RESOLUTION_SHORT_SIDE[d.resolution], r, fam.size_multiple) for r in
+                          ((16, 9), (9, 16))]
+                sizes += [(w, h, frames) for w, h in shapes]
+            else:
+                long_side = QUALITY_LONG_SIDE[spec.default_quality]  # type: ignore[union-attr]
+                sizes += [(*output_size(long_side, r, fam.size_multiple), 0) for r in ((1, 1), (16, 9))]
+        return tuple(dict.fromkeys(sizes))
+
+    def describe(self, model_id: str) -> dict[str, object]:
+        """What the file asks for `model_id` (the model lists show it beside what is active)."""
+        spec = self.catalog.any_spec(model_id)
+        profile = self.load_profile(spec.weights)
+        cache = self.step_cache(model_id)
+        return {"attention": list(profile.attention), "compile": profile.compile, "fp8": profile.fp8,
+                "fused_qkv": profile.fuse_qkv, "channels_last": profile.channels_last,
+                "step_cache": None if cache.kind == "none" else {"kind": cache.kind, "threshold": cache.threshold}}
