@@ -23,6 +23,9 @@ class LTX2Family(VideoFamily):
     vae_tile_px: ClassVar[int] = 512
     vae_overlap_px: ClassVar[int] = 64
     supports_audio: ClassVar[bool] = True
+    # diffusers' block registry (what First Block Cache reads a block's outputs by) has no entry for LTX-2's
+    # audio-video block, so the step cache cannot attach to it.
+    step_cache: ClassVar[bool] = False
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

@@ -47,6 +47,9 @@ class ModelAcceleration(BaseModel):
 
     cache: Literal["none", "fbcache"] = "none"
     cache_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    demo_cache_threshold: float | None = Field(None, gt=0.0, le=1.0)
+    """The threshold on random demo weights, whose first-block residuals move differently from a trained
+    model's: set so that the demo skips about as many passes as the real model does at `cache_threshold`."""
 
     @model_validator(mode="after")
     def _threshold(self) -> ModelAcceleration:
@@ -59,10 +62,11 @@ class Acceleration:
     """The validated file: load profiles per weights, step caches per id."""
 
     def __init__(self, weights: dict[str, WeightsAcceleration], models: dict[str, ModelAcceleration],
-                 catalog: Catalog) -> None:
+                 catalog: Catalog, demo_weights: frozenset[str] = frozenset()) -> None:
         self._weights = weights
         self._models = models
         self.catalog = catalog
+        self.demo_weights = demo_weights
 
     @classmethod
     def load(cls, path: Path, catalog: Catalog) -> Acceleration:
@@ -86,16 +90,19 @@ class Acceleration:
                 raise ValueError(f"{path.name}: {model_id} runs {fam.name}, which takes no step cache; remove cache")
         return cls(weights, models, catalog)
 
-    def serving(self, catalog: Catalog) -> Acceleration:
-        """The same settings for a narrowed catalog (DARKROOM_MODELS): warm-ups and hooks for served ids only."""
-        return Acceleration(self._weights, self._models, catalog)
+    def serving(self, catalog: Catalog, demo_weights: frozenset[str] = frozenset()) -> Acceleration:
+        """The same settings for a narrowed catalog (DARKROOM_MODELS): warm-ups and hooks for served ids only;
+        ids on `demo_weights` use their demo thresholds."""
+        return Acceleration(self._weights, self._models, catalog, demo_weights)
 
     def step_cache(self, model_id: str) -> StepCache:
         """The per-call cache of `model_id` (none unless configured)."""
         accel = self._models.get(model_id)
-        if accel is None or not family_class(self.catalog.any_spec(model_id).family).step_cache:
+        spec = self.catalog.any_spec(model_id)
+        if accel is None or accel.cache == "none" or not family_class(spec.family).step_cache:
             return StepCache()
-        return StepCache(accel.cache, accel.cache_threshold)
+        demo = spec.weights in self.demo_weights and accel.demo_cache_threshold is not None
+        return StepCache(accel.cache, accel.demo_cache_threshold if demo else accel.cache_threshold)
 
     def load_profile(self, weights: str) -> LoadProfile:
         """What to apply when `weights` load: the file's settings, the step-cache hooks when some served id on

@@ -92,9 +92,9 @@ def create_app(settings: Settings) -> FastAPI:
     acceleration = Acceleration.load(settings.config("acceleration.toml"), catalog)
     if settings.models:
         catalog = catalog.only(settings.models)
-    acceleration = acceleration.serving(catalog)
     needed = catalog.weights_needed()
     located = prepare_weights(settings, manifest, needed)
+    acceleration = acceleration.serving(catalog, frozenset(name for name, w in located.items() if w.demo))
 
     store = SqliteJobStore(data / "jobs.sqlite3", lease_s=settings.lease_s, synchronous=settings.sqlite_synchronous)
     # Leases held by a process of this machine that is gone (the last run of this server, killed) lapse now.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.acceleration import LoadProfile
+from pipelines.acceleration import AccelerationRefused, LoadProfile
 from pipelines.base import Family, ParamError, RenderCancelled, RenderParams, RenderSpec, VideoClip
 from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
@@ -303,6 +303,9 @@ class Worker(WorkerHandle):
             outcome = Cancelled()
         except ParamError as exc:
             outcome = Failed(exc.message, {"code": "invalid_request", "message": exc.message, "field": exc.field})
+        except AccelerationRefused as exc:
+            outcome = Failed(str(exc), {"code": "unsupported_feature", "field": None, "message": (
+                f"this server's profile requires an acceleration {self.device} cannot run: {exc}")})
         except NeverFits as exc:
             outcome = Failed(str(exc), {"code": "insufficient_vram", "field": None,
                                         "message": f"this job {exc}; lower the size or num_images"})

@@ -1,0 +1,50 @@
+"""One process's view of regional compile on the tiny Kontext: load with compile on (the warm-up compiles at
+load), render an edit compiled and eager, and print what inductor's persisted cache did. Run twice on one cache
+directory by tests/compile/test_compile_cache.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main(demo_dir: Path, cache_dir: Path) -> None:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pipelines.acceleration import LoadProfile, compile_counters
+    from pipelines.base import RenderParams, RenderSpec, Task
+    from pipelines.flux_kontext import FluxKontextFamily
+
+    def edit(fam: FluxKontextFamily) -> np.ndarray:
+        params = RenderParams(Task.EDIT, "add a hat", 256, 256, 1, (5,), 4, 2.5, 1.0, num_sources=1)
+        spec = RenderSpec(params, sources=(Image.new("RGB", (256, 256), (200, 40, 40)),))
+        return np.asarray(fam.render(spec, lambda *_: None).images[0]).astype(int)
+
+    started = time.perf_counter()
+    compiled = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32,
+                                 LoadProfile(compile="on", warmup=((256, 256, 0),)))
+    compiled.load()
+    load_s = time.perf_counter() - started
+    assert compiled.applied is not None
+    record = compiled.applied.record()["compile"]
+    before = compile_counters()["fxgraph_cache_miss"]
+    started = time.perf_counter()
+    out = edit(compiled)
+    request_s = time.perf_counter() - started
+    request_compiled = compile_counters()["fxgraph_cache_miss"] - before
+    eager = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32)
+    eager.load()
+    diff = np.abs(out - edit(eager))
+    print(json.dumps({"compile": record, "load_s": round(load_s, 2), "request_s": round(request_s, 2),
+                      "request_compiled": request_compiled,
+                      "max_diff": int(diff.max()), "changed": float((diff > 0).mean())}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
