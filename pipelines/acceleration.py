@@ -231,23 +231,39 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
                 module.to(memory_format=torch.channels_last)
         applied.channels_last = True
 
-    if profile.step_cache_hooks:
-        from diffusers.hooks import FirstBlockCacheConfig
-
-        for module in modules:
-            # Threshold 0 never skips; each call sets its preset's threshold (StepCacheControl).
-            module.enable_cache(FirstBlockCacheConfig(threshold=0.0))
-
     compile_on, compile_reason = choose_compile(profile.compile, device)
     if compile_on:
         # Automatic dynamic shapes: the first shape compiles static (the fastest kernels, for the default size most
         # requests use); the first other size recompiles once with symbolic sizes, after which no size recompiles
-        # (torch._dynamo's cache_size_limit is the backstop). The warm-up renders both at load.
+        # (torch._dynamo's recompile limit is the backstop). The warm-up renders both at load.
         for module in modules:
-            module.compile_repeated_blocks(fullgraph=not profile.step_cache_hooks)
+            if profile.step_cache_hooks:
+                # The step cache's hooks replace each block's forward with Python that decides whether to run it;
+                # compiled around them, dynamo would recompile per block type and state. So each block's own
+                # forward is compiled first, and the hooks (installed next) call the compiled forward.
+                _compile_block_forwards(module)
+            else:
+                module.compile_repeated_blocks(fullgraph=True)
+
+    if profile.step_cache_hooks:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        for module in modules:
+            # Threshold 0 never skips; each call sets its preset's threshold (step_cache_call).
+            module.enable_cache(FirstBlockCacheConfig(threshold=0.0))
     applied.compile = {"requested": profile.compile, "active": compile_on, "reason": compile_reason,
                        "regions": list(getattr(modules[0], "_repeated_blocks", []) or []) if modules else []}
     return applied
+
+
+def _compile_block_forwards(module: torch.nn.Module) -> None:
+    """torch.compile each repeated block's forward in place (the region `compile_repeated_blocks` compiles)."""
+    import torch
+
+    names = set(getattr(module, "_repeated_blocks", None) or ())
+    for block in module.modules():
+        if type(block).__name__ in names:
+            block.forward = torch.compile(block.forward, fullgraph=True)
 
 
 def compile_counters() -> dict[str, int]:
@@ -260,29 +276,46 @@ def compile_counters() -> dict[str, int]:
 
 
 class PassCounter:
-    """Counts full denoiser passes: calls that reached the denoiser's last repeated block (a pass the step cache
-    skipped stops after the first block)."""
+    """Counts full denoiser passes: denoiser calls, less the calls whose rest the step cache skipped. Both are
+    read outside compiled regions (the denoiser's own call, and the cache's decision, which diffusers keeps out
+    of compilation), so counting never makes dynamo recompile."""
 
     def __init__(self, modules: list[torch.nn.Module]) -> None:
-        import torch
+        from diffusers.hooks import HookRegistry
 
-        self.passes = 0
-        self._handles = []
+        self.calls = 0
+        self.skipped = 0
+        self._undo: list[Any] = [m.register_forward_hook(self._count_call).remove for m in modules]
         for module in modules:
-            blocks = [child for child in module.children() if isinstance(child, torch.nn.ModuleList) and len(child)]
-            target: torch.nn.Module = module
-            if blocks:
-                tail = blocks[-1][-1]
-                target = next((m for m in tail.modules() if isinstance(m, torch.nn.Linear)), tail)
-            self._handles.append(target.register_forward_hook(self._count))
+            if not getattr(module, "is_cache_enabled", False):
+                continue
+            for block in _head_blocks(module):
+                hook = HookRegistry.check_if_exists_or_initialize(block).get_hook("fbc_leader_block_hook")
+                if hook is None:
+                    continue
+                decide = hook._should_compute_remaining_blocks
 
-    def _count(self, *_: Any) -> None:
-        self.passes += 1
+                def counted(*args: Any, _decide: Any = decide) -> bool:
+                    compute = _decide(*args)
+                    if not compute:
+                        self.skipped += 1
+                    return compute
+
+                hook._should_compute_remaining_blocks = counted
+                self._undo.append(lambda h=hook: delattr(h, "_should_compute_remaining_blocks"))
+
+    @property
+    def passes(self) -> int:
+        """Denoiser calls that ran every block."""
+        return self.calls - self.skipped
+
+    def _count_call(self, *_: Any) -> None:
+        self.calls += 1
 
     def close(self) -> None:
-        """Remove the hooks."""
-        for handle in self._handles:
-            handle.remove()
+        """Remove the counting."""
+        for undo in self._undo:
+            undo()
 
 
 @contextmanager

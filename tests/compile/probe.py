@@ -1,4 +1,5 @@
-"""One process's view of regional compile on the tiny Kontext: load with compile on (the warm-up compiles at
+"""One process's view of regional compile on the tiny Kontext, with the step cache's hooks as Kontext is served: load
+with compile on (the warm-up compiles at
 load), render an edit compiled and eager, and print what inductor's persisted cache did. Run twice on one cache
 directory by tests/compile/test_compile_cache.py."""
 
@@ -28,7 +29,7 @@ def main(demo_dir: Path, cache_dir: Path) -> None:
 
     started = time.perf_counter()
     compiled = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32,
-                                 LoadProfile(compile="on", warmup=((256, 256, 0),)))
+                                 LoadProfile(compile="on", step_cache_hooks=True, warmup=((256, 256, 0),)))
     compiled.load()
     load_s = time.perf_counter() - started
     assert compiled.applied is not None

@@ -1,0 +1,272 @@
+"""Roofline per family and acceleration profile: where a render's time goes, and how close each stage comes to
+what the device can do.
+
+For each family, one real render is run through the served Family class with hooks that capture the first call
+of each stage (text encoders, VAE encode, one denoiser call, VAE decode). Each captured call is then replayed:
+milliseconds (median of --reps, synchronised), FLOPs (torch.utils.flop_counter, attention included), achieved
+TFLOP/s, that rate as a fraction of a matmul ceiling measured on the same device with the same dtype, and peak
+memory. Profiles: plain; +attention (the best backend the device has); +compile (regional); +cache (the id's step
+cache: the whole render's full denoiser passes); +fp8 (where the GPU has fp8 tensor cores). A profile the device
+cannot run is recorded with the reason, not skipped silently. Every render's end-to-end seconds are recorded too.
+
+    python -m benchmarks.roofline --tiny                  # CPU, demo weights, end to end (shapes are small)
+    python -m benchmarks.roofline --families flux-kontext,sdxl   # GPU: full-size random pipelines (weights/full_size.py)
+
+Results: benchmarks/results/<device>/roofline.json (device, versions, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from pipelines.acceleration import LoadProfile
+from pipelines.base import Family, RenderParams, RenderSpec, Task
+from pipelines.registry import family_class
+from weights.demo import build_demo
+from weights.manifest import load_manifest
+
+# Family -> (task, size, steps, batch sizes, the model id whose step cache the +cache profile uses).
+WORKLOADS: dict[str, tuple[Task, int, int, tuple[int, ...], str]] = {
+    "flux-kontext": (Task.EDIT, 1024, 28, (1,), "flux-kontext-pro"),  # Kontext 1024² + ref, 28 steps
+    "sdxl": (Task.EDIT, 1024, 30, (1, 4, 8), "seedream-4.0"),  # img2img 1024², 30 steps
+    "flux2-klein": (Task.EDIT, 1024, 4, (1,), "nano-banana-2"),
+    "qwen-image-edit": (Task.EDIT, 1024, 40, (1,), "nano-banana"),
+    "wan2.2-ti2v-5b": (Task.IMAGE_TO_VIDEO, 704, 40, (1,), "sora-2"),
+}
+TINY_SIZE = {"flux-kontext": 256, "sdxl": 256, "flux2-klein": 256, "qwen-image-edit": 256, "wan2.2-ti2v-5b": 128}
+PROFILES = ("plain", "attention", "compile", "cache", "fp8")
+
+
+def sync(device: str) -> None:
+    """Wait for the device (timings mean nothing on an asynchronous device otherwise)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(device: str, dtype: torch.dtype, reps: int) -> float:
+    """Measured TFLOP/s of a large square matmul (the denominator of every fraction here)."""
+    n = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+@dataclass
+class Captured:
+    """One stage's first call: the callable and its arguments."""
+
+    call: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def capture(fam: Family) -> tuple[dict[str, Captured], Callable[[], None]]:
+    """Wrap each stage's entry point on the loaded pipeline to keep its first call; returns (captures, undo)."""
+    main = next(iter(fam.pipelines.values()))
+    got: dict[str, Captured] = {}
+    undo: list[Callable[[], None]] = []
+
+    def wrap(owner: Any, attr: str, stage: str) -> None:
+        original = getattr(owner, attr)
+
+        def keep(*args: Any, **kwargs: Any) -> Any:
+            got.setdefault(stage, Captured(original, args, kwargs))
+            return original(*args, **kwargs)
+
+        setattr(owner, attr, keep)
+        undo.append(lambda: setattr(owner, attr, original))
+
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(main, name, None)
+        if isinstance(module, torch.nn.Module):
+            wrap(module, "forward", f"text_encode:{name}")
+    vae = getattr(main, "vae", None)
+    if vae is not None:
+        wrap(vae, "encode", "vae_encode")
+        wrap(vae, "decode", "vae_decode")
+    for name in fam.denoisers:
+        module = getattr(main, name, None)
+        if module is not None:
+            wrap(module, "forward", f"denoise_step:{name}")
+    return got, lambda: [u() for u in reversed(undo)]
+
+
+def measure_stage(stage: Captured, device: str, reps: int, ceiling: float, fam: Family,
+                  known_flops: float | None = None) -> dict[str, Any]:
+    """Replay one captured call: ms, FLOPs, TFLOP/s, fraction of the ceiling, peak memory. (Replayed inside an
+    uncached step-cache context: a denoiser with the cache's hooks needs one, and nothing is skipped in it.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipelines.acceleration import StepCache, step_cache_call
+
+    with torch.inference_mode(), step_cache_call(fam.denoiser_modules(), StepCache(), not fam.sets_cache_context):
+        if fam.applied is not None and fam.applied.compile.get("active"):
+            # A compiled region cannot run under the counter's dispatch mode (and a try poisons its frame): the
+            # math is the plain profile's, counted there.
+            flops = known_flops or 0.0
+        else:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                stage.call(*stage.args, **stage.kwargs)
+            flops = float(counter.get_total_flops())
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(reps):
+            sync(device)
+            started = time.perf_counter()
+            stage.call(*stage.args, **stage.kwargs)
+            sync(device)
+            times.append(time.perf_counter() - started)
+    ms = statistics.median(times) * 1000
+    tflops = flops / (ms / 1000) / 1e12 if ms else 0.0
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    return {"ms": round(ms, 3), "tflop": round(flops / 1e12, 6), "tflop_per_s": round(tflops, 4),
+            "fraction_of_matmul_ceiling": round(tflops / ceiling, 4) if ceiling else None,
+            "peak_gb": round(peak / 1e9, 3) if peak is not None else None}
+
+
+def profile_for(name: str, base: LoadProfile, cache_hooks: bool, warmup: tuple[tuple[int, int, int], ...]) -> LoadProfile:
+    """The load profile of one named profile (each adds one thing to plain)."""
+    plain = LoadProfile(compile="off", step_cache_hooks=cache_hooks)
+    if name in ("plain", "cache"):
+        return plain
+    if name == "attention":
+        return replace(plain, attention=base.attention)
+    if name == "compile":
+        return replace(plain, compile="on", warmup=warmup)
+    return replace(plain, fp8="require")
+
+
+def run_family(family: str, root: Path, device: str, dtype: torch.dtype, tiny: bool, reps: int, ceiling: float,
+               profiles: tuple[str, ...]) -> dict[str, Any]:
+    """Every profile's stages and end-to-end seconds for one family."""
+    from server.acceleration_config import Acceleration
+    from server.catalog import Catalog
+
+    task, size, steps, batches, model_id = WORKLOADS[family]
+    if tiny:
+        size = TINY_SIZE[family]
+    cls = family_class(family)
+    catalog = Catalog.load(load_manifest())
+    accel = Acceleration.load(Path(__file__).resolve().parent.parent / "configs" / "acceleration.toml", catalog)
+    accel = accel.serving(catalog, frozenset(catalog.weights_needed()) if tiny else frozenset())
+    spec_entry = catalog.any_spec(model_id)
+    base = accel.load_profile(spec_entry.weights)
+    cache = accel.step_cache(model_id)
+    frames = cls.valid_frames(2 * 24) if task is Task.IMAGE_TO_VIDEO else 0  # type: ignore[attr-defined]
+    side = size // cls.size_multiple * cls.size_multiple
+    flops_seen: dict[tuple[int, str], float] = {}
+    out: dict[str, Any] = {"family": family, "task": str(task), "size": side, "steps": steps, "frames": frames,
+                           "profiles": {}}
+    for name in profiles:
+        started = time.perf_counter()
+        try:
+            fam = cls(root, device, dtype, profile_for(name, base, cache.kind != "none", ((side, side, frames),)))
+            fam.load()
+        except Exception as exc:  # noqa: BLE001 - a profile the device cannot run is recorded with its reason
+            out["profiles"][name] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            continue
+        load_s = time.perf_counter() - started
+        applied = fam.applied.record() if fam.applied else {}
+        if name == "attention" and applied.get("attention", {}).get("active") == "native":
+            reasons = applied["attention"]["reasons"]
+            out["profiles"][name] = {"skipped": "no backend beyond native here: " + "; ".join(reasons)}
+            continue
+        if name == "cache" and cache.kind == "none":
+            out["profiles"][name] = {"skipped": f"{model_id} has no step cache"}
+            continue
+        rows = {}
+        for batch in batches:
+            params = RenderParams(task, "a lighthouse at dusk, film grain", side, side, batch,
+                                  tuple(range(batch)), steps, 3.5, 0.75,
+                                  num_sources=0 if task is Task.GENERATE else 1, num_frames=frames,
+                                  fps=24.0 if frames else 0.0, preset=cache.encode() if name == "cache" else "")
+            source = Image.new("RGB", (side, side), (90, 120, 200))
+            got, undo = capture(fam)
+            sync(device)
+            started = time.perf_counter()
+            result = fam.render(RenderSpec(params, sources=(source,) * params.num_sources), lambda *_: None)
+            sync(device)
+            e2e = time.perf_counter() - started
+            undo()
+            stages = {stage: measure_stage(c, device, reps, ceiling, fam, flops_seen.get((batch, stage)))
+                      for stage, c in sorted(got.items())}
+            for stage, row in stages.items():
+                flops_seen.setdefault((batch, stage), row["tflop"] * 1e12)
+            rows[f"batch_{batch}"] = {"e2e_s": round(e2e, 3), "per_image_s": round(e2e / batch, 3),
+                                      "denoiser_passes": result.stats.get("denoiser_passes"), "stages": stages}
+        out["profiles"][name] = {"load_s": round(load_s, 2), "applied": applied, **rows}
+        del fam
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    from benchmarks.harness import write_result
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="CPU (or any device), demo weights, small sizes")
+    parser.add_argument("--families", default="flux-kontext,sdxl")
+    parser.add_argument("--profiles", default=",".join(PROFILES))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--weights-root", type=Path, default=None,
+                        help="Folder with <family>/ full-size builds (default: build them into a temp dir)")
+    args = parser.parse_args()
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    ceiling = matmul_ceiling(device, dtype, args.reps)
+    print(f"{device}: matmul ceiling {ceiling:.2f} TFLOP/s ({dtype})")
+    manifest = load_manifest()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in args.families.split(","):
+            entry = next(e for e in manifest.values() if e.family == family)
+            demo = build_demo(entry, Path(tmp) / "demo")
+            if args.tiny:
+                root = demo
+            else:
+                from weights.full_size import build_full_size
+
+                root = (args.weights_root / family) if args.weights_root else \
+                    build_full_size(family, demo, Path(tmp) / "full" / family, device)
+            r = run_family(family, root, device, dtype, args.tiny, args.reps, ceiling,
+                           tuple(args.profiles.split(",")))
+            results.append(r)
+            for name, prof in r["profiles"].items():
+                if "skipped" in prof:
+                    print(f"{family:16} {name:9} skipped: {prof['skipped'][:110]}")
+                    continue
+                b1 = prof["batch_1"]
+                step = next((s for k, s in b1["stages"].items() if k.startswith("denoise_step")), {})
+                print(f"{family:16} {name:9} e2e {b1['e2e_s']:7.2f} s  passes {b1['denoiser_passes']}  step "
+                      f"{step.get('ms', 0):8.2f} ms  {step.get('tflop_per_s', 0):7.3f} TFLOP/s "
+                      f"({step.get('fraction_of_matmul_ceiling') or 0:.0%} of ceiling)")
+    label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")
+    out = write_result(label, "roofline" + ("_tiny" if args.tiny else ""),
+                       {"matmul_ceiling_tflop_per_s": round(ceiling, 3), "dtype": str(dtype), "results": results})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""darkroom against the diffusers script a studio would write, on the same weights, sizes, steps and seeds.
+
+The script: load the pipeline once, call it in a loop, save PNGs. darkroom: the same N requests sent at once by
+N concurrent clients to a running server (which batches them into shared pipeline calls and applies the id's
+acceleration preset). Wall time is from the first request to the last image in hand, pipeline loading excluded
+on both sides. Text-to-image and edits; one request alone as well (darkroom must never be slower there).
+
+    python -m benchmarks.side_by_side [--n 8] [--size 512] [--steps 28]
+
+On CPU it runs the demo weights of FLUX.1 Kontext. Both ids are measured: flux-kontext-pro (its fast preset:
+batching + step cache) and flux-kontext-max with the same steps (batching alone, output exactly the script's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from benchmarks.harness import ServerProcess, write_result
+
+SOURCE_COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200), (200, 40, 200),
+                  (120, 120, 120), (250, 140, 20)]
+
+
+def _png(colour: tuple[int, int, int], size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def requests(n: int, size: int, edit: bool) -> list[dict[str, Any]]:
+    """The N requests both sides run: prompts and seeds differ, and for edits the source image too."""
+    return [{"prompt": f"a lighthouse at dusk, variation {i}", "seed": 100 + i,
+             "source": _png(SOURCE_COLOURS[i % len(SOURCE_COLOURS)], size) if edit else None} for i in range(n)]
+
+
+def plain_loop(weights: Path, reqs: list[dict[str, Any]], size: int, steps: int, out: Path) -> float:
+    """The script: load once, call in a loop, save PNGs. Seconds for the loop."""
+    import torch
+    from diffusers import FluxKontextPipeline
+
+    pipe = FluxKontextPipeline.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
+                                               local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    started = time.perf_counter()
+    for i, r in enumerate(reqs):
+        kwargs: dict[str, Any] = {}
+        if r["source"] is not None:
+            kwargs["image"] = Image.open(io.BytesIO(r["source"])).convert("RGB")
+        image = pipe(prompt=r["prompt"], height=size, width=size, num_inference_steps=steps, guidance_scale=2.5,
+                     generator=torch.Generator("cpu").manual_seed(r["seed"]), max_area=size * size,
+                     _auto_resize=False, **kwargs).images[0]
+        image.save(out / f"plain-{i}.png")
+    return time.perf_counter() - started
+
+
+def darkroom(server: ServerProcess, model: str, reqs: list[dict[str, Any]], size: int, steps: int) -> float:
+    """The same requests from len(reqs) concurrent clients; seconds until the last image is downloaded."""
+    quality = {512: "512", 1024: "1K"}[size]
+
+    def one(r: dict[str, Any]) -> None:
+        body: dict[str, Any] = {"model": model, "prompt": r["prompt"], "seed": r["seed"], "quality": quality,
+                                "aspect_ratio": "1:1", "num_inference_steps": steps}
+        if r["source"] is not None:
+            body["image_urls"] = ["data:image/png;base64," + base64.b64encode(r["source"]).decode()]
+        with httpx.Client(base_url=server.base_url, timeout=600) as c:
+            got = c.post("/api/v1/images/generate", json=body)
+            got.raise_for_status()
+            c.get(got.json()["images"][0]["url"]).raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(reqs)) as pool:
+        list(pool.map(one, reqs))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    from weights.demo import build_demo
+    from weights.manifest import load_manifest
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--size", type=int, default=512, choices=(512, 1024))
+    parser.add_argument("--steps", type=int, default=28)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        demo = tmp_path / "demo"
+        weights = build_demo(load_manifest()["flux1-kontext-dev"], demo)
+        server = ServerProcess(tmp_path / "data", demo, env={
+            "DARKROOM_MODELS": "flux-kontext-pro,flux-kontext-max", "DARKROOM_MAX_BATCH": str(args.n),
+            "DARKROOM_BATCH_MAX_WAIT_S": "0"})
+        try:
+            server.wait_ready(timeout=300)
+            for edit in (False, True):
+                reqs = requests(args.n, args.size, edit)
+                kind = "edit" if edit else "text-to-image"
+                darkroom(server, "flux-kontext-max", reqs[:1], args.size, 2)  # first-call warm-up, both sides
+                plain_s = plain_loop(weights, reqs, args.size, args.steps, tmp_path)
+                plain_one = plain_loop(weights, reqs[:1], args.size, args.steps, tmp_path)
+                for model in ("flux-kontext-max", "flux-kontext-pro"):
+                    ours = darkroom(server, model, reqs, args.size, args.steps)
+                    ours_one = darkroom(server, model, reqs[:1], args.size, args.steps)
+                    row = {"kind": kind, "model": model, "n": args.n, "size": args.size, "steps": args.steps,
+                           "plain_loop_s": round(plain_s, 2), "darkroom_s": round(ours, 2),
+                           "speedup": round(plain_s / ours, 2), "single_plain_s": round(plain_one, 2),
+                           "single_darkroom_s": round(ours_one, 2), "single_speedup": round(plain_one / ours_one, 2)}
+                    rows.append(row)
+                    print(f"{kind:13} {model:17} {args.n} concurrent: plain {plain_s:6.2f} s  darkroom {ours:6.2f} s "
+                          f"x{row['speedup']:.2f}   one request: plain {plain_one:5.2f} s  darkroom {ours_one:5.2f} s "
+                          f"x{row['single_speedup']:.2f}")
+        finally:
+            server.stop()
+    out = write_result("cpu", "side_by_side", {"results": rows, "note": (
+        "flux-kontext-max at these steps runs without a step cache, so its outputs equal the script's; "
+        "flux-kontext-pro adds its fast preset's step cache (demo threshold)")})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
