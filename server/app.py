@@ -34,12 +34,15 @@ from server.jobs.lock import DataDirLock
 from server.jobs.sqlite import SqliteJobStore
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
+from server.logs import RequestIdMiddleware
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
 from server.media.storage import InputStore, OutputStore
 from server.media.uploads import UploadStore
+from server.metrics import Metrics, MetricsMiddleware
 from server.service import GenerationService
 from server.settings import Settings
+from server.studio import routes as studio
 from server.version import __version__
 from server.webhooks import RetryPolicy, Webhooks, derive_secret, local_secret
 from weights.demo import build_demo
@@ -130,24 +133,30 @@ def create_app(settings: Settings) -> FastAPI:
         hub.finished(job_id)
         webhooks.finished(job_id)
 
+    metrics = Metrics()
     engine = Engine(store, scheduler, workers, outputs, inputs, finished, costs, preload=sorted(needed),
                     wait_s=wait_s, step_timeout_s=settings.step_timeout_s,
-                    on_fault=lambda reason: lifecycle.fault(reason), memory=memory)
+                    on_fault=lambda reason: lifecycle.fault(reason), memory=memory,
+                    observe=lambda r: metrics.job_finished(r.model, str(r.status), r.created_at, r.started_at,
+                                                           r.finished_at, r.result),
+                    observe_batch=lambda model, size: metrics.batch_size.labels(model).observe(size))
     lifecycle = Lifecycle(engine, store, settings.drain_timeout_s, restart_on_fault=settings.restart_on_fault)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),
         FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_total_timeout_s,
                     settings.fetch_max_redirects),
     )
-    service = GenerationService(catalog, store, engine, fetcher, inputs, hub, settings.max_image_pixels,
+    service = GenerationService(catalog, store, engine, fetcher, inputs, outputs, hub, settings.max_image_pixels,
                                 frozenset(name for name, w in located.items() if w.demo), settings.max_queue,
                                 settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
                                 jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side,
                                 on_accepted=webhooks.accepted,
-                                presets=lambda model_id: acceleration.step_cache(model_id).encode())
+                                presets=lambda model_id: acceleration.step_cache(model_id).encode(),
+                                on_refused=lambda reason: metrics.refusals.labels(reason).inc())
     uploads = UploadStore(data / "uploads", settings.retention_hours * 3600 or None)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
-                     acceleration)
+                     acceleration, metrics)
+    metrics.watch(lambda: engine_api.engine_view(ctx))
     for dialect in DIALECTS:
         if dialect.webhook is not None:
             webhooks.builder(dialect.name, lambda record, base, event, shape=dialect.webhook: shape(record, base,
@@ -173,13 +182,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.lifecycle = lifecycle
     shaper = ErrorShaper(DIALECTS)
     install_error_handlers(app, shaper)
-    for router in (health.router, docs.router, files.router, engine_api.router,
+    for router in (health.router, docs.router, files.router, engine_api.router, studio.router,
                    *(r for dialect in DIALECTS for r in dialect.routers)):
         app.include_router(router)
     # Inside the key check: an unauthenticated client cannot make the server read a large body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, shaper=shaper)
     if keys.enabled:
         app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper)
+    # Outside the key check: refused requests are counted and carry a request id too.
+    app.add_middleware(MetricsMiddleware, metrics=metrics,
+                       dialect_of=lambda path: next((d.name for d in DIALECTS if d.owns(path)), "other"))
+    app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         # Added last, so outermost: browsers' preflights carry no key and must be answered before the key check.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,

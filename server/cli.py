@@ -75,9 +75,10 @@ def _build_settings(given: dict[str, Any]) -> Settings:
         raise click.UsageError(f"setting {where}: {first['msg']}") from None
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from server.logs import configure
+
+    configure(level, fmt)
     if level != "debug":
         # The libraries' dtype notices drown the server's own log. Set through their environment variables:
         # importing them here would delay the server's first answer by seconds.
@@ -100,7 +101,7 @@ def serve(**given: Any) -> None:
         settings.check_bind_safety()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     if settings.supervise:
         from server.supervisor import child_command, supervise
 
@@ -117,12 +118,15 @@ def serve(**given: Any) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     lifecycle = app.state.lifecycle
+    # log_config=None: uvicorn's records go through the root handler set above (text or JSON alike).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=settings.log_level == "debug", timeout_graceful_shutdown=10)
+                            access_log=settings.log_level == "debug", timeout_graceful_shutdown=10,
+                            log_config=None)
     server = DrainingServer(config, lifecycle)
     lifecycle.on_exit(server.exit_now)
-    logging.getLogger("darkroom").info("listening on http://%s:%d (API docs: http://%s:%d/docs)", settings.host,
-                                       settings.port, settings.host, settings.port)
+    url = f"http://{settings.host}:{settings.port}"
+    logging.getLogger("darkroom").info("listening on %s: the studio is at %s/ and the API docs at %s/docs", url, url,
+                                       url)
     server.run()
     # The jobs database is closed and committed by now and every thread left is a daemon. Skip interpreter
     # teardown: a worker thread stuck in native code (a hung or faulted one) would abort it, and tearing down

@@ -12,6 +12,7 @@ from server.jobs.store import JobStore
 from server.lifecycle import Lifecycle
 from server.media.storage import OutputStore
 from server.media.uploads import UploadStore
+from server.metrics import Metrics
 from server.service import GenerationService
 from server.settings import Settings
 from server.webhooks import Webhooks
@@ -37,6 +38,7 @@ class AppContext:
     lifecycle: Lifecycle
     uploads: UploadStore
     acceleration: Acceleration
+    metrics: Metrics
 
     @property
     def draining(self) -> bool:

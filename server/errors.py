@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     TOO_MANY_PARTS = "too_many_parts"
     JSON_TOO_DEEP = "json_too_deep"
+    NOT_FINISHED = "not_finished"
+    EXPIRED = "expired"
 
 
 class ApiError(Exception):

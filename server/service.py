@@ -26,6 +26,7 @@ from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, Catalog, pa
 from server.engine.admission import Admission
 from server.engine.completion import CompletionHub
 from server.engine.request import GenerationRequest
+from server.engine.results import output_names
 from server.engine.sizing import (
     exact_image_size,
     exact_video_size,
@@ -35,7 +36,7 @@ from server.engine.sizing import (
     video_size,
 )
 from server.errors import ApiError, ErrorCode
-from server.jobs.store import FINAL_STATES, JobRecord, JobStore, NewJob, Quota, Refusal, new_task_id
+from server.jobs.store import FINAL_STATES, JobRecord, JobStatus, JobStore, NewJob, Quota, Refusal, new_task_id
 from server.limits import (
     check_image_limits,
     check_image_size,
@@ -45,7 +46,8 @@ from server.limits import (
 )
 from server.media.decode import decode_image
 from server.media.fetch import ImageFetcher
-from server.media.storage import InputStore
+from server.media.storage import InputStore, OutputStore
+from server.metrics import REQUEST_MODEL
 
 if TYPE_CHECKING:
     from server.engine.loop import Engine
@@ -62,15 +64,21 @@ CPU_SLOW_SHORT_SIDE = 480
 _DAY_S = 86400.0
 
 
+def _asked(**choices: object) -> dict[str, object]:
+    """The client's size choices as recorded on the job (unset ones left out)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in choices.items() if v is not None}
+
+
 class GenerationService:
     """Accepts image and video asks as durable jobs and reports on them."""
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
-                 inputs: InputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
+                 inputs: InputStore, outputs: OutputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
                  max_queue: int = 1000, retry_after_s: int = 10, draining: Callable[[], bool] = lambda: False,
                  jobs_per_day: Callable[[str | None], int] = lambda _caller: 0, max_side: int = 16384,
                  on_accepted: Callable[[str], None] = lambda _job_id: None,
-                 presets: Callable[[str], str] = lambda _model_id: "") -> None:
+                 presets: Callable[[str], str] = lambda _model_id: "",
+                 on_refused: Callable[[str], None] = lambda _reason: None) -> None:
         self.catalog = catalog
         self.draining = draining
         self.jobs_per_day = jobs_per_day
@@ -81,11 +89,14 @@ class GenerationService:
         self.engine = engine
         self.fetcher = fetcher
         self.inputs = inputs
+        self.outputs = outputs
         self.hub = hub
         self.max_pixels = max_pixels
         self.max_side = max_side
         self.on_accepted = on_accepted
         self.presets = presets
+        self.on_refused = on_refused
+        """Called with the reason (queue_full, quota_exceeded, insufficient_vram, shutting_down) of each refusal."""
         """Model id -> its step-cache preset (configs/acceleration.toml), carried on the render parameters."""
 
     # ---- accept ------------------------------------------------------------------------
@@ -99,8 +110,8 @@ class GenerationService:
         if used >= quota:
             raise self._quota_exceeded(caller, quota, oldest + _DAY_S - time.time())
 
-    @staticmethod
-    def _quota_exceeded(caller: str, quota: int, retry_s: float) -> ApiError:
+    def _quota_exceeded(self, caller: str, quota: int, retry_s: float) -> ApiError:
+        self.on_refused("quota_exceeded")
         retry = max(1, int(retry_s) + 1)
         return ApiError(429, ErrorCode.QUOTA_EXCEEDED, f"key {caller!r} has used its {quota} jobs for the last 24 "
                         f"hours; the next one frees up in {retry} s", None, headers={"Retry-After": str(retry)})
@@ -109,6 +120,7 @@ class GenerationService:
         """429 queue_full with Retry-After when the bounded queue is full (a fail-fast check before any work for
         the request; the commit checks again atomically); 503 shutting_down while the server drains."""
         if self.draining():
+            self.on_refused("shutting_down")
             raise ApiError(503, ErrorCode.SHUTTING_DOWN, "the server is shutting down or restarting; retry in "
                            f"{self.retry_after_s} s (queued jobs are kept)", None,
                            headers={"Retry-After": str(self.retry_after_s)})
@@ -116,6 +128,7 @@ class GenerationService:
             raise self._queue_full()
 
     def _queue_full(self) -> ApiError:
+        self.on_refused("queue_full")
         return ApiError(429, ErrorCode.QUEUE_FULL, f"the queue is full ({self.max_queue} jobs waiting or running); "
                         f"retry after {self.retry_after_s} s", None, headers={"Retry-After": str(self.retry_after_s)})
 
@@ -123,6 +136,7 @@ class GenerationService:
                            caller: str | None = None) -> tuple[str, GenerationRequest]:
         """Validate, store inputs, commit the job (binding `idempotency_key` to it, owned by the `caller` key),
         wake the engine. Returns (job id, request)."""
+        REQUEST_MODEL.set(ask.model[:200])
         self.check_capacity()
         self.check_quota(caller)
         spec = self.catalog.get(ask.model)
@@ -172,7 +186,7 @@ class GenerationService:
         params = replace(params, width=width, height=height, num_sources=len(sources),
                          num_references=len(references), source_size=sources[0].size if sources else (0, 0))
         family_check(fam, params)
-        admission = self.engine.admit(spec.id, spec.weights, spec.family, params)
+        admission = self._admit(spec.id, spec.weights, spec.family, params)
         job_id = new_task_id()
         request = GenerationRequest(
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params,
@@ -181,7 +195,8 @@ class GenerationService:
             reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
             mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
             warnings=self._warnings(ask.warnings, spec.weights), priority=ask.priority, output_width=out_w,
-            output_height=out_h,
+            output_height=out_h, asked=_asked(quality=ask.quality or (None if ask.size else spec.default_quality),
+                                              aspect_ratio=None if ask.size else ask.aspect_ratio, size=ask.size),
         )
         self._commit(job_id, request, ask, admission, idempotency_key, caller)
         return job_id, request
@@ -189,6 +204,7 @@ class GenerationService:
     async def submit_video(self, ask: VideoAsk, idempotency_key: str | None = None,
                            caller: str | None = None) -> tuple[str, GenerationRequest]:
         """Validate an image-to-video ask, store its frames, commit the job, wake the engine."""
+        REQUEST_MODEL.set(ask.model[:200])
         self.check_capacity()
         self.check_quota(caller)
         spec = self.catalog.get_video(ask.model)
@@ -231,16 +247,24 @@ class GenerationService:
             num_frames=fam.valid_frames(duration * fps), fps=float(fps), generate_audio=audio,
             preset=self.presets(spec.id))
         family_check(fam, params)
-        admission = self.engine.admit(spec.id, spec.weights, spec.family, params)
+        admission = self._admit(spec.id, spec.weights, spec.family, params)
         job_id = new_task_id()
         request = GenerationRequest(
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params, output_format="mp4",
             source_paths=tuple(self.inputs.save(job_id, "frame", i, im) for i, im in enumerate(frames)),
             warnings=self._warnings(warnings, spec.weights), priority=ask.priority, output_width=out_w,
-            output_height=out_h,
+            output_height=out_h, asked=_asked(resolution=resolution, aspect_ratio=ask.aspect_ratio, duration=duration,
+                                              fps=fps, size=ask.size),
         )
         self._commit(job_id, request, ask, admission, idempotency_key, caller)
         return job_id, request
+
+    def _admit(self, model_id: str, weights: str, family: str, params: RenderParams) -> Admission:
+        try:
+            return self.engine.admit(model_id, weights, family, params)
+        except ApiError as exc:
+            self.on_refused(str(exc.code))
+            raise
 
     @staticmethod
     def _seeds(seed: int | None, n: int) -> tuple[int, ...]:
@@ -270,7 +294,7 @@ class GenerationService:
         p = request.params
         log.info("accepted %s %s: %s %dx%d, %d output(s), %d step(s)%s", job_id, request.model_id, p.task,
                  *request.output_size, p.num_images, p.num_inference_steps,
-                 f", {p.num_frames} frames" if p.num_frames else "")
+                 f", {p.num_frames} frames" if p.num_frames else "", extra={"job_id": job_id})
         self.on_accepted(job_id)
         self.engine.notify()
 
@@ -293,9 +317,37 @@ class GenerationService:
         return await self.fetcher.fetch(item.url, item.field)
 
     # ---- report ------------------------------------------------------------------------
-    def get(self, job_id: str) -> JobRecord | None:
-        """The job, or None for an id this server never issued."""
-        return self.store.get(job_id)
+    def get(self, job_id: str, caller: str | None = None) -> JobRecord | None:
+        """The job, or None for an id this server never issued and for another key's job: a task is visible only
+        to the key that created it (jobs made with auth off are everyone's)."""
+        record = self.store.get(job_id)
+        return record if record is not None and record.owner in (None, caller) else None
+
+    def list(self, caller: str | None, limit: int, before: tuple[float, str] | None = None, model: str | None = None,
+             status: JobStatus | None = None) -> list[JobRecord]:
+        """`caller`'s tasks, newest first (see JobStore.list_jobs)."""
+        return self.store.list_jobs(caller, limit, before, model, status)
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job with its outputs and inputs; False when it is still pending or running."""
+        record = self.store.get(job_id)
+        if record is None or record.status not in FINAL_STATES:
+            return False
+        if record.result:
+            self.outputs.remove(output_names(record.result))
+        self.inputs.discard(job_id)
+        return self.store.delete(job_id)
+
+    def input_bytes(self, record: JobRecord, name: str) -> bytes | None:
+        """One of a job's stored inputs by file name (`source-0.png`...), or None."""
+        req = record.request
+        refs = [*req.get("source_paths", ()), *req.get("reference_paths", ()),
+                *([req["mask_path"]] if req.get("mask_path") else [])]
+        ref = next((r for r in refs if r.rsplit("/", 1)[-1] == name), None)
+        try:
+            return self.inputs.read(ref) if ref is not None else None
+        except OSError:
+            return None
 
     def queue_position(self, job_id: str) -> int | None:
         """0-based position among pending jobs (None once it runs or finished)."""

@@ -91,8 +91,12 @@ class Settings(BaseSettings):
         64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
         "from disk); 0 turns the RAM tier off.")
     retention_hours: float = Field(
-        24.0, ge=0.0, description="Hours uploaded files (Replicate's files API) are kept, like hosted providers' "
-        "24 h; 0 keeps them until deleted.")
+        24.0, ge=0.0, description="Hours a finished task's outputs and inputs, and uploaded files, are kept (hosted "
+        "providers' signed URLs last 24 h); then their URLs answer 410 expired. 0 keeps them until deleted.")
+    max_files_gb: float | None = Field(
+        None, gt=0.0, description="Cap on the outputs kept on disk, in GB: past it the oldest are removed first "
+        "(default: no cap).")
+    sweep_interval_s: float = Field(60.0, gt=0.0, description="How often expired files are removed.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
     max_queue: int = Field(
         1000, ge=1, description="Most accepted jobs not yet finished; past it requests get 429 with Retry-After.")
@@ -132,6 +136,8 @@ class Settings(BaseSettings):
         False, description="After a GPU fault or a hung worker, drain and exit with code 75 so a supervisor starts "
         "a fresh process (set for its child by `--supervise`; set it under systemd/Kubernetes restart policies).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: a line per record; json: one JSON object per line with request_id and job_id.")
 
     @field_validator("url_allowlist", "cors_origins", "models", mode="before")
     @classmethod

@@ -12,8 +12,10 @@ from server.api.dialect import ErrorShaper
 from server.api.errors import send_error
 from server.errors import ApiError, ErrorCode
 from server.keys import KeyRing, RateLimiter
+from server.studio import routes as studio
 
-OPEN_PATHS = frozenset({"/health"}) | docs.OPEN_PATHS
+OPEN_PATHS = frozenset({"/health"}) | docs.OPEN_PATHS | studio.OPEN_PATHS
+OPEN_PREFIXES = (docs.ASSETS_PREFIX, studio.PREFIX)
 SCOPE_KEY = "darkroom.key"
 
 # Every provider's way of sending a key: OpenAI/Replicate/native `Authorization: Bearer`, fal `Authorization: Key`,
@@ -55,7 +57,7 @@ class ApiKeyMiddleware:
         self.limiter = RateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(docs.ASSETS_PREFIX):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         key = self.keys.match(presented_key(scope["headers"]))

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fastapi import Request, Response
 from pydantic import BaseModel, ValidationError
 
+from server.api.auth import caller
 from server.api.errors import from_validation_errors
 from server.api.request_body import read_json_object
 from server.context import AppContext
@@ -62,9 +63,10 @@ def acceleration_view(ctx: AppContext, model_id: str, weights: str) -> dict[str,
     return {"profile": ctx.acceleration.describe(model_id), "active": active}
 
 
-def record_or_404(ctx: AppContext, job_id: str, field: str = "id") -> JobRecord:
-    """The job or 404 not_found."""
-    record = ctx.service.get(job_id) if len(job_id) <= 100 else None
+def record_or_404(request: Request, job_id: str, field: str = "id") -> JobRecord:
+    """The job, or 404 not_found for an unknown id and for another key's job (tasks are visible only to the key
+    that created them)."""
+    record = ctx_of(request).service.get(job_id, caller(request.scope)) if len(job_id) <= 100 else None
     if record is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {job_id[:100]!r}", field)
     return record

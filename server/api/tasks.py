@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from server.api.auth import caller
+from server.api.dialect_io import record_or_404
 from server.context import AppContext
 from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
@@ -48,7 +51,8 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
         "queue_position": None,  # filled in for pending tasks by the status route
         # Admission's estimate and, once it ran, the batch it ran in (shared_call: one pipeline call).
         "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority,
-                     "webhook": _webhook_view(record.webhook)},
+                     "webhook": _webhook_view(record.webhook), "asked": req.get("asked", {}),
+                     "task": req["task"], "inputs": _inputs_view(record, base)},
     }
     result = record.result
     if record.status is not JobStatus.COMPLETED or result is None:
@@ -70,6 +74,16 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
     return view
 
 
+def _inputs_view(record: JobRecord, base: str) -> list[dict[str, str]]:
+    """The task's stored inputs, with their URLs (a client re-runs or shows a task from them)."""
+    req = record.request
+    refs = [("source", p) for p in req.get("source_paths", ())] + [
+        ("reference", p) for p in req.get("reference_paths", ())] + (
+        [("mask", req["mask_path"])] if req.get("mask_path") else [])
+    return [{"role": role, "url": f"{base}/api/v1/tasks/{record.id}/inputs/{ref.rsplit('/', 1)[-1]}"}
+            for role, ref in refs]
+
+
 def _webhook_view(hook: dict[str, Any] | None) -> dict[str, Any] | None:
     """A job's webhook as clients see it: never the signing secret."""
     if not hook:
@@ -82,18 +96,65 @@ def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def _record_or_404(ctx: AppContext, task_id: str) -> JobRecord:
-    record = ctx.service.get(task_id) if len(task_id) <= 100 else None
-    if record is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {task_id[:100]!r}", "task_id")
-    return record
+def _record_or_404(request: Request, task_id: str) -> JobRecord:
+    return record_or_404(request, task_id, "task_id")
+
+
+def _cursor(record: JobRecord) -> str:
+    return base64.urlsafe_b64encode(f"{record.created_at!r}|{record.id}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, _, job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
+        return float(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, "cursor is not one this server handed out; start again "
+                       "without it", "cursor") from None
+
+
+@router.get("/api/v1/tasks")
+async def list_tasks(request: Request, limit: int = Query(20, ge=1, le=100), cursor: str | None = None,
+                     model: str | None = Query(None, max_length=200),
+                     status: JobStatus | None = None) -> JSONResponse:
+    """The caller's tasks, newest first: `limit` per page, `next_cursor` for the next page (null at the end),
+    optionally only one model's or one status's. With API keys, each key sees its own tasks."""
+    ctx = _ctx(request)
+    before = _parse_cursor(cursor) if cursor else None
+    records = ctx.service.list(caller(request.scope), limit + 1, before, model, status)
+    base = ctx.public_base(str(request.base_url))
+    page = records[:limit]
+    return JSONResponse({"tasks": [task_view(r, base) for r in page],
+                         "next_cursor": _cursor(page[-1]) if len(records) > limit else None})
+
+
+@router.delete("/api/v1/tasks/{task_id}")
+async def delete_task(task_id: str, request: Request) -> JSONResponse:
+    """Delete a finished task with its output and input files (their URLs then answer 404); a pending or running
+    task must be cancelled first (409)."""
+    ctx = _ctx(request)
+    record = _record_or_404(request, task_id)
+    if record.status not in FINAL_STATES or not ctx.service.delete(task_id):
+        raise ApiError(409, ErrorCode.NOT_FINISHED, f"the task is {record.status}; cancel it first, then delete it",
+                       "task_id")
+    return JSONResponse({"task_id": task_id, "deleted": True})
+
+
+@router.get("/api/v1/tasks/{task_id}/inputs/{name}", openapi_extra={"responses": {"200": {"content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}}}}}})
+async def task_input(task_id: str, name: str, request: Request) -> Response:
+    """One of the task's stored inputs (normalised PNG), as listed in its `darkroom.inputs`."""
+    data = _ctx(request).service.input_bytes(_record_or_404(request, task_id), name)
+    if data is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"the task has no input {name[:60]!r}", "name")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/api/v1/tasks/{task_id}")
 async def get_task(task_id: str, request: Request) -> JSONResponse:
     """Status of a task; completed tasks carry images or videos and usage, failed ones the error."""
     ctx = _ctx(request)
-    view = task_view(_record_or_404(ctx, task_id), ctx.public_base(str(request.base_url)))
+    view = task_view(_record_or_404(request, task_id), ctx.public_base(str(request.base_url)))
     if view["status"] == JobStatus.PENDING:
         view["queue_position"] = ctx.service.queue_position(task_id)
     return JSONResponse(view)
@@ -108,14 +169,14 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
     """Server-Sent Events: `status` first, `progress` on every recorded step, then one final event named
     `completed`, `failed` or `cancelled` carrying the whole task, after which the stream ends."""
     ctx = _ctx(request)
-    _record_or_404(ctx, task_id)
+    _record_or_404(request, task_id)
     base = ctx.public_base(str(request.base_url))
 
     async def stream() -> AsyncIterator[str]:
         last: tuple[str, int, int] | None = None
         idle = 0.0
         while True:
-            record = ctx.service.get(task_id)
+            record = ctx.service.get(task_id, caller(request.scope))
             assert record is not None
             if record.status in FINAL_STATES:
                 yield _sse(str(record.status), task_view(record, base))
@@ -142,11 +203,11 @@ async def cancel_task(task_id: str, request: Request) -> JSONResponse:
     """Cancel: a pending task ends `cancelled` at once (200); a running one stops at its next denoising
     step (202, poll or stream for `cancelled`); a finished one cannot be cancelled (409)."""
     ctx = _ctx(request)
-    _record_or_404(ctx, task_id)
+    _record_or_404(request, task_id)
     if not ctx.service.cancel(task_id):
-        record = _record_or_404(ctx, task_id)
+        record = _record_or_404(request, task_id)
         raise ApiError(409, ErrorCode.ALREADY_FINISHED, f"the task is already {record.status}", "task_id")
-    record = _record_or_404(ctx, task_id)
+    record = _record_or_404(request, task_id)
     view = task_view(record, ctx.public_base(str(request.base_url)))
     view["cancel_requested"] = True
     return JSONResponse(view, status_code=200 if record.status is JobStatus.CANCELLED else 202)

@@ -91,9 +91,15 @@ class Engine:
                  inputs: InputStore, on_finished: Callable[[str], None], costs: Costs, preload: Sequence[str] = (),
                  wait_s: float = 1.0, step_timeout_s: float = 600.0,
                  on_fault: Callable[[str], None] = lambda _reason: None, reap_every_s: float = 2.0,
-                 memory: Mapping[str, MemoryCoefficients] | None = None) -> None:
+                 memory: Mapping[str, MemoryCoefficients] | None = None,
+                 observe: Callable[[JobRecord], None] = lambda _record: None,
+                 observe_batch: Callable[[str, int], None] = lambda _model, _size: None) -> None:
         self.store = store
         self.memory = memory or {}
+        self.observe = observe
+        """Called with each job's final record (metrics)."""
+        self.observe_batch = observe_batch
+        """Called with (model, jobs) as each batch starts (metrics)."""
         self.scheduler = scheduler
         self.slots = [WorkerSlot(w, owner_id(w.name)) for w in workers]
         self.outputs = outputs
@@ -246,6 +252,7 @@ class Engine:
         info = {"id": secrets.token_hex(6), "size": len(jobs), "shared_call": shared, "worker": slot.name,
                 "not_batched": dict(plan.not_batched)}
         self.store.set_batch([j.id for j in jobs], info)
+        self.observe_batch(jobs[0].model, len(jobs))
         with self._cond:
             self.stats["batches"] += 1
             self.stats["batched_jobs"] += len(jobs)
@@ -390,7 +397,8 @@ class Engine:
             took = (record.finished_at or time.time()) - (record.started_at or record.created_at)
             error = f" ({record.error['code']})" if record.error else ""
             log.info("finished %s %s: %s%s in %.2f s (%.2f s since accepted)", job_id, record.model, record.status,
-                     error, took, (record.finished_at or time.time()) - record.created_at)
+                     error, took, (record.finished_at or time.time()) - record.created_at, extra={"job_id": job_id})
+            self.observe(record)
         self.on_finished(job_id)
 
     def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim]) -> None:

@@ -8,7 +8,7 @@ earlier releases still load.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pipelines.base import RenderParams, Task
@@ -32,6 +32,9 @@ class GenerationRequest:
     """Input-store references of the normalised inputs (names the input store resolves, local or remote)."""
     warnings: tuple[str, ...] = ()
     priority: int = 0
+    asked: dict[str, Any] = field(default_factory=dict)
+    """The client's own choices that resolved into the parameters (tier, aspect ratio, resolution, duration,
+    an exact size), kept so the task can be shown and re-run as it was asked."""
     output_width: int = 0
     output_height: int = 0
     """The size the client gets when it differs from the rendered width x height (0: the same); the render is

@@ -130,6 +130,7 @@ class Worker(WorkerHandle):
         self._footprints: dict[str, ModelFootprint] = {}
         self._versions = {pkg: version(pkg) for pkg in _VERSIONED}
         self.moves = 0
+        self.evictions = 0
         self.bytes_moved = 0
         # Guards the bookkeeping below against readers on other threads (/api/v1/engine, /metrics).
         self._book = threading.Lock()
@@ -191,7 +192,11 @@ class Worker(WorkerHandle):
                          for n, p, applied in on_device],
             "host_ram": [{"weights": n, "bytes": self.weight_bytes(n)} for n in parked],
             "loads": self.moves,
+            "evictions": self.evictions,
             "bytes_moved": self.bytes_moved,
+            "memory": ({"allocated": torch.cuda.memory_allocated(torch.device(self.device)),
+                        "reserved": torch.cuda.memory_reserved(torch.device(self.device))}
+                       if self.device.startswith("cuda") else None),
         }
 
     def preload(self, names: list[str]) -> None:
@@ -277,6 +282,7 @@ class Worker(WorkerHandle):
         with self._book:
             self._ram[weights] = fam
         self.moves += 1
+        self.evictions += 1
         self.bytes_moved += self.weight_bytes(weights)
         log.info("parked %s in host RAM to make room on %s", weights, self.device)
         self.release_memory()
@@ -290,6 +296,7 @@ class Worker(WorkerHandle):
             return
         fam.pipelines.clear()
         del fam
+        self.evictions += 1
         log.info("evicted %s from %s to make room", weights, self.device)
         self.release_memory()
 

@@ -52,6 +52,8 @@ class JobRecord:
     lease_owner: str | None = None
     lease_expires: float | None = None
     cancel_requested: bool = False
+    files_expired: bool = False
+    """The job's outputs and inputs were removed by the retention sweeper (their URLs answer 410)."""
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ ADDED_COLUMNS = {
     "lease_owner": "TEXT",
     "lease_expires": "REAL",
     "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "files_expired": "INTEGER NOT NULL DEFAULT 0",
 }
 _JSON_COLUMNS = ("request", "result", "error", "estimate", "batch", "webhook", "dialect")
 
@@ -188,6 +189,44 @@ class SqliteJobStore(JobStore):
                 "SELECT COUNT(*) FROM jobs WHERE status = ? AND (created_at < ? OR (created_at = ? AND id < ?))",
                 (JobStatus.PENDING, row["created_at"], row["created_at"], job_id)).fetchone()
         return int(ahead)
+
+    def list_jobs(self, owner: str | None, limit: int, before: tuple[float, str] | None = None,
+                  model: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        where, args = ["owner IS ?"], [owner]
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        with self._lock:
+            rows = self._conn.execute(f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+                                      "ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_record(r) for r in rows]
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            return self._conn.execute("DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
+                                      (job_id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+                                      ).rowcount == 1
+
+    def expire_candidates(self, finished_before: float, limit: int = 500) -> list[JobRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE files_expired = 0 AND status IN (?, ?, ?) AND finished_at < ? "
+                "ORDER BY finished_at LIMIT ?", (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED,
+                                                 finished_before, limit)).fetchall()
+        return [_record(r) for r in rows]
+
+    def mark_files_expired(self, job_ids: list[str]) -> None:
+        def mark(conn: sqlite3.Connection) -> None:
+            for jid in job_ids:
+                conn.execute("UPDATE jobs SET files_expired = 1 WHERE id = ?", (jid,))
+
+        self._write(mark)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -358,5 +397,6 @@ def _record(row: sqlite3.Row) -> JobRecord:
         data[col] = json.loads(data[col]) if data.get(col) else None
     data["status"] = JobStatus(data["status"])
     data["cancel_requested"] = bool(data["cancel_requested"])
+    data["files_expired"] = bool(data["files_expired"])
     data.pop("activation_bytes", None)
     return JobRecord(**data)

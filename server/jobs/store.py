@@ -79,6 +79,24 @@ class JobStore(ABC):
         """0-based position among pending jobs, or None when the job is not pending."""
 
     @abstractmethod
+    def list_jobs(self, owner: str | None, limit: int, before: tuple[float, str] | None = None,
+                  model: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        """`owner`'s jobs (all jobs when auth is off: owner None), newest first, strictly older than the
+        (created_at, id) cursor `before`, optionally of one model and status."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job's row (its files are the caller's to remove first); False when it is not final."""
+
+    @abstractmethod
+    def expire_candidates(self, finished_before: float, limit: int = 500) -> list[JobRecord]:
+        """Finished jobs whose files are still kept and that finished before `finished_before`, oldest first."""
+
+    @abstractmethod
+    def mark_files_expired(self, job_ids: list[str]) -> None:
+        """Record that these jobs' files were removed."""
+
+    @abstractmethod
     def counts(self) -> dict[str, int]:
         """Jobs per status."""
 

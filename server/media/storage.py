@@ -116,10 +116,41 @@ class OutputStore:
         return path, _BY_EXT[name.rsplit(".", 1)[1]]
 
     def remove(self, names: list[str]) -> None:
-        """Delete generated files (a result that arrived too late to be kept)."""
+        """Delete generated files (a result that arrived too late to be kept, a deleted task)."""
         for name in names:
             if _NAME.fullmatch(name):
                 (self.root / name).unlink(missing_ok=True)
+
+    def expire(self, names: list[str]) -> int:
+        """Delete files whose time is up, leaving a tombstone so their URLs answer 410 rather than 404; the bytes
+        freed."""
+        tombs = self.root / ".expired"
+        tombs.mkdir(exist_ok=True)
+        freed = 0
+        for name in names:
+            if not _NAME.fullmatch(name):
+                continue
+            path = self.root / name
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except OSError:
+                continue
+            (tombs / name).touch()
+        return freed
+
+    def expired(self, name: str) -> bool:
+        """Whether `name` was a file of this store that has expired."""
+        return bool(_NAME.fullmatch(name)) and (self.root / ".expired" / name).exists()
+
+    def oldest_first(self) -> list[tuple[str, int]]:
+        """Every stored file (name, bytes), oldest first (what a size cap removes first)."""
+        found = []
+        for path in self.root.iterdir():
+            if _NAME.fullmatch(path.name) and path.is_file():
+                stat = path.stat()
+                found.append((stat.st_mtime, path.name, stat.st_size))
+        return [(name, size) for _mtime, name, size in sorted(found)]
 
 
 class InputStore:

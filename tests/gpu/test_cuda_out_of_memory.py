@@ -1,5 +1,5 @@
-"""On a CUDA machine: a real out-of-memory inside a render becomes DeviceOutOfMemory, the allocator is back at its
-pre-batch level afterwards, and the worker renders again (skipped elsewhere)."""
+"""On a CUDA machine: a real out-of-memory inside a render becomes the OutOfMemory outcome, the allocator is back
+at its pre-batch level afterwards, and the worker renders again (skipped elsewhere)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.base import Task
-from server.engine.request import GenerationRequest
-from server.engine.worker import DeviceOutOfMemory, Worker
+from pipelines.base import RenderParams, Task
+from server.engine.work import Completed, OutOfMemory, RenderWork
+from server.engine.worker import Worker
 from weights.locate import LocatedWeights
 from weights.manifest import load_manifest
 
@@ -26,22 +26,20 @@ def test_a_real_out_of_memory_gives_back_what_the_render_took(demo_dir: Path) ->
     located = {"sdxl-base-1.0": LocatedWeights(manifest["sdxl-base-1.0"], demo_dir / "sdxl-base-1.0", demo=True)}
     worker = Worker("w", "cuda:0", torch.bfloat16, located)
     worker.family("sdxl-base-1.0")  # the weights are the baseline, loaded before the batch
-    request = GenerationRequest(model_id="seedream-4.0", weights="sdxl-base-1.0", family="sdxl",
-                                task=Task.GENERATE, prompt="p", width=1024, height=1024, num_images=16,
-                                seeds=tuple(range(16)), num_inference_steps=2, guidance_scale=5.0, strength=1.0,
-                                output_format="png")
+    params = RenderParams(Task.GENERATE, "p", 1024, 1024, 16, tuple(range(16)), 2, 5.0, 1.0)
+    work = RenderWork("sdxl-base-1.0", "sdxl", params)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     total = torch.cuda.get_device_properties(0).total_memory
     # 16 MiB beyond what the allocator holds now: 16 images at 1 MP cannot fit, whatever the tiny model's widths.
     torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_reserved() + 16 * MiB) / total))
     try:
-        with pytest.raises(DeviceOutOfMemory):
-            worker.render(request, lambda *_: None)
+        assert isinstance(worker.render(work, lambda *_: None), OutOfMemory)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     torch.cuda.synchronize()
     # Back to the pre-batch level (a MiB of slack for cuBLAS workspaces created on first use).
     assert torch.cuda.memory_allocated() <= before + MiB
-    small = replace(request, width=128, height=128, num_images=1, seeds=(1,))
-    assert worker.render(small, lambda *_: None).images[0].size == (128, 128)
+    small = replace(work, params=replace(params, width=128, height=128, num_images=1, seeds=(1,)))
+    done = worker.render(small, lambda *_: None)
+    assert isinstance(done, Completed) and done.images[0].size == (128, 128)

@@ -163,3 +163,16 @@ def test_body_json_and_multipart_limits(small_queue: ServerProcess) -> None:
         long_field = c.post("/api/v1/images/generate", data={**base, "prompt": "p" * 6000},
                             files={"image": ("a.png", png_bytes(), "image/png")})
         assert long_field.status_code == 413 and long_field.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_task_is_visible_only_to_the_key_that_created_it(small_queue: ServerProcess) -> None:
+    with small_queue.client(headers=_as(FLOOD)) as owner, small_queue.client(headers=_as(BOB)) as other:
+        task = owner.post("/api/v1/images/generate", json={**SLOW, "num_inference_steps": 2}).json()["task_id"]
+        for method, path in (("GET", f"/api/v1/tasks/{task}"), ("GET", f"/api/v1/tasks/{task}/events"),
+                             ("POST", f"/api/v1/tasks/{task}/cancel"), ("DELETE", f"/api/v1/tasks/{task}")):
+            r = other.request(method, path)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (method, path, r.text)
+        assert task not in [t["task_id"] for t in other.get("/api/v1/tasks").json()["tasks"]]
+        assert task in [t["task_id"] for t in owner.get("/api/v1/tasks").json()["tasks"]]
+        assert owner.get(f"/api/v1/tasks/{task}").status_code == 200
+        owner.post(f"/api/v1/tasks/{task}/cancel")
