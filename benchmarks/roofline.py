@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from pipelines.acceleration import LoadProfile
 from pipelines.base import Family, RenderParams, RenderSpec, Task
@@ -240,7 +241,7 @@ def main() -> None:
     manifest = load_manifest()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for family in args.families.split(","):
+        for family in tqdm(args.families.split(","), desc="roofline", unit="family", disable=None):
             entry = next(e for e in manifest.values() if e.family == family)
             demo = build_demo(entry, Path(tmp) / "demo")
             if args.tiny:
@@ -255,11 +256,11 @@ def main() -> None:
             results.append(r)
             for name, prof in r["profiles"].items():
                 if "skipped" in prof:
-                    print(f"{family:16} {name:9} skipped: {prof['skipped'][:110]}")
+                    tqdm.write(f"{family:16} {name:9} skipped: {prof['skipped'][:110]}")
                     continue
                 b1 = prof["batch_1"]
                 step = next((s for k, s in b1["stages"].items() if k.startswith("denoise_step")), {})
-                print(f"{family:16} {name:9} e2e {b1['e2e_s']:7.2f} s  passes {b1['denoiser_passes']}  step "
+                tqdm.write(f"{family:16} {name:9} e2e {b1['e2e_s']:7.2f} s  passes {b1['denoiser_passes']}  step "
                       f"{step.get('ms', 0):8.2f} ms  {step.get('tflop_per_s', 0):7.3f} TFLOP/s "
                       f"({step.get('fraction_of_matmul_ceiling') or 0:.0%} of ceiling)")
     label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 from PIL import Image
+from tqdm import tqdm
 
 from benchmarks.harness import ServerProcess, write_result
 
@@ -102,6 +103,7 @@ def main() -> None:
             "DARKROOM_BATCH_MAX_WAIT_S": "0"})
         try:
             server.wait_ready(timeout=300)
+            bar = tqdm(total=4, desc="side by side", unit="case", disable=None)
             for edit in (False, True):
                 reqs = requests(args.n, args.size, edit)
                 kind = "edit" if edit else "text-to-image"
@@ -116,7 +118,8 @@ def main() -> None:
                            "speedup": round(plain_s / ours, 2), "single_plain_s": round(plain_one, 2),
                            "single_darkroom_s": round(ours_one, 2), "single_speedup": round(plain_one / ours_one, 2)}
                     rows.append(row)
-                    print(f"{kind:13} {model:17} {args.n} concurrent: plain {plain_s:6.2f} s  darkroom {ours:6.2f} s "
+                    bar.update(1)
+                    tqdm.write(f"{kind:13} {model:17} {args.n} concurrent: plain {plain_s:6.2f} s  darkroom {ours:6.2f} s "
                           f"x{row['speedup']:.2f}   one request: plain {plain_one:5.2f} s  darkroom {ours_one:5.2f} s "
                           f"x{row['single_speedup']:.2f}")
         finally:

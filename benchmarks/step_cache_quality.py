@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from pipelines.base import RenderParams, RenderSpec, Task
 from pipelines.registry import family_class
@@ -109,10 +110,10 @@ def main() -> None:
             catalog, frozenset(catalog.weights_needed()) if demo else frozenset())
         ids = [i for i in catalog.all_ids() if accel.step_cache(i).kind != "none"]
         results = []
-        for model_id in ids:
+        for model_id in tqdm(ids, desc="step cache quality", unit="id", disable=None):
             r = measure(model_id, accel, catalog, root, args.size, args.seeds)
             results.append(r)
-            print(f"{model_id:22} threshold {r['threshold']:<5} passes {r['passes']:5.1f} of {r['uncached_passes']:3d}"
+            tqdm.write(f"{model_id:22} threshold {r['threshold']:<5} passes {r['passes']:5.1f} of {r['uncached_passes']:3d}"
                   f"  PSNR {r['psnr_db']:6.1f} dB  SSIM {r['ssim']:.4f}")
     device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0).replace(" ", "_")
     out = write_result(device, "step_cache_quality", {"weights": "demo" if demo else str(args.weights_dir),

@@ -40,6 +40,7 @@ from server.media.netguard import Allowlist
 from server.media.storage import InputStore, OutputStore
 from server.media.uploads import UploadStore
 from server.metrics import Metrics, MetricsMiddleware
+from server.retention import Sweeper
 from server.service import GenerationService
 from server.settings import Settings
 from server.studio import routes as studio
@@ -153,7 +154,9 @@ def create_app(settings: Settings) -> FastAPI:
                                 on_accepted=webhooks.accepted,
                                 presets=lambda model_id: acceleration.step_cache(model_id).encode(),
                                 on_refused=lambda reason: metrics.refusals.labels(reason).inc())
-    uploads = UploadStore(data / "uploads", settings.retention_hours * 3600 or None)
+    uploads = UploadStore(data / "uploads", settings.retention_s)
+    sweeper = Sweeper(store, outputs, inputs, uploads, settings.retention_s,
+                      int(settings.max_files_gb * 1e9) if settings.max_files_gb else None)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
                      acceleration, metrics)
     metrics.watch(lambda: engine_api.engine_view(ctx))
@@ -166,9 +169,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine.start()
         webhooks.attach(asyncio.get_running_loop())
+        sweeping = asyncio.create_task(sweeper.run(settings.sweep_interval_s))
         try:
             yield
         finally:
+            sweeping.cancel()
             lifecycle.draining = True
             await webhooks.stop()
             engine.stop()

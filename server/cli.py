@@ -1,4 +1,4 @@
-"""The `darkroom` command: serve, and manage weights."""
+"""The `darkroom` command: serve, check the machine (doctor), compare against a hosted provider, manage weights."""
 
 from __future__ import annotations
 
@@ -138,6 +138,104 @@ def serve(**given: Any) -> None:
 
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_settings_options()
+def doctor(as_json: bool, **given: Any) -> None:
+    """Check what this machine and configuration can serve: GPUs, versions, attention and fp8, weights, whether
+    each configured id fits, disk, bind and auth. Exit status 1 when something configured cannot work."""
+    _configure_logging("error")
+    from server.doctor import Doctor, render
+    from server.doctor import as_json as findings_json
+
+    findings = Doctor(_build_settings(given)).run()
+    click.echo(findings_json(findings) if as_json else render(findings))
+    sys.exit(1 if any(f.level == "fail" for f in findings) else 0)
+
+
+@main.command()
+@click.option("--payloads", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="JSONL or YAML file of payloads (model, prompt, images, params; see README).")
+@click.option("--a", "a_url", required=True, metavar="URL", help="Side A's base URL (typically the hosted provider).")
+@click.option("--a-key", metavar="ENV", help="Environment variable holding side A's API key.")
+@click.option("--a-name", default="hosted", show_default=True, help="Side A's name in the report.")
+@click.option("--a-cost", type=click.Choice(["table", "gpu"]), default="table", show_default=True,
+              help="Side A's cost: the price table, or GPU $/h × measured seconds.")
+@click.option("--b", "b_url", required=True, metavar="URL", help="Side B's base URL (typically darkroom).")
+@click.option("--b-key", metavar="ENV", help="Environment variable holding side B's API key.")
+@click.option("--b-name", default="darkroom", show_default=True, help="Side B's name in the report.")
+@click.option("--b-cost", type=click.Choice(["table", "gpu"]), default="gpu", show_default=True,
+              help="Side B's cost basis.")
+@click.option("--dialect", type=click.Choice(["qolaba", "openai", "fal", "replicate", "bfl", "gemini"]),
+              default="qolaba", show_default=True, help="The API both sides are spoken to in (a payload may name "
+              "its own).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the report, the outputs and the resume record.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Requests in flight per side.")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Times each payload is sent to each side.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 7200), default=600, show_default=True,
+              help="Seconds one request may take, outputs downloaded.")
+@click.option("--poll", "poll_s", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
+              help="Seconds between status polls.")
+@click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Price table [default: configs/prices.toml].")
+@click.option("--gpu-usd-per-hour", type=click.FloatRange(0), default=None, envvar="DARKROOM_GPU_USD_PER_HOUR",
+              help="What one local GPU costs per hour (owned: amortised price + hosting) [env "
+              "DARKROOM_GPU_USD_PER_HOUR].")
+@click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="GPUs the local side runs on.")
+@click.option("--gpu-watts", type=click.FloatRange(0), default=None, help="Power per GPU under load, for electricity.")
+@click.option("--usd-per-kwh", type=click.FloatRange(0), default=None, help="Electricity price.")
+@click.option("--retry-failed", is_flag=True, help="On a resumed run, send failed requests again.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def compare(payloads: Path, a_url: str, a_key: str | None, a_name: str, a_cost: str, b_url: str, b_key: str | None,
+            b_name: str, b_cost: str, dialect: str, out: Path, concurrency: int, repeats: int, timeout_s: float,
+            poll_s: float, prices: Path | None, gpu_usd_per_hour: float | None, gpus: int, gpu_watts: float | None,
+            usd_per_kwh: float | None, retry_failed: bool, no_progress: bool) -> None:
+    """Send the same payloads to two endpoints speaking a hosted dialect (typically a hosted provider and
+    darkroom); write a self-contained HTML report (outputs side by side, latency plots, cost) and JSON. A re-run
+    into the same --out resumes: payloads already done are not sent again."""
+    import asyncio
+
+    from compare.payloads import PayloadError, load_payloads
+    from compare.prices import GpuCost, PriceTable
+    from compare.report import build_summary, write
+    from compare.runner import RunConfig, Side, run
+    from server.settings import Settings as _Settings
+
+    def key_of(env: str | None, side: str) -> str | None:
+        if env is None:
+            return None
+        value = os.environ.get(env)
+        if not value:
+            raise click.UsageError(f"--{side}-key names {env}, which is not set in the environment")
+        return value
+
+    try:
+        items = load_payloads(payloads)
+        table = PriceTable.load(prices or _Settings().config("prices.toml"))
+    except (PayloadError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    cfg = RunConfig(payloads=items, dialect=dialect, out=out, prices=table,
+                    sides=(Side("a", a_name, a_url, key_of(a_key, "a"), a_cost),  # type: ignore[arg-type]
+                           Side("b", b_name, b_url, key_of(b_key, "b"), b_cost)),  # type: ignore[arg-type]
+                    gpu=GpuCost(gpu_usd_per_hour, gpus, gpu_watts, usd_per_kwh), concurrency=concurrency,
+                    repeats=repeats, timeout_s=timeout_s, poll_s=poll_s, retry_failed=retry_failed,
+                    progress=not no_progress)
+    records, envs = asyncio.run(run(cfg))
+    summary = build_summary(cfg, records, envs)
+    json_path, html_path = write(cfg, summary)
+    for side in summary["sides"].values():
+        s = side["summary"]
+        cost = s["cost"]["usd_per_image"]
+        click.echo(f"{side['name']:>12}: {s['ok']}/{s['requests']} ok, p50 {s['latency_s']['p50'] or 0:.2f} s, "
+                   f"p95 {s['latency_s']['p95'] or 0:.2f} s, "
+                   f"{'no cost' if cost is None else f'${cost:.4f} per output'}")
+    click.echo(f"report: {html_path}\nnumbers: {json_path}")
+
+
 @main.group()
 def weights() -> None:
     """List, pull and build model weights."""
@@ -173,7 +271,7 @@ def weights_pull(name: str, token: str | None, **given: Any) -> None:
     if name not in manifest:
         raise click.UsageError(f"unknown weights {name!r}; known: {', '.join(sorted(manifest))}")
     try:
-        path = pull(manifest[name], settings.resolved_weights_dir, token)
+        path = pull(manifest[name], settings.resolved_weights_dir, token, say=click.echo)
     except PullError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

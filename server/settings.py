@@ -94,8 +94,8 @@ class Settings(BaseSettings):
         24.0, ge=0.0, description="Hours a finished task's outputs and inputs, and uploaded files, are kept (hosted "
         "providers' signed URLs last 24 h); then their URLs answer 410 expired. 0 keeps them until deleted.")
     max_files_gb: float | None = Field(
-        None, gt=0.0, description="Cap on the outputs kept on disk, in GB: past it the oldest are removed first "
-        "(default: no cap).")
+        None, gt=0.0, description="Cap on the files kept on disk (outputs plus stored inputs), in GB: past "
+        "it the oldest finished tasks' files are removed first (default: no cap).")
     sweep_interval_s: float = Field(60.0, gt=0.0, description="How often expired files are removed.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
     max_queue: int = Field(
@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     def config(self, name: str) -> Path:
         """A configuration file in `config_dir`."""
         return self.config_dir / name
+
+    @property
+    def retention_s(self) -> float | None:
+        """Seconds finished tasks' files are kept (None: until deleted)."""
+        return self.retention_hours * 3600 or None
 
     @property
     def resolved_weights_dir(self) -> Path:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from weights.locate import LOCK_FILE
 from weights.manifest import PICKLE_SUFFIXES, WeightsEntry
@@ -51,11 +53,26 @@ def verify(entry: WeightsEntry, path: Path) -> list[str]:
     return files
 
 
-def pull(entry: WeightsEntry, weights_dir: Path, token: str | None = None) -> Path:
-    """Download `entry` into `weights_dir/<name>` with a progress bar, verify it, then write the lock file."""
+def describe_plan(repo: str, commit: str, plan: Any) -> str:
+    """The files a download will fetch, with sizes, and the total (files already on disk are marked)."""
+    files = sorted(plan, key=lambda f: f.filename)
+    todo = sum(f.file_size for f in files if f.will_download)
+    lines = [f"{repo}@{commit[:12]}: {len(files)} files, {todo / 1e9:.2f} GB to download"]
+    lines += [f"  {f.file_size / 1e6:>10.1f} MB  {f.filename}{'' if f.will_download else '  (already here)'}"
+              for f in files]
+    return "\n".join(lines)
+
+
+def pull(entry: WeightsEntry, weights_dir: Path, token: str | None = None,
+         say: Callable[[str], None] = print) -> Path:
+    """Download `entry` into `weights_dir/<name>` with progress bars (bytes and files), verify it, then write the
+    lock file. Before each repo downloads, `say` gets its files with their sizes (a dry run of the same call)."""
     # Imported here so serving never imports the hub client.
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import enable_progress_bars
+
+    enable_progress_bars()
 
     target = weights_dir / entry.name
     target.mkdir(parents=True, exist_ok=True)
@@ -67,6 +84,9 @@ def pull(entry: WeightsEntry, weights_dir: Path, token: str | None = None) -> Pa
     ]:
         try:
             commit = HfApi().repo_info(repo, revision=revision, token=token).sha
+            plan = snapshot_download(repo_id=repo, revision=commit, allow_patterns=patterns, local_dir=folder,
+                                     token=token, dry_run=True)
+            say(describe_plan(repo, commit, plan))
             snapshot_download(repo_id=repo, revision=commit, allow_patterns=patterns, local_dir=folder, token=token)
         except GatedRepoError:
             raise PullError(

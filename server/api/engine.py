@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from server.context import AppContext
+from server.version import __version__
 
 router = APIRouter()
 
@@ -17,6 +18,7 @@ def engine_view(ctx: AppContext) -> dict[str, Any]:
     batching counters and the named reasons requests could not share a batch."""
     engine = ctx.engine
     return {
+        "version": __version__,
         "workers": [slot.snapshot() for slot in engine.slots],
         "queue": ctx.store.pending_by_weights(),
         "jobs": ctx.store.counts(),

@@ -18,6 +18,7 @@ ERROR_STATUSES = {
     "404": "No such task, file or route",
     "405": "Method not allowed on this route",
     "409": "The task already finished (cancel) or the same Idempotency-Key is still being accepted",
+    "410": "The file or the task's files expired (see retention_hours)",
     "413": "Body, image or multipart part over its limit",
     "415": "Unsupported content or image type",
     "422": "A field is invalid: the error names it and says what to change",

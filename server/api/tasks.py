@@ -17,6 +17,7 @@ from server.context import AppContext
 from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
+from server.retention import files_expire_at
 
 router = APIRouter()
 
@@ -29,8 +30,9 @@ def _file(entry: dict[str, Any], base: str) -> dict[str, Any]:
             "content_type": entry["content_type"]}
 
 
-def task_view(record: JobRecord, base: str) -> dict[str, Any]:
-    """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset)."""
+def task_view(record: JobRecord, base: str, retention_s: float | None = None) -> dict[str, Any]:
+    """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset); with `retention_s`, when
+    its files expire."""
     req = record.request
     width, height = GenerationRequest.output_size_of(req)
     view: dict[str, Any] = {
@@ -52,7 +54,8 @@ def task_view(record: JobRecord, base: str) -> dict[str, Any]:
         # Admission's estimate and, once it ran, the batch it ran in (shared_call: one pipeline call).
         "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority,
                      "webhook": _webhook_view(record.webhook), "asked": req.get("asked", {}),
-                     "task": req["task"], "inputs": _inputs_view(record, base)},
+                     "task": req["task"], "inputs": [] if record.files_expired else _inputs_view(record, base),
+                     "files_expire_at": files_expire_at(record, retention_s), "files_expired": record.files_expired},
     }
     result = record.result
     if record.status is not JobStatus.COMPLETED or result is None:
@@ -124,7 +127,7 @@ async def list_tasks(request: Request, limit: int = Query(20, ge=1, le=100), cur
     records = ctx.service.list(caller(request.scope), limit + 1, before, model, status)
     base = ctx.public_base(str(request.base_url))
     page = records[:limit]
-    return JSONResponse({"tasks": [task_view(r, base) for r in page],
+    return JSONResponse({"tasks": [task_view(r, base, ctx.settings.retention_s) for r in page],
                          "next_cursor": _cursor(page[-1]) if len(records) > limit else None})
 
 
@@ -144,7 +147,11 @@ async def delete_task(task_id: str, request: Request) -> JSONResponse:
     "image/png": {"schema": {"type": "string", "format": "binary"}}}}}})
 async def task_input(task_id: str, name: str, request: Request) -> Response:
     """One of the task's stored inputs (normalised PNG), as listed in its `darkroom.inputs`."""
-    data = _ctx(request).service.input_bytes(_record_or_404(request, task_id), name)
+    record = _record_or_404(request, task_id)
+    if record.files_expired:
+        raise ApiError(410, ErrorCode.EXPIRED, "the task's files have expired (they are kept for "
+                       f"{_ctx(request).settings.retention_hours:g} h)", "task_id")
+    data = _ctx(request).service.input_bytes(record, name)
     if data is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"the task has no input {name[:60]!r}", "name")
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -154,7 +161,8 @@ async def task_input(task_id: str, name: str, request: Request) -> Response:
 async def get_task(task_id: str, request: Request) -> JSONResponse:
     """Status of a task; completed tasks carry images or videos and usage, failed ones the error."""
     ctx = _ctx(request)
-    view = task_view(_record_or_404(request, task_id), ctx.public_base(str(request.base_url)))
+    view = task_view(_record_or_404(request, task_id), ctx.public_base(str(request.base_url)),
+                     ctx.settings.retention_s)
     if view["status"] == JobStatus.PENDING:
         view["queue_position"] = ctx.service.queue_position(task_id)
     return JSONResponse(view)
@@ -179,7 +187,7 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
             record = ctx.service.get(task_id, caller(request.scope))
             assert record is not None
             if record.status in FINAL_STATES:
-                yield _sse(str(record.status), task_view(record, base))
+                yield _sse(str(record.status), task_view(record, base, ctx.settings.retention_s))
                 return
             state = (str(record.status), record.progress_step, record.progress_total)
             if state != last:
@@ -208,6 +216,6 @@ async def cancel_task(task_id: str, request: Request) -> JSONResponse:
         record = _record_or_404(request, task_id)
         raise ApiError(409, ErrorCode.ALREADY_FINISHED, f"the task is already {record.status}", "task_id")
     record = _record_or_404(request, task_id)
-    view = task_view(record, ctx.public_base(str(request.base_url)))
+    view = task_view(record, ctx.public_base(str(request.base_url)), ctx.settings.retention_s)
     view["cancel_requested"] = True
     return JSONResponse(view, status_code=200 if record.status is JobStatus.CANCELLED else 202)

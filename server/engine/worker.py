@@ -186,6 +186,8 @@ class Worker(WorkerHandle):
         return {
             "name": self.name,
             "device": self.device,
+            "device_name": (torch.cuda.get_device_name(torch.device(self.device))
+                            if self.device.startswith("cuda") else "cpu"),
             "budget_bytes": self.budget,
             "resident": [{"weights": n, "bytes": self.weight_bytes(n), "placement": p.value if p else None,
                           "acceleration": applied.record() if applied else None}

@@ -143,14 +143,23 @@ class OutputStore:
         """Whether `name` was a file of this store that has expired."""
         return bool(_NAME.fullmatch(name)) and (self.root / ".expired" / name).exists()
 
-    def oldest_first(self) -> list[tuple[str, int]]:
-        """Every stored file (name, bytes), oldest first (what a size cap removes first)."""
-        found = []
-        for path in self.root.iterdir():
-            if _NAME.fullmatch(path.name) and path.is_file():
-                stat = path.stat()
-                found.append((stat.st_mtime, path.name, stat.st_size))
-        return [(name, size) for _mtime, name, size in sorted(found)]
+    def forget_expired(self, older_than: float) -> int:
+        """Drop tombstones made before `older_than` (their URLs answer 404 from then on); how many."""
+        tombs = self.root / ".expired"
+        dropped = 0
+        if tombs.is_dir():
+            for path in tombs.iterdir():
+                try:
+                    if path.stat().st_mtime < older_than:
+                        path.unlink()
+                        dropped += 1
+                except OSError:
+                    continue
+        return dropped
+
+    def total_bytes(self) -> int:
+        """Bytes of every stored file (what a size cap counts)."""
+        return _tree_bytes(self.root)
 
 
 class InputStore:
@@ -177,8 +186,27 @@ class InputStore:
         path = Path(ref) if Path(ref).is_absolute() else self.root / ref
         return path.read_bytes()
 
-    def discard(self, job_id: str) -> None:
-        """Remove the inputs of a job that was refused after they were written."""
+    def discard(self, job_id: str) -> int:
+        """Remove a job's inputs (refused after they were written, deleted, or expired); the bytes freed."""
         folder = self.root / job_id
-        if folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder, ignore_errors=True)
+        if not folder.is_dir() or folder.is_symlink():
+            return 0
+        freed = _tree_bytes(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return freed
+
+    def total_bytes(self) -> int:
+        """Bytes of every stored input."""
+        return _tree_bytes(self.root)
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under `root` (links not followed; files vanishing meanwhile skipped)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -74,3 +74,34 @@ def test_version_and_typed_flags_with_defaults() -> None:
     assert "--data-dir PATH" in pull and "--weights-dir" in pull
     assert "--port" not in pull and "--api-key" not in pull  # only the settings the command reads
     assert "--port" not in _run(["weights", "demo", "--help"]).stdout
+
+
+def test_doctor_passes_on_the_demo_set(tmp_path: Path, demo_dir: Path) -> None:
+    r = _run(["doctor", "--data-dir", str(tmp_path), "--demo-weights-path", str(demo_dir)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for section in ("DEVICES", "VERSIONS", "ACCELERATION", "WEIGHTS", "MODELS", "DISK", "NETWORK"):
+        assert section in out
+    assert "flux-kontext-pro (demo weights): fits on cpu" in out and "sora-2 (demo weights)" in out
+    assert "0 problem(s) that stop something configured from working" in out
+    assert "Traceback" not in r.stderr
+
+
+def test_doctor_fails_clearly_when_weights_are_missing_and_demo_is_never(tmp_path: Path) -> None:
+    r = _run(["doctor", "--data-dir", str(tmp_path), "--demo", "never", "--models", "flux-kontext-pro", "--json"])
+    assert r.returncode == 1
+    import json
+
+    report = json.loads(r.stdout)
+    fails = [f for f in report["findings"] if f["level"] == "fail"]
+    assert report["ok"] is False and len(fails) == 1
+    assert fails[0]["text"].startswith("flux-kontext-pro: cannot run: no weights for flux1-kontext-dev")
+    assert fails[0]["fix"].startswith("run `darkroom weights pull flux1-kontext-dev`")
+    text = _run(["doctor", "--data-dir", str(tmp_path), "--demo", "never", "--models", "flux-kontext-pro"])
+    assert text.returncode == 1 and " FAIL  flux-kontext-pro: cannot run" in text.stdout
+
+
+def test_doctor_fails_on_a_public_bind_without_key(tmp_path: Path, demo_dir: Path) -> None:
+    r = _run(["doctor", "--data-dir", str(tmp_path), "--demo-weights-path", str(demo_dir), "--host", "0.0.0.0",
+              "--models", "flux-kontext-pro"])
+    assert r.returncode == 1 and "without an API key" in r.stdout

@@ -577,8 +577,9 @@ async function historyItem(task) {
   const li = document.createElement("li");
   li.dataset.taskId = task.task_id;
   const thumb = document.createElement("img");
-  const first = (task.images || [])[0] || (task.videos || [])[0]?.poster;
-  thumb.alt = first ? `Result of ${task.task_id}` : "No output";
+  const expired = task.darkroom?.files_expired;
+  const first = expired ? null : (task.images || [])[0] || (task.videos || [])[0]?.poster;
+  thumb.alt = expired ? "Files expired" : first ? `Result of ${task.task_id}` : "No output";
   if (first) thumb.src = await blobUrl(first.url).catch(() => "");
   const text = document.createElement("div");
   text.innerHTML = "";
@@ -587,7 +588,8 @@ async function historyItem(task) {
   const meta = document.createElement("p");
   meta.className = "meta";
   meta.textContent = `${task.model} · ${task.status} · ${new Date(task.created_at * 1000).toLocaleString()} · ` +
-    `seed ${task.seed}`;
+    `seed ${task.seed}` + (expired ? " · files expired" : task.darkroom?.files_expire_at ?
+      ` · files kept until ${new Date(task.darkroom.files_expire_at * 1000).toLocaleString()}` : "");
   text.append(title, meta);
   const tools = document.createElement("div");
   tools.className = "tools";
@@ -607,7 +609,8 @@ async function historyItem(task) {
 async function openTask(task) {
   setView("create");
   const full = await guarded(() => call("GET", `/api/v1/tasks/${task.task_id}`));
-  if (full.status === "completed") await showResults($("results"), full);
+  if (full.darkroom?.files_expired) notice("This task's files have expired; Re-run makes it again (same seed).", "info");
+  else if (full.status === "completed") await showResults($("results"), full);
   else showProgress(`${full.status}${full.error ? `: ${full.error.message}` : ""}`, 0);
 }
 
