@@ -114,7 +114,8 @@ def test_different_sizes_do_not_share_and_the_reason_is_counted(batching_server:
     assert any(r["weights"] == "sdxl-base-1.0" and r["bytes"] > 0 for r in worker["resident"])
     assert engine["batching"]["shared_calls"] >= 1
     assert engine["not_batched"].get("height", 0) + engine["not_batched"].get("width", 0) >= 1
-    assert 'darkroom_model_resident_bytes{worker="w0"' in metrics
+    # prometheus-client writes labels sorted by name.
+    assert any(ln.startswith("darkroom_model_resident_bytes{") and 'worker="w0"' in ln for ln in metrics.splitlines())
     assert "darkroom_shared_calls_total" in metrics and 'darkroom_not_batched_total{reason="' in metrics
 
 
