@@ -29,8 +29,8 @@ from server.jobs.model import (
     new_task_id,
 )
 
-__all__ = ["FINAL_STATES", "Claim", "CreateResult", "JobRecord", "JobStatus", "JobStore", "NewJob", "QueuedJob",
-           "Quota", "Refusal", "new_task_id"]
+__all__ = ["FINAL_STATES", "Claim", "CreateResult", "EngineLock", "JobRecord", "JobStatus", "JobStore", "NewJob",
+           "QueuedJob", "Quota", "Refusal", "new_task_id"]
 
 CANCELLED_ERROR = {"code": "cancelled", "message": "the task was cancelled on request", "field": None}
 
@@ -169,6 +169,38 @@ class JobStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    def engine_lock(self) -> EngineLock:
+        """Who runs the engine that drives shared (cluster) workers: one holder at a time across every process
+        on this store. A store that only one machine uses hands out a lock that is always held."""
+        return _AlwaysHeld()
+
+
+class EngineLock(ABC):
+    """The right to run the engine for workers every front end shares (the Ray backend's actors)."""
+
+    @abstractmethod
+    def try_acquire(self) -> bool:
+        """Take the lock if free (or already ours); whether we hold it now."""
+
+    @abstractmethod
+    def held(self) -> bool:
+        """Whether we still hold it (False once its session was lost)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give it up."""
+
+
+class _AlwaysHeld(EngineLock):
+    def try_acquire(self) -> bool:
+        return True
+
+    def held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
 
 
 def owed(hook: dict[str, Any], max_attempts: int = 50) -> bool:

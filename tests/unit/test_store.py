@@ -1,12 +1,16 @@
-"""The job store contract (server/jobs/store.py), run against every implementation: commit before accept, claim
-once under a lease, guarded final transitions, lapsed leases back in the queue, quota and queue bound inside
-the insert, webhooks with their job."""
+"""The job store contract (server/jobs/store.py), run against every implementation (SQLite, and PostgreSQL on a
+real server the tests start): commit before accept, claim once under a lease (also from concurrent claimers),
+guarded final transitions, lapsed leases back in the queue, quota and queue bound inside the insert, webhooks with
+their job, history pages, retention bookkeeping, the engine lock, and (PostgreSQL) a server restart."""
 
 from __future__ import annotations
 
+import secrets
 import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,28 +18,53 @@ import pytest
 from server.jobs.leases import owner_id
 from server.jobs.sqlite import SqliteJobStore
 from server.jobs.store import Claim, JobStatus, JobStore, NewJob, Quota, Refusal, new_task_id
+from tests.postgres_server import PostgresServer
+
+StoreFactory = Callable[..., JobStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Builds stores of one implementation on one fresh database (each call: another connection to it)."""
+    made: list[JobStore] = []
+    if request.param == "sqlite":
+        def build(lease_s: float = 30.0) -> JobStore:
+            made.append(SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=lease_s))
+            return made[-1]
+    else:
+        from server.jobs.postgres import PostgresJobStore
+
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.fresh_database(f"t_{secrets.token_hex(6)}")
+
+        def build(lease_s: float = 30.0) -> JobStore:
+            made.append(PostgresJobStore(url, lease_s=lease_s))
+            return made[-1]
+    yield build
+    for s in made:
+        s.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=30.0)
+def store(make_store: StoreFactory) -> JobStore:
+    return make_store()
 
 
 def _job(jid: str, request: dict | None = None, **kw: object) -> NewJob:
     return NewJob(jid, "m", "k", request if request is not None else {}, **kw)  # type: ignore[arg-type]
 
 
-def test_create_is_visible_to_another_connection(tmp_path: Path, store: JobStore) -> None:
+def test_create_is_visible_to_another_connection(make_store: StoreFactory) -> None:
+    store, other = make_store(), make_store()
     jid = new_task_id()
     assert store.create(_job(jid, {"prompt": "p"}))
-    with sqlite3.connect(tmp_path / "jobs.sqlite3") as other:
-        (status,) = other.execute("SELECT status FROM jobs WHERE id = ?", (jid,)).fetchone()
-    assert status == "pending"
+    assert other.get(jid).status is JobStatus.PENDING  # type: ignore[union-attr]
     assert store.get(jid).request == {"prompt": "p"}  # type: ignore[union-attr]
     assert store.get("task_0_unknown") is None
 
 
-def test_wal_mode_and_full_sync(tmp_path: Path, store: JobStore) -> None:
+def test_sqlite_wal_mode_and_full_sync(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=30.0)
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn = store._conn  # type: ignore[attr-defined]
@@ -71,8 +100,8 @@ def test_complete_and_fail(store: JobStore) -> None:
     assert store.counts() == {"completed": 1, "failed": 1}
 
 
-def test_an_expired_lease_is_requeued_and_the_old_holders_late_answer_is_discarded(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=0.2)
+def test_an_expired_lease_is_requeued_and_the_old_holders_late_answer_is_discarded(make_store: StoreFactory) -> None:
+    store = make_store(lease_s=0.2)
     jid = new_task_id()
     store.create(_job(jid))
     (first,) = store.claim([jid], "w0", owner="other-host/123/456/w0")  # a holder this machine cannot see
@@ -90,8 +119,8 @@ def test_an_expired_lease_is_requeued_and_the_old_holders_late_answer_is_discard
     assert done.result == {"images": ["kept"]} and done.finishes == 1 and done.attempts == 2  # type: ignore[union-attr]
 
 
-def test_renewal_keeps_a_lease_and_reports_cancels(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=0.5)
+def test_renewal_keeps_a_lease_and_reports_cancels(make_store: StoreFactory) -> None:
+    store = make_store(lease_s=0.5)
     jid = new_task_id()
     store.create(_job(jid))
     claim = Claim.of(store.claim([jid], "w0", owner="other-host/1/2/w0")[0])
@@ -145,3 +174,114 @@ def test_idempotency_reservations(store: JobStore) -> None:
     assert store.reserve_idempotency_key("dead", "sha")[0]
     assert store.release_stale_reservations(older_than_s=-1) == 1  # the one never bound to a job
     assert store.reserve_idempotency_key("dead", "sha2")[0]
+
+
+def test_concurrent_claimers_each_get_a_job_once(make_store: StoreFactory) -> None:
+    """Four engines (own connections) racing for the same 40 jobs: every job claimed exactly once."""
+    stores = [make_store() for _ in range(4)]
+    ids = [f"c{i:02d}" for i in range(40)]
+    for jid in ids:
+        stores[0].create(_job(jid))
+    got: list[list[str]] = [[] for _ in stores]
+
+    def race(n: int) -> None:
+        while True:
+            queue = [j.id for j in stores[n].pending()][:3]
+            if not queue:
+                return
+            got[n] += [r.id for r in stores[n].claim(queue, f"w{n}", owner=f"other-host/{n}/1/w{n}")]
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    claimed = [j for g in got for j in g]
+    assert sorted(claimed) == ids
+    assert all(stores[0].get(j).attempts == 1 for j in ids)  # type: ignore[union-attr]
+
+
+def test_history_pages_delete_and_retention_bookkeeping(store: JobStore) -> None:
+    for i in range(5):
+        store.create(_job(f"h{i}", owner="studio"))
+        time.sleep(0.002)
+    store.create(_job("other", owner=None))
+    page = store.list_jobs("studio", 2)
+    assert [r.id for r in page] == ["h4", "h3"]
+    nxt = store.list_jobs("studio", 10, before=(page[-1].created_at, page[-1].id))
+    assert [r.id for r in nxt] == ["h2", "h1", "h0"]
+    assert [r.id for r in store.list_jobs(None, 10)] == ["other"]
+    assert not store.delete("h0")  # not finished
+    store.claim(["h0", "h1"], "w0")
+    store.complete("h0", {"images": []})
+    time.sleep(0.01)
+    store.fail("h1", {"code": "x", "message": "m", "field": None})
+    cutoff = time.time() + 1
+    assert [r.id for r in store.expire_candidates(cutoff)] == ["h0", "h1"]
+    store.mark_files_expired(["h0"])
+    assert [r.id for r in store.expire_candidates(cutoff)] == ["h1"] and store.get("h0").files_expired  # type: ignore
+    assert store.delete("h1") and store.get("h1") is None
+    assert store.list_jobs("studio", 10, status=JobStatus.COMPLETED)[0].id == "h0"
+
+
+def test_engine_lock_has_one_holder(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    first, second = a.engine_lock(), b.engine_lock()
+    assert first.try_acquire() and first.held()
+    if isinstance(a, SqliteJobStore):
+        # One machine: every engine may run (leases keep them apart); the lock is always held.
+        assert second.try_acquire()
+        return
+    assert not second.try_acquire()
+    first.release()
+    assert second.try_acquire() and second.held()
+    second.release()
+
+
+def test_postgres_restart_costs_nothing_accepted(postgres_server: PostgresServer) -> None:
+    from server.jobs.postgres import PostgresJobStore
+
+    store = PostgresJobStore(postgres_server.fresh_database(f"t_{secrets.token_hex(6)}"), lease_s=30.0)
+    lock = store.engine_lock()
+    try:
+        assert store.create(_job("before"))
+        assert lock.try_acquire()
+        postgres_server.stop()
+        postgres_server.start()
+        # The pool reconnects: reads and writes carry on, and the job accepted before the restart is there.
+        assert store.get("before").status is JobStatus.PENDING  # type: ignore[union-attr]
+        assert store.create(_job("after")) and [j.id for j in store.pending()] == ["before", "after"]
+        # The engine lock's session ended with the restart: its holder learns it lost the lock, and can retake it.
+        assert not lock.held() and lock.try_acquire()
+    finally:
+        lock.release()
+        store.close()
+
+
+def test_postgres_front_ends_starting_together_create_the_schema_once(postgres_server: PostgresServer) -> None:
+    """Several front ends opening a fresh database at the same moment: every one starts (no catalog conflict)."""
+    from server.jobs.postgres import PostgresJobStore
+
+    url = postgres_server.fresh_database(f"t_{secrets.token_hex(6)}")
+    gate = threading.Barrier(6)
+    opened: list[JobStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        gate.wait()
+        try:
+            opened.append(PostgresJobStore(url))
+        except BaseException as e:  # noqa: BLE001 - the test reports whatever broke
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        assert opened[0].create(_job("one")) and opened[-1].get("one") is not None
+    finally:
+        for s in opened:
+            s.close()

@@ -1,0 +1,452 @@
+"""The job store on PostgreSQL (psycopg 3): several front ends and engines sharing one queue.
+
+Claims use `SELECT … FOR UPDATE SKIP LOCKED`, so two engines asking for the same jobs never wait on each other
+and never both get one. The queue bound and a key's daily quota are checked inside the insert's transaction
+under a transaction-scoped advisory lock, so concurrent submits through different front ends cannot overshoot
+them. Connections come from a pool that checks each one before use, so a restarted PostgreSQL costs the
+statements in flight at that moment (retried once on a fresh connection), not the server.
+
+`engine_lock` is a session advisory lock on a dedicated connection: with the Ray backend, the front end holding it
+runs the one engine (scheduler) that drives the cluster's workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from server.jobs.leases import holder_gone, owner_id
+from server.jobs.store import (
+    CANCELLED_ERROR,
+    Claim,
+    CreateResult,
+    EngineLock,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    NewJob,
+    QueuedJob,
+    Quota,
+    Refusal,
+    owed,
+)
+
+log = logging.getLogger("darkroom.store")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    model            TEXT NOT NULL,
+    batch_key        TEXT NOT NULL,
+    request          JSONB NOT NULL,
+    result           JSONB,
+    error            JSONB,
+    progress_step    INTEGER NOT NULL DEFAULT 0,
+    progress_total   INTEGER NOT NULL DEFAULT 0,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    worker           TEXT,
+    created_at       DOUBLE PRECISION NOT NULL,
+    started_at       DOUBLE PRECISION,
+    finished_at      DOUBLE PRECISION,
+    weights          TEXT NOT NULL DEFAULT '',
+    priority         INTEGER NOT NULL DEFAULT 0,
+    activation_bytes BIGINT NOT NULL DEFAULT 0,
+    estimate         JSONB,
+    batch            JSONB,
+    webhook          JSONB,
+    dialect          JSONB,
+    finishes         INTEGER NOT NULL DEFAULT 0,
+    owner            TEXT,
+    lease_owner      TEXT,
+    lease_expires    DOUBLE PRECISION,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    files_expired    BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key        TEXT PRIMARY KEY,
+    body_sha   TEXT NOT NULL,
+    job_id     TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+);
+"""
+_FINAL = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+# Advisory lock keys (any two bigints unlikely to collide with another application's on the same database).
+_SUBMIT_LOCK = 0x6461726B_726F6F6D  # "darkroom"
+_ENGINE_LOCK = 0x6461726B_656E6731  # "darkeng1"
+_SCHEMA_LOCK = 0x6461726B_73636831  # "darksch1"
+
+
+class PostgresJobStore(JobStore):
+    """Jobs in a PostgreSQL database named by a `postgresql://` URL."""
+
+    def __init__(self, url: str, lease_s: float = 30.0, pool_size: int = 8, connect_timeout_s: float = 10.0) -> None:
+        self.lease_s = lease_s
+        self.url = url
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
+                                    kwargs={"autocommit": True, "row_factory": dict_row},
+                                    check=ConnectionPool.check_connection, name="darkroom-jobs")
+        self._pool.open(wait=True, timeout=connect_timeout_s)
+        self._run(self._create_schema)
+
+    @staticmethod
+    def _create_schema(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        # `CREATE TABLE IF NOT EXISTS` is not safe against itself: two front ends starting together can both pass
+        # the check and one fails on the catalog's unique index. The lock makes the second wait for the first.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        cur.execute(SCHEMA)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _run(self, fn: Callable[[psycopg.Cursor[dict[str, Any]]], T]) -> T:
+        """Run `fn(cursor)` in one transaction; once more on a fresh connection when the server went away (a
+        restart) before it committed."""
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                    return fn(cur)
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                log.warning("the job database connection dropped; retrying on a fresh one")
+                self._pool.check()
+        raise AssertionError("unreachable")
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        def q(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+        return self._run(q)
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
+
+    def _count(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        def q(cur: psycopg.Cursor[dict[str, Any]]) -> int:
+            cur.execute(sql, args)
+            return cur.rowcount
+
+        return self._run(q)
+
+    # ---- submission ---------------------------------------------------------------------------------------
+    def create(self, job: NewJob, max_active: int | None = None, quota: Quota | None = None,
+               idempotency_key: str | None = None) -> CreateResult:
+        def insert(cur: psycopg.Cursor[dict[str, Any]]) -> CreateResult:
+            now = time.time()
+            if max_active is not None or (quota is not None and job.owner is not None):
+                # Serialises bounded inserts across front ends for the rest of this transaction only.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SUBMIT_LOCK,))
+            if max_active is not None:
+                cur.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN (%s, %s)",
+                            (JobStatus.PENDING.value, JobStatus.PROCESSING.value))
+                if cur.fetchone()["n"] >= max_active:  # type: ignore[index]
+                    return CreateResult(Refusal.QUEUE_FULL)
+            if quota is not None and job.owner is not None:
+                cur.execute("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs WHERE owner = %s AND "
+                            "created_at >= %s", (job.owner, now - quota.window_s))
+                row = cur.fetchone()
+                assert row is not None
+                if row["n"] >= quota.jobs:
+                    return CreateResult(Refusal.QUOTA_EXCEEDED, (row["oldest"] or now) + quota.window_s - now)
+            cur.execute(
+                "INSERT INTO jobs (id, status, model, batch_key, request, created_at, weights, priority, "
+                "activation_bytes, estimate, owner, webhook, dialect) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (job.id, JobStatus.PENDING.value, job.model, job.batch_key, Jsonb(job.request), now, job.weights,
+                 job.priority, job.activation_bytes, _json(job.estimate), job.owner, _json(job.webhook),
+                 _json(job.dialect)))
+            if idempotency_key is not None:
+                cur.execute("UPDATE idempotency SET job_id = %s WHERE key = %s", (job.id, idempotency_key))
+            return CreateResult()
+
+        return self._run(insert)
+
+    def reserve_idempotency_key(self, key: str, body_sha: str) -> tuple[bool, str | None, str]:
+        def reserve(cur: psycopg.Cursor[dict[str, Any]]) -> tuple[bool, str | None, str]:
+            cur.execute("INSERT INTO idempotency (key, body_sha, job_id, created_at) VALUES (%s, %s, NULL, %s) "
+                        "ON CONFLICT (key) DO NOTHING", (key, body_sha, time.time()))
+            if cur.rowcount:
+                return True, None, body_sha
+            cur.execute("SELECT body_sha, job_id FROM idempotency WHERE key = %s", (key,))
+            row = cur.fetchone()
+            assert row is not None
+            return False, row["job_id"], row["body_sha"]
+
+        return self._run(reserve)
+
+    def release_idempotency_key(self, key: str) -> None:
+        self._count("DELETE FROM idempotency WHERE key = %s AND job_id IS NULL", (key,))
+
+    def release_stale_reservations(self, older_than_s: float) -> int:
+        return self._count("DELETE FROM idempotency WHERE job_id IS NULL AND created_at < %s",
+                           (time.time() - older_than_s,))
+
+    # ---- reading ------------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._one("SELECT * FROM jobs WHERE id = %s", (job_id,))
+        return _record(row) if row else None
+
+    def pending(self, limit: int = 1000) -> list[QueuedJob]:
+        rows = self._all("SELECT id, model, batch_key, created_at, weights, priority, activation_bytes FROM jobs "
+                         "WHERE status = %s ORDER BY created_at, id LIMIT %s", (JobStatus.PENDING.value, limit))
+        return [QueuedJob(r["id"], r["model"], r["batch_key"], r["created_at"], r["weights"], r["priority"],
+                          r["activation_bytes"]) for r in rows]
+
+    def pending_by_weights(self) -> dict[str, int]:
+        rows = self._all("SELECT weights, COUNT(*) AS n FROM jobs WHERE status = %s GROUP BY weights",
+                         (JobStatus.PENDING.value,))
+        return {r["weights"]: r["n"] for r in rows}
+
+    def queue_position(self, job_id: str) -> int | None:
+        row = self._one(
+            "SELECT j.status, (SELECT COUNT(*) FROM jobs o WHERE o.status = %s AND (o.created_at < j.created_at OR "
+            "(o.created_at = j.created_at AND o.id < j.id))) AS ahead FROM jobs j WHERE j.id = %s",
+            (JobStatus.PENDING.value, job_id))
+        if row is None or row["status"] != JobStatus.PENDING:
+            return None
+        return int(row["ahead"])
+
+    def list_jobs(self, owner: str | None, limit: int, before: tuple[float, str] | None = None,
+                  model: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        where, args = ["owner IS NOT DISTINCT FROM %s"], [owner]
+        if before is not None:
+            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+            args += [before[0], before[0], before[1]]
+        if model is not None:
+            where.append("model = %s")
+            args.append(model)
+        if status is not None:
+            where.append("status = %s")
+            args.append(status.value)
+        rows = self._all(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC "
+                         "LIMIT %s", (*args, limit))
+        return [_record(r) for r in rows]
+
+    def delete(self, job_id: str) -> bool:
+        return self._count("DELETE FROM jobs WHERE id = %s AND status IN (%s, %s, %s)", (job_id, *_FINAL)) == 1
+
+    def expire_candidates(self, finished_before: float, limit: int = 500) -> list[JobRecord]:
+        rows = self._all("SELECT * FROM jobs WHERE NOT files_expired AND status IN (%s, %s, %s) AND finished_at < %s "
+                         "ORDER BY finished_at LIMIT %s", (*_FINAL, finished_before, limit))
+        return [_record(r) for r in rows]
+
+    def mark_files_expired(self, job_ids: list[str]) -> None:
+        self._count("UPDATE jobs SET files_expired = TRUE WHERE id = ANY(%s)", (job_ids,))
+
+    def counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self._all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")}
+
+    def active_count(self) -> int:
+        row = self._one("SELECT COUNT(*) AS n FROM jobs WHERE status IN (%s, %s)",
+                        (JobStatus.PENDING.value, JobStatus.PROCESSING.value))
+        return int(row["n"]) if row else 0
+
+    def jobs_since(self, owner: str, since: float) -> tuple[int, float]:
+        row = self._one("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs WHERE owner = %s AND "
+                        "created_at >= %s", (owner, since))
+        assert row is not None
+        return int(row["n"]), float(row["oldest"] or since)
+
+    # ---- running ------------------------------------------------------------------------------------------
+    def claim(self, job_ids: list[str], worker: str, owner: str | None = None) -> list[JobRecord]:
+        holder = owner or owner_id(worker)
+
+        def take(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:
+            now = time.time()
+            # Rows another engine is claiming right now are skipped, not waited for: it gets them.
+            cur.execute("SELECT id FROM jobs WHERE id = ANY(%s) AND status = %s ORDER BY created_at, id "
+                        "FOR UPDATE SKIP LOCKED", (job_ids, JobStatus.PENDING.value))
+            ids = [r["id"] for r in cur.fetchall()]
+            if not ids:
+                return []
+            cur.execute("UPDATE jobs SET status = %s, worker = %s, started_at = %s, attempts = attempts + 1, "
+                        "lease_owner = %s, lease_expires = %s, cancel_requested = FALSE WHERE id = ANY(%s) "
+                        "RETURNING *", (JobStatus.PROCESSING.value, worker, now, holder, now + self.lease_s, ids))
+            rows = {r["id"]: r for r in cur.fetchall()}
+            return [rows[i] for i in ids]
+
+        return [_record(r) for r in self._run(take)]
+
+    def renew(self, claims: list[Claim]) -> set[str]:
+        if not claims:
+            return set()
+
+        def extend(cur: psycopg.Cursor[dict[str, Any]]) -> set[str]:
+            until = time.time() + self.lease_s
+            cancel = set()
+            for c in claims:
+                cur.execute("UPDATE jobs SET lease_expires = %s WHERE id = %s AND status = %s AND lease_owner = %s "
+                            "AND attempts = %s", (until, c.job_id, JobStatus.PROCESSING.value, c.owner, c.attempt))
+                cur.execute("SELECT cancel_requested FROM jobs WHERE id = %s", (c.job_id,))
+                row = cur.fetchone()
+                if row is not None and row["cancel_requested"]:
+                    cancel.add(c.job_id)
+            return cancel
+
+        return self._run(extend)
+
+    def requeue_expired(self) -> list[str]:
+        rows = self._all("SELECT id, lease_owner, lease_expires, attempts FROM jobs WHERE status = %s",
+                         (JobStatus.PROCESSING.value,))
+        now = time.time()
+        lapsed = [r for r in rows if (r["lease_expires"] or 0) < now or holder_gone(r["lease_owner"])]
+        if not lapsed:
+            return []
+
+        def give_back(cur: psycopg.Cursor[dict[str, Any]]) -> list[str]:
+            back = []
+            for r in lapsed:
+                cur.execute(
+                    "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
+                    "progress_step = 0 WHERE id = %s AND status = %s AND attempts = %s AND "
+                    "lease_owner IS NOT DISTINCT FROM %s",
+                    (JobStatus.PENDING.value, r["id"], JobStatus.PROCESSING.value, r["attempts"], r["lease_owner"]))
+                if cur.rowcount:
+                    back.append(r["id"])
+            return back
+
+        return self._run(give_back)
+
+    def requeue(self, job_ids: list[str], claims: list[Claim] | None = None) -> int:
+        held = {c.job_id: c for c in claims or []}
+
+        def give_back(cur: psycopg.Cursor[dict[str, Any]]) -> int:
+            n = 0
+            for jid in job_ids:
+                guard, args = ("AND lease_owner = %s AND attempts = %s", (held[jid].owner, held[jid].attempt)) \
+                    if jid in held else ("", ())
+                cur.execute("UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
+                            f"progress_step = 0 WHERE id = %s AND status = %s {guard}",
+                            (JobStatus.PENDING.value, jid, JobStatus.PROCESSING.value, *args))
+                n += cur.rowcount
+            return n
+
+        return self._run(give_back)
+
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        self._count("UPDATE jobs SET progress_step = %s, progress_total = %s WHERE id = %s", (step, total, job_id))
+
+    def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
+        def record(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+            for position, jid in enumerate(job_ids):
+                cur.execute("UPDATE jobs SET batch = %s WHERE id = %s", (Jsonb({**batch, "position": position}), jid))
+
+        self._run(record)
+
+    def complete(self, job_id: str, result: dict[str, Any], claim: Claim | None = None) -> bool:
+        return self._finish(job_id, JobStatus.COMPLETED, claim, result=result)
+
+    def fail(self, job_id: str, error: dict[str, Any], claim: Claim | None = None) -> bool:
+        return self._finish(job_id, JobStatus.FAILED, claim, error=error)
+
+    def mark_cancelled(self, job_id: str, claim: Claim | None = None) -> bool:
+        return self._finish(job_id, JobStatus.CANCELLED, claim, error=CANCELLED_ERROR)
+
+    def _finish(self, job_id: str, status: JobStatus, claim: Claim | None, result: dict[str, Any] | None = None,
+                error: dict[str, Any] | None = None) -> bool:
+        guard, args = ("AND lease_owner = %s AND attempts = %s", (claim.owner, claim.attempt)) if claim else ("", ())
+        return self._count(
+            "UPDATE jobs SET status = %s, result = %s, error = %s, finished_at = %s, finishes = finishes + 1, "
+            f"lease_owner = NULL, lease_expires = NULL WHERE id = %s AND status = %s {guard}",
+            (status.value, _json(result), _json(error), time.time(), job_id, JobStatus.PROCESSING.value, *args)) == 1
+
+    def cancel_if_pending(self, job_id: str) -> bool:
+        return self._count("UPDATE jobs SET status = %s, error = %s, finished_at = %s, finishes = finishes + 1 "
+                           "WHERE id = %s AND status = %s", (JobStatus.CANCELLED.value, Jsonb(CANCELLED_ERROR),
+                                                             time.time(), job_id, JobStatus.PENDING.value)) == 1
+
+    def request_cancel(self, job_id: str) -> bool:
+        return self._count("UPDATE jobs SET cancel_requested = TRUE WHERE id = %s AND status = %s",
+                           (job_id, JobStatus.PROCESSING.value)) == 1
+
+    # ---- webhooks -----------------------------------------------------------------------------------------
+    def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any], delivered: str | None) -> None:
+        def record(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+            cur.execute("SELECT webhook FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+            row = cur.fetchone()
+            if row is not None and row["webhook"]:
+                hook = row["webhook"]
+                hook["attempts"].append(attempt)
+                if delivered and delivered not in hook["delivered"]:
+                    hook["delivered"].append(delivered)
+                cur.execute("UPDATE jobs SET webhook = %s WHERE id = %s", (Jsonb(hook), job_id))
+
+        self._run(record)
+
+    def owed_webhooks(self) -> list[str]:
+        rows = self._all("SELECT id, webhook FROM jobs WHERE webhook IS NOT NULL AND status IN (%s, %s, %s)", _FINAL)
+        return [r["id"] for r in rows if owed(r["webhook"])]
+
+    # ---- the cluster's one engine -------------------------------------------------------------------------
+    def engine_lock(self) -> EngineLock:
+        return _AdvisoryEngineLock(self.url)
+
+
+class _AdvisoryEngineLock(EngineLock):
+    """A session advisory lock held on its own connection: released by PostgreSQL when that session ends (the
+    holder died, or lost its connection), so another front end can take over."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Any] | None = None
+        self._guard = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._guard:
+            if self._conn is not None:
+                return self._alive()
+            try:
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError:
+                return False
+            (got,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_ENGINE_LOCK,)).fetchone()  # type: ignore
+            if got:
+                self._conn = conn
+                return True
+            conn.close()
+            return False
+
+    def held(self) -> bool:
+        with self._guard:
+            return self._conn is not None and self._alive()
+
+    def _alive(self) -> bool:
+        assert self._conn is not None
+        try:
+            self._conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            self._conn.close()
+            self._conn = None
+            return False
+
+    def release(self) -> None:
+        with self._guard:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _json(value: dict[str, Any] | None) -> Jsonb | None:
+    return Jsonb(value) if value is not None else None
+
+
+def _record(row: dict[str, Any]) -> JobRecord:
+    data = dict(row)
+    data["status"] = JobStatus(data["status"])
+    data.pop("activation_bytes", None)
+    return JobRecord(**data)
