@@ -21,6 +21,7 @@ from server.engine.scheduler import VramAwareScheduler
 from server.engine.work import Cancelled, Completed, Outcome, RenderWork
 from server.engine.worker_handle import StepReport, WorkerHandle
 from server.jobs.sqlite import SqliteJobStore
+from server.media.blobs import LocalBlobs
 from server.media.storage import InputStore, OutputStore
 
 Script = Callable[[RenderWork, int], Outcome | None]
@@ -105,7 +106,7 @@ def rig(tmp_path: Path, workers: list[FakeWorker], max_batch: int = 4, lease_s: 
     store = SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=lease_s)
     costs = load_costs()
     scheduler = VramAwareScheduler(BatchConfig(max_batch=max_batch), workers[0].footprint, costs.transfer)
-    engine = Engine(store, scheduler, workers, OutputStore(tmp_path / "files"), InputStore(tmp_path / "inputs"),
+    engine = Engine(store, scheduler, workers, OutputStore(LocalBlobs(tmp_path)), InputStore(LocalBlobs(tmp_path)),
                     lambda _id: None, costs, wait_s=0.05, **kw)
     return Rig(engine, store, workers)
 

@@ -87,10 +87,10 @@ def file_b64(ctx: AppContext, name: str) -> str:
 
 
 def _b64_bytes(ctx: AppContext, name: str) -> bytes:
-    found = ctx.outputs.open_path(name)
-    if found is None:
+    data = ctx.outputs.read(name)
+    if data is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, "the output file is gone")
-    return base64.b64encode(found[0].read_bytes())
+    return base64.b64encode(data)
 
 
 class InlineImages:
@@ -118,8 +118,7 @@ class InlineImages:
 
 def file_size(ctx: AppContext, name: str) -> int:
     """Bytes of a stored output."""
-    found = ctx.outputs.open_path(name)
-    return found[0].stat().st_size if found else 0
+    return ctx.outputs.size(name) or 0
 
 
 def failure(record: JobRecord) -> ApiError:

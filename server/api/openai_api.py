@@ -13,7 +13,7 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,7 @@ from server.api.dialect_io import (
     validated,
     wait_done,
 )
+from server.api.files import file_response
 from server.api.openapi_doc import json_body
 from server.api.request_body import content_kind, read_json_or_multipart
 from server.asks import ImageAsk, ImageInput, VideoAsk
@@ -309,7 +310,7 @@ async def get_video(video_id: str, request: Request) -> JSONResponse:
 
 
 @router.get("/v1/videos/{video_id}/content")
-async def video_content(video_id: str, request: Request, variant: str = "video") -> FileResponse:
+async def video_content(video_id: str, request: Request, variant: str = "video") -> Response:
     """The finished MP4 (variant=video) or its first frame (variant=thumbnail)."""
     ctx = ctx_of(request)
     record = record_or_404(request, video_id, "video_id")
@@ -319,10 +320,10 @@ async def video_content(video_id: str, request: Request, variant: str = "video")
     if variant not in ("video", "thumbnail"):
         raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "variant must be video or thumbnail", "variant")
     name = entry["file"] if variant == "video" else entry["poster"]["file"]
-    found = ctx.outputs.open_path(name)
-    if found is None:
+    response = file_response(ctx.outputs, name, request)
+    if response is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, "the output file is gone")
-    return FileResponse(found[0], media_type=found[1])
+    return response
 
 
 @router.get("/v1/models")

@@ -1,39 +1,31 @@
-"""Files darkroom writes: normalised inputs of accepted jobs and generated outputs (images, clips).
+"""Files darkroom writes: normalised inputs of accepted jobs and generated outputs (images, clips), kept in a
+`Blobs` store (the data dir, or an S3-compatible bucket shared by several front ends).
 
-Output names are random (192 bits) and are the only names the file route will
-serve. Every write goes to a temporary file, is fsynced, then renamed, so a
-crash never leaves a half-written file under a real name.
+Output names are random (192 bits) and are the only names the file route will serve. Writes are whole objects
+(see server/media/blobs.py), so a crash never leaves a half-written file under a real name.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from server.media.blobs import Blobs, BlobStream
 from server.media.video import encode_mp4
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
 _EXT = {"png": "png", "jpeg": "jpg", "webp": "webp", "mp4": "mp4"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|mp4)$")
 _BY_EXT = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file, or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+_FILES = "files/"
+_TOMBS = "files/.expired/"
+_INPUTS = "inputs/"
 
 
 def encode(image: Image.Image, fmt: str, png_compress_level: int) -> bytes:
@@ -76,137 +68,113 @@ class StoredVideo:
 
 
 class OutputStore:
-    """Generated images under `<data_dir>/files`."""
+    """Generated images and clips, as `files/<name>` objects (the data dir's files/ folder, or a bucket)."""
 
-    def __init__(self, root: Path, png_compress_level: int = 1) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, blobs: Blobs, png_compress_level: int = 1) -> None:
+        self.blobs = blobs
         self.png_compress_level = png_compress_level
 
     def save(self, image: Image.Image, fmt: str) -> StoredImage:
         """Encode and store one image under a fresh unguessable name."""
         data = encode(image, fmt, self.png_compress_level)
         name = f"{secrets.token_urlsafe(24)}.{_EXT[fmt]}"
-        atomic_write(self.root / name, data)
+        self.blobs.put(_FILES + name, data)
         return StoredImage(name, image.width, image.height, CONTENT_TYPES[fmt], len(data))
 
     def save_video(self, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> StoredVideo:
         """Encode one clip to MP4 and store it, with a PNG poster of its first frame."""
         data = encode_mp4(frames, fps, audio, sample_rate)
         name = f"{secrets.token_urlsafe(24)}.mp4"
-        atomic_write(self.root / name, data)
+        self.blobs.put(_FILES + name, data)
         poster = self.save(Image.fromarray(frames[0]), "png")
         return StoredVideo(name, int(frames.shape[2]), int(frames.shape[1]), len(frames), fps,
                            audio is not None, len(data), poster)
 
-    def open_path(self, name: str) -> tuple[Path, str] | None:
-        """(path, content type) for a name this store generated; None for anything else.
+    def content_type(self, name: str) -> str | None:
+        """The content type of a name this store generates; None for any other name (nothing else is looked up,
+        so no traversal is possible)."""
+        return _BY_EXT[name.rsplit(".", 1)[1]] if _NAME.fullmatch(name) else None
 
-        Only the generated-name shape is accepted, so no traversal is possible,
-        and a symlink planted in the folder is not followed.
-        """
-        if not _NAME.fullmatch(name):
-            return None
-        path = self.root / name
-        try:
-            if path.is_symlink() or not path.is_file():
-                return None
-        except OSError:
-            return None
-        return path, _BY_EXT[name.rsplit(".", 1)[1]]
+    def read(self, name: str) -> bytes | None:
+        """An output's bytes; None for an unknown or malformed name."""
+        return self.blobs.get(_FILES + name) if self.content_type(name) else None
+
+    def size(self, name: str) -> int | None:
+        """An output's size in bytes; None when there is no such output."""
+        return self.blobs.size(_FILES + name) if self.content_type(name) else None
+
+    def local_path(self, name: str) -> Path | None:
+        """The output as a file on this machine (local store only; a planted symlink is never followed)."""
+        return self.blobs.local_path(_FILES + name) if self.content_type(name) else None
+
+    def stream(self, name: str, byte_range: tuple[int, int | None] | None = None) -> BlobStream | None:
+        """The output (or a byte range of it) as chunks, from wherever it is stored."""
+        return self.blobs.stream(_FILES + name, byte_range) if self.content_type(name) else None
 
     def remove(self, names: list[str]) -> None:
         """Delete generated files (a result that arrived too late to be kept, a deleted task)."""
         for name in names:
-            if _NAME.fullmatch(name):
-                (self.root / name).unlink(missing_ok=True)
+            if self.content_type(name):
+                self.blobs.delete(_FILES + name)
 
     def expire(self, names: list[str]) -> int:
         """Delete files whose time is up, leaving a tombstone so their URLs answer 410 rather than 404; the bytes
         freed."""
-        tombs = self.root / ".expired"
-        tombs.mkdir(exist_ok=True)
         freed = 0
         for name in names:
-            if not _NAME.fullmatch(name):
+            if not self.content_type(name):
                 continue
-            path = self.root / name
-            try:
-                freed += path.stat().st_size
-                path.unlink()
-            except OSError:
-                continue
-            (tombs / name).touch()
+            gone = self.blobs.delete(_FILES + name)
+            if gone:
+                freed += gone
+                self.blobs.put(_TOMBS + name, b"")
         return freed
 
     def expired(self, name: str) -> bool:
         """Whether `name` was a file of this store that has expired."""
-        return bool(_NAME.fullmatch(name)) and (self.root / ".expired" / name).exists()
+        return bool(self.content_type(name)) and self.blobs.size(_TOMBS + name) is not None
 
     def forget_expired(self, older_than: float) -> int:
         """Drop tombstones made before `older_than` (their URLs answer 404 from then on); how many."""
-        tombs = self.root / ".expired"
-        dropped = 0
-        if tombs.is_dir():
-            for path in tombs.iterdir():
-                try:
-                    if path.stat().st_mtime < older_than:
-                        path.unlink()
-                        dropped += 1
-                except OSError:
-                    continue
-        return dropped
+        old = [b.key for b in self.blobs.list(_TOMBS) if b.modified < older_than]
+        for key in old:
+            self.blobs.delete(key)
+        return len(old)
 
     def total_bytes(self) -> int:
-        """Bytes of every stored file (what a size cap counts)."""
-        return _tree_bytes(self.root)
+        """Bytes of every stored output (what a size cap counts)."""
+        return sum(b.size for b in self.blobs.list(_FILES) if not b.key.startswith(_TOMBS))
 
 
 class InputStore:
-    """Normalised copies of accepted jobs' input images under `<data_dir>/inputs/<job id>/`.
+    """Normalised copies of accepted jobs' input images, as `inputs/<job id>/<role>-<n>.png` objects.
 
     A job records its inputs by reference (`<job id>/<role>-<n>.png`), which `read` resolves; workers get the
-    bytes, so they need not share this filesystem.
+    bytes, so they need not share this storage.
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, blobs: Blobs) -> None:
+        self.blobs = blobs
 
     def save(self, job_id: str, role: str, index: int, image: Image.Image) -> str:
         """Store one input losslessly; returns the reference the job records."""
-        folder = self.root / job_id
-        folder.mkdir(exist_ok=True)
-        name = f"{role}-{index}.png"
-        atomic_write(folder / name, encode(image, "png", 1))
-        return f"{job_id}/{name}"
+        ref = f"{job_id}/{role}-{index}.png"
+        self.blobs.put(_INPUTS + ref, encode(image, "png", 1))
+        return ref
 
     def read(self, ref: str) -> bytes:
         """The bytes behind a reference `save` returned (rows of earlier releases hold absolute paths)."""
-        path = Path(ref) if Path(ref).is_absolute() else self.root / ref
-        return path.read_bytes()
+        if Path(ref).is_absolute():
+            return Path(ref).read_bytes()
+        data = self.blobs.get(_INPUTS + ref)
+        if data is None:
+            raise FileNotFoundError(ref)
+        return data
 
     def discard(self, job_id: str) -> int:
         """Remove a job's inputs (refused after they were written, deleted, or expired); the bytes freed."""
-        folder = self.root / job_id
-        if not folder.is_dir() or folder.is_symlink():
-            return 0
-        freed = _tree_bytes(folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        return freed
+        return self.blobs.delete_prefix(f"{_INPUTS}{job_id}/")
 
     def total_bytes(self) -> int:
         """Bytes of every stored input."""
-        return _tree_bytes(self.root)
-
-
-def _tree_bytes(root: Path) -> int:
-    """Bytes of the regular files under `root` (links not followed; files vanishing meanwhile skipped)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
+        return self.blobs.total_bytes(_INPUTS)

@@ -1,6 +1,7 @@
 """Files clients upload ahead of a request (Replicate's files API), referenced later by their URL.
 
-Each file is `<root>/<id>.bin` with `<id>.json` beside it (name, content type, checksums, owner, expiry). Ids are
+Each file is `uploads/<id>.bin` with `uploads/<id>.json` beside it (name, content type, checksums, owner, expiry)
+in the server's `Blobs` store (the data dir or the shared bucket). Ids are
 random (130 bits), and a file is visible only to the key that uploaded it. Files expire like job inputs
 (`retention_hours`); an expired file is gone to every reader and removed when next touched or swept.
 """
@@ -12,11 +13,11 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from server.media.storage import atomic_write
+from server.media.blobs import Blobs
 
+_PREFIX = "uploads/"
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ID_LENGTH = 26
 
@@ -47,11 +48,10 @@ class UploadedFile:
 
 
 class UploadStore:
-    """Uploaded files under `root`, scoped to the API key that uploaded them."""
+    """Uploaded files, scoped to the API key that uploaded them."""
 
-    def __init__(self, root: Path, retention_s: float | None) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, blobs: Blobs, retention_s: float | None) -> None:
+        self.blobs = blobs
         self.retention_s = retention_s
 
     def create(self, data: bytes, name: str, content_type: str, owner: str | None,
@@ -63,8 +63,8 @@ class UploadStore:
                               sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(),  # noqa: S324
                               created_at=now, expires_at=now + self.retention_s if self.retention_s else None,
                               owner=owner, metadata=metadata or {})
-        atomic_write(self.root / f"{record.id}.bin", data)
-        atomic_write(self.root / f"{record.id}.json", json.dumps(asdict(record)).encode())
+        self.blobs.put(f"{_PREFIX}{record.id}.bin", data)
+        self.blobs.put(f"{_PREFIX}{record.id}.json", json.dumps(asdict(record)).encode())
         return record
 
     def get(self, file_id: str, owner: str | None) -> UploadedFile | None:
@@ -72,7 +72,8 @@ class UploadStore:
         if not valid_id(file_id):
             return None
         try:
-            record = UploadedFile(**json.loads((self.root / f"{file_id}.json").read_text()))
+            raw = self.blobs.get(f"{_PREFIX}{file_id}.json")
+            record = UploadedFile(**json.loads(raw or b""))
         except (OSError, ValueError, TypeError):
             return None
         if record.expires_at is not None and record.expires_at <= time.time():
@@ -84,14 +85,11 @@ class UploadStore:
         """The file's bytes (same visibility rules as `get`)."""
         if self.get(file_id, owner) is None:
             return None
-        try:
-            return (self.root / f"{file_id}.bin").read_bytes()
-        except OSError:
-            return None
+        return self.blobs.get(f"{_PREFIX}{file_id}.bin")
 
     def list(self, owner: str | None) -> list[UploadedFile]:
         """`owner`'s live files, newest first."""
-        found = [self.get(p.stem, owner) for p in self.root.glob("*.json")]
+        found = [self.get(_id_of(b.key), owner) for b in self.blobs.list(_PREFIX) if b.key.endswith(".json")]
         return sorted((f for f in found if f is not None), key=lambda f: f.created_at, reverse=True)
 
     def delete(self, file_id: str, owner: str | None) -> bool:
@@ -105,16 +103,20 @@ class UploadStore:
         """Remove every expired file; how many."""
         removed = 0
         now = time.time()
-        for meta in self.root.glob("*.json"):
+        for meta in [b for b in self.blobs.list(_PREFIX) if b.key.endswith(".json")]:
             try:
-                expires = json.loads(meta.read_text()).get("expires_at")
-            except (OSError, ValueError):
+                expires = json.loads(self.blobs.get(meta.key) or b"").get("expires_at")
+            except (OSError, ValueError, AttributeError):
                 continue
             if expires is not None and expires <= now:
-                self._remove(meta.stem)
+                self._remove(_id_of(meta.key))
                 removed += 1
         return removed
 
     def _remove(self, file_id: str) -> None:
         for suffix in (".json", ".bin"):
-            (self.root / f"{file_id}{suffix}").unlink(missing_ok=True)
+            self.blobs.delete(f"{_PREFIX}{file_id}{suffix}")
+
+
+def _id_of(key: str) -> str:
+    return key.removeprefix(_PREFIX).rsplit(".", 1)[0]

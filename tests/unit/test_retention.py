@@ -10,14 +10,16 @@ from PIL import Image
 
 from server.jobs.sqlite import SqliteJobStore
 from server.jobs.store import NewJob, new_task_id
+from server.media.blobs import LocalBlobs
 from server.media.storage import InputStore, OutputStore
 from server.media.uploads import UploadStore
 from server.retention import Sweeper, files_expire_at
 
 
 def _stores(tmp_path: Path) -> tuple[SqliteJobStore, OutputStore, InputStore, UploadStore]:
-    return (SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=30.0), OutputStore(tmp_path / "files"),
-            InputStore(tmp_path / "inputs"), UploadStore(tmp_path / "uploads", retention_s=5.0))
+    blobs = LocalBlobs(tmp_path)
+    return (SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=30.0), OutputStore(blobs), InputStore(blobs),
+            UploadStore(blobs, retention_s=5.0))
 
 
 def _finished_job(store: SqliteJobStore, outputs: OutputStore, inputs: InputStore, size: int = 64) -> tuple[str, str]:
@@ -43,7 +45,7 @@ def test_age_expiry_removes_files_marks_tasks_and_leaves_tombstones(tmp_path: Pa
     assert files_expire_at(store.get(old_id), 60.0) == finished_at + 60.0  # type: ignore[arg-type]
     result = sweeper.sweep(now=finished_at + 61.0)  # type: ignore[operator]
     assert result.tasks == 1 and result.files_bytes > 0
-    assert outputs.open_path(old_file) is None and outputs.expired(old_file)
+    assert outputs.read(old_file) is None and outputs.expired(old_file)
     assert not (tmp_path / "inputs" / old_id).exists()
     assert store.get(old_id).files_expired  # type: ignore[union-attr]
     # The pending job's inputs are still needed: never touched, however old.
@@ -66,7 +68,7 @@ def test_size_cap_removes_oldest_first(tmp_path: Path) -> None:
     sweeper = Sweeper(store, outputs, inputs, uploads, retention_s=None, max_bytes=int(per_job * 2.5))
     result = sweeper.sweep()
     assert result.tasks == 2
-    assert [outputs.open_path(name) is None for _jid, name in jobs] == [True, True, False, False]
+    assert [outputs.read(name) is None for _jid, name in jobs] == [True, True, False, False]
     assert outputs.total_bytes() + inputs.total_bytes() <= per_job * 2.5
 
 
