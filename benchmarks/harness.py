@@ -103,7 +103,8 @@ class ServerProcess:
 
     def log(self) -> str:
         """The tail of what the server printed."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def stop(self) -> None:

@@ -21,7 +21,9 @@ from server.api.errors import install_error_handlers
 from server.api.openapi_doc import documented_openapi
 from server.api.registry import DIALECTS
 from server.api.request_body import BodySizeLimit
+from server.backends import build_workers, open_blobs, open_store
 from server.catalog import Catalog
+from server.cluster.leadership import EngineLeadership
 from server.context import AppContext
 from server.dialects import ModelNames
 from server.engine.completion import CompletionHub
@@ -29,9 +31,7 @@ from server.engine.costs import load_costs
 from server.engine.loop import Engine
 from server.engine.policy import BatchConfig
 from server.engine.scheduler import VramAwareScheduler
-from server.engine.worker import Worker, device_budget, resolve_devices, resolve_dtype
 from server.jobs.lock import DataDirLock
-from server.jobs.sqlite import SqliteJobStore
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
 from server.logs import RequestIdMiddleware
@@ -46,33 +46,9 @@ from server.settings import Settings
 from server.studio import routes as studio
 from server.version import __version__
 from server.webhooks import RetryPolicy, Webhooks, derive_secret, local_secret
-from weights.demo import build_demo
-from weights.locate import LocatedWeights, locate
-from weights.manifest import WeightsEntry, load_manifest
+from weights.manifest import load_manifest
 
 log = logging.getLogger("darkroom")
-
-
-def prepare_weights(settings: Settings, manifest: dict[str, WeightsEntry], needed: set[str]) -> dict[str, LocatedWeights]:
-    """Locate every needed weights entry; build demo weights where real ones are missing (unless demo=never)."""
-    located: dict[str, LocatedWeights] = {}
-    for name in sorted(needed):
-        entry = manifest[name]
-        where = locate(entry, settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
-        if where is None and settings.demo != "never":
-            log.warning("building demo weights for %s (no real weights in %s)", name, settings.resolved_weights_dir)
-            build_demo(entry, settings.demo_weights_dir)
-            where = locate(entry, settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
-        if where is None:
-            raise RuntimeError(f"no weights for {name}: run `darkroom weights pull {name}` (or allow demo weights)")
-        located[name] = where
-    demo = sorted(n for n, w in located.items() if w.demo)
-    if demo:
-        banner = "!" * 78
-        log.warning("%s\nDEMO MODE: %s run on tiny RANDOM weights. Outputs are noise, not edits.\n"
-                    "Pull real weights with `darkroom weights pull NAME` (see `darkroom weights list`).\n%s",
-                    banner, ", ".join(demo), banner)
-    return located
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -97,29 +73,32 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.models:
         catalog = catalog.only(settings.models)
     needed = catalog.weights_needed()
-    located = prepare_weights(settings, manifest, needed)
-    acceleration = acceleration.serving(catalog, frozenset(name for name, w in located.items() if w.demo))
+    # The load profile does not depend on which weights turn out to be demo ones; the step-cache presets do.
+    backend = build_workers(settings, manifest, needed, acceleration.serving(catalog))
+    located = backend.located
+    demo = frozenset(name for name, w in located.items() if w.demo)
+    if demo:
+        banner = "!" * 78
+        log.warning("%s\nDEMO MODE: %s run on tiny RANDOM weights. Outputs are noise, not edits.\n"
+                    "Pull real weights with `darkroom weights pull NAME` (see `darkroom weights list`).\n%s",
+                    banner, ", ".join(sorted(demo)), banner)
+    acceleration = acceleration.serving(catalog, demo)
+    workers = backend.handles
 
-    store = SqliteJobStore(data / "jobs.sqlite3", lease_s=settings.lease_s, synchronous=settings.sqlite_synchronous)
+    store = open_store(settings)
     # Leases held by a process of this machine that is gone (the last run of this server, killed) lapse now.
     requeued = store.requeue_expired()
     if requeued:
         log.warning("re-queued %d job(s) interrupted by the last shutdown", len(requeued))
     store.release_stale_reservations(older_than_s=60.0)
-    outputs = OutputStore(data / "files", settings.png_compress_level)
-    inputs = InputStore(data / "inputs")
+    blobs = open_blobs(settings)
+    outputs = OutputStore(blobs, settings.png_compress_level)
+    inputs = InputStore(blobs)
     hub = CompletionHub()
-    reserve = int(settings.vram_reserve_gb * 1e9)
     costs = load_costs(settings.config("costs.toml"))
     memory = load_memory_table(settings.config("memory.toml"))
     # Compiled graphs persist under the data dir, so a restart loads them instead of compiling again.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(settings.compile_cache_dir or data / "compile-cache")
-    limit = int(settings.memory_limit_gb * 1e9) if settings.memory_limit_gb else None
-    workers = [Worker(f"w{i}", dev, resolve_dtype(settings.dtype, dev), located, device_budget(dev, reserve, limit),
-                      ram_budget=int(settings.offload_ram_gb * 1e9), order=settings.residency_policy,
-                      transfer=costs.transfer, memory=memory,
-                      profiles={w: acceleration.load_profile(w) for w in needed})
-               for i, dev in enumerate(resolve_devices(settings.device))]
     scheduler = VramAwareScheduler(BatchConfig(settings.max_batch, settings.batch_max_wait_s, settings.priority_s),
                                    footprint=workers[0].footprint, transfer=costs.transfer)
     # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
@@ -154,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
                                 on_accepted=webhooks.accepted,
                                 presets=lambda model_id: acceleration.step_cache(model_id).encode(),
                                 on_refused=lambda reason: metrics.refusals.labels(reason).inc())
-    uploads = UploadStore(data / "uploads", settings.retention_s)
+    uploads = UploadStore(blobs, settings.retention_s)
     sweeper = Sweeper(store, outputs, inputs, uploads, settings.retention_s,
                       int(settings.max_files_gb * 1e9) if settings.max_files_gb else None)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
@@ -165,15 +144,24 @@ def create_app(settings: Settings) -> FastAPI:
             webhooks.builder(dialect.name, lambda record, base, event, shape=dialect.webhook: shape(record, base,
                                                                                                    event, ctx))
 
+    # With shared workers (a Ray cluster) only the front end holding the engine lock runs the engine.
+    leadership = EngineLeadership(engine, store.engine_lock(), backend.cluster,
+                                  on_lost=lambda reason: lifecycle.fault(reason)) if backend.cluster else None
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        engine.start()
+        if leadership is not None:
+            leadership.start()
+        else:
+            engine.start()
         webhooks.attach(asyncio.get_running_loop())
         sweeping = asyncio.create_task(sweeper.run(settings.sweep_interval_s))
         try:
             yield
         finally:
             sweeping.cancel()
+            if leadership is not None:
+                leadership.stop()
             lifecycle.draining = True
             await webhooks.stop()
             engine.stop()

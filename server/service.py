@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GenerationService", "ImageAsk", "ImageInput", "VideoAsk", "SEED_MAX"]
 
+_STORE_POLL_S = 1.0
 log = logging.getLogger("darkroom.jobs")
 
 SEED_MAX = 2**32 - 1
@@ -360,13 +361,19 @@ class GenerationService:
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Wait until the job is final or `timeout` passes; returns its latest record."""
         event = self.hub.register(job_id)
+        deadline = time.monotonic() + timeout
         try:
-            record = self.store.get(job_id)
-            if record is not None and record.status not in FINAL_STATES:
+            # The hub wakes us when this process's engine finishes the job; the store is read every second too,
+            # for jobs another process runs (a shared store: the engine may live in another front end).
+            while (left := deadline - time.monotonic()) > 0:
+                record = self.store.get(job_id)
+                if record is None or record.status in FINAL_STATES:
+                    break
                 try:
-                    await asyncio.wait_for(event.wait(), timeout)
+                    await asyncio.wait_for(event.wait(), min(left, _STORE_POLL_S))
+                    break
                 except TimeoutError:
-                    pass
+                    continue
         finally:
             self.hub.unregister(job_id, event)
         record = self.store.get(job_id)

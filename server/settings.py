@@ -39,6 +39,23 @@ class Settings(BaseSettings):
         "(and is a little faster per submit).")
     lease_s: float = Field(30.0, ge=2.0, le=3600.0, description="How long a claim on a running job lasts without "
                            "renewal; a job whose holder stops renewing goes back to the queue after it.")
+    database_url: SecretStr | None = Field(
+        None, description="A postgresql:// URL: jobs live in PostgreSQL, shared by every front end using it (default: "
+        "SQLite in the data dir).")
+    s3_bucket: str | None = Field(
+        None, description="Keep outputs, job inputs and uploads in this S3-compatible bucket, shared by every front "
+        "end (default: the data dir). Credentials from the usual AWS_* variables.")
+    s3_endpoint_url: str | None = Field(None, description="The bucket's S3 API endpoint (MinIO, Ceph...; default: AWS).")
+    s3_prefix: str = Field("", max_length=200, description="Key prefix inside the bucket.")
+    s3_region: str | None = Field(None, description="The bucket's region (default: us-east-1).")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: one worker per GPU of this machine; ray: one worker actor per GPU of a Ray "
+        "cluster (see docs/deployment.md).")
+    ray_address: str = Field("auto", description="The Ray cluster's head (host:port), for --backend ray.")
+    ray_namespace: str = Field("darkroom", min_length=1, max_length=100,
+                               description="Ray namespace of darkroom's worker actors.")
+    ray_wait_s: float = Field(600.0, ge=0.0, description="How long start-up waits for the first worker actor of the "
+                              "Ray cluster (its constructor loads the weights).")
     weights_dir: Path | None = Field(None, description="Where real weights are pulled to (default: <data_dir>/weights).")
     demo_weights_path: Path | None = Field(
         None, description="Where demo weights are built (default: <data_dir>/demo-weights)."

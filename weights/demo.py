@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from weights.locate import demo_weights_ready
+from weights.locate import LocatedWeights, demo_weights_ready, locate
 from weights.manifest import WeightsEntry
 
 # family -> "module:function" of its tiny builder, imported only when a build is asked for (diffusers is slow
@@ -54,3 +55,14 @@ def build_demo(entry: WeightsEntry, demo_dir: Path, force: bool = False) -> Path
 def build_all(entries: dict[str, WeightsEntry], demo_dir: Path, force: bool = False) -> list[Path]:
     """Build every entry's demo weights."""
     return [build_demo(e, demo_dir, force) for e in entries.values()]
+
+
+def locate_or_build(entry: WeightsEntry, weights_dir: Path, demo_dir: Path, demo_mode: str) -> LocatedWeights | None:
+    """Real weights when present; else demo weights, built first when missing (unless demo_mode is never)."""
+    where = locate(entry, weights_dir, demo_dir, demo_mode)
+    if where is None and demo_mode != "never":
+        logging.getLogger("darkroom").warning("building demo weights for %s (no real weights in %s)", entry.name,
+                                              weights_dir)
+        build_demo(entry, demo_dir)
+        where = locate(entry, weights_dir, demo_dir, demo_mode)
+    return where

@@ -18,9 +18,15 @@ async def health() -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     """200 when every model's weights are located and loaded and every worker thread is alive; else 503."""
     ctx = request.app.state.ctx
-    workers = [{"name": s.name, "device": s.device, "alive": s.alive, "fault": s.fault,
-                "loaded": sorted(r["weights"] for r in s.handle.snapshot()["resident"]), "busy_with": list(s.busy_with)}
-               for s in ctx.engine.slots]
+    engine = ctx.engine
+    workers = []
+    for s in engine.slots:
+        snap = s.handle.snapshot()
+        # A front end that does not run the engine (Ray backend, another front end holds the lock) has no worker
+        # threads: its workers count as serving while they answer.
+        alive = s.alive if engine.started else not snap.get("unreachable")
+        workers.append({"name": s.name, "device": s.device, "alive": alive, "fault": s.fault,
+                        "loaded": sorted(r["weights"] for r in snap["resident"]), "busy_with": list(s.busy_with)})
     problems = []
     if ctx.lifecycle.draining:
         problems.append(("restarting: " if ctx.lifecycle.restart else "draining: ") + ctx.lifecycle.reason)
@@ -28,9 +34,9 @@ async def ready(request: Request) -> JSONResponse:
     serving = [w for w in workers if w["alive"] and not w["fault"]]
     if not serving:
         problems.append("no worker running")
-    if not ctx.engine.ready.is_set():
+    if not engine.ready.is_set():
         problems.append("models still loading")
-    problems.extend(sorted(ctx.engine.load_failures.values()))
+    problems.extend(sorted(engine.load_failures.values()))
     body = {
         "status": "ready" if not problems else "not_ready",
         "problems": problems,
@@ -38,6 +44,7 @@ async def ready(request: Request) -> JSONResponse:
         "workers": workers,
         "weights": {name: ("demo" if w.demo else "real") for name, w in ctx.located.items()},
         "jobs": ctx.store.counts(),
-        "running": ctx.engine.running(),
+        "running": engine.running(),
+        "runs_engine": engine.started,
     }
     return JSONResponse(body, status_code=200 if not problems else 503)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from pipelines.base import RenderCancelled, RenderParams
@@ -25,7 +25,8 @@ from server.engine.policy import Placement, split_after_oom
 from server.engine.request import GenerationRequest
 from server.engine.results import output_names, save_outputs
 from server.engine.scheduler import Plan, Scheduler, WorkerView
-from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, RenderWork
+from server.engine.slots import Call, WorkerSlot
+from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, RenderWork, WorkerLost
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
 from server.jobs.store import Claim, JobRecord, JobStore
@@ -36,52 +37,6 @@ log = logging.getLogger("darkroom.engine")
 _GENERATION_FAILED = {"code": "generation_failed", "field": None,
                       "message": "the model failed while rendering this job; the server log has details for "}
 _OFFLOAD_LADDER = (Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD)
-
-
-@dataclass
-class WorkerSlot:
-    """The engine's side of one worker: the handle, its thread, its lease owner id and what it is doing."""
-
-    handle: WorkerHandle
-    owner: str
-    thread: threading.Thread | None = None
-    busy_with: tuple[str, ...] = ()
-    claims: list[Claim] = field(default_factory=list)
-    fault: str | None = None
-    """Set when the device failed in a way that poisons it, or the worker hung; the engine stops using it."""
-    beat: float = 0.0
-    """Monotonic time of the last sign of life while rendering (claim, each step); read by the watchdog."""
-
-    @property
-    def name(self) -> str:
-        """The worker's name."""
-        return self.handle.name
-
-    @property
-    def device(self) -> str:
-        """The worker's device."""
-        return self.handle.device
-
-    @property
-    def alive(self) -> bool:
-        """Whether its thread runs."""
-        return bool(self.thread and self.thread.is_alive())
-
-    def snapshot(self) -> dict[str, Any]:
-        """The handle's view plus the engine's: fault and the batch it runs."""
-        return {**self.handle.snapshot(), "fault": self.fault, "current_batch": list(self.busy_with)}
-
-
-@dataclass(frozen=True)
-class _Call:
-    """Jobs rendered by one pipeline call, with their requests and claims."""
-
-    jobs: tuple[JobRecord, ...]
-    requests: tuple[GenerationRequest, ...]
-
-    @property
-    def ids(self) -> set[str]:
-        return {j.id for j in self.jobs}
 
 
 class Engine:
@@ -121,16 +76,35 @@ class Engine:
         self.reap_every_s = reap_every_s
         self.on_fault = on_fault
         self._claiming = True
+        self.started = False
+        """Whether this process runs the engine (with the Ray backend only the front end holding the engine lock
+        does; the others take requests and show the workers)."""
         # Set when a drain ran out of time: running jobs stop at their next step and go back to the queue.
         self._interrupt = threading.Event()
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start one thread per worker and the supervision thread."""
-        for slot in self.slots:
-            slot.thread = threading.Thread(target=self._run, args=(slot,), name=f"worker-{slot.name}", daemon=True)
-            slot.thread.start()
+        with self._cond:
+            self.started = True
+            for slot in self.slots:
+                self._start_slot(slot)
         threading.Thread(target=self._supervise, name="engine-supervision", daemon=True).start()
+
+    def _start_slot(self, slot: WorkerSlot) -> None:
+        slot.thread = threading.Thread(target=self._run, args=(slot,), name=f"worker-{slot.name}", daemon=True)
+        slot.thread.start()
+
+    def add_worker(self, worker: WorkerHandle) -> None:
+        """A worker that appeared after start-up (a GPU node joined the cluster): schedule onto it too."""
+        with self._cond:
+            if any(s.name == worker.name for s in self.slots):
+                return
+            slot = WorkerSlot(worker, owner_id(worker.name))
+            self.slots.append(slot)
+            if self.started:
+                self._start_slot(slot)
+            self._cond.notify_all()
 
     def stop_claiming(self) -> None:
         """Finish what is running but start nothing new (drain); queued jobs stay on disk."""
@@ -193,7 +167,7 @@ class Engine:
 
     def cpu_only(self) -> bool:
         """Whether every healthy worker is a CPU (renders there take orders of magnitude longer)."""
-        return all(s.device == "cpu" for s in self.slots if not s.fault)
+        return all(s.device.rsplit("/", 1)[-1] == "cpu" for s in self.slots if not s.fault)
 
     # ---- worker thread -----------------------------------------------------------------------------------
     def _run(self, slot: WorkerSlot) -> None:
@@ -230,7 +204,7 @@ class Engine:
                 self.load_failures[weights] = f"{weights} could not be loaded on {slot.device}"
         with self._cond:
             self._preloaded += 1
-            if self._preloaded == len(self.slots):
+            if self._preloaded >= len(self.slots):
                 self.ready.set()
 
     def _claim_next(self, slot: WorkerSlot) -> tuple[Plan | None, list[JobRecord]]:
@@ -238,7 +212,9 @@ class Engine:
         queue = self.store.pending()
         if not queue:
             return None, []
-        view = WorkerView(name=slot.name, device=slot.device, state=slot.handle.state())
+        peers = tuple(s.handle.state() for s in self.slots
+                      if s is not slot and not s.fault and not s.busy_with and s.alive)
+        view = WorkerView(name=slot.name, device=slot.device, state=slot.handle.state(), idle_peers=peers)
         plan = self.scheduler.schedule(queue, view, time.time())
         if plan is None:
             return None, []
@@ -258,12 +234,12 @@ class Engine:
             self.stats["batched_jobs"] += len(jobs)
             self.stats["shared_calls"] += int(shared)
             self.not_batched.update(plan.not_batched)
-        calls = [_Call(tuple(jobs), tuple(requests))] if shared else \
-            [_Call((j,), (r,)) for j, r in zip(jobs, requests, strict=True)]
+        calls = [Call(tuple(jobs), tuple(requests))] if shared else \
+            [Call((j,), (r,)) for j, r in zip(jobs, requests, strict=True)]
         for call in calls:
             self._run_call(slot, call, info)
 
-    def _work(self, call: _Call, force: Placement | None) -> RenderWork:
+    def _work(self, call: Call, force: Placement | None) -> RenderWork:
         """The render for a call: one request as it is, or several merged (prompts, seeds and inputs per image)."""
         first = call.requests[0]
         params = first.params
@@ -300,7 +276,7 @@ class Engine:
 
         return on_step
 
-    def _run_call(self, slot: WorkerSlot, call: _Call, info: dict[str, Any], force: Placement | None = None) -> None:
+    def _run_call(self, slot: WorkerSlot, call: Call, info: dict[str, Any], force: Placement | None = None) -> None:
         """One pipeline call and everything that can follow from its outcome (the one outcome path)."""
         claims = {j.id: Claim.of(j) for j in call.jobs}
         started = time.time()
@@ -328,6 +304,10 @@ class Engine:
                 self._done(job.id)
         elif isinstance(outcome, DeviceFault):
             self._take_out(slot, list(call.ids), "device fault", list(claims.values()))
+        elif isinstance(outcome, WorkerLost):
+            # The process is fine; only that worker is gone (a Ray actor or its node): no restart.
+            self._take_out(slot, list(call.ids), f"worker lost ({outcome.detail})", list(claims.values()),
+                           restart=False)
         elif isinstance(outcome, OutOfMemory) and len(call.jobs) > 1:
             with self._cond:
                 self.stats["oom_splits"] += 1
@@ -335,7 +315,7 @@ class Engine:
                         info["id"], len(call.jobs), slot.device, memory_before, slot.handle.memory_allocated())
             half, _rest = split_after_oom(len(call.jobs))
             for part in (slice(0, half), slice(half, None)):
-                sub = _Call(call.jobs[part], call.requests[part])
+                sub = Call(call.jobs[part], call.requests[part])
                 self.store.set_batch([j.id for j in sub.jobs], {**info, "id": secrets.token_hex(6),
                                                                  "size": len(sub.jobs), "split_from": info["id"],
                                                                  "shared_call": len(sub.jobs) > 1})
@@ -357,7 +337,7 @@ class Engine:
         elif isinstance(outcome, Failed) and outcome.error is not None and len(call.jobs) > 1:
             # One request's own problem: run them one by one so each gets its own answer.
             for job, request in zip(call.jobs, call.requests, strict=True):
-                self._run_call(slot, _Call((job,), (request,)), info)
+                self._run_call(slot, Call((job,), (request,)), info)
         else:
             assert isinstance(outcome, Failed)
             for job in call.jobs:
@@ -401,8 +381,10 @@ class Engine:
             self.observe(record)
         self.on_finished(job_id)
 
-    def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim]) -> None:
-        """The device is poisoned or the worker hung: stop using it and give its jobs back to the queue."""
+    def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim],
+                  restart: bool = True) -> None:
+        """The device is poisoned, the worker hung or went away: stop using it and give its jobs back to the queue
+        (and, for a poisoned device or a hung thread, ask for a process restart)."""
         with self._cond:
             if slot.fault:
                 return
@@ -410,9 +392,11 @@ class Engine:
         requeued = self.store.requeue(job_ids, claims)
         log.error("%s: %s; worker %s taken out, %d job(s) re-queued", slot.device, reason, slot.name, requeued)
         with self._cond:
-            self.stats["device_faults" if reason == "device fault" else "hung_workers"] += 1
+            kind = "device_faults" if reason == "device fault" else "hung_workers" if restart else "workers_lost"
+            self.stats[kind] += 1
             self._cond.notify_all()
-        self.on_fault(slot.fault)
+        if restart:
+            self.on_fault(slot.fault)
 
     # ---- supervision -------------------------------------------------------------------------------------
     def _supervise(self) -> None:

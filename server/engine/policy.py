@@ -324,6 +324,23 @@ def batch_key_difference(a: str, b: str, names: Sequence[str] = ()) -> str:
     return "same"
 
 
+def start_seconds(device: DeviceState, model: str, model_bytes: int, transfer: Transfer) -> float:
+    """Seconds before `device` could start running `model`: 0 when resident, else its load (from host RAM when
+    parked there, else from disk)."""
+    if device.resident(model):
+        return 0.0
+    return transfer.load_seconds(model_bytes, from_ram=model in device.ram)
+
+
+def routed_elsewhere(model: str, model_bytes: int, me: DeviceState, idle_peers: Sequence[DeviceState],
+                     transfer: Transfer) -> bool:
+    """Cluster routing: whether an idle peer could start `model` sooner than `me` (it holds the model resident,
+    or parked in its node's RAM where `me` would read from disk). That peer takes it; `me` leaves it alone, so
+    batches go where their model already is and loads happen only where they must."""
+    mine = start_seconds(me, model, model_bytes, transfer)
+    return any(start_seconds(p, model, model_bytes, transfer) < mine for p in idle_peers)
+
+
 def pick_batch(queue: Sequence[QueuedItem], device: DeviceState, now: float, config: BatchConfig,
                switch_seconds: Callable[[str], float], max_batch_for: Callable[[str, str], int] | None = None,
                key_difference: Callable[[str, str], str] | None = None) -> BatchChoice | None:

@@ -19,17 +19,20 @@ from server.engine.policy import (
     Transfer,
     largest_batch,
     pick_batch,
+    routed_elsewhere,
 )
 from server.jobs.store import QueuedJob
 
 
 @dataclass(frozen=True)
 class WorkerView:
-    """What the scheduler knows of a worker: its name, device and memory state."""
+    """What the scheduler knows of a worker: its name, device and memory state, and the states of the other
+    workers that are idle right now (the cluster routing rule looks at them)."""
 
     name: str
     device: str
     state: DeviceState
+    idle_peers: tuple[DeviceState, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class VramAwareScheduler:
         self.transfer = transfer
 
     def schedule(self, queue: Sequence[QueuedJob], worker: WorkerView, now: float) -> Plan | None:
+        # Models an idle peer can start sooner (resident there, or parked in its RAM) are that peer's to take.
+        elsewhere = {m for m in {j.weights or j.model for j in queue} if worker.idle_peers and routed_elsewhere(
+            m, self.footprint(m).bytes, worker.state, worker.idle_peers, self.transfer)}
+        queue = [j for j in queue if (j.weights or j.model) not in elsewhere]
         items = [QueuedItem(j.id, j.weights or j.model, j.batch_key, j.created_at, j.priority) for j in queue]
         activation: dict[tuple[str, str], int] = {}
         for j in queue:

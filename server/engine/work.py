@@ -75,4 +75,12 @@ class Failed:
     error: dict[str, Any] | None = None
 
 
-Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker went away mid-render (a Ray actor or its node died): the work never finished anywhere, and the
+    device may come back as a new worker; this process is fine."""
+
+    detail: str
+
+
+Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed | WorkerLost
