@@ -30,7 +30,7 @@ source = "test table"
 
 [[price]]
 dialect = "openai"
-model = "gpt-image-1"
+model = "gpt-image-1-mini"
 tier = "low"
 usd = 0.0625
 per = "image"
@@ -50,11 +50,11 @@ def _payloads(folder: Path) -> Path:
         {"id": "q-edit-2", "model": "flux-kontext-pro", "prompt": "make it gold", "images": ["red.png"],
          "params": {**fast, "aspect_ratio": "1:1"}},
         {"id": "q-too-big", "model": "flux-kontext-pro", "prompt": "noise", "images": ["noise.png"], "params": fast},
-        {"id": "o-edit", "dialect": "openai", "model": "gpt-image-1", "prompt": "make it green",
+        {"id": "o-edit", "dialect": "openai", "model": "gpt-image-1-mini", "prompt": "make it green",
          "images": ["red.png"], "params": {"quality": "low", "size": "1024x1024"}},
-        {"id": "o-gen", "dialect": "openai", "model": "gpt-image-1", "prompt": "a lighthouse",
+        {"id": "o-gen", "dialect": "openai", "model": "gpt-image-1-mini", "prompt": "a lighthouse",
          "params": {"quality": "low", "size": "1024x1024"}},
-        {"id": "o-edit-2", "dialect": "openai", "model": "gpt-image-1", "prompt": "at dusk", "images": ["red.png"],
+        {"id": "o-edit-2", "dialect": "openai", "model": "gpt-image-1-mini", "prompt": "at dusk", "images": ["red.png"],
          "params": {"quality": "low", "size": "1024x1024"}},
     ]
     path = folder / "payloads.jsonl"
@@ -95,7 +95,7 @@ def test_compare_two_servers_report(server: ServerProcess, keyed_server: ServerP
     # Qolaba polls a task: it has a first-progress time; OpenAI answers in one response: it has none.
     assert all(x["first_progress_s"] is not None for x in attempts if x["dialect"] == "qolaba" and x["ok"])
     assert all(x["first_progress_s"] is None for x in attempts if x["dialect"] == "openai")
-    # Side A is priced from the configured table: 3 Kontext images at 0.125 and 3 GPT Image (low) at 0.0625.
+    # Side A is priced from the configured table: 3 Kontext images at 0.125 and 3 GPT Image mini (low) at 0.0625.
     assert a["cost"]["basis"] == "price table" and a["cost"]["total_usd"] == 3 * 0.125 + 3 * 0.0625
     assert {row["source"] for row in a["cost"]["rows"]} == {"test table"}
     # Side B costs GPU time: $3.6/h is $0.001 per busy second.
