@@ -5,7 +5,10 @@ N concurrent clients to a running server (which batches them into shared pipelin
 acceleration preset). Wall time is from the first request to the last image in hand, pipeline loading excluded
 on both sides. Text-to-image and edits; one request alone as well (darkroom must never be slower there).
 
-    python -m benchmarks.side_by_side [--n 8] [--size 512] [--steps 28]
+    python -m benchmarks.side_by_side [--n 8] [--size 512] [--steps 28] [--repeats 3]
+
+Each figure is the median of `--repeats` runs (sides alternating), because on a small shared CPU one run of a
+few seconds swings by a fifth either way.
 
 On CPU it runs the demo weights of FLUX.1 Kontext. Both ids are measured: flux-kontext-pro (its fast preset:
 batching + step cache) and flux-kontext-max with the same steps (batching alone, output exactly the script's).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -92,7 +96,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--size", type=int, default=512, choices=(512, 1024))
     parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     args = parser.parse_args()
+
+    def median_of(run: Any) -> float:
+        return statistics.median(run() for _ in range(args.repeats))
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -108,12 +117,13 @@ def main() -> None:
                 reqs = requests(args.n, args.size, edit)
                 kind = "edit" if edit else "text-to-image"
                 darkroom(server, "flux-kontext-max", reqs[:1], args.size, 2)  # first-call warm-up, both sides
-                plain_s = plain_loop(weights, reqs, args.size, args.steps, tmp_path)
-                plain_one = plain_loop(weights, reqs[:1], args.size, args.steps, tmp_path)
+                plain_s = median_of(lambda: plain_loop(weights, reqs, args.size, args.steps, tmp_path))
+                plain_one = median_of(lambda: plain_loop(weights, reqs[:1], args.size, args.steps, tmp_path))
                 for model in ("flux-kontext-max", "flux-kontext-pro"):
-                    ours = darkroom(server, model, reqs, args.size, args.steps)
-                    ours_one = darkroom(server, model, reqs[:1], args.size, args.steps)
+                    ours = median_of(lambda: darkroom(server, model, reqs, args.size, args.steps))  # noqa: B023
+                    ours_one = median_of(lambda: darkroom(server, model, reqs[:1], args.size, args.steps))  # noqa: B023
                     row = {"kind": kind, "model": model, "n": args.n, "size": args.size, "steps": args.steps,
+                           "repeats": args.repeats,
                            "plain_loop_s": round(plain_s, 2), "darkroom_s": round(ours, 2),
                            "speedup": round(plain_s / ours, 2), "single_plain_s": round(plain_one, 2),
                            "single_darkroom_s": round(ours_one, 2), "single_speedup": round(plain_one / ours_one, 2)}
