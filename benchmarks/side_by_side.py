@@ -22,6 +22,7 @@ import io
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     args = parser.parse_args()
 
-    def median_of(run: Any) -> float:
-        return statistics.median(run() for _ in range(args.repeats))
+    def median_of(run: Callable[..., float], *run_args: Any) -> float:
+        return statistics.median(run(*run_args) for _ in range(args.repeats))
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,11 +118,11 @@ def main() -> None:
                 reqs = requests(args.n, args.size, edit)
                 kind = "edit" if edit else "text-to-image"
                 darkroom(server, "flux-kontext-max", reqs[:1], args.size, 2)  # first-call warm-up, both sides
-                plain_s = median_of(lambda: plain_loop(weights, reqs, args.size, args.steps, tmp_path))
-                plain_one = median_of(lambda: plain_loop(weights, reqs[:1], args.size, args.steps, tmp_path))
+                plain_s = median_of(plain_loop, weights, reqs, args.size, args.steps, tmp_path)
+                plain_one = median_of(plain_loop, weights, reqs[:1], args.size, args.steps, tmp_path)
                 for model in ("flux-kontext-max", "flux-kontext-pro"):
-                    ours = median_of(lambda: darkroom(server, model, reqs, args.size, args.steps))  # noqa: B023
-                    ours_one = median_of(lambda: darkroom(server, model, reqs[:1], args.size, args.steps))  # noqa: B023
+                    ours = median_of(darkroom, server, model, reqs, args.size, args.steps)
+                    ours_one = median_of(darkroom, server, model, reqs[:1], args.size, args.steps)
                     row = {"kind": kind, "model": model, "n": args.n, "size": args.size, "steps": args.steps,
                            "repeats": args.repeats,
                            "plain_loop_s": round(plain_s, 2), "darkroom_s": round(ours, 2),

@@ -73,5 +73,5 @@ class EngineLeadership:
                     for handle in self.cluster.discover():
                         log.info("worker %s joined (%s)", handle.name, handle.device)
                         self.engine.add_worker(handle)
-            except Exception:  # noqa: BLE001 - a failed round (database or cluster briefly away) is retried
+            except Exception:  # a failed round (database or cluster briefly away) is retried
                 log.exception("engine leadership round failed; retrying")
