@@ -227,9 +227,12 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
     if profile.channels_last:
         for name in (*denoisers, "vae"):
             module = getattr(main, name, None)
-            if module is not None:
+            # The layout is for 2-D convolutions only: a transformer has none, and a video VAE's 5-D kernels stay
+            # as they are (torch refuses to convert them).
+            ranks = {p.dim() for p in module.parameters()} if module is not None else set()
+            if 4 in ranks and 5 not in ranks:
                 module.to(memory_format=torch.channels_last)
-        applied.channels_last = True
+                applied.channels_last = True
 
     compile_on, compile_reason = choose_compile(profile.compile, device)
     if compile_on:

@@ -4,6 +4,7 @@ reason recorded; edits from different requests share one call and each equals it
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,9 @@ def test_the_fast_preset_skips_passes_within_its_quality_bound(kontext: FluxKont
     assert exact.stats["denoiser_passes"] == 28 and exact.stats["step_cache"] is None
     assert fast.stats["denoiser_passes"] <= 16, fast.stats  # the target for Kontext's fast preset: <= 16 of 28
     assert psnr(np.asarray(fast.images[0]), np.asarray(exact.images[0])) >= MIN_PSNR_DB
-    # The quality preset with the hooks installed is exactly the model without them.
-    bare = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32)
+    # The quality preset with the hooks installed is exactly the model without them (the rest of the profile kept).
+    bare = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32,
+                             replace(ACCEL.load_profile("flux1-kontext-dev"), step_cache_hooks=False))
     bare.load()
     assert np.array_equal(np.asarray(bare.render(_edit(), lambda *_: None).images[0]), np.asarray(exact.images[0]))
     # True CFG (a negative prompt) runs two passes per step: the cache stands down and says why.
@@ -135,3 +137,19 @@ def test_merged_edits_equal_their_solo_renders(demo_dir: Path, family: type, tas
             assert not diff.any()
         else:
             assert diff.max() <= 4 and (diff > 0).mean() < 5e-3
+
+
+def test_channels_last_converts_2d_convolutions_and_leaves_video_vaes(kontext: FluxKontextFamily) -> None:
+    """Kontext's profile asks for channels-last: its VAE's kernels are NHWC and the runtime says so. A 3-D (video)
+    VAE under the same profile is left as it is rather than failing to load."""
+    from types import SimpleNamespace
+
+    from pipelines.acceleration import apply_load_profile
+
+    assert kontext.profile.channels_last and kontext.applied is not None and kontext.applied.channels_last
+    conv = next(m for m in kontext.pipeline("edit").vae.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    video = SimpleNamespace(transformer=torch.nn.Linear(4, 4), vae=torch.nn.Conv3d(3, 3, 3))
+    applied = apply_load_profile(LoadProfile(compile="off", channels_last=True), {"video": video}, ("transformer",),
+                                 "cpu", torch.float32, dispatches=False)
+    assert not applied.channels_last and video.vae.weight.is_contiguous()
