@@ -34,7 +34,6 @@ class EngineLeadership:
         self.poll_s = poll_s
         self.discover_every_s = discover_every_s
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Try for the lock now (a sole front end starts its engine at once), then keep watching."""
@@ -42,8 +41,10 @@ class EngineLeadership:
         if not self.engine.started:
             # Workers are the cluster's: a front end that does not run the engine is ready once it sees them.
             self.engine.ready.set()
-        self._thread = threading.Thread(target=self._watch, name="engine-leadership", daemon=True)
-        self._thread.start()
+        # Two threads: discovery waits for a joining node's actor to load its weights, which must not hold up
+        # noticing a lost lock.
+        threading.Thread(target=self._watch, name="engine-leadership", daemon=True).start()
+        threading.Thread(target=self._discover, name="cluster-discovery", daemon=True).start()
 
     def stop(self) -> None:
         """Stop watching and give the lock up (the engine itself is stopped by the app)."""
@@ -63,15 +64,17 @@ class EngineLeadership:
             self._stop.set()
 
     def _watch(self) -> None:
-        waited = 0.0
         while not self._stop.wait(self.poll_s):
             try:
                 self._step()
-                waited += self.poll_s
-                if waited >= self.discover_every_s:
-                    waited = 0.0
-                    for handle in self.cluster.discover():
-                        log.info("worker %s joined (%s)", handle.name, handle.device)
-                        self.engine.add_worker(handle)
-            except Exception:  # a failed round (database or cluster briefly away) is retried
+            except Exception:  # a failed round (database briefly away) is retried
                 log.exception("engine leadership round failed; retrying")
+
+    def _discover(self) -> None:
+        while not self._stop.wait(self.discover_every_s):
+            try:
+                for handle in self.cluster.discover():
+                    log.info("worker %s joined (%s)", handle.name, handle.device)
+                    self.engine.add_worker(handle)
+            except Exception:  # a failed round (cluster briefly away) is retried
+                log.exception("cluster discovery failed; retrying")
