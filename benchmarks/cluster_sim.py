@@ -96,13 +96,8 @@ class ClusterSimulation(Simulation):
                 started = True
             if started:
                 continue
-            nxt = [d.free_at for d in self.devices if d.free_at > now]
-            if arrivals:
-                nxt.append(arrivals[0].arrival)
-            now = min(nxt)
-        self.out.makespan = max(d.free_at for d in self.devices) - self.jobs[0].arrival
-        self.out.busy_s = sum(d.busy_s for d in self.devices)
-        return self.out
+            now = self.next_event(arrivals, now)
+        return self.finished()
 
 
 def run(n: int = 600) -> dict[str, dict[str, dict[str, float]]]:

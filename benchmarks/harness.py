@@ -26,6 +26,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_or_kill(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """Wait for a process already asked to stop; SIGKILL it if it is still there after `grace_s`."""
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class ServerProcess:
     """`python -m server serve` on a free loopback port with its own data dir."""
 
@@ -110,11 +119,7 @@ class ServerProcess:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit."""
         self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        wait_or_kill(self.proc)
         self._log.close()
 
     def client(self, **kwargs: Any) -> httpx.Client:

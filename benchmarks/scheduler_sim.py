@@ -200,11 +200,18 @@ class Simulation:
                     for job in batch:
                         pending.remove(job)
                 continue
-            # Advance the clock to the next event.
-            nxt = [d.free_at for d in self.devices if d.free_at > now]
-            if arrivals:
-                nxt.append(arrivals[0].arrival)
-            now = min(nxt)
+            now = self.next_event(arrivals, now)
+        return self.finished()
+
+    def next_event(self, arrivals: list[Job], now: float) -> float:
+        """The clock's next stop: a device coming free or the next arrival."""
+        nxt = [d.free_at for d in self.devices if d.free_at > now]
+        if arrivals:
+            nxt.append(arrivals[0].arrival)
+        return min(nxt)
+
+    def finished(self) -> Outcome:
+        """The outcome once every job ran: makespan and busy seconds added."""
         self.out.makespan = max(d.free_at for d in self.devices) - self.jobs[0].arrival
         self.out.busy_s = sum(d.busy_s for d in self.devices)
         return self.out

@@ -102,9 +102,9 @@ class DialectClient(ABC):
         self.poll_s = poll_s
         self._host = urlsplit(self.base).netloc
 
-    @abstractmethod
     def auth_headers(self) -> dict[str, str]:
-        """The header this provider's clients send the key in."""
+        """The header this provider's clients send the key in (a bearer token unless the provider says otherwise)."""
+        return {"Authorization": f"Bearer {self.key}"}
 
     @abstractmethod
     async def run(self, payload: Payload, started: float) -> Reply:
@@ -195,9 +195,6 @@ class QolabaClient(DialectClient):
     name = "qolaba"
     done_states = frozenset({"completed", "failed", "cancelled"})
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
     async def run(self, payload: Payload, started: float) -> Reply:
         body: dict[str, Any] = {"model": payload.model, "prompt": payload.prompt}
         if payload.images:
@@ -228,9 +225,6 @@ class OpenAIClient(DialectClient):
     """OpenAI Images: edits (multipart, with the images) or generations (JSON); one response, no progress."""
 
     name = "openai"
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
     async def run(self, payload: Payload, started: float) -> Reply:
         if payload.kind == "video":
@@ -293,9 +287,6 @@ class ReplicateClient(DialectClient):
 
     name = "replicate"
     done_states = frozenset({"succeeded", "failed", "canceled"})
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
     async def run(self, payload: Payload, started: float) -> Reply:
         inputs: dict[str, Any] = {"prompt": payload.prompt}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.harness import wait_or_kill
 from tests.support import free_port
 
 
@@ -77,11 +78,7 @@ class PostgresServer:
                 os.kill(pid, signal.SIGINT)
             except (OSError, ValueError, IndexError):
                 self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            wait_or_kill(self.proc)
         self.proc = None
 
     def url(self, database: str) -> str:

@@ -6,7 +6,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 
 class JobStatus(StrEnum):
@@ -67,6 +67,15 @@ class QueuedJob:
     weights: str = ""
     priority: int = 0
     activation_bytes: int = 0
+
+    COLUMNS: ClassVar[str] = "id, model, batch_key, created_at, weights, priority, activation_bytes"
+    """The columns `from_row` reads, for the stores' SELECT."""
+
+    @classmethod
+    def from_row(cls, row: Any) -> QueuedJob:
+        """From a row of the jobs table (a psycopg dict row or a sqlite3.Row: both index by column name)."""
+        return cls(row["id"], row["model"], row["batch_key"], row["created_at"], row["weights"], row["priority"],
+                   row["activation_bytes"])
 
 
 @dataclass(frozen=True)

@@ -201,10 +201,9 @@ class PostgresJobStore(JobStore):
         return _record(row) if row else None
 
     def pending(self, limit: int = 1000) -> list[QueuedJob]:
-        rows = self._all("SELECT id, model, batch_key, created_at, weights, priority, activation_bytes FROM jobs "
-                         "WHERE status = %s ORDER BY created_at, id LIMIT %s", (JobStatus.PENDING.value, limit))
-        return [QueuedJob(r["id"], r["model"], r["batch_key"], r["created_at"], r["weights"], r["priority"],
-                          r["activation_bytes"]) for r in rows]
+        rows = self._all(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = %s ORDER BY created_at, id LIMIT %s",
+                         (JobStatus.PENDING.value, limit))
+        return [QueuedJob.from_row(r) for r in rows]
 
     def pending_by_weights(self) -> dict[str, int]:
         rows = self._all("SELECT weights, COUNT(*) AS n FROM jobs WHERE status = %s GROUP BY weights",
@@ -346,15 +345,6 @@ class PostgresJobStore(JobStore):
                 cur.execute("UPDATE jobs SET batch = %s WHERE id = %s", (Jsonb({**batch, "position": position}), jid))
 
         self._run(record)
-
-    def complete(self, job_id: str, result: dict[str, Any], claim: Claim | None = None) -> bool:
-        return self._finish(job_id, JobStatus.COMPLETED, claim, result=result)
-
-    def fail(self, job_id: str, error: dict[str, Any], claim: Claim | None = None) -> bool:
-        return self._finish(job_id, JobStatus.FAILED, claim, error=error)
-
-    def mark_cancelled(self, job_id: str, claim: Claim | None = None) -> bool:
-        return self._finish(job_id, JobStatus.CANCELLED, claim, error=CANCELLED_ERROR)
 
     def _finish(self, job_id: str, status: JobStatus, claim: Claim | None, result: dict[str, Any] | None = None,
                 error: dict[str, Any] | None = None) -> bool:

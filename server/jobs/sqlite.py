@@ -168,11 +168,9 @@ class SqliteJobStore(JobStore):
 
     def pending(self, limit: int = 1000) -> list[QueuedJob]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, model, batch_key, created_at, weights, priority, activation_bytes FROM jobs "
-                "WHERE status = ? ORDER BY created_at, id LIMIT ?", (JobStatus.PENDING, limit)).fetchall()
-        return [QueuedJob(r["id"], r["model"], r["batch_key"], r["created_at"], r["weights"], r["priority"],
-                          r["activation_bytes"]) for r in rows]
+            rows = self._conn.execute(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at, id "
+                                      "LIMIT ?", (JobStatus.PENDING, limit)).fetchall()
+        return [QueuedJob.from_row(r) for r in rows]
 
     def pending_by_weights(self) -> dict[str, int]:
         with self._lock:
@@ -333,15 +331,6 @@ class SqliteJobStore(JobStore):
                                                                         jid))
 
         self._write(record)
-
-    def complete(self, job_id: str, result: dict[str, Any], claim: Claim | None = None) -> bool:
-        return self._finish(job_id, JobStatus.COMPLETED, claim, result=result)
-
-    def fail(self, job_id: str, error: dict[str, Any], claim: Claim | None = None) -> bool:
-        return self._finish(job_id, JobStatus.FAILED, claim, error=error)
-
-    def mark_cancelled(self, job_id: str, claim: Claim | None = None) -> bool:
-        return self._finish(job_id, JobStatus.CANCELLED, claim, error=CANCELLED_ERROR)
 
     def _finish(self, job_id: str, status: JobStatus, claim: Claim | None, result: dict[str, Any] | None = None,
                 error: dict[str, Any] | None = None) -> bool:

@@ -136,17 +136,23 @@ class JobStore(ABC):
     def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
         """Record which batch ran each job (its position in it added)."""
 
-    @abstractmethod
     def complete(self, job_id: str, result: dict[str, Any], claim: Claim | None = None) -> bool:
         """processing -> completed (outputs are already stored); False when `claim` is no longer current."""
+        return self._finish(job_id, JobStatus.COMPLETED, claim, result=result)
 
-    @abstractmethod
     def fail(self, job_id: str, error: dict[str, Any], claim: Claim | None = None) -> bool:
         """processing -> failed with a client-safe error; False when `claim` is no longer current."""
+        return self._finish(job_id, JobStatus.FAILED, claim, error=error)
 
-    @abstractmethod
     def mark_cancelled(self, job_id: str, claim: Claim | None = None) -> bool:
         """processing -> cancelled (stopped at a step boundary on request)."""
+        return self._finish(job_id, JobStatus.CANCELLED, claim, error=CANCELLED_ERROR)
+
+    @abstractmethod
+    def _finish(self, job_id: str, status: JobStatus, claim: Claim | None, result: dict[str, Any] | None = None,
+                error: dict[str, Any] | None = None) -> bool:
+        """The one final transition: processing -> `status`, counted in `finishes`, only while `claim` (when
+        given) is the job's current lease; whether it happened."""
 
     @abstractmethod
     def cancel_if_pending(self, job_id: str) -> bool:

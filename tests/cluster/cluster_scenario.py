@@ -68,32 +68,18 @@ def cluster() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
-    server = S3Server()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def postgres(postgres_server: PostgresServer) -> PostgresServer:
+    """tests/conftest.py's PostgreSQL server, by the short name the scenario uses."""
+    return postgres_server
 
 
 @pytest.fixture(scope="session")
 def front_ends(tmp_path_factory: pytest.TempPathFactory, cluster: dict[str, Any], postgres: PostgresServer,
-               s3: S3Server) -> Iterator[list[ServerProcess]]:
+               s3_server: S3Server) -> Iterator[list[ServerProcess]]:
     demo = tmp_path_factory.mktemp("demo")
     build_demo(load_manifest()["flux1-kontext-dev"], demo)
     env = {"DARKROOM_BACKEND": "ray", "DARKROOM_RAY_ADDRESS": cluster["address"],
-           "DARKROOM_DATABASE_URL": postgres.fresh_database("darkroom"), "DARKROOM_S3_ENDPOINT_URL": s3.url,
+           "DARKROOM_DATABASE_URL": postgres.fresh_database("darkroom"), "DARKROOM_S3_ENDPOINT_URL": s3_server.url,
            "DARKROOM_S3_BUCKET": "darkroom-cluster", "DARKROOM_MODELS": "flux-kontext-pro,flux-kontext-max",
            "DARKROOM_MAX_BATCH": "1", "DARKROOM_LEASE_S": "5", "RAY_USAGE_STATS_ENABLED": "0",
            "DARKROOM_DEMO_WEIGHTS_PATH": str(demo)}
