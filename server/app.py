@@ -119,7 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
                     on_fault=lambda reason: lifecycle.fault(reason), memory=memory,
                     observe=lambda r: metrics.job_finished(r.model, str(r.status), r.created_at, r.started_at,
                                                            r.finished_at, r.result),
-                    observe_batch=lambda model, size: metrics.batch_size.labels(model).observe(size))
+                    observe_batch=lambda model, size: metrics.batch_size.labels(model).observe(size),
+                    save_threads=settings.save_threads)
     lifecycle = Lifecycle(engine, store, settings.drain_timeout_s, restart_on_fault=settings.restart_on_fault)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
         "it the oldest finished tasks' files are removed first (default: no cap).")
     sweep_interval_s: float = Field(60.0, gt=0.0, description="How often expired files are removed.")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG outputs (lossless at every level).")
+    save_threads: int = Field(2, ge=1, le=64, description=(
+        "Threads that encode and store finished outputs, off the device's thread (the next render starts while "
+        "the last one's PNGs are written)."))
     max_queue: int = Field(
         1000, ge=1, description="Most accepted jobs not yet finished; past it requests get 429 with Retry-After.")
     queue_retry_after_s: int = Field(10, ge=1, le=3600, description="Retry-After seconds sent with a 429.")

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +38,7 @@ log = logging.getLogger("darkroom.engine")
 _GENERATION_FAILED = {"code": "generation_failed", "field": None,
                       "message": "the model failed while rendering this job; the server log has details for "}
 _OFFLOAD_LADDER = (Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD)
+_SAVE_BACKLOG = 16  # rendered jobs whose outputs may wait for the savers at once
 
 
 class Engine:
@@ -48,7 +50,8 @@ class Engine:
                  on_fault: Callable[[str], None] = lambda _reason: None, reap_every_s: float = 2.0,
                  memory: Mapping[str, MemoryCoefficients] | None = None,
                  observe: Callable[[JobRecord], None] = lambda _record: None,
-                 observe_batch: Callable[[str, int], None] = lambda _model, _size: None) -> None:
+                 observe_batch: Callable[[str, int], None] = lambda _model, _size: None,
+                 save_threads: int = 2) -> None:
         self.store = store
         self.memory = memory or {}
         self.observe = observe
@@ -81,6 +84,12 @@ class Engine:
         does; the others take requests and show the workers)."""
         # Set when a drain ran out of time: running jobs stop at their next step and go back to the queue.
         self._interrupt = threading.Event()
+        # Finished renders are encoded and stored here, off the device's thread, so the next call starts at once
+        # (a batch of eight 1024-px PNGs is about half a second of zlib). Their leases stay renewed until stored;
+        # at most `_SAVE_BACKLOG` outputs wait, so a device faster than the encoders cannot pile up images.
+        self._savers = ThreadPoolExecutor(save_threads, thread_name_prefix="save")
+        self._saving: dict[str, Claim] = {}
+        self._save_slots = threading.BoundedSemaphore(_SAVE_BACKLOG)
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -113,12 +122,16 @@ class Engine:
             self._cond.notify_all()
 
     def running(self) -> list[str]:
-        """Ids of the jobs the healthy workers are rendering now."""
-        return [jid for s in self.slots if not s.fault for jid in s.busy_with]
+        """Ids of the jobs the healthy workers are rendering now, or whose outputs are being stored."""
+        with self._cond:
+            saving = list(self._saving)
+        return [jid for s in self.slots if not s.fault for jid in s.busy_with] + saving
 
     def running_claims(self) -> list[Claim]:
-        """The claims of the jobs the healthy workers are rendering now."""
-        return [c for s in self.slots if not s.fault for c in s.claims]
+        """The claims of the jobs the healthy workers are rendering now, or whose outputs are being stored."""
+        with self._cond:
+            saving = list(self._saving.values())
+        return [c for s in self.slots if not s.fault for c in s.claims] + saving
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no healthy worker is rendering (True) or `timeout` passes (False)."""
@@ -142,6 +155,7 @@ class Engine:
             # A worker taken out as hung may never return; its thread is a daemon and dies with the process.
             if slot.thread is not None and not slot.fault:
                 slot.thread.join(timeout)
+        self._savers.shutdown(wait=True)  # rendered outputs are stored before the process goes
 
     def notify(self) -> None:
         """New work was queued."""
@@ -291,9 +305,9 @@ class Engine:
                 offset += n
                 if job.id in self._cancel_requested:
                     self.store.mark_cancelled(job.id, claims[job.id])
+                    self._done(job.id)
                 else:
-                    self._record(job, request, part, started, claims[job.id])
-                self._done(job.id)
+                    self._save_later(job, request, part, started, claims[job.id])
         elif isinstance(outcome, Cancelled):
             if self._interrupt.is_set() and not call.ids <= self._cancel_requested:
                 self.store.requeue(list(call.ids), list(claims.values()))
@@ -344,6 +358,26 @@ class Engine:
                 error = outcome.error or _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id}
                 self.store.fail(job.id, error, claims[job.id])
                 self._done(job.id)
+
+    def _save_later(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
+                    claim: Claim) -> None:
+        """Hand a rendered job to the savers (waiting while the backlog is full)."""
+        self._save_slots.acquire()
+        with self._cond:
+            self._saving[job.id] = claim
+
+        def save() -> None:
+            try:
+                self._record(job, request, done, started, claim)
+                self._done(job.id)
+            except Exception:  # noqa: BLE001 - the store is down: the lease lapses and the job runs again
+                log.exception("could not finish %s; it goes back to the queue when its lease lapses", job.id)
+            finally:
+                with self._cond:
+                    self._saving.pop(job.id, None)
+                self._save_slots.release()
+
+        self._savers.submit(save)
 
     def _record(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
                 claim: Claim) -> None:

@@ -251,3 +251,45 @@ def test_a_fault_restarts_only_when_supervised(tmp_path: Path, supervised: bool)
     lifecycle.fault("cuda:0: device fault; taken out of service")
     assert exited.wait(5) is supervised
     assert lifecycle.restart is supervised and lifecycle.draining is supervised and engine.claiming is not supervised
+
+
+def test_outputs_are_stored_off_the_device_thread_under_a_renewed_lease(tmp_path: Path) -> None:
+    """The next render starts while the last one's outputs are still being written (a batch of PNGs is no longer
+    device time). The job being written keeps its lease past several lease lengths, runs once, and completes
+    once its outputs are in; a drain counts it as running until then."""
+    release, entered = threading.Event(), threading.Event()
+    worker = FakeWorker("w0")
+    r = rig(tmp_path, [worker], max_batch=1, lease_s=0.6, reap_every_s=0.1)
+    save = r.engine.outputs.save
+
+    def slow_save(image, fmt):  # type: ignore[no-untyped-def]
+        if image.getpixel((0, 0))[0] == 1:  # the first job's seed
+            entered.set()
+            release.wait(30)
+        return save(image, fmt)
+
+    r.engine.outputs.save = slow_save  # type: ignore[method-assign]
+    submit(r.store, "j0", request("first"))
+    r.engine.start()
+    try:
+        assert entered.wait(10)
+        submit(r.store, "j1", request("second"))
+        r.engine.notify()
+        deadline = time.monotonic() + 10
+        while len(worker.calls) < 2:
+            assert time.monotonic() < deadline, "the second render waited for the first one's outputs"
+            time.sleep(0.02)
+        time.sleep(1.5)  # 2.5 lease lengths, reaped every 0.1 s: only renewal keeps j0 its own
+        assert r.store.get("j0").status is JobStatus.PROCESSING and "j0" in r.engine.running()  # type: ignore[union-attr]
+        assert not r.engine.wait_idle(0.2)
+        release.set()
+        wait_final(r.store, ["j0", "j1"])
+        assert r.engine.wait_idle(5)
+    finally:
+        release.set()
+        r.engine.stop()
+    for jid in ("j0", "j1"):
+        record = r.store.get(jid)
+        assert record is not None and record.status is JobStatus.COMPLETED, record
+        assert record.attempts == 1 and record.finishes == 1 and record.result["images"]  # type: ignore[index]
+    assert len(worker.calls) == 2
