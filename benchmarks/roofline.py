@@ -113,13 +113,11 @@ def capture(fam: Family) -> tuple[dict[str, Captured], Callable[[], None]]:
 
 def measure_stage(stage: Captured, device: str, reps: int, ceiling: float, fam: Family,
                   known_flops: float | None = None) -> dict[str, Any]:
-    """Replay one captured call: ms, FLOPs, TFLOP/s, fraction of the ceiling, peak memory. (Replayed inside an
-    uncached step-cache context: a denoiser with the cache's hooks needs one, and nothing is skipped in it.)"""
+    """Replay one captured call: ms, FLOPs, TFLOP/s, fraction of the ceiling, peak memory. (Replayed without the
+    step cache: its hooks live only for the render that captured the call, so every replay is a full pass.)"""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.acceleration import StepCache, step_cache_call
-
-    with torch.inference_mode(), step_cache_call(fam.denoiser_modules(), StepCache(), not fam.sets_cache_context):
+    with torch.inference_mode():
         if fam.applied is not None and fam.applied.compile.get("active"):
             # A compiled region cannot run under the counter's dispatch mode (and a try poisons its frame): the
             # math is the plain profile's, counted there.

@@ -85,7 +85,7 @@ def measure(model_id: str, accel: Acceleration, catalog: Catalog, root: Path, si
         a, b = _pixels(exact), _pixels(cached)
         rows.append({"passes": cached.stats["denoiser_passes"], "uncached_passes": exact.stats["denoiser_passes"],
                      "psnr_db": psnr(a, b), "ssim": float(np.mean([ssim(x, y) for x, y in zip(a, b, strict=True)]))})
-    return {"id": model_id, "family": spec.family, "threshold": cache.threshold, "steps": params.num_inference_steps,
+    return {"id": model_id, "family": spec.family, "cache": cache.encode(), "steps": params.num_inference_steps,
             "size": side, "frames": frames, "passes": float(np.mean([r["passes"] for r in rows])),
             "uncached_passes": rows[0]["uncached_passes"], "psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
             "ssim": float(np.mean([r["ssim"] for r in rows])), "seeds": seeds}
@@ -113,7 +113,7 @@ def main() -> None:
         for model_id in tqdm(ids, desc="step cache quality", unit="id", disable=None):
             r = measure(model_id, accel, catalog, root, args.size, args.seeds)
             results.append(r)
-            tqdm.write(f"{model_id:22} threshold {r['threshold']:<5} passes {r['passes']:5.1f} of {r['uncached_passes']:3d}"
+            tqdm.write(f"{model_id:22} {r['cache']:17} passes {r['passes']:5.1f} of {r['uncached_passes']:3d}"
                   f"  PSNR {r['psnr_db']:6.1f} dB  SSIM {r['ssim']:.4f}")
     device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0).replace(" ", "_")
     out = write_result(device, "step_cache_quality", {"weights": "demo" if demo else str(args.weights_dir),

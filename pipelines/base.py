@@ -430,7 +430,8 @@ class Family(ABC):
         """Render at any size: natively up to `native_max_long_side`, above it natively at that size and
         then upscaled with a tiled img2img refine (pipelines/tiling.py). Progress counts both passes."""
         cache, why = self.cache_for(spec.params)
-        with step_cache_call(self.denoiser_modules(), cache, not self.sets_cache_context) as counter:
+        schedulers = [s for pipe in self.pipelines.values() if (s := getattr(pipe, "scheduler", None)) is not None]
+        with step_cache_call(self.denoiser_modules(), cache, not self.sets_cache_context, schedulers) as counter:
             result = self._render_sized(spec, on_step)
         result.stats = {"denoiser_passes": counter.passes, "step_cache": cache.encode() or None}
         if why:

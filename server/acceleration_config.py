@@ -45,17 +45,33 @@ class ModelAcceleration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cache: Literal["none", "fbcache"] = "none"
+    cache: Literal["none", "fbcache", "taylorseer"] = "none"
     cache_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    """fbcache: the relative change of the first block's output below which a step skips the rest."""
     demo_cache_threshold: float | None = Field(None, gt=0.0, le=1.0)
-    """The threshold on random demo weights, whose first-block residuals move differently from a trained
-    model's: set so that the demo skips about as many passes as the real model does at `cache_threshold`."""
+    """fbcache on random demo weights, whose first-block residuals move differently from a trained model's: set
+    so that the demo skips about as many passes as the real model does at `cache_threshold`."""
+    cache_interval: int = Field(0, ge=0)
+    """taylorseer: a full pass every this many steps (the ones between are extrapolated)."""
+    cache_warmup_steps: int = Field(3, ge=2)
+    """taylorseer: full passes before the first prediction (two give the first-order term)."""
 
     @model_validator(mode="after")
-    def _threshold(self) -> ModelAcceleration:
+    def _settings(self) -> ModelAcceleration:
         if self.cache == "fbcache" and self.cache_threshold <= 0:
             raise ValueError("cache = fbcache needs cache_threshold > 0")
+        if self.cache == "taylorseer" and self.cache_interval < 2:
+            raise ValueError("cache = taylorseer needs cache_interval >= 2 (1 would compute every step)")
         return self
+
+    def step_cache(self, demo: bool) -> StepCache:
+        """The cache a call runs with (on demo weights when `demo`)."""
+        if self.cache == "fbcache":
+            threshold = self.demo_cache_threshold if demo and self.demo_cache_threshold else self.cache_threshold
+            return StepCache("fbcache", threshold=threshold)
+        if self.cache == "taylorseer":
+            return StepCache("taylorseer", interval=self.cache_interval, warmup_steps=self.cache_warmup_steps)
+        return StepCache()
 
 
 class Acceleration:
@@ -101,8 +117,7 @@ class Acceleration:
         spec = self.catalog.any_spec(model_id)
         if accel is None or accel.cache == "none" or not family_class(spec.family).step_cache:
             return StepCache()
-        demo = spec.weights in self.demo_weights and accel.demo_cache_threshold is not None
-        return StepCache(accel.cache, accel.demo_cache_threshold if demo else accel.cache_threshold)
+        return accel.step_cache(demo=spec.weights in self.demo_weights)
 
     def load_profile(self, weights: str) -> LoadProfile:
         """What to apply when `weights` load: the file's settings, the step-cache hooks when some served id on
@@ -138,4 +153,4 @@ class Acceleration:
         cache = self.step_cache(model_id)
         return {"attention": list(profile.attention), "compile": profile.compile, "fp8": profile.fp8,
                 "fused_qkv": profile.fuse_qkv, "channels_last": profile.channels_last,
-                "step_cache": None if cache.kind == "none" else {"kind": cache.kind, "threshold": cache.threshold}}
+                "step_cache": cache.describe()}
