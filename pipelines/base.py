@@ -366,6 +366,13 @@ class Family(ABC):
         apply the load profile to their shared denoisers; compiled families warm up at the profile's sizes."""
         for pipe in pipelines.values():
             pipe.set_progress_bar_config(disable=True)
+            vae = getattr(pipe, "vae", None)
+            if vae is not None and hasattr(vae, "enable_slicing"):
+                # The memory rule (`activation_bytes`) counts one image's VAE peak whatever the batch, so a shared
+                # call encodes and decodes one image at a time: its VAE peak stays one image's (a batch of eight
+                # 1024-px Kontext decodes would otherwise need ~14 GiB more than admitted), each image is decoded
+                # exactly as its solo render is, and on a CPU it is faster per image (activations stay in cache).
+                vae.enable_slicing()
         self.pipelines = pipelines
         self.applied = apply_load_profile(self.profile, pipelines, self.denoisers, self.device, self.dtype,
                                           self.attention_dispatch, self.no_fusing())

@@ -163,9 +163,19 @@ def test_merged_edits_equal_their_solo_renders(demo_dir: Path, family: type, pre
     solo = [np.asarray(fam.render(RenderSpec(params(prompt=f"p{i}", seeds=(i + 1,)), sources=(src,),
                                              mask=masks[i] if inpaint else None), lambda *_: None).images[0])
             for i, src in enumerate(sources)]
-    merged = fam.render(RenderSpec(params(num_images=3, seeds=(1, 2, 3), prompts=("p0", "p1", "p2")),
-                                   sources=tuple(sources), masks=tuple(masks) if inpaint else ()),
-                        lambda *_: None)
+    vae = next(iter(fam.pipelines.values())).vae
+    vae_batches: list[int] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: vae_batches.append(args[0].shape[0]))
+             for m in (vae.encoder, vae.decoder)]
+    try:
+        merged = fam.render(RenderSpec(params(num_images=3, seeds=(1, 2, 3), prompts=("p0", "p1", "p2")),
+                                       sources=tuple(sources), masks=tuple(masks) if inpaint else ()),
+                            lambda *_: None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # The memory rule counts one image's VAE peak whatever the batch: a shared call encodes and decodes one by one.
+    assert vae_batches and set(vae_batches) == {1}, vae_batches
     if preset:  # inpaint at strength 0.75 runs 6 of the 8 steps
         assert merged.stats["denoiser_passes"] == KONTEXT_FAST.passes(6 if inpaint else 8) < (6 if inpaint else 8)
     merged = merged.images
