@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -183,18 +183,28 @@ def environment() -> dict[str, Any]:
     """Machine and package versions recorded with every result."""
     import torch
 
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:  # a GPU machine runs the benchmarks without the server's packages
+            return None
+
+    gpu = torch.cuda.is_available()
     return {
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "versions": {p: version(p) for p in ("torch", "diffusers", "transformers", "fastapi", "uvicorn")},
+        "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "cuda": torch.version.cuda if gpu else None,
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if gpu else None,
+        "versions": {p: installed(p) for p in ("torch", "diffusers", "transformers", "torchao", "fastapi", "uvicorn")},
     }
 
 
-def write_result(device_dir: str, name: str, payload: dict[str, Any]) -> Path:
-    """Write JSON under benchmarks/results/<device_dir>/<name>.json with the command line and environment."""
-    out = RESULTS / device_dir / f"{name}.json"
+def write_result(device_dir: str, name: str, payload: dict[str, Any], root: Path = RESULTS) -> Path:
+    """Write JSON under <root>/<device_dir>/<name>.json (root: benchmarks/results) with the command line and
+    environment."""
+    out = root / device_dir / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     body = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "environment": environment(),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}

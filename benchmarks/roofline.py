@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from benchmarks.harness import RESULTS, write_result
 from pipelines.acceleration import LoadProfile
 from pipelines.base import Family, RenderParams, RenderSpec, Task
 from pipelines.registry import family_class
@@ -157,8 +158,9 @@ def profile_for(name: str, base: LoadProfile, cache_hooks: bool, warmup: tuple[t
 
 
 def run_family(family: str, root: Path, device: str, dtype: torch.dtype, tiny: bool, reps: int, ceiling: float,
-               profiles: tuple[str, ...]) -> dict[str, Any]:
-    """Every profile's stages and end-to-end seconds for one family."""
+               profiles: tuple[str, ...], save: Callable[[dict[str, Any]], object] = lambda _r: None) -> dict[str, Any]:
+    """Every profile's stages and end-to-end seconds for one family; `save` gets the figures so far after each
+    profile (a run stopped at its time limit keeps them)."""
     from server.acceleration_config import Acceleration
     from server.catalog import Catalog
 
@@ -178,52 +180,68 @@ def run_family(family: str, root: Path, device: str, dtype: torch.dtype, tiny: b
     out: dict[str, Any] = {"family": family, "task": str(task), "size": side, "steps": steps, "frames": frames,
                            "profiles": {}}
     for name in profiles:
+        if name == "cache" and cache.kind == "none":
+            out["profiles"][name] = {"skipped": f"{model_id} has no step cache"}
+            continue
         started = time.perf_counter()
         try:
             fam = cls(root, device, dtype, profile_for(name, base, cache.kind != "none", ((side, side, frames),)))
             fam.load()
         except Exception as exc:  # noqa: BLE001 - a profile the device cannot run is recorded with its reason
             out["profiles"][name] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            save(out)
             continue
         load_s = time.perf_counter() - started
         applied = fam.applied.record() if fam.applied else {}
         if name == "attention" and applied.get("attention", {}).get("active") == "native":
-            reasons = applied["attention"]["reasons"]
+            reasons = applied["attention"]["reasons"] or ["the profile asks for native only"]
             out["profiles"][name] = {"skipped": "no backend beyond native here: " + "; ".join(reasons)}
-            continue
-        if name == "cache" and cache.kind == "none":
-            out["profiles"][name] = {"skipped": f"{model_id} has no step cache"}
-            continue
-        rows = {}
-        for batch in batches:
-            params = RenderParams(task, "a lighthouse at dusk, film grain", side, side, batch,
-                                  tuple(range(batch)), steps, 3.5, 0.75,
-                                  num_sources=0 if task is Task.GENERATE else 1, num_frames=frames,
-                                  fps=24.0 if frames else 0.0, preset=cache.encode() if name == "cache" else "")
-            source = Image.new("RGB", (side, side), (90, 120, 200))
-            got, undo = capture(fam)
-            sync(device)
-            started = time.perf_counter()
-            result = fam.render(RenderSpec(params, sources=(source,) * params.num_sources), lambda *_: None)
-            sync(device)
-            e2e = time.perf_counter() - started
-            undo()
-            stages = {stage: measure_stage(c, device, reps, ceiling, fam, flops_seen.get((batch, stage)))
-                      for stage, c in sorted(got.items())}
-            for stage, row in stages.items():
-                flops_seen.setdefault((batch, stage), row["tflop"] * 1e12)
-            rows[f"batch_{batch}"] = {"e2e_s": round(e2e, 3), "per_image_s": round(e2e / batch, 3),
-                                      "denoiser_passes": result.stats.get("denoiser_passes"), "stages": stages}
-        out["profiles"][name] = {"load_s": round(load_s, 2), "applied": applied, **rows}
+        else:
+            rows: dict[str, Any] = {}
+            for batch in batches:
+                try:
+                    rows[f"batch_{batch}"] = _measure_batch(fam, task, side, steps, batch, frames, cache, name,
+                                                            device, reps, ceiling, flops_seen)
+                except Exception as exc:  # noqa: BLE001 - a failing render (out of memory, a compile error) is a row
+                    rows[f"batch_{batch}"] = {"failed": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                    break  # a larger batch fails the same way
+            out["profiles"][name] = {"load_s": round(load_s, 2), "applied": applied, **rows}
         del fam
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+        save(out)
     return out
 
 
-def main() -> None:
-    from benchmarks.harness import write_result
+def _measure_batch(fam: Family, task: Task, side: int, steps: int, batch: int, frames: int, cache: Any, name: str,
+                   device: str, reps: int, ceiling: float, flops_seen: dict[tuple[int, str], float]) -> dict[str, Any]:
+    """One render of `batch` images end to end (after a two-step one at the same shapes, so first-call costs such
+    as library handles and kernel autotuning stay out of it), then each captured stage replayed."""
+    params = RenderParams(task, "a lighthouse at dusk, film grain", side, side, batch,
+                          tuple(range(batch)), steps, 3.5, 0.75,
+                          num_sources=0 if task is Task.GENERATE else 1, num_frames=frames,
+                          fps=24.0 if frames else 0.0, preset=cache.encode() if name == "cache" else "")
+    source = Image.new("RGB", (side, side), (90, 120, 200))
+    spec = RenderSpec(params, sources=(source,) * params.num_sources)
+    fam.render(replace(spec, params=replace(params, num_inference_steps=2)), lambda *_: None)
+    got, undo = capture(fam)
+    try:
+        sync(device)
+        started = time.perf_counter()
+        result = fam.render(spec, lambda *_: None)
+        sync(device)
+        e2e = time.perf_counter() - started
+    finally:
+        undo()
+    stages = {stage: measure_stage(c, device, reps, ceiling, fam, flops_seen.get((batch, stage)))
+              for stage, c in sorted(got.items())}
+    for stage, row in stages.items():
+        flops_seen.setdefault((batch, stage), row["tflop"] * 1e12)
+    return {"e2e_s": round(e2e, 3), "per_image_s": round(e2e / batch, 3),
+            "denoiser_passes": result.stats.get("denoiser_passes"), "stages": stages}
 
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="CPU (or any device), demo weights, small sizes")
     parser.add_argument("--families", default="flux-kontext,sdxl")
@@ -231,13 +249,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--weights-root", type=Path, default=None,
                         help="Folder with <family>/ full-size builds (default: build them into a temp dir)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="Where <device>/roofline.json goes (a device run points it at $OUT)")
     args = parser.parse_args()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     ceiling = matmul_ceiling(device, dtype, args.reps)
     print(f"{device}: matmul ceiling {ceiling:.2f} TFLOP/s ({dtype})")
     manifest = load_manifest()
-    results = []
+    label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")
+    results: list[dict[str, Any]] = []
+    payload = {"matmul_ceiling_tflop_per_s": round(ceiling, 3), "dtype": str(dtype)}
+    name = "roofline" + ("_tiny" if args.tiny else "")
+    out = args.results_dir
     with tempfile.TemporaryDirectory() as tmp:
         for family in tqdm(args.families.split(","), desc="roofline", unit="family", disable=None):
             entry = next(e for e in manifest.values() if e.family == family)
@@ -250,20 +274,26 @@ def main() -> None:
                 root = (args.weights_root / family) if args.weights_root else \
                     build_full_size(family, demo, Path(tmp) / "full" / family, device)
             r = run_family(family, root, device, dtype, args.tiny, args.reps, ceiling,
-                           tuple(args.profiles.split(",")))
+                           tuple(args.profiles.split(",")),
+                           save=lambda partial: write_result(label, name, {**payload, "results": [*results, partial]},
+                                                             root=args.results_dir))
             results.append(r)
-            for name, prof in r["profiles"].items():
+            out = write_result(label, name, {**payload, "results": results}, root=args.results_dir)
+            for profile, prof in r["profiles"].items():
                 if "skipped" in prof:
-                    tqdm.write(f"{family:16} {name:9} skipped: {prof['skipped'][:110]}")
+                    tqdm.write(f"{family:16} {profile:9} skipped: {prof['skipped'][:110]}")
                     continue
-                b1 = prof["batch_1"]
-                step = next((s for k, s in b1["stages"].items() if k.startswith("denoise_step")), {})
-                tqdm.write(f"{family:16} {name:9} e2e {b1['e2e_s']:7.2f} s  passes {b1['denoiser_passes']}  step "
-                      f"{step.get('ms', 0):8.2f} ms  {step.get('tflop_per_s', 0):7.3f} TFLOP/s "
-                      f"({step.get('fraction_of_matmul_ceiling') or 0:.0%} of ceiling)")
-    label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")
-    out = write_result(label, "roofline" + ("_tiny" if args.tiny else ""),
-                       {"matmul_ceiling_tflop_per_s": round(ceiling, 3), "dtype": str(dtype), "results": results})
+                for batch, row in prof.items():
+                    if not batch.startswith("batch_"):
+                        continue
+                    if "failed" in row:
+                        tqdm.write(f"{family:16} {profile:9} {batch:8} failed: {row['failed'][:110]}")
+                        continue
+                    step = next((s for k, s in row["stages"].items() if k.startswith("denoise_step")), {})
+                    tqdm.write(f"{family:16} {profile:9} {batch:8} e2e {row['e2e_s']:7.2f} s  passes "
+                               f"{row['denoiser_passes']}  step {step.get('ms', 0):8.2f} ms  "
+                               f"{step.get('tflop_per_s', 0):7.3f} TFLOP/s "
+                               f"({step.get('fraction_of_matmul_ceiling') or 0:.0%} of ceiling)")
     print(f"wrote {out}")
 
 

@@ -214,18 +214,25 @@ def choose_compile(mode: str, device: str) -> tuple[bool, str | None]:
     return True, None
 
 
-def _quantize_fp8(module: torch.nn.Module) -> None:
-    from torchao.quantization import quantize_
+def fp8_config() -> Any:
+    """torchao's fp8 config: dynamic activation and weight scales, one per row (torchao's default is one per tensor,
+    where a single outlier channel flattens the whole tensor's range; the runtime record says per-row)."""
+    from torchao.quantization import PerRow
 
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
 
-        config: Any = Float8DynamicActivationFloat8WeightConfig()
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     except ImportError:  # older torchao spells it as a function
         from torchao.quantization import float8_dynamic_activation_float8_weight
 
-        config = float8_dynamic_activation_float8_weight()
-    quantize_(module, config)
+        return float8_dynamic_activation_float8_weight(granularity=PerRow())
+
+
+def _quantize_fp8(module: torch.nn.Module) -> None:
+    from torchao.quantization import quantize_
+
+    quantize_(module, fp8_config())
 
 
 def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoisers: tuple[str, ...], device: str,
