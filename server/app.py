@@ -18,6 +18,7 @@ from server.api import engine as engine_api
 from server.api.auth import ApiKeyMiddleware
 from server.api.dialect import ErrorShaper
 from server.api.errors import install_error_handlers
+from server.api.idempotency import RESERVATION_STALE_S
 from server.api.openapi_doc import documented_openapi
 from server.api.registry import DIALECTS
 from server.api.request_body import BodySizeLimit
@@ -90,7 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     requeued = store.requeue_expired()
     if requeued:
         log.warning("re-queued %d job(s) interrupted by the last shutdown", len(requeued))
-    store.release_stale_reservations(older_than_s=60.0)
+    store.release_stale_reservations(older_than_s=RESERVATION_STALE_S)
     blobs = open_blobs(settings)
     outputs = OutputStore(blobs, settings.png_compress_level)
     inputs = InputStore(blobs)

@@ -36,7 +36,17 @@ from server.engine.sizing import (
     video_size,
 )
 from server.errors import ApiError, ErrorCode
-from server.jobs.store import FINAL_STATES, JobRecord, JobStatus, JobStore, NewJob, Quota, Refusal, new_task_id
+from server.jobs.store import (
+    FINAL_STATES,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    NewJob,
+    Quota,
+    Refusal,
+    ReservationLost,
+    new_task_id,
+)
 from server.limits import (
     check_image_limits,
     check_image_size,
@@ -284,8 +294,12 @@ class GenerationService:
                      request=request.to_json(), weights=request.weights, priority=request.priority,
                      activation_bytes=admission.activation_bytes, estimate=admission.estimate, owner=caller,
                      webhook=ask.webhook, dialect=ask.dialect_note)
-        created = self.store.create(job, max_active=self.max_queue, quota=Quota(quota) if quota > 0 else None,
-                                    idempotency_key=idempotency_key)
+        try:
+            created = self.store.create(job, max_active=self.max_queue, quota=Quota(quota) if quota > 0 else None,
+                                        idempotency_key=idempotency_key)
+        except ReservationLost:
+            self.inputs.discard(job_id)  # the key's job is another request's (submit_once answers with it)
+            raise
         if not created:
             self.inputs.discard(job_id)
             if created.refused is Refusal.QUOTA_EXCEEDED:

@@ -3,6 +3,12 @@
 Same key, same body -> the first request's task (whether it is pending, running or done); same key, another body
 -> 422 idempotency_key_reused. Keys are scoped by the API key that sent them and kept in the job database, so
 they survive restarts.
+
+While a request is being accepted its key is reserved, and the reservation is touched every `HEARTBEAT_S`. One
+not touched for `RESERVATION_STALE_S` belongs to a request whose process died mid-accept (kill -9, a crash): the
+next request with the key takes it over, so a client retrying after a crash gets its job accepted seconds after
+the restart instead of 409 until the next one. The binding of key to job is checked in the job's own insert, so
+even a request that stalled past the bound cannot make a second job for its key.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from fastapi import Request
 from server.api.auth import presented_key
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
+from server.jobs.store import ReservationLost
 
 HEADER = "idempotency-key"
 MAX_KEY = 255
+HEARTBEAT_S = 2.0
+RESERVATION_STALE_S = 10.0  # five missed heartbeats: the request's process is gone
 
 
 def body_digest(fields: dict[str, Any], files: dict[str, list[bytes]]) -> str:
@@ -49,19 +58,31 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
     owner = hashlib.sha256(presented_key(request.scope["headers"]) or b"").hexdigest()[:16]
     scoped = f"{owner}:{key}"
     for _ in range(100):
-        new, job_id, first_digest = ctx.store.reserve_idempotency_key(scoped, digest)
+        new, job_id, first_digest = ctx.store.reserve_idempotency_key(scoped, digest, RESERVATION_STALE_S)
         if first_digest != digest:
             raise ApiError(422, ErrorCode.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was already used with a "
                            "different request body; use a new key for a new request", "Idempotency-Key")
         if new:
+            heartbeat = asyncio.create_task(_keep_reserved(ctx, scoped))
             try:
                 job_id = await submit(scoped)
+            except ReservationLost:
+                continue  # this request stalled past the bound and another took the key: answer with its job
             except BaseException:
                 ctx.store.release_idempotency_key(scoped)
                 raise
+            finally:
+                heartbeat.cancel()
             return job_id, True
         if job_id is not None:
             return job_id, False
         await asyncio.sleep(0.05)  # the first request with this key is still being accepted
     raise ApiError(409, ErrorCode.IDEMPOTENCY_KEY_REUSED, "a request with this Idempotency-Key is still being "
                    "accepted; retry shortly", "Idempotency-Key")
+
+
+async def _keep_reserved(ctx: AppContext, scoped: str) -> None:
+    """Touch the reservation of a request being accepted, so no other request takes it over."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_S)
+        await asyncio.to_thread(ctx.store.touch_idempotency_key, scoped)

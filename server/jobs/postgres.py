@@ -36,6 +36,7 @@ from server.jobs.store import (
     QueuedJob,
     Quota,
     Refusal,
+    ReservationLost,
     owed,
 )
 
@@ -170,15 +171,22 @@ class PostgresJobStore(JobStore):
                  job.priority, job.activation_bytes, _json(job.estimate), job.owner, _json(job.webhook),
                  _json(job.dialect)))
             if idempotency_key is not None:
-                cur.execute("UPDATE idempotency SET job_id = %s WHERE key = %s", (job.id, idempotency_key))
+                cur.execute("UPDATE idempotency SET job_id = %s WHERE key = %s AND job_id IS NULL",
+                            (job.id, idempotency_key))
+                if not cur.rowcount:
+                    raise ReservationLost(idempotency_key)  # rolls the insert back
             return CreateResult()
 
         return self._run(insert)
 
-    def reserve_idempotency_key(self, key: str, body_sha: str) -> tuple[bool, str | None, str]:
+    def reserve_idempotency_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
         def reserve(cur: psycopg.Cursor[dict[str, Any]]) -> tuple[bool, str | None, str]:
+            now = time.time()
+            # created_at is when the reservation was last touched (see touch_idempotency_key).
+            cur.execute("DELETE FROM idempotency WHERE key = %s AND job_id IS NULL AND created_at < %s",
+                        (key, now - stale_after_s))
             cur.execute("INSERT INTO idempotency (key, body_sha, job_id, created_at) VALUES (%s, %s, NULL, %s) "
-                        "ON CONFLICT (key) DO NOTHING", (key, body_sha, time.time()))
+                        "ON CONFLICT (key) DO NOTHING", (key, body_sha, now))
             if cur.rowcount:
                 return True, None, body_sha
             cur.execute("SELECT body_sha, job_id FROM idempotency WHERE key = %s", (key,))
@@ -187,6 +195,9 @@ class PostgresJobStore(JobStore):
             return False, row["job_id"], row["body_sha"]
 
         return self._run(reserve)
+
+    def touch_idempotency_key(self, key: str) -> None:
+        self._count("UPDATE idempotency SET created_at = %s WHERE key = %s AND job_id IS NULL", (time.time(), key))
 
     def release_idempotency_key(self, key: str) -> None:
         self._count("DELETE FROM idempotency WHERE key = %s AND job_id IS NULL", (key,))

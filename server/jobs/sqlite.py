@@ -25,6 +25,7 @@ from server.jobs.store import (
     QueuedJob,
     Quota,
     Refusal,
+    ReservationLost,
     owed,
 )
 
@@ -135,21 +136,34 @@ class SqliteJobStore(JobStore):
                  job.priority, job.activation_bytes, _dump(job.estimate), job.owner, _dump(job.webhook),
                  _dump(job.dialect)),
             )
-            if idempotency_key is not None:
-                conn.execute("UPDATE idempotency SET job_id = ? WHERE key = ?", (job.id, idempotency_key))
+            if idempotency_key is not None and not conn.execute(
+                    "UPDATE idempotency SET job_id = ? WHERE key = ? AND job_id IS NULL",
+                    (job.id, idempotency_key)).rowcount:
+                raise ReservationLost(idempotency_key)  # rolls the insert back
             return CreateResult()
 
         return self._write(insert)
 
-    def reserve_idempotency_key(self, key: str, body_sha: str) -> tuple[bool, str | None, str]:
-        with self._lock:
-            cur = self._conn.execute(
+    def reserve_idempotency_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
+        def reserve(conn: sqlite3.Connection) -> tuple[bool, str | None, str]:
+            now = time.time()
+            # created_at is when the reservation was last touched (see touch_idempotency_key).
+            conn.execute("DELETE FROM idempotency WHERE key = ? AND job_id IS NULL AND created_at < ?",
+                         (key, now - stale_after_s))
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO idempotency (key, body_sha, job_id, created_at) VALUES (?, ?, NULL, ?)",
-                (key, body_sha, time.time()))
+                (key, body_sha, now))
             if cur.rowcount:
                 return True, None, body_sha
-            row = self._conn.execute("SELECT body_sha, job_id FROM idempotency WHERE key = ?", (key,)).fetchone()
-        return False, row["job_id"], row["body_sha"]
+            row = conn.execute("SELECT body_sha, job_id FROM idempotency WHERE key = ?", (key,)).fetchone()
+            return False, row["job_id"], row["body_sha"]
+
+        return self._write(reserve)
+
+    def touch_idempotency_key(self, key: str) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE idempotency SET created_at = ? WHERE key = ? AND job_id IS NULL",
+                               (time.time(), key))
 
     def release_idempotency_key(self, key: str) -> None:
         with self._lock:

@@ -35,6 +35,10 @@ __all__ = ["FINAL_STATES", "Claim", "CreateResult", "EngineLock", "JobRecord", "
 CANCELLED_ERROR = {"code": "cancelled", "message": "the task was cancelled on request", "field": None}
 
 
+class ReservationLost(Exception):
+    """The Idempotency-Key reservation a job was to be bound to was taken over and bound to another job."""
+
+
 class JobStore(ABC):
     """All job state. Safe to call from the event loop and from worker threads."""
 
@@ -47,11 +51,19 @@ class JobStore(ABC):
                idempotency_key: str | None = None) -> CreateResult:
         """Insert a pending job; returns only after it is committed. In the same transaction: refused when
         `max_active` jobs are pending or processing, or when the job's owner reached `quota`; the reserved
-        `idempotency_key` is bound to the job."""
+        `idempotency_key` is bound to the job, and when that reservation is no longer unbound (it went stale and
+        another request took the key and committed its job first) nothing is inserted and ReservationLost is raised,
+        so a key never makes two jobs."""
 
     @abstractmethod
-    def reserve_idempotency_key(self, key: str, body_sha: str) -> tuple[bool, str | None, str]:
-        """Claim `key` for a body hashing to `body_sha`: (new, bound job id or None, the first body's hash)."""
+    def reserve_idempotency_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
+        """Claim `key` for a body hashing to `body_sha`: (new, bound job id or None, the first body's hash). An
+        unbound reservation not touched for `stale_after_s` belongs to a request that died mid-accept (its process
+        was killed): it is taken over."""
+
+    @abstractmethod
+    def touch_idempotency_key(self, key: str) -> None:
+        """Mark an unbound reservation as still being accepted (its request is alive)."""
 
     @abstractmethod
     def release_idempotency_key(self, key: str) -> None:

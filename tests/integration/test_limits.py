@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.api.idempotency import RESERVATION_STALE_S, body_digest
 from tests.support import ServerProcess, data_url, png_bytes
 
 QUEUE = 3
@@ -97,6 +99,14 @@ def test_idempotency_key_returns_the_same_task(server: ServerProcess) -> None:
         a = c.post("/api/v1/images/generate", json=sync, headers={"Idempotency-Key": "order-43"})
         b = c.post("/api/v1/images/generate", json=sync, headers={"Idempotency-Key": "order-43"})
         assert a.status_code == b.status_code == 200 and a.json()["images"] == b.json()["images"]
+        # A request killed mid-accept (kill -9 between reserving its key and committing its job) leaves the key
+        # reserved; once that reservation has gone untouched past the bound, the client's retry is accepted.
+        scoped = hashlib.sha256(b"").hexdigest()[:16] + ":order-44"
+        with sqlite3.connect(server.data_dir / "jobs.sqlite3", timeout=10) as db:
+            db.execute("INSERT INTO idempotency (key, body_sha, job_id, created_at) VALUES (?, ?, NULL, ?)",
+                       (scoped, body_digest(body, {}), time.time() - RESERVATION_STALE_S - 1))
+        retried = c.post("/api/v1/images/generate", json=body, headers={"Idempotency-Key": "order-44"})
+        assert retried.status_code == 202, retried.text
 
 
 def test_cors_only_when_configured(small_queue: ServerProcess, server: ServerProcess) -> None:

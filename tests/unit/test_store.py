@@ -17,7 +17,7 @@ import pytest
 
 from server.jobs.leases import owner_id
 from server.jobs.sqlite import SqliteJobStore
-from server.jobs.store import Claim, JobStatus, JobStore, NewJob, Quota, Refusal, new_task_id
+from server.jobs.store import Claim, JobStatus, JobStore, NewJob, Quota, Refusal, ReservationLost, new_task_id
 from tests.postgres_server import PostgresServer
 
 StoreFactory = Callable[..., JobStore]
@@ -167,13 +167,34 @@ def test_a_webhook_and_a_dialect_note_are_stored_with_their_job(store: JobStore)
     assert store.owed_webhooks() == []
 
 
+STALE_S = 10.0
+
+
 def test_idempotency_reservations(store: JobStore) -> None:
-    assert store.reserve_idempotency_key("k", "sha") == (True, None, "sha")
+    assert store.reserve_idempotency_key("k", "sha", STALE_S) == (True, None, "sha")
     assert store.create(_job("j1"), idempotency_key="k")
-    assert store.reserve_idempotency_key("k", "sha") == (False, "j1", "sha")
-    assert store.reserve_idempotency_key("dead", "sha")[0]
+    assert store.reserve_idempotency_key("k", "sha", STALE_S) == (False, "j1", "sha")
+    # A bound key is never taken over, however old.
+    assert store.reserve_idempotency_key("k", "sha", -1) == (False, "j1", "sha")
+    assert store.reserve_idempotency_key("dead", "sha", STALE_S)[0]
     assert store.release_stale_reservations(older_than_s=-1) == 1  # the one never bound to a job
-    assert store.reserve_idempotency_key("dead", "sha2")[0]
+    assert store.reserve_idempotency_key("dead", "sha2", STALE_S)[0]
+
+
+def test_a_reservation_left_by_a_dead_request_is_taken_over_and_a_key_makes_one_job(store: JobStore) -> None:
+    assert store.reserve_idempotency_key("k", "sha", STALE_S)[0]
+    # Still being accepted (fresh, then touched): the retry waits for it.
+    assert store.reserve_idempotency_key("k", "sha", STALE_S) == (False, None, "sha")
+    store.touch_idempotency_key("k")
+    assert store.reserve_idempotency_key("k", "sha", STALE_S) == (False, None, "sha")
+    # Not touched within the bound (here: a bound already passed): its request is gone, the retry takes the key.
+    assert store.reserve_idempotency_key("k", "sha", -1) == (True, None, "sha")
+    assert store.create(_job("retry"), idempotency_key="k")
+    # The first request was only stalled and commits late: nothing is inserted, and the key keeps its one job.
+    with pytest.raises(ReservationLost):
+        store.create(_job("stalled"), idempotency_key="k")
+    assert store.get("stalled") is None
+    assert store.reserve_idempotency_key("k", "sha", STALE_S) == (False, "retry", "sha")
 
 
 def test_concurrent_claimers_each_get_a_job_once(make_store: StoreFactory) -> None:
