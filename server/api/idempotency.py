@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,7 +58,10 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
                        "Idempotency-Key")
     owner = hashlib.sha256(presented_key(request.scope["headers"]) or b"").hexdigest()[:16]
     scoped = f"{owner}:{key}"
-    for _ in range(100):
+    # Wait for a reservation in progress until it is bound, or until it would have gone stale had its request died
+    # (then this request takes it over): a retry after a crash is accepted, a duplicate of a live request answered.
+    deadline = time.monotonic() + RESERVATION_STALE_S + HEARTBEAT_S
+    while True:
         new, job_id, first_digest = ctx.store.reserve_idempotency_key(scoped, digest, RESERVATION_STALE_S)
         if first_digest != digest:
             raise ApiError(422, ErrorCode.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was already used with a "
@@ -76,7 +80,9 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
             return job_id, True
         if job_id is not None:
             return job_id, False
-        await asyncio.sleep(0.05)  # the first request with this key is still being accepted
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)  # the first request with this key is still being accepted
     raise ApiError(409, ErrorCode.IDEMPOTENCY_KEY_REUSED, "a request with this Idempotency-Key is still being "
                    "accepted; retry shortly", "Idempotency-Key")
 
