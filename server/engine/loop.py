@@ -377,7 +377,10 @@ class Engine:
                     self._saving.pop(job.id, None)
                 self._save_slots.release()
 
-        self._savers.submit(save)
+        try:
+            self._savers.submit(save)
+        except RuntimeError:  # stop() already shut the savers down (a render that outlived its join): save here
+            save()
 
     def _record(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
                 claim: Claim) -> None:

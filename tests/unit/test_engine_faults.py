@@ -293,3 +293,25 @@ def test_outputs_are_stored_off_the_device_thread_under_a_renewed_lease(tmp_path
         assert record is not None and record.status is JobStatus.COMPLETED, record
         assert record.attempts == 1 and record.finishes == 1 and record.result["images"]  # type: ignore[index]
     assert len(worker.calls) == 2
+
+
+def test_a_render_that_outlives_stop_still_stores_its_outputs(tmp_path: Path) -> None:
+    """stop() waits a bounded time for the workers and then shuts the savers down; a render that finishes after
+    that (a slow device) stores its outputs on its own thread instead of failing with the pool gone."""
+    hang = threading.Event()
+    worker = FakeWorker("w0", hang=hang)
+    r = rig(tmp_path, [worker], max_batch=1)
+    submit(r.store, "j0", request("late"))
+    r.engine.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not worker.calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        r.engine.stop(timeout=0.2)  # the render is still blocked: the join gives up, the savers shut down
+        hang.set()
+        wait_final(r.store, ["j0"], timeout=10)
+    finally:
+        hang.set()
+    record = r.store.get("j0")
+    assert record is not None and record.status is JobStatus.COMPLETED and record.result["images"], record  # type: ignore[index]
