@@ -26,15 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from pipelines.acceleration import (
-    Applied,
-    LoadProfile,
-    StepCache,
-    apply_load_profile,
-    compile_counters,
-    step_cache_call,
-)
+from pipelines.acceleration import Applied, LoadProfile, apply_load_profile, compile_counters
 from pipelines.batching import BatchKey
+from pipelines.step_cache import StepCache, step_cache_call
 from weights.safetensors_header import folder_bytes_at
 
 if TYPE_CHECKING:

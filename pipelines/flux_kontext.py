@@ -15,10 +15,10 @@ from typing import ClassVar
 
 from PIL import Image
 
-from pipelines.acceleration import StepCache
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
 from pipelines.batching import BatchKey
 from pipelines.memory import MemoryCoefficients, coefficients
+from pipelines.step_cache import StepCache
 
 _TRUE_CFG = 2.0
 

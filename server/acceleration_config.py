@@ -12,8 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.acceleration import ATTENTION_BACKENDS, LoadProfile, StepCache
+from pipelines.acceleration import ATTENTION_BACKENDS, LoadProfile
 from pipelines.registry import family_class
+from pipelines.step_cache import StepCache
 from pipelines.video_base import VideoFamily
 from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, Catalog
 from server.engine.sizing import output_size, video_size

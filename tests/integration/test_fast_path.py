@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.acceleration import AccelerationRefused, LoadProfile, StepCache
+from pipelines.acceleration import AccelerationRefused, LoadProfile
 from pipelines.base import RenderParams, RenderSpec, Task
 from pipelines.flux_kontext import FluxKontextFamily
 from pipelines.sdxl import SDXLFamily
+from pipelines.step_cache import StepCache
 from server.acceleration_config import Acceleration
 from server.catalog import Catalog
 from weights.manifest import load_manifest
@@ -83,7 +84,7 @@ def test_first_block_cache_skips_by_threshold(kontext: FluxKontextFamily) -> Non
 def test_each_denoising_loop_of_a_render_starts_the_cache_afresh(kontext: FluxKontextFamily) -> None:
     """A render may run several loops (the tiles of a refine pass): the second must not predict from the first's
     state. Two loops under one cached render give the same image and the same passes each."""
-    from pipelines.acceleration import step_cache_call
+    from pipelines.step_cache import step_cache_call
 
     spec = _edit(KONTEXT_FAST.encode(), steps=10)
     alone = kontext.render(spec, lambda *_: None)

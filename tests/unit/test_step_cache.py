@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines.acceleration import StepCache
+from pipelines.step_cache import StepCache
 from server.acceleration_config import Acceleration, ModelAcceleration
 from server.catalog import Catalog
 from weights.manifest import load_manifest
