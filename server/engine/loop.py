@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +24,7 @@ from server.engine.costs import Costs
 from server.engine.policy import Placement, split_after_oom
 from server.engine.request import GenerationRequest
 from server.engine.results import output_names, save_outputs
+from server.engine.saving import Savers
 from server.engine.scheduler import Plan, Scheduler, WorkerView
 from server.engine.slots import Call, WorkerSlot
 from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, RenderWork, WorkerLost
@@ -38,7 +38,6 @@ log = logging.getLogger("darkroom.engine")
 _GENERATION_FAILED = {"code": "generation_failed", "field": None,
                       "message": "the model failed while rendering this job; the server log has details for "}
 _OFFLOAD_LADDER = (Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD)
-_SAVE_BACKLOG = 16  # rendered jobs whose outputs may wait for the savers at once
 
 
 class Engine:
@@ -84,12 +83,9 @@ class Engine:
         does; the others take requests and show the workers)."""
         # Set when a drain ran out of time: running jobs stop at their next step and go back to the queue.
         self._interrupt = threading.Event()
-        # Finished renders are encoded and stored here, off the device's thread, so the next call starts at once
-        # (a batch of eight 1024-px PNGs is about half a second of zlib). Their leases stay renewed until stored;
-        # at most `_SAVE_BACKLOG` outputs wait, so a device faster than the encoders cannot pile up images.
-        self._savers = ThreadPoolExecutor(save_threads, thread_name_prefix="save")
-        self._saving: dict[str, Claim] = {}
-        self._save_slots = threading.BoundedSemaphore(_SAVE_BACKLOG)
+        # Finished renders are stored off the device's thread, so the next call starts at once; their leases stay
+        # renewed (they count as running) until stored.
+        self._savers = Savers(save_threads)
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,15 +119,11 @@ class Engine:
 
     def running(self) -> list[str]:
         """Ids of the jobs the healthy workers are rendering now, or whose outputs are being stored."""
-        with self._cond:
-            saving = list(self._saving)
-        return [jid for s in self.slots if not s.fault for jid in s.busy_with] + saving
+        return [jid for s in self.slots if not s.fault for jid in s.busy_with] + list(self._savers.claims())
 
     def running_claims(self) -> list[Claim]:
         """The claims of the jobs the healthy workers are rendering now, or whose outputs are being stored."""
-        with self._cond:
-            saving = list(self._saving.values())
-        return [c for s in self.slots if not s.fault for c in s.claims] + saving
+        return [c for s in self.slots if not s.fault for c in s.claims] + list(self._savers.claims().values())
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no healthy worker is rendering (True) or `timeout` passes (False)."""
@@ -155,7 +147,7 @@ class Engine:
             # A worker taken out as hung may never return; its thread is a daemon and dies with the process.
             if slot.thread is not None and not slot.fault:
                 slot.thread.join(timeout)
-        self._savers.shutdown(wait=True)  # rendered outputs are stored before the process goes
+        self._savers.shutdown()  # rendered outputs are stored before the process goes
 
     def notify(self) -> None:
         """New work was queued."""
@@ -361,26 +353,13 @@ class Engine:
 
     def _save_later(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
                     claim: Claim) -> None:
-        """Hand a rendered job to the savers (waiting while the backlog is full)."""
-        self._save_slots.acquire()
-        with self._cond:
-            self._saving[job.id] = claim
+        """Hand a rendered job to the savers (waiting while their backlog is full)."""
 
-        def save() -> None:
-            try:
-                self._record(job, request, done, started, claim)
-                self._done(job.id)
-            except Exception:  # noqa: BLE001 - the store is down: the lease lapses and the job runs again
-                log.exception("could not finish %s; it goes back to the queue when its lease lapses", job.id)
-            finally:
-                with self._cond:
-                    self._saving.pop(job.id, None)
-                self._save_slots.release()
+        def finish() -> None:
+            self._record(job, request, done, started, claim)
+            self._done(job.id)
 
-        try:
-            self._savers.submit(save)
-        except RuntimeError:  # stop() already shut the savers down (a render that outlived its join): save here
-            save()
+        self._savers.submit(job.id, claim, finish)
 
     def _record(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
                 claim: Claim) -> None:
