@@ -31,8 +31,10 @@ from server.engine.completion import CompletionHub
 from server.engine.costs import load_costs
 from server.engine.loop import Engine
 from server.engine.policy import BatchConfig
+from server.engine.recovery import FaultPolicy
 from server.engine.scheduler import VramAwareScheduler
 from server.jobs.lock import DataDirLock
+from server.jobs.offloop import OffLoop
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
 from server.logs import RequestIdMiddleware
@@ -104,11 +106,12 @@ def create_app(settings: Settings) -> FastAPI:
                                    footprint=workers[0].footprint, transfer=costs.transfer)
     # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
     wait_s = min(1.0, settings.batch_max_wait_s / 2) if settings.batch_max_wait_s > 0 else 1.0
+    calls = OffLoop(deadline_s=settings.store_deadline_s)
     webhooks = Webhooks(store, Allowlist(settings.url_allowlist),
                         RetryPolicy(settings.webhook_attempts, settings.webhook_backoff_s),
                         settings.webhook_secret.get_secret_value() if settings.webhook_secret else (
                             derive_secret(settings.api_key.get_secret_value()) if settings.api_key
-                                                    else local_secret(data)))
+                                                    else local_secret(data)), calls=calls)
 
     def finished(job_id: str) -> None:
         hub.finished(job_id)
@@ -121,7 +124,10 @@ def create_app(settings: Settings) -> FastAPI:
                     observe=lambda r: metrics.job_finished(r.model, str(r.status), r.created_at, r.started_at,
                                                            r.finished_at, r.result),
                     observe_batch=lambda model, size: metrics.batch_size.labels(model).observe(size),
-                    save_threads=settings.save_threads)
+                    save_threads=settings.save_threads,
+                    faults=FaultPolicy(settings.job_max_attempts, settings.job_retry_backoff_s,
+                                       no_worker_grace_s=settings.no_worker_grace_s),
+                    storage_probe=outputs.probe)
     lifecycle = Lifecycle(engine, store, settings.drain_timeout_s, restart_on_fault=settings.restart_on_fault)
     fetcher = ImageFetcher(
         Allowlist(settings.url_allowlist),
@@ -134,7 +140,8 @@ def create_app(settings: Settings) -> FastAPI:
                                 jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side,
                                 on_accepted=webhooks.accepted,
                                 presets=lambda model_id: acceleration.step_cache(model_id).encode(),
-                                on_refused=lambda reason: metrics.refusals.labels(reason).inc())
+                                on_refused=lambda reason: metrics.refusals.labels(reason).inc(), calls=calls,
+                                min_free_bytes=int(settings.min_free_mb * 1e6))
     uploads = UploadStore(blobs, settings.retention_s)
     sweeper = Sweeper(store, outputs, inputs, uploads, settings.retention_s,
                       int(settings.max_files_gb * 1e9) if settings.max_files_gb else None)
@@ -156,7 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
             leadership.start()
         else:
             engine.start()
-        webhooks.attach(asyncio.get_running_loop())
+        await webhooks.attach(asyncio.get_running_loop())
         sweeping = asyncio.create_task(sweeper.run(settings.sweep_interval_s))
         try:
             yield
@@ -167,6 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
             lifecycle.draining = True
             await webhooks.stop()
             engine.stop()
+            calls.close()
             store.close()
             lock.release()
 

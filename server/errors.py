@@ -47,6 +47,11 @@ class ErrorCode(StrEnum):
     JSON_TOO_DEEP = "json_too_deep"
     NOT_FINISHED = "not_finished"
     EXPIRED = "expired"
+    STORE_BUSY = "store_busy"
+    STORAGE_FULL = "storage_full"
+    # A job's own error codes for failures around its render (server/faults.py).
+    INPUT_MISSING = "input_missing"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
 class ApiError(Exception):

@@ -36,8 +36,11 @@ from server.engine.sizing import (
     video_size,
 )
 from server.errors import ApiError, ErrorCode
+from server.faults import StorageFull, StoreBusy
+from server.jobs.offloop import OffLoop
 from server.jobs.store import (
     FINAL_STATES,
+    CreateResult,
     JobRecord,
     JobStatus,
     JobStore,
@@ -65,6 +68,8 @@ if TYPE_CHECKING:
 __all__ = ["GenerationService", "ImageAsk", "ImageInput", "VideoAsk", "SEED_MAX"]
 
 _STORE_POLL_S = 1.0
+_STORE_MARGIN_S = 1.0
+"""How much longer than the store's own deadline the event loop waits for a commit (the store gives up first)."""
 log = logging.getLogger("darkroom.jobs")
 
 SEED_MAX = 2**32 - 1
@@ -89,8 +94,12 @@ class GenerationService:
                  jobs_per_day: Callable[[str | None], int] = lambda _caller: 0, max_side: int = 16384,
                  on_accepted: Callable[[str], None] = lambda _job_id: None,
                  presets: Callable[[str], str] = lambda _model_id: "",
-                 on_refused: Callable[[str], None] = lambda _reason: None) -> None:
+                 on_refused: Callable[[str], None] = lambda _reason: None,
+                 calls: OffLoop | None = None, min_free_bytes: int = 0) -> None:
         self.catalog = catalog
+        self.calls = calls or OffLoop()
+        self.min_free_bytes = min_free_bytes
+        """Every store call made from the event loop goes through here (threads of its own, a deadline)."""
         self.draining = draining
         self.jobs_per_day = jobs_per_day
         self.max_queue = max_queue
@@ -111,13 +120,13 @@ class GenerationService:
         """Model id -> its step-cache preset (configs/acceleration.toml), carried on the render parameters."""
 
     # ---- accept ------------------------------------------------------------------------
-    def check_quota(self, caller: str | None) -> None:
+    async def check_quota(self, caller: str | None) -> None:
         """429 quota_exceeded when `caller`'s key has used its jobs for the rolling 24 hours (a fail-fast check
         before any work; the insert checks again in its transaction)."""
         quota = self.jobs_per_day(caller)
         if caller is None or quota <= 0:
             return
-        used, oldest = self.store.jobs_since(caller, time.time() - _DAY_S)
+        used, oldest = await self.calls(self.store.jobs_since, caller, time.time() - _DAY_S)
         if used >= quota:
             raise self._quota_exceeded(caller, quota, oldest + _DAY_S - time.time())
 
@@ -127,15 +136,21 @@ class GenerationService:
         return ApiError(429, ErrorCode.QUOTA_EXCEEDED, f"key {caller!r} has used its {quota} jobs for the last 24 "
                         f"hours; the next one frees up in {retry} s", None, headers={"Retry-After": str(retry)})
 
-    def check_capacity(self) -> None:
+    async def check_capacity(self) -> None:
         """429 queue_full with Retry-After when the bounded queue is full (a fail-fast check before any work for
-        the request; the commit checks again atomically); 503 shutting_down while the server drains."""
+        the request; the commit checks again atomically); 503 shutting_down while the server drains; 507
+        storage_full while finished jobs could not store their outputs (or the data dir is below its free-space
+        floor)."""
         if self.draining():
             self.on_refused("shutting_down")
             raise ApiError(503, ErrorCode.SHUTTING_DOWN, "the server is shutting down or restarting; retry in "
                            f"{self.retry_after_s} s (queued jobs are kept)", None,
                            headers={"Retry-After": str(self.retry_after_s)})
-        if self.store.active_count() >= self.max_queue:
+        free = self.outputs.blobs.free_bytes()
+        if self.engine.storage.closed_by is not None or (free is not None and free < self.min_free_bytes):
+            self.on_refused("storage_full")
+            raise StorageFull("new tasks")
+        if await self.calls(self.store.active_count) >= self.max_queue:
             raise self._queue_full()
 
     def _queue_full(self) -> ApiError:
@@ -148,8 +163,8 @@ class GenerationService:
         """Validate, store inputs, commit the job (binding `idempotency_key` to it, owned by the `caller` key),
         wake the engine. Returns (job id, request)."""
         REQUEST_MODEL.set(ask.model[:200])
-        self.check_capacity()
-        self.check_quota(caller)
+        await self.check_capacity()
+        await self.check_quota(caller)
         spec = self.catalog.get(ask.model)
         check_image_limits(spec, ask)
         fam = family_class(spec.family)
@@ -199,25 +214,25 @@ class GenerationService:
         family_check(fam, params)
         admission = self._admit(spec.id, spec.weights, spec.family, params)
         job_id = new_task_id()
+        stored = await self._store_inputs(job_id, {"source": sources, "reference": references,
+                                                   "mask": [mask] if mask is not None else []})
         request = GenerationRequest(
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params,
-            output_format=ask.output_format,
-            source_paths=tuple(self.inputs.save(job_id, "source", i, im) for i, im in enumerate(sources)),
-            reference_paths=tuple(self.inputs.save(job_id, "reference", i, im) for i, im in enumerate(references)),
-            mask_path=self.inputs.save(job_id, "mask", 0, mask) if mask is not None else None,
+            output_format=ask.output_format, source_paths=stored["source"], reference_paths=stored["reference"],
+            mask_path=stored["mask"][0] if stored["mask"] else None,
             warnings=self._warnings(ask.warnings, spec.weights), priority=ask.priority, output_width=out_w,
             output_height=out_h, asked=_asked(quality=ask.quality or (None if ask.size else spec.default_quality),
                                               aspect_ratio=None if ask.size else ask.aspect_ratio, size=ask.size),
         )
-        self._commit(job_id, request, ask, admission, idempotency_key, caller)
+        await self._commit(job_id, request, ask, admission, idempotency_key, caller)
         return job_id, request
 
     async def submit_video(self, ask: VideoAsk, idempotency_key: str | None = None,
                            caller: str | None = None) -> tuple[str, GenerationRequest]:
         """Validate an image-to-video ask, store its frames, commit the job, wake the engine."""
         REQUEST_MODEL.set(ask.model[:200])
-        self.check_capacity()
-        self.check_quota(caller)
+        await self.check_capacity()
+        await self.check_quota(caller)
         spec = self.catalog.get_video(ask.model)
         fam = family_class(spec.family)
         assert issubclass(fam, VideoFamily)
@@ -260,15 +275,29 @@ class GenerationService:
         family_check(fam, params)
         admission = self._admit(spec.id, spec.weights, spec.family, params)
         job_id = new_task_id()
+        stored = await self._store_inputs(job_id, {"frame": frames})
         request = GenerationRequest(
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params, output_format="mp4",
-            source_paths=tuple(self.inputs.save(job_id, "frame", i, im) for i, im in enumerate(frames)),
+            source_paths=stored["frame"],
             warnings=self._warnings(warnings, spec.weights), priority=ask.priority, output_width=out_w,
             output_height=out_h, asked=_asked(resolution=resolution, aspect_ratio=ask.aspect_ratio, duration=duration,
                                               fps=fps, size=ask.size),
         )
-        self._commit(job_id, request, ask, admission, idempotency_key, caller)
+        await self._commit(job_id, request, ask, admission, idempotency_key, caller)
         return job_id, request
+
+    async def _store_inputs(self, job_id: str, images: dict[str, list[Image.Image]]) -> dict[str, tuple[str, ...]]:
+        """Store a job's inputs (off the event loop: encoding and writing take time) and return their references
+        by role. All or nothing: on any failure (a full disk) none of them stays behind."""
+        def save() -> dict[str, tuple[str, ...]]:
+            return {role: tuple(self.inputs.save(job_id, role, i, im) for i, im in enumerate(ims))
+                    for role, ims in images.items()}
+
+        try:
+            return await asyncio.to_thread(save)
+        except BaseException:
+            await asyncio.to_thread(self.inputs.discard, job_id)
+            raise
 
     def _admit(self, model_id: str, weights: str, family: str, params: RenderParams) -> Admission:
         try:
@@ -285,9 +314,11 @@ class GenerationService:
     def _warnings(self, warnings: tuple[str, ...], weights: str) -> tuple[str, ...]:
         return warnings + (DEMO_WARNING,) if weights in self.demo_weights else warnings
 
-    def _commit(self, job_id: str, request: GenerationRequest, ask: Ask, admission: Admission,
-                idempotency_key: str | None, caller: str | None) -> None:
-        """One transaction: the job, its webhook and dialect note, the queue bound and the key's quota."""
+    async def _commit(self, job_id: str, request: GenerationRequest, ask: Ask, admission: Admission,
+                      idempotency_key: str | None, caller: str | None) -> None:
+        """One transaction: the job, its webhook and dialect note, the queue bound and the key's quota. Within the
+        store's deadline or not at all (503 store_busy): the store is told the deadline too, so a job can never be
+        committed after its client was told it was not."""
         fam = family_class(request.family)
         quota = self.jobs_per_day(caller) if caller is not None else 0
         job = NewJob(id=job_id, model=request.model_id, batch_key=fam.batch_key(request.params).encode(),
@@ -295,13 +326,17 @@ class GenerationService:
                      activation_bytes=admission.activation_bytes, estimate=admission.estimate, owner=caller,
                      webhook=ask.webhook, dialect=ask.dialect_note)
         try:
-            created = self.store.create(job, max_active=self.max_queue, quota=Quota(quota) if quota > 0 else None,
-                                        idempotency_key=idempotency_key)
-        except ReservationLost:
-            self.inputs.discard(job_id)  # the key's job is another request's (submit_once answers with it)
+            created: CreateResult = await self.calls(
+                self.store.create, job, max_active=self.max_queue, quota=Quota(quota) if quota > 0 else None,
+                idempotency_key=idempotency_key, deadline=time.monotonic() + self.calls.deadline_s,
+                deadline_s=self.calls.deadline_s + _STORE_MARGIN_S)
+        except BaseException:
+            # Refused, busy or full: nothing of the request stays behind. (ReservationLost: the key's job is another
+            # request's, which submit_once answers with.)
+            await asyncio.to_thread(self.inputs.discard, job_id)
             raise
         if not created:
-            self.inputs.discard(job_id)
+            await asyncio.to_thread(self.inputs.discard, job_id)
             if created.refused is Refusal.QUOTA_EXCEEDED:
                 assert caller is not None
                 raise self._quota_exceeded(caller, quota, created.retry_after_s)
@@ -332,45 +367,72 @@ class GenerationService:
         return await self.fetcher.fetch(item.url, item.field)
 
     # ---- report ------------------------------------------------------------------------
-    def get(self, job_id: str, caller: str | None = None) -> JobRecord | None:
+    async def get(self, job_id: str, caller: str | None = None) -> JobRecord | None:
         """The job, or None for an id this server never issued and for another key's job: a task is visible only
         to the key that created it (jobs made with auth off are everyone's)."""
-        record = self.store.get(job_id)
+        record = await self.calls(self.store.get, job_id)
         return record if record is not None and record.owner in (None, caller) else None
 
-    def list(self, caller: str | None, limit: int, before: tuple[float, str] | None = None, model: str | None = None,
-             status: JobStatus | None = None) -> list[JobRecord]:
+    async def list(self, caller: str | None, limit: int, before: tuple[float, str] | None = None,
+                   model: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         """`caller`'s tasks, newest first (see JobStore.list_jobs)."""
-        return self.store.list_jobs(caller, limit, before, model, status)
+        return await self.calls(self.store.list_jobs, caller, limit, before, model, status)
 
-    def delete(self, job_id: str) -> bool:
+    async def delete(self, job_id: str) -> bool:
         """Remove a finished job with its outputs and inputs; False when it is still pending or running."""
-        record = self.store.get(job_id)
+        record = await self.calls(self.store.get, job_id)
         if record is None or record.status not in FINAL_STATES:
             return False
         if record.result:
-            self.outputs.remove(output_names(record.result))
-        self.inputs.discard(job_id)
-        return self.store.delete(job_id)
+            await asyncio.to_thread(self.outputs.remove, output_names(record.result))
+        await asyncio.to_thread(self.inputs.discard, job_id)
+        return await self.calls(self.store.delete, job_id)
 
-    def input_bytes(self, record: JobRecord, name: str) -> bytes | None:
+    async def input_bytes(self, record: JobRecord, name: str) -> bytes | None:
         """One of a job's stored inputs by file name (`source-0.png`...), or None."""
         req = record.request
         refs = [*req.get("source_paths", ()), *req.get("reference_paths", ()),
                 *([req["mask_path"]] if req.get("mask_path") else [])]
         ref = next((r for r in refs if r.rsplit("/", 1)[-1] == name), None)
+        if ref is None:
+            return None
         try:
-            return self.inputs.read(ref) if ref is not None else None
+            return await asyncio.to_thread(self.inputs.read, ref)
         except OSError:
             return None
 
-    def queue_position(self, job_id: str) -> int | None:
-        """0-based position among pending jobs (None once it runs or finished)."""
-        return self.store.queue_position(job_id)
+    async def queue_position(self, job_id: str) -> int | None:
+        """0-based position among pending jobs (None once it runs or finished, or while the store is busy: it is
+        shown beside answers that must not fail for it, such as an accepted submission's)."""
+        try:
+            return await self.calls(self.store.queue_position, job_id)
+        except StoreBusy:
+            return None
 
-    def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str) -> bool:
         """Cancel a pending job, or stop a running one at its next step; False when it had already finished."""
-        return self.engine.cancel(job_id)
+        return await self.calls(self.engine.cancel, job_id)
+
+    async def job_counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        return await self.calls(self.store.counts)
+
+    async def queue_by_weights(self) -> dict[str, int]:
+        """Pending jobs per weights name."""
+        return await self.calls(self.store.pending_by_weights)
+
+    # ---- idempotency keys (server/api/idempotency.py) --------------------------------------------
+    async def reserve_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
+        """See JobStore.reserve_idempotency_key."""
+        return await self.calls(self.store.reserve_idempotency_key, key, body_sha, stale_after_s)
+
+    async def touch_key(self, key: str) -> None:
+        """See JobStore.touch_idempotency_key."""
+        await self.calls(self.store.touch_idempotency_key, key)
+
+    async def release_key(self, key: str) -> None:
+        """See JobStore.release_idempotency_key."""
+        await self.calls(self.store.release_idempotency_key, key)
 
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Wait until the job is final or `timeout` passes; returns its latest record."""
@@ -380,8 +442,8 @@ class GenerationService:
             # The hub wakes us when this process's engine finishes the job; the store is read every second too,
             # for jobs another process runs (a shared store: the engine may live in another front end).
             while (left := deadline - time.monotonic()) > 0:
-                record = self.store.get(job_id)
-                if record is None or record.status in FINAL_STATES:
+                record = await self._peek(job_id)
+                if record is not None and record.status in FINAL_STATES:
                     break
                 try:
                     await asyncio.wait_for(event.wait(), min(left, _STORE_POLL_S))
@@ -390,6 +452,14 @@ class GenerationService:
                     continue
         finally:
             self.hub.unregister(job_id, event)
-        record = self.store.get(job_id)
+        # The job is accepted: a store busy for a moment must not turn this answer into an error.
+        record = await self.calls(self.store.get, job_id, deadline_s=self.calls.deadline_s * 3)
         assert record is not None
         return record
+
+    async def _peek(self, job_id: str) -> JobRecord | None:
+        """The job as stored now, or None while the store is busy (a waiter just looks again later)."""
+        try:
+            return await self.calls(self.store.get, job_id)
+        except StoreBusy:
+            return None

@@ -146,6 +146,21 @@ class Settings(BaseSettings):
         256 * 1024, gt=0, description="Largest non-file multipart field (files are capped by max_image_bytes).")
     drain_timeout_s: float = Field(
         30.0, ge=0.0, description="On SIGTERM: how long running jobs may finish before they are re-queued on disk.")
+    min_free_mb: float = Field(
+        100.0, ge=0.0, description="Submissions are refused with 507 storage_full while the data dir has less free "
+        "space than this (MB), so accepted jobs can still store their outputs.")
+    store_deadline_s: float = Field(
+        5.0, gt=0.0, le=120.0, description="How long a request waits for the job store (locked or slow) before it "
+        "answers 503 store_busy with Retry-After; a submission is then not accepted.")
+    job_max_attempts: int = Field(
+        3, ge=1, le=50, description="Failures around a job's render (an input that cannot be read, outputs that "
+        "cannot be stored) before it fails with the fault's code; the ones before are retried with backoff.")
+    job_retry_backoff_s: float = Field(
+        2.0, gt=0.0, le=600.0, description="Delay before a job is tried again after such a failure; it doubles "
+        "each time (up to 60 s).")
+    no_worker_grace_s: float = Field(
+        60.0, gt=0.0, description="How long the engine may run no worker thread (/ready says 503 'no worker "
+        "running') before it asks for a process restart (taken when supervised).")
     step_timeout_s: float = Field(
         600.0, gt=0.0, description="Watchdog: a worker with no denoising step (or load) for this long is hung; its "
         "jobs are re-queued and the server restarts its workers.")

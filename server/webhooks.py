@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from server.errors import ApiError, ErrorCode
+from server.jobs.offloop import OffLoop
 from server.jobs.store import FINAL_STATES, JobRecord, JobStore
 from server.media.fetch import _resolve
 from server.media.netguard import Allowlist, address_allowed
@@ -74,8 +75,11 @@ class RetryPolicy:
 class Webhooks:
     """Registers, delivers and records webhooks."""
 
-    def __init__(self, store: JobStore, allowlist: Allowlist, policy: RetryPolicy, default_secret: str) -> None:
+    def __init__(self, store: JobStore, allowlist: Allowlist, policy: RetryPolicy, default_secret: str,
+                 calls: OffLoop | None = None) -> None:
         self.store = store
+        self.calls = calls or OffLoop(threads=2)
+        """The store's calls, off the event loop."""
         self.allowlist = allowlist
         self.policy = policy
         self.default_secret = default_secret
@@ -83,8 +87,10 @@ class Webhooks:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # (job, event) pairs being delivered: a job that finishes while its webhook is being registered is
-        # seen by both paths, and must be delivered once.
+        # seen by both paths, and must be delivered once. One asked for again while in flight is looked at again
+        # once that delivery ends (it may have read the job just before it finished).
         self._inflight: set[tuple[str, str]] = set()
+        self._again: set[tuple[str, str]] = set()
 
     def builder(self, dialect: str, build: PayloadBuilder) -> None:
         """Register how `dialect` shapes its callbacks."""
@@ -116,15 +122,18 @@ class Webhooks:
         """A job was committed: deliver its `start` event (when asked for) and, if it already finished, its
         completion. Called on the event loop."""
         self._spawn(job_id, "start")
-        record = self.store.get(job_id)
-        if record is not None and record.status in FINAL_STATES:  # it finished before this ran
-            self._spawn(job_id, "completed")
+        self._spawn(job_id, "completed")  # delivered only if it finished before this ran
 
     # ---- delivery -------------------------------------------------------------------------------------------
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver on `loop`; re-send what a crash left owed."""
         self._loop = loop
-        for job_id in self.store.owed_webhooks():
+        try:
+            owed = await self.calls(self.store.owed_webhooks, deadline_s=30.0)
+        except Exception:  # noqa: BLE001 - a busy store at start-up: they are re-sent at the next start
+            log.exception("could not look for webhooks owed from before the restart")
+            return
+        for job_id in owed:
             self._spawn(job_id, "completed")
 
     def finished(self, job_id: str) -> None:
@@ -133,9 +142,10 @@ class Webhooks:
             self._loop.call_soon_threadsafe(self._spawn, job_id, "completed")
 
     def _spawn(self, job_id: str, event: str) -> None:
-        record = self.store.get(job_id)
-        hook = record.webhook if record else None
-        if not hook or event not in hook["events"] or event in hook["delivered"] or (job_id, event) in self._inflight:
+        """Deliver `event` of `job_id` if its webhook wants it and it was not delivered yet (looked up by the
+        delivery itself, off the event loop). Called on the event loop."""
+        if (job_id, event) in self._inflight:
+            self._again.add((job_id, event))
             return
         self._inflight.add((job_id, event))
         task = asyncio.ensure_future(self._deliver(job_id, event))
@@ -144,8 +154,21 @@ class Webhooks:
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             self._inflight.discard((job_id, event))
+            if (job_id, event) in self._again and not t.cancelled():
+                self._again.discard((job_id, event))
+                self._spawn(job_id, event)
 
         task.add_done_callback(done)
+
+    async def _due(self, job_id: str, event: str) -> JobRecord | None:
+        """The job, when `event` is still to be delivered for it (a completion only once it is final)."""
+        record = await self.calls(self.store.get, job_id, deadline_s=30.0)
+        hook = record.webhook if record else None
+        if record is None or not hook or event not in hook["events"] or event in hook["delivered"]:
+            return None
+        if event == "completed" and record.status not in FINAL_STATES:
+            return None
+        return record
 
     async def stop(self) -> None:
         """Cancel deliveries in flight (they are owed and resume after a restart)."""
@@ -154,11 +177,18 @@ class Webhooks:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _deliver(self, job_id: str, event: str) -> None:
+        try:
+            await self._attempts(job_id, event)
+        except Exception:  # noqa: BLE001 - the store failed us: the delivery is owed and re-sent after a restart
+            log.exception("webhook for %s (%s) stopped: the job store failed", job_id, event)
+
+    async def _attempts(self, job_id: str, event: str) -> None:
         for attempt in range(self.policy.attempts):
-            record = self.store.get(job_id)
-            if record is None or not record.webhook:
+            record = await self._due(job_id, event)
+            if record is None:
                 return
             hook = record.webhook
+            assert hook is not None
             build = self.builders.get(hook["dialect"])
             if build is None:
                 return
@@ -173,13 +203,13 @@ class Webhooks:
                 outcome["error"] = exc.message
                 ok = False
                 if exc.code is ErrorCode.URL_NOT_ALLOWED:
-                    self.store.add_webhook_attempt(job_id, outcome, delivered=None)
+                    await self.calls(self.store.add_webhook_attempt, job_id, outcome, None, deadline_s=30.0)
                     return  # the address turned private: never retried
             except (httpx.HTTPError, OSError) as exc:
                 outcome["error"] = type(exc).__name__
                 ok = False
             outcome["ms"] = round((time.time() - started) * 1000, 1)
-            self.store.add_webhook_attempt(job_id, outcome, delivered=event if ok else None)
+            await self.calls(self.store.add_webhook_attempt, job_id, outcome, event if ok else None, deadline_s=30.0)
             if ok:
                 return
             await asyncio.sleep(self.policy.backoff_s * (2 ** attempt))

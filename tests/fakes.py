@@ -101,13 +101,16 @@ class Rig:
     workers: list[FakeWorker] = field(default_factory=list)
 
 
-def rig(tmp_path: Path, workers: list[FakeWorker], max_batch: int = 4, lease_s: float = 30.0, **kw: Any) -> Rig:
+def rig(tmp_path: Path, workers: list[FakeWorker], max_batch: int = 4, lease_s: float = 30.0,
+        store: SqliteJobStore | None = None, blobs: LocalBlobs | None = None, **kw: Any) -> Rig:
     """An engine over `workers` with its store, files and inputs under `tmp_path`."""
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=lease_s)
+    store = store or SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=lease_s)
+    blobs = blobs or LocalBlobs(tmp_path)
     costs = load_costs()
     scheduler = VramAwareScheduler(BatchConfig(max_batch=max_batch), workers[0].footprint, costs.transfer)
-    engine = Engine(store, scheduler, workers, OutputStore(LocalBlobs(tmp_path)), InputStore(LocalBlobs(tmp_path)),
-                    lambda _id: None, costs, wait_s=0.05, **kw)
+    outputs = OutputStore(blobs)
+    kw.setdefault("storage_probe", outputs.probe)
+    engine = Engine(store, scheduler, workers, outputs, InputStore(blobs), lambda _id: None, costs, wait_s=0.05, **kw)
     return Rig(engine, store, workers)
 
 

@@ -145,7 +145,7 @@ def result_view(record: JobRecord, base: str) -> dict[str, Any]:
 async def get_result(request: Request, id: str = "") -> JSONResponse:  # noqa: A002 - BFL's parameter name
     """Pending / Ready (result.sample) / Error; 'Task not found' (404) for an unknown id."""
     ctx = ctx_of(request)
-    record = ctx.service.get(id, caller(request.scope)) if 0 < len(id) <= 100 else None
+    record = await ctx.service.get(id, caller(request.scope)) if 0 < len(id) <= 100 else None
     if record is None:
         return JSONResponse({"id": id[:100], "status": "Task not found", "result": None}, status_code=404)
     return JSONResponse(result_view(record, base_url(request)))

@@ -63,10 +63,10 @@ def acceleration_view(ctx: AppContext, model_id: str, weights: str) -> dict[str,
     return {"profile": ctx.acceleration.describe(model_id), "active": active}
 
 
-def record_or_404(request: Request, job_id: str, field: str = "id") -> JobRecord:
+async def record_or_404(request: Request, job_id: str, field: str = "id") -> JobRecord:
     """The job, or 404 not_found for an unknown id and for another key's job (tasks are visible only to the key
     that created them)."""
-    record = ctx_of(request).service.get(job_id, caller(request.scope)) if len(job_id) <= 100 else None
+    record = await ctx_of(request).service.get(job_id, caller(request.scope)) if len(job_id) <= 100 else None
     if record is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no task with id {job_id[:100]!r}", field)
     return record

@@ -15,7 +15,8 @@ router = APIRouter()
 
 def engine_view(ctx: AppContext) -> dict[str, Any]:
     """Per worker: resident and parked models with bytes, the running batch, loads; the queue per model;
-    batching counters and the named reasons requests could not share a batch."""
+    batching counters and the named reasons requests could not share a batch. Blocking (it reads the store): call
+    it off the event loop."""
     engine = ctx.engine
     return {
         "version": __version__,
@@ -33,7 +34,8 @@ def engine_view(ctx: AppContext) -> dict[str, Any]:
 @router.get("/api/v1/engine")
 async def engine_state(request: Request) -> JSONResponse:
     """The engine's state as JSON."""
-    return JSONResponse(engine_view(request.app.state.ctx))
+    ctx: AppContext = request.app.state.ctx
+    return JSONResponse(await ctx.service.calls(engine_view, ctx))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -42,4 +44,5 @@ async def metrics(request: Request) -> Response:
     /api/v1/engine), in the text exposition format (prometheus-client)."""
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(request.app.state.ctx.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    ctx: AppContext = request.app.state.ctx
+    return Response(await ctx.service.calls(ctx.metrics.exposition), media_type=CONTENT_TYPE_LATEST)

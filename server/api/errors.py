@@ -17,6 +17,7 @@ from starlette.types import Send
 
 from server.api.dialect import ErrorShaper
 from server.errors import ApiError, ErrorCode
+from server.faults import StorageFull, StoreBusy, is_disk_full, is_store_busy
 
 log = logging.getLogger("darkroom.api")
 
@@ -101,7 +102,37 @@ def install_error_handlers(app: FastAPI, shaper: ErrorShaper) -> None:
             err = ApiError(exc.status_code, ErrorCode.INVALID_REQUEST, "the request could not be processed")
         return respond(request, err, getattr(exc, "headers", None))
 
+    @app.exception_handler(StoreBusy)
+    @app.exception_handler(StorageFull)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        err = fault_error(exc)
+        assert err is not None
+        log.warning("%s on %s %s: %s", err.code, request.method, request.url.path, exc)
+        return respond(request, err, err.headers)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return respond(request, ApiError(500, ErrorCode.INTERNAL_ERROR, "internal error; the server log has details"))
+        err = fault_error(exc)
+        if err is None:
+            log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            err = ApiError(500, ErrorCode.INTERNAL_ERROR, "internal error; the server log has details")
+        else:
+            log.warning("%s on %s %s: %s", err.code, request.method, request.url.path, exc)
+        return respond(request, err, err.headers)
+
+
+STORE_RETRY_AFTER_S = 5
+STORAGE_RETRY_AFTER_S = 60
+
+
+def fault_error(exc: BaseException) -> ApiError | None:
+    """The answer for a fault of the machine rather than the request (a full disk, a locked job store), or None."""
+    if is_disk_full(exc):
+        return ApiError(507, ErrorCode.STORAGE_FULL, "the server's storage is full, so the request could not be "
+                        "stored; nothing was kept of it. Retry later (the operator has to free space)", None,
+                        headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
+    if is_store_busy(exc):
+        return ApiError(503, ErrorCode.STORE_BUSY, "the job database is busy (locked or slow) and could not answer "
+                        f"in time; nothing was accepted. Retry in {STORE_RETRY_AFTER_S} s", None,
+                        headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+    return None

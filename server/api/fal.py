@@ -246,11 +246,11 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
 async def queue_status(app: str, request_id: str, request: Request) -> JSONResponse:
     """IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED."""
     ctx = ctx_of(request)
-    record = record_or_404(request, request_id, "request_id")
+    record = await record_or_404(request, request_id, "request_id")
     body: dict[str, Any] = {"status": _status(record), "request_id": record.id,
                             **_urls(base_url(request), f"fal-ai/{app}", record.id), "logs": []}
     if record.status is JobStatus.PENDING:
-        body["queue_position"] = ctx.service.queue_position(record.id) or 0
+        body["queue_position"] = await ctx.service.queue_position(record.id) or 0
     return JSONResponse(body, status_code=202 if record.status not in FINAL_STATES else 200)
 
 
@@ -258,7 +258,7 @@ async def queue_status(app: str, request_id: str, request: Request) -> JSONRespo
 async def queue_result(app: str, request_id: str, request: Request) -> JSONResponse:
     """The output; a failed request's error with its status code; 400 while it still runs."""
     ctx = ctx_of(request)
-    record = record_or_404(request, request_id, "request_id")
+    record = await record_or_404(request, request_id, "request_id")
     if record.status is JobStatus.COMPLETED:
         return JSONResponse(result_payload(ctx, record, base_url(request)))
     if record.status in FINAL_STATES:
@@ -272,10 +272,10 @@ async def queue_result(app: str, request_id: str, request: Request) -> JSONRespo
 async def queue_cancel(app: str, request_id: str, request: Request) -> JSONResponse:
     """CANCELLATION_REQUESTED, or ALREADY_COMPLETED (400)."""
     ctx = ctx_of(request)
-    record = ctx.service.get(request_id, caller(request.scope)) if len(request_id) <= 100 else None
+    record = await ctx.service.get(request_id, caller(request.scope)) if len(request_id) <= 100 else None
     if record is None:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
-    if record.status in FINAL_STATES or not ctx.service.cancel(request_id):
+    if record.status in FINAL_STATES or not await ctx.service.cancel(request_id):
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
 
@@ -302,7 +302,7 @@ async def queue_submit(model_path: str, request: Request) -> JSONResponse:
     job_id, _ = await _submit(request, path)
     ctx = ctx_of(request)
     return JSONResponse({"request_id": job_id, "gateway_request_id": job_id, "status": "IN_QUEUE",
-                         "queue_position": ctx.service.queue_position(job_id) or 0,
+                         "queue_position": await ctx.service.queue_position(job_id) or 0,
                          **_urls(base_url(request), path, job_id)})
 
 

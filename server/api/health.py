@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from server.faults import StoreBusy
+
 router = APIRouter()
 
 
@@ -37,13 +39,20 @@ async def ready(request: Request) -> JSONResponse:
     if not engine.ready.is_set():
         problems.append("models still loading")
     problems.extend(sorted(engine.load_failures.values()))
+    if engine.storage.closed_by is not None:
+        problems.append("storage full: no new job starts until space is freed (accepted jobs wait)")
+    try:
+        jobs: dict[str, int] | None = await ctx.service.job_counts()
+    except StoreBusy:
+        jobs = None
+        problems.append("the job store is busy (locked or slow)")
     body = {
         "status": "ready" if not problems else "not_ready",
         "problems": problems,
         "degraded": [w["fault"] for w in workers if w["fault"]],
         "workers": workers,
         "weights": {name: ("demo" if w.demo else "real") for name, w in ctx.located.items()},
-        "jobs": ctx.store.counts(),
+        "jobs": jobs,
         "running": engine.running(),
         "runs_engine": engine.started,
     }

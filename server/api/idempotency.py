@@ -62,7 +62,7 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
     # (then this request takes it over): a retry after a crash is accepted, a duplicate of a live request answered.
     deadline = time.monotonic() + RESERVATION_STALE_S + HEARTBEAT_S
     while True:
-        new, job_id, first_digest = ctx.store.reserve_idempotency_key(scoped, digest, RESERVATION_STALE_S)
+        new, job_id, first_digest = await ctx.service.reserve_key(scoped, digest, RESERVATION_STALE_S)
         if first_digest != digest:
             raise ApiError(422, ErrorCode.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was already used with a "
                            "different request body; use a new key for a new request", "Idempotency-Key")
@@ -73,7 +73,7 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
             except ReservationLost:
                 continue  # this request stalled past the bound and another took the key: answer with its job
             except BaseException:
-                ctx.store.release_idempotency_key(scoped)
+                await _release(ctx, scoped)
                 raise
             finally:
                 heartbeat.cancel()
@@ -91,4 +91,15 @@ async def _keep_reserved(ctx: AppContext, scoped: str) -> None:
     """Touch the reservation of a request being accepted, so no other request takes it over."""
     while True:
         await asyncio.sleep(HEARTBEAT_S)
-        await asyncio.to_thread(ctx.store.touch_idempotency_key, scoped)
+        try:
+            await ctx.service.touch_key(scoped)
+        except Exception:  # noqa: BLE001 - a busy store: the next heartbeat tries again (staleness takes 5 misses)
+            pass
+
+
+async def _release(ctx: AppContext, scoped: str) -> None:
+    """Free the key of a request refused before its job was committed (a busy store leaves it to go stale)."""
+    try:
+        await ctx.service.release_key(scoped)
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass

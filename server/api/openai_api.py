@@ -299,21 +299,21 @@ async def create_video(request: Request) -> JSONResponse:
     ask = VideoAsk(model=model, prompt=body.prompt, frames=(frame,), duration=int(body.seconds), size=size,
                    size_field="size")
     job_id, _ = await ctx.service.submit_video(ask, caller=caller(request.scope))
-    record = record_or_404(request, job_id)
+    record = await record_or_404(request, job_id)
     return JSONResponse(video_object(record))
 
 
 @router.get("/v1/videos/{video_id}")
 async def get_video(video_id: str, request: Request) -> JSONResponse:
     """The Video object."""
-    return JSONResponse(video_object(record_or_404(request, video_id, "video_id")))
+    return JSONResponse(video_object(await record_or_404(request, video_id, "video_id")))
 
 
 @router.get("/v1/videos/{video_id}/content")
 async def video_content(video_id: str, request: Request, variant: str = "video") -> Response:
     """The finished MP4 (variant=video) or its first frame (variant=thumbnail)."""
     ctx = ctx_of(request)
-    record = record_or_404(request, video_id, "video_id")
+    record = await record_or_404(request, video_id, "video_id")
     if record.status is not JobStatus.COMPLETED or not record.result or not record.result.get("videos"):
         raise ApiError(409, ErrorCode.NOT_READY, "the video is not completed yet; poll GET /v1/videos/{id}")
     entry = record.result["videos"][0]

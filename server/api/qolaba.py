@@ -146,7 +146,7 @@ async def generate(request: Request) -> JSONResponse:
 
     job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
     if body.celery:
-        record = ctx.service.get(job_id, caller(request.scope))
+        record = await ctx.service.get(job_id, caller(request.scope))
         assert record is not None
         return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
                             status_code=202)

@@ -194,7 +194,7 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
         record = await ctx.service.wait(job_id, wait_s)
     else:
         await asyncio.sleep(0)
-        record = record_or_404(request, job_id)
+        record = await record_or_404(request, job_id)
     return JSONResponse(prediction(record, base, owner_name), status_code=201)
 
 
@@ -284,7 +284,7 @@ async def get_version(owner: str, name: str, version: str, request: Request) -> 
 @router.get("/v1/predictions/{prediction_id}")
 async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     """The prediction object."""
-    return JSONResponse(prediction(record_or_404(request, prediction_id, "prediction_id"),
+    return JSONResponse(prediction(await record_or_404(request, prediction_id, "prediction_id"),
                                    base_url(request)))
 
 
@@ -292,10 +292,10 @@ async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
 async def cancel_prediction(prediction_id: str, request: Request) -> JSONResponse:
     """Cancel; answers with the prediction (canceled, or already final)."""
     ctx = ctx_of(request)
-    record_or_404(request, prediction_id, "prediction_id")
-    ctx.service.cancel(prediction_id)
+    await record_or_404(request, prediction_id, "prediction_id")
+    await ctx.service.cancel(prediction_id)
     await asyncio.sleep(0)
-    return JSONResponse(prediction(record_or_404(request, prediction_id), base_url(request)))
+    return JSONResponse(prediction(await record_or_404(request, prediction_id), base_url(request)))
 
 
 def webhook_payload(record: JobRecord, base: str, _event: str, _ctx: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from server.api.dialect_io import record_or_404
 from server.context import AppContext
 from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
+from server.faults import StoreBusy
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.retention import files_expire_at
 
@@ -99,8 +100,8 @@ def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def _record_or_404(request: Request, task_id: str) -> JobRecord:
-    return record_or_404(request, task_id, "task_id")
+async def _record_or_404(request: Request, task_id: str) -> JobRecord:
+    return await record_or_404(request, task_id, "task_id")
 
 
 def _cursor(record: JobRecord) -> str:
@@ -124,7 +125,7 @@ async def list_tasks(request: Request, limit: int = Query(20, ge=1, le=100), cur
     optionally only one model's or one status's. With API keys, each key sees its own tasks."""
     ctx = _ctx(request)
     before = _parse_cursor(cursor) if cursor else None
-    records = ctx.service.list(caller(request.scope), limit + 1, before, model, status)
+    records = await ctx.service.list(caller(request.scope), limit + 1, before, model, status)
     base = ctx.public_base(str(request.base_url))
     page = records[:limit]
     return JSONResponse({"tasks": [task_view(r, base, ctx.settings.retention_s) for r in page],
@@ -136,8 +137,8 @@ async def delete_task(task_id: str, request: Request) -> JSONResponse:
     """Delete a finished task with its output and input files (their URLs then answer 404); a pending or running
     task must be cancelled first (409)."""
     ctx = _ctx(request)
-    record = _record_or_404(request, task_id)
-    if record.status not in FINAL_STATES or not ctx.service.delete(task_id):
+    record = await _record_or_404(request, task_id)
+    if record.status not in FINAL_STATES or not await ctx.service.delete(task_id):
         raise ApiError(409, ErrorCode.NOT_FINISHED, f"the task is {record.status}; cancel it first, then delete it",
                        "task_id")
     return JSONResponse({"task_id": task_id, "deleted": True})
@@ -147,11 +148,11 @@ async def delete_task(task_id: str, request: Request) -> JSONResponse:
     "image/png": {"schema": {"type": "string", "format": "binary"}}}}}})
 async def task_input(task_id: str, name: str, request: Request) -> Response:
     """One of the task's stored inputs (normalised PNG), as listed in its `darkroom.inputs`."""
-    record = _record_or_404(request, task_id)
+    record = await _record_or_404(request, task_id)
     if record.files_expired:
         raise ApiError(410, ErrorCode.EXPIRED, "the task's files have expired (they are kept for "
                        f"{_ctx(request).settings.retention_hours:g} h)", "task_id")
-    data = _ctx(request).service.input_bytes(record, name)
+    data = await _ctx(request).service.input_bytes(record, name)
     if data is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"the task has no input {name[:60]!r}", "name")
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -161,10 +162,10 @@ async def task_input(task_id: str, name: str, request: Request) -> Response:
 async def get_task(task_id: str, request: Request) -> JSONResponse:
     """Status of a task; completed tasks carry images or videos and usage, failed ones the error."""
     ctx = _ctx(request)
-    view = task_view(_record_or_404(request, task_id), ctx.public_base(str(request.base_url)),
+    view = task_view(await _record_or_404(request, task_id), ctx.public_base(str(request.base_url)),
                      ctx.settings.retention_s)
     if view["status"] == JobStatus.PENDING:
-        view["queue_position"] = ctx.service.queue_position(task_id)
+        view["queue_position"] = await ctx.service.queue_position(task_id)
     return JSONResponse(view)
 
 
@@ -177,15 +178,20 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
     """Server-Sent Events: `status` first, `progress` on every recorded step, then one final event named
     `completed`, `failed` or `cancelled` carrying the whole task, after which the stream ends."""
     ctx = _ctx(request)
-    _record_or_404(request, task_id)
+    await _record_or_404(request, task_id)
     base = ctx.public_base(str(request.base_url))
 
     async def stream() -> AsyncIterator[str]:
         last: tuple[str, int, int] | None = None
         idle = 0.0
         while True:
-            record = ctx.service.get(task_id, caller(request.scope))
-            assert record is not None
+            try:
+                record = await ctx.service.get(task_id, caller(request.scope))
+            except StoreBusy:
+                record = None  # the store is locked for now: keep the stream open and look again
+            if record is None:
+                await asyncio.sleep(EVENT_POLL_S)
+                continue
             if record.status in FINAL_STATES:
                 yield _sse(str(record.status), task_view(record, base, ctx.settings.retention_s))
                 return
@@ -211,11 +217,11 @@ async def cancel_task(task_id: str, request: Request) -> JSONResponse:
     """Cancel: a pending task ends `cancelled` at once (200); a running one stops at its next denoising
     step (202, poll or stream for `cancelled`); a finished one cannot be cancelled (409)."""
     ctx = _ctx(request)
-    _record_or_404(request, task_id)
-    if not ctx.service.cancel(task_id):
-        record = _record_or_404(request, task_id)
+    await _record_or_404(request, task_id)
+    if not await ctx.service.cancel(task_id):
+        record = await _record_or_404(request, task_id)
         raise ApiError(409, ErrorCode.ALREADY_FINISHED, f"the task is already {record.status}", "task_id")
-    record = _record_or_404(request, task_id)
+    record = await _record_or_404(request, task_id)
     view = task_view(record, ctx.public_base(str(request.base_url)), ctx.settings.retention_s)
     view["cancel_requested"] = True
     return JSONResponse(view, status_code=200 if record.status is JobStatus.CANCELLED else 202)

@@ -92,7 +92,7 @@ async def generate_video(request: Request) -> JSONResponse:
         return job_id
 
     job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
-    record = ctx.service.get(job_id, caller(request.scope))
+    record = await ctx.service.get(job_id, caller(request.scope))
     assert record is not None
     req = record.request
     width, height = GenerationRequest.output_size_of(req)

@@ -1,8 +1,11 @@
 """The engine loop: per worker, schedule -> claim -> render -> record, with plain data between the steps.
 
 Every way a render ends is a typed `Outcome` from the worker interface, and one path (`_run_call`) handles the
-outcomes of solo and shared calls alike. Jobs are held under leases that a supervision thread renews; it also
-puts lapsed leases back in the queue (another process's crash, say) and takes out hung workers.
+outcomes of solo and shared calls alike; reading a job's inputs is inside that path, and how each job ends is
+written by the `Recorder` (recording.py), so a failure around a render (an input gone, the store locked, the disk
+full) ends, retries or parks that job and never the worker thread. Jobs are held under leases that the
+supervision thread (supervision.py) renews; it also puts lapsed leases back in the queue (another process's crash,
+say), takes out hung workers and restarts worker threads that died.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from pipelines.registry import family_class
 from server.engine.admission import Admission, admit
 from server.engine.costs import Costs
 from server.engine.policy import Placement, split_after_oom
+from server.engine.recording import Recorder
+from server.engine.recovery import FaultPolicy, RoundFailures, StorageGate
 from server.engine.request import GenerationRequest
-from server.engine.results import output_names, save_outputs
 from server.engine.saving import Savers
 from server.engine.scheduler import Plan, Scheduler, WorkerView
 from server.engine.slots import Call, WorkerSlot
-from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, RenderWork, WorkerLost
+from server.engine.supervision import Supervision
+from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, Outcome, RenderWork, WorkerLost
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
 from server.jobs.store import Claim, JobRecord, JobStore
@@ -50,7 +55,8 @@ class Engine:
                  memory: Mapping[str, MemoryCoefficients] | None = None,
                  observe: Callable[[JobRecord], None] = lambda _record: None,
                  observe_batch: Callable[[str, int], None] = lambda _model, _size: None,
-                 save_threads: int = 2) -> None:
+                 save_threads: int = 2, faults: FaultPolicy = FaultPolicy(),
+                 storage_probe: Callable[[], None] | None = None) -> None:
         self.store = store
         self.memory = memory or {}
         self.observe = observe
@@ -86,6 +92,13 @@ class Engine:
         # Finished renders are stored off the device's thread, so the next call starts at once; their leases stay
         # renewed (they count as running) until stored.
         self._savers = Savers(save_threads)
+        self.faults = faults
+        self.storage = StorageGate(storage_probe, faults)
+        """Closed while storage is full: nothing new starts, accepted jobs wait."""
+        self.recorder = Recorder(store, outputs, self._savers, self.storage, faults, self._count, self._finalised,
+                                 observe)
+        self._supervision = Supervision(self)
+        self._round_failures = RoundFailures("an engine round")
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,7 +107,7 @@ class Engine:
             self.started = True
             for slot in self.slots:
                 self._start_slot(slot)
-        threading.Thread(target=self._supervise, name="engine-supervision", daemon=True).start()
+        threading.Thread(target=self._supervision.run, name="engine-supervision", daemon=True).start()
 
     def _start_slot(self, slot: WorkerSlot) -> None:
         slot.thread = threading.Thread(target=self._run, args=(slot,), name=f"worker-{slot.name}", daemon=True)
@@ -158,7 +171,7 @@ class Engine:
         """Cancel a pending job now, or ask a running one to stop at its next step (whichever process runs it:
         the flag travels through the store). False if already final."""
         if self.store.cancel_if_pending(job_id):
-            self._done(job_id)
+            self.recorder.done(job_id)
             return True
         if not self.store.request_cancel(job_id):
             return False
@@ -175,31 +188,74 @@ class Engine:
         """Whether every healthy worker is a CPU (renders there take orders of magnitude longer)."""
         return all(s.device.rsplit("/", 1)[-1] == "cpu" for s in self.slots if not s.fault)
 
+    def _count(self, key: str) -> None:
+        with self._cond:
+            self.stats[key] += 1
+
+    def _finalised(self, job_id: str) -> None:
+        with self._cond:
+            self._cancel_requested.discard(job_id)
+        self.on_finished(job_id)
+
     # ---- worker thread -----------------------------------------------------------------------------------
     def _run(self, slot: WorkerSlot) -> None:
+        """The worker thread: rounds of schedule -> claim -> render -> record until stopped. A round that raises
+        (the job store locked or gone, a full disk) is logged and counted, the jobs it held go back to the queue,
+        and the next round starts after a growing pause: nothing around a render ends this thread."""
         self._warm(slot)
+        errors = 0
         while True:
-            with self._cond:
-                if self._stopping or slot.fault:
-                    return
-                if not self._claiming:
-                    self._cond.wait(timeout=self.wait_s)
-                    continue
-                plan, jobs = self._claim_next(slot)
-                if not jobs:
-                    # The timeout also picks up work re-queued by another process, a missed notify, and
-                    # batches that are gathering mates (max_wait_s).
-                    self._cond.wait(timeout=self.wait_s)
-                    continue
-                slot.beat = time.monotonic()
-                slot.busy_with = tuple(j.id for j in jobs)
-                slot.claims = [Claim.of(j) for j in jobs]
-            assert plan is not None
             try:
-                self._execute_batch(slot, jobs, plan)
-            finally:
+                if not self._round(slot):
+                    return
+                errors = 0
+            except Exception as exc:  # noqa: BLE001 - see the docstring: the thread must outlive any fault
+                errors += 1
                 with self._cond:
-                    slot.busy_with, slot.claims = (), []
+                    self.stats["loop_errors"] += 1
+                self._round_failures.failed(exc, self.faults.delay(errors))
+                with self._cond:
+                    self._cond.wait(timeout=self.faults.delay(errors))
+
+    def _round(self, slot: WorkerSlot) -> bool:
+        """Claim and run one batch (or wait for work); False once the worker should stop."""
+        gate_open = self.storage.open()
+        with self._cond:
+            if self._stopping or slot.fault:
+                return False
+            if not self._claiming or not gate_open:
+                self._cond.wait(timeout=self.wait_s)
+                return True
+            plan, jobs = self._claim_next(slot)
+            if not jobs:
+                # The timeout also picks up work re-queued by another process, a missed notify, and
+                # batches that are gathering mates (max_wait_s).
+                self._cond.wait(timeout=self.wait_s)
+                return True
+            slot.beat = time.monotonic()
+            slot.busy_with = tuple(j.id for j in jobs)
+            slot.claims = [Claim.of(j) for j in jobs]
+            held = list(slot.claims)
+        assert plan is not None
+        try:
+            self._execute_batch(slot, jobs, plan)
+        except BaseException:
+            self._give_back(held)
+            raise
+        finally:
+            with self._cond:
+                slot.busy_with, slot.claims = (), []
+        return True
+
+    def _give_back(self, claims: list[Claim]) -> None:
+        """Best effort after a failed round: jobs still held (not finished, not with the savers) go back to the
+        queue; if the store cannot take them now, their leases lapse and they go back then."""
+        saving = self._savers.claims()
+        mine = [c for c in claims if c.job_id not in saving]
+        try:
+            self.store.requeue([c.job_id for c in mine], mine)
+        except Exception:  # noqa: BLE001 - the lease is the fallback
+            log.warning("could not give %d job(s) back now; they return when their leases lapse", len(mine))
 
     def _warm(self, slot: WorkerSlot) -> None:
         for weights in self.preload:
@@ -228,12 +284,20 @@ class Engine:
 
     def _execute_batch(self, slot: WorkerSlot, jobs: list[JobRecord], plan: Plan) -> None:
         """Run a planned batch: one shared pipeline call when the family can merge its requests, else in turn."""
-        requests = [GenerationRequest.from_json(j.request) for j in jobs]
+        parsed: list[tuple[JobRecord, GenerationRequest]] = []
+        for job in jobs:
+            try:
+                parsed.append((job, GenerationRequest.from_json(job.request)))
+            except Exception as exc:  # noqa: BLE001 - a row this release cannot read fails alone
+                self.recorder.fault(job, Claim.of(job), exc)
+        if not parsed:
+            return
+        jobs, requests = [j for j, _ in parsed], [r for _, r in parsed]
         fam = family_class(requests[0].family)
         shared = len(jobs) > 1 and all(fam.can_merge(r.params) for r in requests)
         info = {"id": secrets.token_hex(6), "size": len(jobs), "shared_call": shared, "worker": slot.name,
                 "not_batched": dict(plan.not_batched)}
-        self.store.set_batch([j.id for j in jobs], info)
+        self._note_batch([j.id for j in jobs], info)
         self.observe_batch(jobs[0].model, len(jobs))
         with self._cond:
             self.stats["batches"] += 1
@@ -244,6 +308,13 @@ class Engine:
             [Call((j,), (r,)) for j, r in zip(jobs, requests, strict=True)]
         for call in calls:
             self._run_call(slot, call, info)
+
+    def _note_batch(self, job_ids: list[str], info: dict[str, Any]) -> None:
+        """Record which batch ran the jobs (bookkeeping: a busy store skips it rather than stopping the batch)."""
+        try:
+            self.store.set_batch(job_ids, info)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.warning("could not record batch %s of %d job(s); running it anyway", info["id"], len(job_ids))
 
     def _work(self, call: Call, force: Placement | None) -> RenderWork:
         """The render for a call: one request as it is, or several merged (prompts, seeds and inputs per image)."""
@@ -278,124 +349,98 @@ class Engine:
             if step == total or now - last[0] >= 0.1:  # progress is for humans polling: 10 writes/s is plenty
                 last[0] = now
                 for jid in ids:
-                    self.store.set_progress(jid, step, total)
+                    try:
+                        self.store.set_progress(jid, step, total)
+                    except Exception:  # noqa: BLE001 - progress is best effort: it never fails a render
+                        pass
 
         return on_step
 
     def _run_call(self, slot: WorkerSlot, call: Call, info: dict[str, Any], force: Placement | None = None) -> None:
-        """One pipeline call and everything that can follow from its outcome (the one outcome path)."""
+        """One pipeline call and everything that can follow from it: the one outcome path. Reading the inputs is
+        inside it, so a job whose inputs cannot be read fails (or is retried) alone."""
         claims = {j.id: Claim.of(j) for j in call.jobs}
+        try:
+            work = self._work(call, force)
+        except Exception as exc:  # noqa: BLE001 - classified per job: retried, waiting or failed with its code
+            for job in call.jobs:
+                self.recorder.fault(job, claims[job.id], exc)
+            return
         started = time.time()
         memory_before = slot.handle.memory_allocated()
-        outcome = slot.handle.render(self._work(call, force), self._on_step(slot, call.ids))
-        if isinstance(outcome, Completed):
-            offset = 0
-            for job, request in zip(call.jobs, call.requests, strict=True):
-                n = request.params.num_images
-                part = replace(outcome, images=outcome.images[offset:offset + n],
-                               videos=outcome.videos[offset:offset + n] if outcome.videos else [])
-                offset += n
-                if job.id in self._cancel_requested:
-                    self.store.mark_cancelled(job.id, claims[job.id])
-                    self._done(job.id)
-                else:
-                    self._save_later(job, request, part, started, claims[job.id])
-        elif isinstance(outcome, Cancelled):
-            if self._interrupt.is_set() and not call.ids <= self._cancel_requested:
-                self.store.requeue(list(call.ids), list(claims.values()))
-                log.info("job(s) %s interrupted by shutdown; back in the queue", ", ".join(sorted(call.ids)))
-                return
-            for job in call.jobs:
-                self.store.mark_cancelled(job.id, claims[job.id])
-                self._done(job.id)
-        elif isinstance(outcome, DeviceFault):
-            self._take_out(slot, list(call.ids), "device fault", list(claims.values()))
-        elif isinstance(outcome, WorkerLost):
-            # The process is fine; only that worker is gone (a Ray actor or its node): no restart.
-            self._take_out(slot, list(call.ids), f"worker lost ({outcome.detail})", list(claims.values()),
-                           restart=False)
-        elif isinstance(outcome, OutOfMemory) and len(call.jobs) > 1:
-            with self._cond:
-                self.stats["oom_splits"] += 1
-            log.warning("batch %s (%d jobs) ran out of memory on %s; splitting it (memory %d -> %d bytes)",
-                        info["id"], len(call.jobs), slot.device, memory_before, slot.handle.memory_allocated())
-            half, _rest = split_after_oom(len(call.jobs))
-            for part in (slice(0, half), slice(half, None)):
-                sub = Call(call.jobs[part], call.requests[part])
-                self.store.set_batch([j.id for j in sub.jobs], {**info, "id": secrets.token_hex(6),
-                                                                 "size": len(sub.jobs), "split_from": info["id"],
-                                                                 "shared_call": len(sub.jobs) > 1})
-                self._run_call(slot, sub, info)
-        elif isinstance(outcome, OutOfMemory):
-            rung = _OFFLOAD_LADDER.index(force) + 1 if force in _OFFLOAD_LADDER else 0
-            if slot.handle.budget is not None and rung < len(_OFFLOAD_LADDER):
-                with self._cond:
-                    self.stats["oom_retries"] += 1
-                log.warning("job %s ran out of memory on %s (%s); retrying with %s", call.jobs[0].id, slot.device,
-                            force or "resident", _OFFLOAD_LADDER[rung])
-                self._run_call(slot, call, info, _OFFLOAD_LADDER[rung])
-                return
-            job = call.jobs[0]
-            self.store.fail(job.id, {"code": "out_of_memory", "field": None, "message": (
-                f"{call.requests[0].model_id} ran out of GPU memory even with offload; lower the size, num_images "
-                "or num_frames")}, claims[job.id])
-            self._done(job.id)
-        elif isinstance(outcome, Failed) and outcome.error is not None and len(call.jobs) > 1:
-            # One request's own problem: run them one by one so each gets its own answer.
-            for job, request in zip(call.jobs, call.requests, strict=True):
-                self._run_call(slot, Call((job,), (request,)), info)
-        else:
-            assert isinstance(outcome, Failed)
-            for job in call.jobs:
-                error = outcome.error or _GENERATION_FAILED | {"message": _GENERATION_FAILED["message"] + job.id}
-                self.store.fail(job.id, error, claims[job.id])
-                self._done(job.id)
-
-    def _save_later(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
-                    claim: Claim) -> None:
-        """Hand a rendered job to the savers (waiting while their backlog is full)."""
-
-        def finish() -> None:
-            self._record(job, request, done, started, claim)
-            self._done(job.id)
-
-        self._savers.submit(job.id, claim, finish)
-
-    def _record(self, job: JobRecord, request: GenerationRequest, done: Completed, started: float,
-                claim: Claim) -> None:
-        """Write a finished job's outputs, then mark it completed (outputs first: a done job always has them)."""
         try:
-            save_started = time.perf_counter()
-            result: dict[str, Any] = save_outputs(self.outputs, request, done.images, done.videos)
-            save_s = time.perf_counter() - save_started
-        except Exception:  # noqa: BLE001 - a full disk fails the job, not the worker
-            log.exception("could not save the outputs of %s", job.id)
-            self.store.fail(job.id, {"code": "storage_failed", "field": None,
-                                     "message": "the outputs could not be written; the server log has details"},
-                            claim)
-            return
-        result |= {
-            "timings": {"queued_s": round(started - job.created_at, 4), "load_s": round(done.load_s, 4),
-                        "pipeline_s": round(done.pipeline_s, 4), "save_s": round(save_s, 4)},
-            "runtime": done.runtime,
-        }
-        if not self.store.complete(job.id, result, claim):
-            # The lease lapsed behind this worker's back (watchdog, device fault, a slow renewal): another
-            # claim owns the job now.
-            log.warning("discarding a late result for %s (attempt %d is no longer current)", job.id, claim.attempt)
-            self.outputs.remove(output_names(result))
+            outcome: Outcome = slot.handle.render(work, self._on_step(slot, call.ids))
+        except Exception as exc:  # noqa: BLE001 - the interface says a render never raises; if one does, it failed
+            log.exception("render of %s raised instead of returning an outcome", ", ".join(sorted(call.ids)))
+            outcome = Failed(f"{type(exc).__name__}: {exc}")
+        match outcome:
+            case Completed():
+                self._completed(call, outcome, started, claims)
+            case Cancelled():
+                self._cancelled(call, claims)
+            case DeviceFault():
+                self._take_out(slot, list(call.ids), "device fault", list(claims.values()))
+            case WorkerLost(detail=detail):
+                # The process is fine; only that worker is gone (a Ray actor or its node): no restart.
+                self._take_out(slot, list(call.ids), f"worker lost ({detail})", list(claims.values()), restart=False)
+            case OutOfMemory() if len(call.jobs) > 1:
+                self._split_after_oom(slot, call, info, memory_before)
+            case OutOfMemory():
+                self._offload_after_oom(slot, call, info, force, claims[call.jobs[0].id])
+            case Failed(error=error) if error is not None and len(call.jobs) > 1:
+                # One request's own problem: run them one by one so each gets its own answer.
+                for job, request in zip(call.jobs, call.requests, strict=True):
+                    self._run_call(slot, Call((job,), (request,)), info)
+            case Failed(error=error):
+                for job in call.jobs:
+                    self.recorder.fail(job.id, error or _GENERATION_FAILED | {
+                        "message": _GENERATION_FAILED["message"] + job.id}, claims[job.id])
 
-    def _done(self, job_id: str) -> None:
+    def _completed(self, call: Call, outcome: Completed, started: float, claims: dict[str, Claim]) -> None:
+        offset = 0
+        for job, request in zip(call.jobs, call.requests, strict=True):
+            n = request.params.num_images
+            part = replace(outcome, images=outcome.images[offset:offset + n],
+                           videos=outcome.videos[offset:offset + n] if outcome.videos else [])
+            offset += n
+            if job.id in self._cancel_requested:
+                self.recorder.cancelled(job.id, claims[job.id])
+            else:
+                self.recorder.save_later(job, request, part, started, claims[job.id])
+
+    def _cancelled(self, call: Call, claims: dict[str, Claim]) -> None:
+        if self._interrupt.is_set() and not call.ids <= self._cancel_requested:
+            self.store.requeue(list(call.ids), list(claims.values()))
+            log.info("job(s) %s interrupted by shutdown; back in the queue", ", ".join(sorted(call.ids)))
+            return
+        for job in call.jobs:
+            self.recorder.cancelled(job.id, claims[job.id])
+
+    def _split_after_oom(self, slot: WorkerSlot, call: Call, info: dict[str, Any], memory_before: int) -> None:
         with self._cond:
-            self._cancel_requested.discard(job_id)
-        record = self.store.get(job_id)
-        if record is not None:
-            took = (record.finished_at or time.time()) - (record.started_at or record.created_at)
-            error = f" ({record.error['code']})" if record.error else ""
-            log.info("finished %s %s: %s%s in %.2f s (%.2f s since accepted)", job_id, record.model, record.status,
-                     error, took, (record.finished_at or time.time()) - record.created_at, extra={"job_id": job_id})
-            self.observe(record)
-        self.on_finished(job_id)
+            self.stats["oom_splits"] += 1
+        log.warning("batch %s (%d jobs) ran out of memory on %s; splitting it (memory %d -> %d bytes)",
+                    info["id"], len(call.jobs), slot.device, memory_before, slot.handle.memory_allocated())
+        half, _rest = split_after_oom(len(call.jobs))
+        for part in (slice(0, half), slice(half, None)):
+            sub = Call(call.jobs[part], call.requests[part])
+            self._note_batch([j.id for j in sub.jobs], {**info, "id": secrets.token_hex(6), "size": len(sub.jobs),
+                                                        "split_from": info["id"], "shared_call": len(sub.jobs) > 1})
+            self._run_call(slot, sub, info)
+
+    def _offload_after_oom(self, slot: WorkerSlot, call: Call, info: dict[str, Any], force: Placement | None,
+                           claim: Claim) -> None:
+        rung = _OFFLOAD_LADDER.index(force) + 1 if force in _OFFLOAD_LADDER else 0
+        if slot.handle.budget is not None and rung < len(_OFFLOAD_LADDER):
+            with self._cond:
+                self.stats["oom_retries"] += 1
+            log.warning("job %s ran out of memory on %s (%s); retrying with %s", call.jobs[0].id, slot.device,
+                        force or "resident", _OFFLOAD_LADDER[rung])
+            self._run_call(slot, call, info, _OFFLOAD_LADDER[rung])
+            return
+        self.recorder.fail(call.jobs[0].id, {"code": "out_of_memory", "field": None, "message": (
+            f"{call.requests[0].model_id} ran out of GPU memory even with offload; lower the size, num_images "
+            "or num_frames")}, claim)
 
     def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim],
                   restart: bool = True) -> None:
@@ -414,34 +459,3 @@ class Engine:
         if restart:
             self.on_fault(slot.fault)
 
-    # ---- supervision -------------------------------------------------------------------------------------
-    def _supervise(self) -> None:
-        """Renew the leases of running jobs (learning of cancels requested elsewhere), put lapsed leases back in
-        the queue, and take out a worker whose render made no step for `step_timeout_s` (a hung kernel or a
-        deadlock: a Python thread cannot be killed, so its jobs are re-queued, a late answer is discarded by the
-        lease check, and `on_fault` asks for a process restart, the only way to get the device back)."""
-        renew_every = min(1.0, self.store.lease_s / 3)
-        last_renew = last_reap = 0.0
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                self._cond.wait(timeout=min(0.25, renew_every))
-            now = time.monotonic()
-            if now - last_renew >= renew_every:
-                last_renew = now
-                cancels = self.store.renew(self.running_claims())
-                if cancels:
-                    with self._cond:
-                        self._cancel_requested |= cancels
-            if now - last_reap >= self.reap_every_s:
-                last_reap = now
-                back = self.store.requeue_expired()
-                if back:
-                    log.warning("re-queued %d job(s) whose lease lapsed: %s", len(back), ", ".join(back))
-                    self.notify()
-            for slot in self.slots:
-                busy = slot.busy_with
-                if busy and not slot.fault and now - slot.beat > self.step_timeout_s:
-                    self._take_out(slot, list(busy), f"no progress for {self.step_timeout_s:g} s (hung)",
-                                   list(slot.claims))

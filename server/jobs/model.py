@@ -54,6 +54,10 @@ class JobRecord:
     cancel_requested: bool = False
     files_expired: bool = False
     """The job's outputs and inputs were removed by the retention sweeper (their URLs answer 410)."""
+    not_before: float | None = None
+    """A job given back after a failure around its render is not claimed before this (epoch seconds)."""
+    retries: list[dict[str, Any]] | None = None
+    """The failures that gave it back, oldest first (code, message, attempt, when)."""
 
 
 @dataclass(frozen=True)

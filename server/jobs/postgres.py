@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from server.faults import StorageFull, StoreBusy, is_disk_full, is_store_busy
 from server.jobs.leases import holder_gone, owner_id
 from server.jobs.store import (
     CANCELLED_ERROR,
@@ -73,6 +74,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
     files_expired    BOOLEAN NOT NULL DEFAULT FALSE
 );
+-- Added after the first release; a database created before them gets them here.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS not_before DOUBLE PRECISION;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS retries JSONB;
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -82,6 +86,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at DOUBLE PRECISION NOT NULL
 );
 """
+_PROGRESS_WAIT_S = 0.25
 _FINAL = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 # Advisory lock keys (any two bigints unlikely to collide with another application's on the same database).
 _SUBMIT_LOCK = 0x6461726B_726F6F6D  # "darkroom"
@@ -111,18 +116,33 @@ class PostgresJobStore(JobStore):
     def close(self) -> None:
         self._pool.close()
 
-    def _run(self, fn: Callable[[psycopg.Cursor[dict[str, Any]]], T]) -> T:
+    def _run(self, fn: Callable[[psycopg.Cursor[dict[str, Any]]], T], deadline: float | None = None) -> T:
         """Run `fn(cursor)` in one transaction; once more on a fresh connection when the server went away (a
-        restart) before it committed."""
-        for attempt in (1, 2):
-            try:
-                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                    return fn(cur)
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
-                log.warning("the job database connection dropped; retrying on a fresh one")
-                self._pool.check()
+        restart) before it committed. With a `deadline` (time.monotonic()) the wait for a connection and for
+        locks is bounded by it (StoreBusy, nothing committed); a full disk raises StorageFull."""
+        if deadline is not None and deadline <= time.monotonic():
+            raise StoreBusy("the jobs database did not answer in time")
+        try:
+            for attempt in (1, 2):
+                left = None if deadline is None else max(0.001, deadline - time.monotonic())
+                try:
+                    with self._pool.connection(timeout=left) as conn, conn.transaction(), conn.cursor() as cur:
+                        if left is not None:
+                            # Both apply to this transaction only.
+                            cur.execute(f"SET LOCAL lock_timeout = {int(left * 1000)}")
+                            cur.execute(f"SET LOCAL statement_timeout = {int(left * 1000)}")
+                        return fn(cur)
+                except psycopg.OperationalError as exc:
+                    if attempt == 2 or is_store_busy(exc) or is_disk_full(exc):
+                        raise
+                    log.warning("the job database connection dropped; retrying on a fresh one")
+                    self._pool.check()
+        except (psycopg.Error, PoolTimeout) as exc:
+            if is_disk_full(exc):
+                raise StorageFull("the jobs database") from exc
+            if is_store_busy(exc):
+                raise StoreBusy("the jobs database is busy") from exc
+            raise
         raise AssertionError("unreachable")
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -145,7 +165,7 @@ class PostgresJobStore(JobStore):
 
     # ---- submission ---------------------------------------------------------------------------------------
     def create(self, job: NewJob, max_active: int | None = None, quota: Quota | None = None,
-               idempotency_key: str | None = None) -> CreateResult:
+               idempotency_key: str | None = None, deadline: float | None = None) -> CreateResult:
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> CreateResult:
             now = time.time()
             if max_active is not None or (quota is not None and job.owner is not None):
@@ -177,7 +197,7 @@ class PostgresJobStore(JobStore):
                     raise ReservationLost(idempotency_key)  # rolls the insert back
             return CreateResult()
 
-        return self._run(insert)
+        return self._run(insert, deadline)
 
     def reserve_idempotency_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
         def reserve(cur: psycopg.Cursor[dict[str, Any]]) -> tuple[bool, str | None, str]:
@@ -212,8 +232,9 @@ class PostgresJobStore(JobStore):
         return _record(row) if row else None
 
     def pending(self, limit: int = 1000) -> list[QueuedJob]:
-        rows = self._all(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = %s ORDER BY created_at, id LIMIT %s",
-                         (JobStatus.PENDING.value, limit))
+        rows = self._all(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = %s AND (not_before IS NULL OR "
+                         "not_before <= %s) ORDER BY created_at, id LIMIT %s",
+                         (JobStatus.PENDING.value, time.time(), limit))
         return [QueuedJob.from_row(r) for r in rows]
 
     def pending_by_weights(self) -> dict[str, int]:
@@ -278,13 +299,14 @@ class PostgresJobStore(JobStore):
         def take(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:
             now = time.time()
             # Rows another engine is claiming right now are skipped, not waited for: it gets them.
-            cur.execute("SELECT id FROM jobs WHERE id = ANY(%s) AND status = %s ORDER BY created_at, id "
-                        "FOR UPDATE SKIP LOCKED", (job_ids, JobStatus.PENDING.value))
+            cur.execute("SELECT id FROM jobs WHERE id = ANY(%s) AND status = %s AND (not_before IS NULL OR "
+                        "not_before <= %s) ORDER BY created_at, id FOR UPDATE SKIP LOCKED",
+                        (job_ids, JobStatus.PENDING.value, now))
             ids = [r["id"] for r in cur.fetchall()]
             if not ids:
                 return []
             cur.execute("UPDATE jobs SET status = %s, worker = %s, started_at = %s, attempts = attempts + 1, "
-                        "lease_owner = %s, lease_expires = %s, cancel_requested = FALSE WHERE id = ANY(%s) "
+                        "lease_owner = %s, lease_expires = %s, cancel_requested = FALSE, not_before = NULL WHERE id = ANY(%s) "
                         "RETURNING *", (JobStatus.PROCESSING.value, worker, now, holder, now + self.lease_s, ids))
             rows = {r["id"]: r for r in cur.fetchall()}
             return [rows[i] for i in ids]
@@ -347,8 +369,24 @@ class PostgresJobStore(JobStore):
 
         return self._run(give_back)
 
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        self._count("UPDATE jobs SET progress_step = %s, progress_total = %s WHERE id = %s", (step, total, job_id))
+    def retry_later(self, claim: Claim, delay_s: float, failure: dict[str, Any]) -> bool:
+        return self._count(
+            "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, progress_step = 0, "
+            "not_before = %s, retries = COALESCE(retries, '[]'::jsonb) || %s WHERE id = %s AND status = %s AND "
+            "lease_owner = %s AND attempts = %s",
+            (JobStatus.PENDING.value, time.time() + delay_s, Jsonb([failure]), claim.job_id,
+             JobStatus.PROCESSING.value, claim.owner, claim.attempt)) == 1
+
+    def set_progress(self, job_id: str, step: int, total: int) -> bool:
+        # Best effort: progress is for people watching, so it never waits on a busy database (nor fails a render).
+        def write(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+            cur.execute("UPDATE jobs SET progress_step = %s, progress_total = %s WHERE id = %s", (step, total, job_id))
+
+        try:
+            self._run(write, time.monotonic() + _PROGRESS_WAIT_S)
+            return True
+        except (StoreBusy, StorageFull, psycopg.Error):
+            return False
 
     def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
         def record(cur: psycopg.Cursor[dict[str, Any]]) -> None:

@@ -10,9 +10,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
+from server.faults import StorageFull, StoreBusy, is_disk_full, is_store_busy
 from server.jobs.leases import holder_gone, owner_id
 from server.jobs.store import (
     CANCELLED_ERROR,
@@ -28,6 +30,10 @@ from server.jobs.store import (
     ReservationLost,
     owed,
 )
+
+T = TypeVar("T")
+_BUSY_TIMEOUT_MS = 10_000
+_PROGRESS_WAIT_S = 0.1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -72,51 +78,100 @@ ADDED_COLUMNS = {
     "lease_expires": "REAL",
     "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
     "files_expired": "INTEGER NOT NULL DEFAULT 0",
+    # A job given back after a failure around its render waits until then (backoff), with each failure listed.
+    "not_before": "REAL",
+    "retries": "TEXT",
 }
-_JSON_COLUMNS = ("request", "result", "error", "estimate", "batch", "webhook", "dialect")
+_JSON_COLUMNS = ("request", "result", "error", "estimate", "batch", "webhook", "dialect", "retries")
 
 
 class SqliteJobStore(JobStore):
-    """Jobs in one SQLite file. One connection guarded by a lock: statements are short."""
+    """Jobs in one SQLite file. Writes go through one connection under a lock (statements are short); reads have
+    a connection of their own, so in WAL mode a write waiting for another process's lock never holds them up."""
 
     def __init__(self, path: Path, lease_s: float = 30.0, synchronous: str = "full") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lease_s = lease_s
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
+        if synchronous.lower() not in ("full", "normal"):
+            raise ValueError("synchronous must be full or normal")
+        self._conn = self._connect(path)
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            if synchronous.lower() not in ("full", "normal"):
-                raise ValueError("synchronous must be full or normal")
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._conn.execute("PRAGMA busy_timeout=10000")
             self._conn.executescript(SCHEMA)
             have = {r["name"] for r in self._conn.execute("PRAGMA table_info(jobs)")}
             for name, decl in ADDED_COLUMNS.items():
                 if name not in have:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
             self._conn.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at)")
+        self._reader = self._connect(path)
+        self._rlock = threading.Lock()
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return conn
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._rlock:
             self._conn.close()
+            self._reader.close()
 
-    def _write(self, fn: Any) -> Any:
-        """Run `fn(conn)` in one IMMEDIATE transaction (committed, or rolled back on any error)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+    def _write(self, fn: Callable[[sqlite3.Connection], T], deadline: float | None = None) -> T:
+        """Run `fn(conn)` in one IMMEDIATE transaction: committed, or rolled back on any error. With a `deadline`
+        (time.monotonic()) it gives up with StoreBusy once the deadline passes before the transaction began, so
+        nothing commits behind a caller that stopped waiting; a full disk raises StorageFull."""
+        wait = -1.0 if deadline is None else deadline - time.monotonic()
+        if deadline is not None and wait <= 0:
+            raise StoreBusy("the jobs database did not answer in time")
+        if not self._lock.acquire(timeout=wait):
+            raise StoreBusy("the jobs database is busy")
+        try:
+            if deadline is not None:
+                self._conn.execute(f"PRAGMA busy_timeout={int(max(0.0, deadline - time.monotonic()) * 1000)}")
             try:
-                out = fn(self._conn)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(self._conn)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back by itself (a full disk does): ROLLBACK would then fail and hide
+                    # the real error.
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                _raise_translated(exc)
+            finally:
+                if deadline is not None:
+                    self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        finally:
+            self._lock.release()
         return out
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        """One write statement in its own transaction; the rows it changed."""
+        return self._write(lambda conn: conn.execute(sql, args).rowcount)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._rlock:
+            try:
+                return fn(self._reader)
+            except sqlite3.Error as exc:
+                _raise_translated(exc)
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._read(lambda conn: conn.execute(sql, args).fetchall())
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        return self._read(lambda conn: conn.execute(sql, args).fetchone())
 
     # ---- submission ---------------------------------------------------------------------------------------
     def create(self, job: NewJob, max_active: int | None = None, quota: Quota | None = None,
-               idempotency_key: str | None = None) -> CreateResult:
+               idempotency_key: str | None = None, deadline: float | None = None) -> CreateResult:
         def insert(conn: sqlite3.Connection) -> CreateResult:
             now = time.time()
             if max_active is not None:
@@ -142,7 +197,7 @@ class SqliteJobStore(JobStore):
                 raise ReservationLost(idempotency_key)  # rolls the insert back
             return CreateResult()
 
-        return self._write(insert)
+        return self._write(insert, deadline)
 
     def reserve_idempotency_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
         def reserve(conn: sqlite3.Connection) -> tuple[bool, str | None, str]:
@@ -161,46 +216,41 @@ class SqliteJobStore(JobStore):
         return self._write(reserve)
 
     def touch_idempotency_key(self, key: str) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE idempotency SET created_at = ? WHERE key = ? AND job_id IS NULL",
-                               (time.time(), key))
+        self._exec("UPDATE idempotency SET created_at = ? WHERE key = ? AND job_id IS NULL", (time.time(), key))
 
     def release_idempotency_key(self, key: str) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM idempotency WHERE key = ? AND job_id IS NULL", (key,))
+        self._exec("DELETE FROM idempotency WHERE key = ? AND job_id IS NULL", (key,))
 
     def release_stale_reservations(self, older_than_s: float) -> int:
-        with self._lock:
-            return self._conn.execute("DELETE FROM idempotency WHERE job_id IS NULL AND created_at < ?",
-                                      (time.time() - older_than_s,)).rowcount
+        return self._exec("DELETE FROM idempotency WHERE job_id IS NULL AND created_at < ?",
+                          (time.time() - older_than_s,))
 
     # ---- reading ------------------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _record(row) if row else None
 
     def pending(self, limit: int = 1000) -> list[QueuedJob]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at, id "
-                                      "LIMIT ?", (JobStatus.PENDING, limit)).fetchall()
+        rows = self._all(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = ? AND (not_before IS NULL OR "
+                         "not_before <= ?) ORDER BY created_at, id LIMIT ?", (JobStatus.PENDING, time.time(), limit))
         return [QueuedJob.from_row(r) for r in rows]
 
     def pending_by_weights(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._conn.execute("SELECT weights, COUNT(*) AS n FROM jobs WHERE status = ? GROUP BY weights",
-                                      (JobStatus.PENDING,)).fetchall()
+        rows = self._all("SELECT weights, COUNT(*) AS n FROM jobs WHERE status = ? GROUP BY weights",
+                         (JobStatus.PENDING,))
         return {r["weights"]: r["n"] for r in rows}
 
     def queue_position(self, job_id: str) -> int | None:
-        with self._lock:
-            row = self._conn.execute("SELECT status, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        def position(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT status, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["status"] != JobStatus.PENDING:
                 return None
-            (ahead,) = self._conn.execute(
+            (ahead,) = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE status = ? AND (created_at < ? OR (created_at = ? AND id < ?))",
                 (JobStatus.PENDING, row["created_at"], row["created_at"], job_id)).fetchone()
-        return int(ahead)
+            return int(ahead)
+
+        return self._read(position)
 
     def list_jobs(self, owner: str | None, limit: int, before: tuple[float, str] | None = None,
                   model: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
@@ -214,23 +264,18 @@ class SqliteJobStore(JobStore):
         if status is not None:
             where.append("status = ?")
             args.append(status)
-        with self._lock:
-            rows = self._conn.execute(f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
-                                      "ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._all(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?",
+                         (*args, limit))
         return [_record(r) for r in rows]
 
     def delete(self, job_id: str) -> bool:
-        with self._lock:
-            return self._conn.execute("DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
-                                      (job_id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-                                      ).rowcount == 1
+        return self._exec("DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
+                          (job_id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)) == 1
 
     def expire_candidates(self, finished_before: float, limit: int = 500) -> list[JobRecord]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE files_expired = 0 AND status IN (?, ?, ?) AND finished_at < ? "
-                "ORDER BY finished_at LIMIT ?", (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED,
-                                                 finished_before, limit)).fetchall()
+        rows = self._all("SELECT * FROM jobs WHERE files_expired = 0 AND status IN (?, ?, ?) AND finished_at < ? "
+                         "ORDER BY finished_at LIMIT ?", (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED,
+                                                          finished_before, limit))
         return [_record(r) for r in rows]
 
     def mark_files_expired(self, job_ids: list[str]) -> None:
@@ -241,42 +286,36 @@ class SqliteJobStore(JobStore):
         self._write(mark)
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        return {r["status"]: r["n"] for r in rows}
+        return {r["status"]: r["n"] for r in self._all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")}
 
     def active_count(self) -> int:
-        with self._lock:
-            (n,) = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)",
-                                      (JobStatus.PENDING, JobStatus.PROCESSING)).fetchone()
-        return int(n)
+        row = self._one("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)", (JobStatus.PENDING, JobStatus.PROCESSING))
+        return int(row[0]) if row else 0
 
     def jobs_since(self, owner: str, since: float) -> tuple[int, float]:
-        with self._lock:
-            n, oldest = self._conn.execute("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE owner = ? AND "
-                                           "created_at >= ?", (owner, since)).fetchone()
-        return int(n), float(oldest or since)
+        row = self._one("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE owner = ? AND created_at >= ?",
+                        (owner, since))
+        assert row is not None
+        return int(row[0]), float(row[1] or since)
 
     # ---- running ------------------------------------------------------------------------------------------
     def claim(self, job_ids: list[str], worker: str, owner: str | None = None) -> list[JobRecord]:
         holder = owner or owner_id(worker)
 
-        def take(conn: sqlite3.Connection) -> list[str]:
+        def take(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             now = time.time()
             taken = []
             for jid in job_ids:
                 cur = conn.execute(
                     "UPDATE jobs SET status = ?, worker = ?, started_at = ?, attempts = attempts + 1, "
-                    "lease_owner = ?, lease_expires = ?, cancel_requested = 0 WHERE id = ? AND status = ?",
-                    (JobStatus.PROCESSING, worker, now, holder, now + self.lease_s, jid, JobStatus.PENDING))
+                    "lease_owner = ?, lease_expires = ?, cancel_requested = 0, not_before = NULL "
+                    "WHERE id = ? AND status = ? AND (not_before IS NULL OR not_before <= ?)",
+                    (JobStatus.PROCESSING, worker, now, holder, now + self.lease_s, jid, JobStatus.PENDING, now))
                 if cur.rowcount:
                     taken.append(jid)
-            return taken
+            return [conn.execute("SELECT * FROM jobs WHERE id = ?", (j,)).fetchone() for j in taken]
 
-        taken = self._write(take)
-        with self._lock:
-            rows = [self._conn.execute("SELECT * FROM jobs WHERE id = ?", (j,)).fetchone() for j in taken]
-        return [_record(r) for r in rows]
+        return [_record(r) for r in self._write(take)]
 
     def renew(self, claims: list[Claim]) -> set[str]:
         if not claims:
@@ -296,9 +335,8 @@ class SqliteJobStore(JobStore):
         return self._write(extend)
 
     def requeue_expired(self) -> list[str]:
-        with self._lock:
-            rows = self._conn.execute("SELECT id, lease_owner, lease_expires, attempts FROM jobs WHERE status = ?",
-                                      (JobStatus.PROCESSING,)).fetchall()
+        rows = self._all("SELECT id, lease_owner, lease_expires, attempts FROM jobs WHERE status = ?",
+                         (JobStatus.PROCESSING,))
         now = time.time()
         lapsed = [r for r in rows if (r["lease_expires"] or 0) < now or holder_gone(r["lease_owner"])]
         if not lapsed:
@@ -333,10 +371,37 @@ class SqliteJobStore(JobStore):
 
         return self._write(give_back)
 
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
-                               (step, total, job_id))
+    def retry_later(self, claim: Claim, delay_s: float, failure: dict[str, Any]) -> bool:
+        def give_back(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT retries FROM jobs WHERE id = ? AND status = ? AND lease_owner = ? AND "
+                               "attempts = ?", (claim.job_id, JobStatus.PROCESSING, claim.owner,
+                                                claim.attempt)).fetchone()
+            if row is None:
+                return False
+            retries = [*(json.loads(row["retries"]) if row["retries"] else []), failure]
+            conn.execute("UPDATE jobs SET status = ?, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
+                         "progress_step = 0, not_before = ?, retries = ? WHERE id = ?",
+                         (JobStatus.PENDING, time.time() + delay_s, json.dumps(retries), claim.job_id))
+            return True
+
+        return self._write(give_back)
+
+    def set_progress(self, job_id: str, step: int, total: int) -> bool:
+        # Best effort: progress is for people watching, so it never waits on a busy database (nor fails a render).
+        if not self._lock.acquire(timeout=_PROGRESS_WAIT_S):
+            return False
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout={int(_PROGRESS_WAIT_S * 1000)}")
+            try:
+                self._conn.execute("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
+                                   (step, total, job_id))
+                return True
+            except sqlite3.Error:
+                return False
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        finally:
+            self._lock.release()
 
     def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
         def record(conn: sqlite3.Connection) -> None:
@@ -349,25 +414,20 @@ class SqliteJobStore(JobStore):
     def _finish(self, job_id: str, status: JobStatus, claim: Claim | None, result: dict[str, Any] | None = None,
                 error: dict[str, Any] | None = None) -> bool:
         guard, args = ("AND lease_owner = ? AND attempts = ?", (claim.owner, claim.attempt)) if claim else ("", ())
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ?, finishes = finishes + 1, "
-                f"lease_owner = NULL, lease_expires = NULL WHERE id = ? AND status = ? {guard}",
-                (status, _dump(result), _dump(error), time.time(), job_id, JobStatus.PROCESSING, *args))
-        return cur.rowcount == 1
+        return self._exec(
+            "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ?, finishes = finishes + 1, "
+            f"lease_owner = NULL, lease_expires = NULL WHERE id = ? AND status = ? {guard}",
+            (status, _dump(result), _dump(error), time.time(), job_id, JobStatus.PROCESSING, *args)) == 1
 
     def cancel_if_pending(self, job_id: str) -> bool:
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, finishes = finishes + 1 "
-                "WHERE id = ? AND status = ?",
-                (JobStatus.CANCELLED, json.dumps(CANCELLED_ERROR), time.time(), job_id, JobStatus.PENDING))
-        return cur.rowcount == 1
+        return self._exec("UPDATE jobs SET status = ?, error = ?, finished_at = ?, finishes = finishes + 1 "
+                          "WHERE id = ? AND status = ?",
+                          (JobStatus.CANCELLED, json.dumps(CANCELLED_ERROR), time.time(), job_id,
+                           JobStatus.PENDING)) == 1
 
     def request_cancel(self, job_id: str) -> bool:
-        with self._lock:
-            return self._conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?",
-                                      (job_id, JobStatus.PROCESSING)).rowcount == 1
+        return self._exec("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?",
+                          (job_id, JobStatus.PROCESSING)) == 1
 
     # ---- webhooks -----------------------------------------------------------------------------------------
     def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any], delivered: str | None) -> None:
@@ -383,11 +443,18 @@ class SqliteJobStore(JobStore):
         self._write(record)
 
     def owed_webhooks(self) -> list[str]:
-        with self._lock:
-            rows = self._conn.execute("SELECT id, webhook FROM jobs WHERE webhook IS NOT NULL AND status IN "
-                                      "(?, ?, ?)", (JobStatus.COMPLETED, JobStatus.FAILED,
-                                                    JobStatus.CANCELLED)).fetchall()
+        rows = self._all("SELECT id, webhook FROM jobs WHERE webhook IS NOT NULL AND status IN (?, ?, ?)",
+                         (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED))
         return [r["id"] for r in rows if owed(json.loads(r["webhook"]))]
+
+
+def _raise_translated(exc: sqlite3.Error) -> NoReturn:
+    """Raise SQLite's error as the store's: a full disk and a lock held too long get their own types."""
+    if is_disk_full(exc):
+        raise StorageFull("the jobs database") from exc
+    if is_store_busy(exc):
+        raise StoreBusy("the jobs database is locked by another process") from exc
+    raise exc
 
 
 def _dump(value: dict[str, Any] | None) -> str | None:

@@ -48,12 +48,13 @@ class JobStore(ABC):
     # ---- submission ---------------------------------------------------------------------------------------
     @abstractmethod
     def create(self, job: NewJob, max_active: int | None = None, quota: Quota | None = None,
-               idempotency_key: str | None = None) -> CreateResult:
+               idempotency_key: str | None = None, deadline: float | None = None) -> CreateResult:
         """Insert a pending job; returns only after it is committed. In the same transaction: refused when
         `max_active` jobs are pending or processing, or when the job's owner reached `quota`; the reserved
         `idempotency_key` is bound to the job, and when that reservation is no longer unbound (it went stale and
         another request took the key and committed its job first) nothing is inserted and ReservationLost is raised,
-        so a key never makes two jobs."""
+        so a key never makes two jobs. With a `deadline` (time.monotonic()), a store that cannot begin the insert
+        before it raises StoreBusy and commits nothing; a full disk raises StorageFull."""
 
     @abstractmethod
     def reserve_idempotency_key(self, key: str, body_sha: str, stale_after_s: float) -> tuple[bool, str | None, str]:
@@ -141,8 +142,15 @@ class JobStore(ABC):
         `claims`, only those still held by them."""
 
     @abstractmethod
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        """Denoising progress of a running job."""
+    def retry_later(self, claim: Claim, delay_s: float, failure: dict[str, Any]) -> bool:
+        """Give a running job back to the queue after a failure around its render (its input could not be read,
+        its outputs not stored): claimable again after `delay_s`, with `failure` appended to its `retries`. Only
+        while `claim` is current; whether it happened."""
+
+    @abstractmethod
+    def set_progress(self, job_id: str, step: int, total: int) -> bool:
+        """Denoising progress of a running job. Best effort: never waits on a busy store and never raises for
+        one; False when the write was skipped."""
 
     @abstractmethod
     def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from server.faults import StorageFull, is_disk_full
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class Blobs(ABC):
         """A file on this machine holding the object, for zero-copy sends (None for remote stores)."""
         return None
 
+    def free_bytes(self) -> int | None:
+        """Space left for new objects, where the store can tell (None: a bucket, unknown)."""
+        return None
+
     @abstractmethod
     def stream(self, key: str, byte_range: tuple[int, int | None] | None = None) -> BlobStream | None:
         """The object (or the inclusive byte range [start, end]) as chunks; None when there is none or the range
@@ -88,15 +95,27 @@ class LocalBlobs(Blobs):
     def _path(self, key: str) -> Path:
         return self.root / key
 
+    def free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return None
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+            if is_disk_full(exc):
+                raise StorageFull("files") from exc
+            raise
 
     def get(self, key: str) -> bytes | None:
         path = self.local_path(key)

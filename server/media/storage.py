@@ -90,6 +90,12 @@ class OutputStore:
         return StoredVideo(name, int(frames.shape[2]), int(frames.shape[1]), len(frames), fps,
                            audio is not None, len(data), poster)
 
+    def probe(self) -> None:
+        """Write and remove a small object: raises (StorageFull...) while outputs cannot be stored."""
+        key = f"probe/{secrets.token_hex(8)}"
+        self.blobs.put(key, b"\0" * 65536)
+        self.blobs.delete(key)
+
     def content_type(self, name: str) -> str | None:
         """The content type of a name this store generates; None for any other name (nothing else is looked up,
         so no traversal is possible)."""

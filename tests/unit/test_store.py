@@ -119,6 +119,31 @@ def test_an_expired_lease_is_requeued_and_the_old_holders_late_answer_is_discard
     assert done.result == {"images": ["kept"]} and done.finishes == 1 and done.attempts == 2  # type: ignore[union-attr]
 
 
+def test_a_job_retried_later_waits_its_delay_and_keeps_its_failures(store: JobStore) -> None:
+    jid = new_task_id()
+    store.create(_job(jid))
+    claim = Claim.of(store.claim([jid], "w0")[0])
+    failure = {"attempt": 1, "code": "input_missing", "message": "m", "at": 1.0}
+    assert store.retry_later(claim, 0.4, failure) and not store.retry_later(claim, 0.4, failure)  # claim spent
+    rec = store.get(jid)
+    assert rec.status is JobStatus.PENDING and rec.retries == [failure] and rec.not_before  # type: ignore[union-attr]
+    assert store.pending() == [] and store.claim([jid], "w0") == []  # not before its delay
+    time.sleep(0.5)
+    (again,) = store.claim([q.id for q in store.pending()], "w0")
+    assert again.id == jid and again.attempts == 2 and again.not_before is None
+    assert store.retry_later(Claim.of(again), 0.0, {**failure, "attempt": 2})
+    assert [f["attempt"] for f in store.get(jid).retries] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_a_create_past_its_deadline_commits_nothing(store: JobStore) -> None:
+    from server.faults import StoreBusy
+
+    jid = new_task_id()
+    with pytest.raises(StoreBusy):
+        store.create(_job(jid), deadline=time.monotonic() - 1)
+    assert store.get(jid) is None
+
+
 def test_renewal_keeps_a_lease_and_reports_cancels(make_store: StoreFactory) -> None:
     store = make_store(lease_s=0.5)
     jid = new_task_id()
