@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +34,7 @@ from server.engine.loop import Engine
 from server.engine.policy import BatchConfig
 from server.engine.recovery import FaultPolicy
 from server.engine.scheduler import VramAwareScheduler
+from server.engine.worker_handle import WorkerHandle
 from server.jobs.lock import DataDirLock
 from server.jobs.offloop import OffLoop
 from server.keys import KeyRing
@@ -54,6 +56,14 @@ from weights.manifest import load_manifest
 log = logging.getLogger("darkroom")
 
 
+def _announce_demo(demo: frozenset[str]) -> None:
+    if demo:
+        banner = "!" * 78
+        log.warning("%s\nDEMO MODE: %s run on tiny RANDOM weights. Outputs are noise, not edits.\n"
+                    "Pull real weights with `darkroom weights pull NAME` (see `darkroom weights list`).\n%s",
+                    banner, ", ".join(sorted(demo)), banner)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the ASGI app. Workers start with the app's lifespan and stop with it.
 
@@ -61,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     server binds `lifecycle.on_exit` to that server's exit.
     """
     settings.check_bind_safety()
+    settings.check_file_sharing()
     keys = KeyRing.load(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_keys_file,
                         settings.rate_per_minute, settings.jobs_per_day)
     if settings.api_keys_file is not None and not keys.enabled:
@@ -79,13 +90,13 @@ def create_app(settings: Settings) -> FastAPI:
     # The load profile does not depend on which weights turn out to be demo ones; the step-cache presets do.
     backend = build_workers(settings, manifest, needed, acceleration.serving(catalog))
     located = backend.located
-    demo = frozenset(name for name, w in located.items() if w.demo)
-    if demo:
-        banner = "!" * 78
-        log.warning("%s\nDEMO MODE: %s run on tiny RANDOM weights. Outputs are noise, not edits.\n"
-                    "Pull real weights with `darkroom weights pull NAME` (see `darkroom weights list`).\n%s",
-                    banner, ", ".join(sorted(demo)), banner)
-    acceleration = acceleration.serving(catalog, demo)
+    base_acceleration = acceleration
+
+    def demo_now() -> frozenset[str]:
+        return frozenset(name for name, w in located.items() if w.demo)
+
+    _announce_demo(demo_now())
+    acceleration = acceleration.serving(catalog, demo_now())
     workers = backend.handles
 
     store = open_store(settings)
@@ -102,8 +113,10 @@ def create_app(settings: Settings) -> FastAPI:
     memory = load_memory_table(settings.config("memory.toml"))
     # Compiled graphs persist under the data dir, so a restart loads them instead of compiling again.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(settings.compile_cache_dir or data / "compile-cache")
+    # Footprints are the same on every worker (bytes from the weights' headers); Ray workers may join later.
     scheduler = VramAwareScheduler(BatchConfig(settings.max_batch, settings.batch_max_wait_s, settings.priority_s),
-                                   footprint=workers[0].footprint, transfer=costs.transfer)
+                                   footprint=lambda weights: engine.slots[0].handle.footprint(weights),
+                                   transfer=costs.transfer)
     # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
     wait_s = min(1.0, settings.batch_max_wait_s / 2) if settings.batch_max_wait_s > 0 else 1.0
     calls = OffLoop(deadline_s=settings.store_deadline_s)
@@ -135,11 +148,11 @@ def create_app(settings: Settings) -> FastAPI:
                     settings.fetch_max_redirects),
     )
     service = GenerationService(catalog, store, engine, fetcher, inputs, outputs, hub, settings.max_image_pixels,
-                                frozenset(name for name, w in located.items() if w.demo), settings.max_queue,
+                                demo_now, settings.max_queue,
                                 settings.queue_retry_after_s, draining=lambda: lifecycle.draining,
                                 jobs_per_day=keys.jobs_per_day, max_side=settings.max_image_side,
                                 on_accepted=webhooks.accepted,
-                                presets=lambda model_id: acceleration.step_cache(model_id).encode(),
+                                presets=lambda model_id: ctx.acceleration.step_cache(model_id).encode(),
                                 on_refused=lambda reason: metrics.refusals.labels(reason).inc(), calls=calls,
                                 min_free_bytes=int(settings.min_free_mb * 1e6))
     uploads = UploadStore(blobs, settings.retention_s)
@@ -154,8 +167,18 @@ def create_app(settings: Settings) -> FastAPI:
                                                                                                    event, ctx))
 
     # With shared workers (a Ray cluster) only the front end holding the engine lock runs the engine.
+    def joined(handle: WorkerHandle) -> None:
+        """A cluster worker joined: it says which weights it runs as demo ones."""
+        fresh = handle.demo_weights() & located.keys() - demo_now()
+        if fresh:
+            for name in fresh:
+                located[name] = replace(located[name], demo=True)
+            _announce_demo(fresh)
+            ctx.acceleration = base_acceleration.serving(catalog, demo_now())
+
     leadership = EngineLeadership(engine, store.engine_lock(), backend.cluster,
-                                  on_lost=lambda reason: lifecycle.fault(reason)) if backend.cluster else None
+                                  on_lost=lambda reason: lifecycle.fault(reason),
+                                  on_joined=joined) if backend.cluster else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

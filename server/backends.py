@@ -100,12 +100,9 @@ def _ray_workers(settings: Settings, manifest: dict[str, WeightsEntry], needed: 
         residency_policy=settings.residency_policy, config_dir=str(Path(settings.config_dir).resolve()),
         needed=tuple(sorted(needed)), profiles=profiles)
     cluster = RayCluster(settings.ray_address, settings.ray_namespace, actor_settings)
-    handles = cluster.discover(wait_s=settings.ray_wait_s)
-    if not handles:
-        raise RuntimeError(f"no darkroom worker in the Ray cluster at {settings.ray_address} after "
-                           f"{settings.ray_wait_s:g} s: start GPU nodes with `ray start --address=...` (CPU-only "
-                           "nodes need --resources='{\"darkroom_worker\": 1}')")
-    demo = cluster.demo_weights()
-    located = {name: LocatedWeights(manifest[name], Path(f"ray://{settings.ray_namespace}/{name}"), name in demo)
-               for name in needed}
-    return Workers(list(handles), located, cluster)
+    # No waiting for workers here: the front end listens and queues work at once, and the engine leadership's
+    # discovery adds each worker as its node offers one (a node rebooting, weights still loading). Which weights
+    # run as demo ones is learnt from each worker as it joins.
+    located = {name: LocatedWeights(manifest[name], Path(f"ray://{settings.ray_namespace}/{name}"),
+                                    settings.demo == "always") for name in needed}
+    return Workers([], located, cluster)

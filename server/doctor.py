@@ -73,6 +73,7 @@ class Doctor:
         located = self.weights()
         self.models(devices, located)
         self.disk()
+        self.sharing()
         self.network()
         return self.findings
 
@@ -267,6 +268,20 @@ class Doctor:
         retention = f"{self.settings.retention_hours:g} h" if self.settings.retention_hours else "kept until deleted"
         cap = f", capped at {self.settings.max_files_gb:g} GB" if self.settings.max_files_gb else ""
         self.add("disk", "ok", f"outputs and inputs expire after {retention}{cap}")
+
+    def sharing(self) -> None:
+        """Whether front ends sharing a job store also share files."""
+        s = self.settings
+        if s.database_url is None:
+            return
+        try:
+            s.check_file_sharing()
+        except ValueError as exc:
+            self.add("storage", "fail", str(exc), "set DARKROOM_S3_BUCKET, or DARKROOM_SHARED_DATA_DIR=true on a "
+                     "data dir every front end mounts")
+            return
+        where = f"bucket {s.s3_bucket}" if s.s3_bucket else f"shared data dir {s.data_dir}"
+        self.add("storage", "ok", f"jobs in PostgreSQL, files in the {where}: every front end reads every job's files")
 
     def network(self) -> None:
         """Where the server would listen and who may call it."""

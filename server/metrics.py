@@ -7,7 +7,8 @@ and status; job_queue_wait_seconds and job_run_seconds by model and outcome; ima
 video_seconds_generated_total by model; batch_size by model; admission_refusals_total by reason; and, live,
 queue_jobs by model, jobs by status, model_resident_bytes, model_host_ram_bytes, worker_up,
 worker_budget_bytes, device_memory_bytes (allocated, reserved), model_loads_total, bytes_moved_total,
-batches/batched_jobs/shared_calls/oom_splits/oom_retries/device_faults _total, not_batched_total by reason.
+batches/batched_jobs/shared_calls/oom_splits/oom_retries/device_faults/worker_restarts/loop_errors/
+supervision_errors/job_retries/parked_for_storage _total, not_batched_total by reason.
 """
 
 from __future__ import annotations
@@ -122,7 +123,14 @@ class _EngineCollector(Collector):
                          ("shared_calls", "Batches whose requests shared one pipeline call."),
                          ("oom_splits", "Shared calls split after running out of memory."),
                          ("oom_retries", "Single jobs retried with offload after running out of memory."),
-                         ("device_faults", "Devices taken out after a fault.")):
+                         ("device_faults", "Devices taken out after a fault."),
+                         ("worker_restarts", "Worker threads that died and were started again."),
+                         ("loop_errors", "Engine rounds that failed (store locked or away, disk full) and were "
+                                         "tried again."),
+                         ("supervision_errors", "Supervision rounds that failed and were tried again."),
+                         ("job_retries", "Jobs given back to the queue after a failure around their render."),
+                         ("parked_for_storage", "Rendered jobs given back because their outputs could not be "
+                                                "stored (disk full).")):
             yield counter(key, doc, [], [([], b.get(key, 0))])
         yield counter("not_batched", "Queued jobs of the running model left out of a batch, by reason.", ["reason"],
                       [([r], n) for r, n in sorted(view["not_batched"].items())])

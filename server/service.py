@@ -89,7 +89,8 @@ class GenerationService:
     """Accepts image and video asks as durable jobs and reports on them."""
 
     def __init__(self, catalog: Catalog, store: JobStore, engine: Engine, fetcher: ImageFetcher,
-                 inputs: InputStore, outputs: OutputStore, hub: CompletionHub, max_pixels: int, demo_weights: frozenset[str],
+                 inputs: InputStore, outputs: OutputStore, hub: CompletionHub, max_pixels: int,
+                 demo_weights: Callable[[], frozenset[str]],
                  max_queue: int = 1000, retry_after_s: int = 10, draining: Callable[[], bool] = lambda: False,
                  jobs_per_day: Callable[[str | None], int] = lambda _caller: 0, max_side: int = 16384,
                  on_accepted: Callable[[str], None] = lambda _job_id: None,
@@ -312,7 +313,7 @@ class GenerationService:
         return tuple((base + i) % (SEED_MAX + 1) for i in range(n))
 
     def _warnings(self, warnings: tuple[str, ...], weights: str) -> tuple[str, ...]:
-        return warnings + (DEMO_WARNING,) if weights in self.demo_weights else warnings
+        return warnings + (DEMO_WARNING,) if weights in self.demo_weights() else warnings
 
     async def _commit(self, job_id: str, request: GenerationRequest, ask: Ask, admission: Admission,
                       idempotency_key: str | None, caller: str | None) -> None:

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="A postgresql:// URL: jobs live in PostgreSQL, shared by every front end using it (default: "
         "SQLite in the data dir).")
+    shared_data_dir: bool = Field(
+        False, description="The data dir is on storage every front end reads and writes (NFS, a cluster file "
+        "system). Required with a PostgreSQL job store and no bucket: each front end must read the inputs and "
+        "outputs the others stored.")
     s3_bucket: str | None = Field(
         None, description="Keep outputs, job inputs and uploads in this S3-compatible bucket, shared by every front "
         "end (default: the data dir). Credentials from the usual AWS_* variables.")
@@ -54,8 +58,8 @@ class Settings(BaseSettings):
     ray_address: str = Field("auto", description="The Ray cluster's head (host:port), for --backend ray.")
     ray_namespace: str = Field("darkroom", min_length=1, max_length=100,
                                description="Ray namespace of darkroom's worker actors.")
-    ray_wait_s: float = Field(600.0, ge=0.0, description="How long start-up waits for the first worker actor of the "
-                              "Ray cluster (its constructor loads the weights).")
+    ray_wait_s: float = Field(0.0, ge=0.0, description="No longer used: a front end listens and queues work at "
+                              "once, and adds Ray workers as they appear (kept so existing configurations start).")
     weights_dir: Path | None = Field(None, description="Where real weights are pulled to (default: <data_dir>/weights).")
     demo_weights_path: Path | None = Field(
         None, description="Where demo weights are built (default: <data_dir>/demo-weights)."
@@ -208,6 +212,15 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    def check_file_sharing(self) -> None:
+        """Refuse a job store shared by several front ends over files each keeps to itself: a job accepted by one
+        front end would be run by an engine that cannot read its inputs."""
+        if self.database_url is not None and not self.s3_bucket and not self.shared_data_dir:
+            raise ValueError(
+                "a PostgreSQL job store is shared by every front end using it, so they must share files too: set "
+                "DARKROOM_S3_BUCKET (an S3-compatible bucket), or put the data dir on storage they all mount and "
+                "set DARKROOM_SHARED_DATA_DIR=true (also the setting for a single front end on PostgreSQL)")
 
     def check_bind_safety(self) -> None:
         """Refuse to expose an unauthenticated server beyond this machine."""

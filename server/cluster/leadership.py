@@ -26,11 +26,14 @@ class EngineLeadership:
     """Runs `engine` in this process while it holds `lock`; adds workers `cluster` discovers."""
 
     def __init__(self, engine: Engine, lock: EngineLock, cluster: Discovers, on_lost: Callable[[str], None],
-                 poll_s: float = 2.0, discover_every_s: float = 10.0) -> None:
+                 poll_s: float = 2.0, discover_every_s: float = 10.0,
+                 on_joined: Callable[[WorkerHandle], None] = lambda _handle: None) -> None:
         self.engine = engine
         self.lock = lock
         self.cluster = cluster
         self.on_lost = on_lost
+        self.on_joined = on_joined
+        """Called with each worker as it is found (what it runs as demo weights, say)."""
         self.poll_s = poll_s
         self.discover_every_s = discover_every_s
         self._stop = threading.Event()
@@ -71,10 +74,14 @@ class EngineLeadership:
                 log.exception("engine leadership round failed; retrying")
 
     def _discover(self) -> None:
-        while not self._stop.wait(self.discover_every_s):
+        # The first round at once: a front end starts with no worker and queues work until one is found.
+        wait = 0.0
+        while not self._stop.wait(wait):
+            wait = self.discover_every_s
             try:
                 for handle in self.cluster.discover():
                     log.info("worker %s joined (%s)", handle.name, handle.device)
+                    self.on_joined(handle)
                     self.engine.add_worker(handle)
             except Exception:  # a failed round (cluster briefly away) is retried
                 log.exception("cluster discovery failed; retrying")

@@ -172,6 +172,9 @@ class RayWorkerHandle(WorkerHandle):
         self._footprints: dict[str, ModelFootprint] = {}
         self._lost: str | None = None
 
+    def demo_weights(self) -> frozenset[str]:
+        return frozenset(self.info.get("demo_weights", ()))
+
     def _call(self, method: str, *args: Any, timeout: float = _CALL_TIMEOUT_S) -> Any:
         import ray
 

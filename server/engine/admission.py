@@ -28,8 +28,14 @@ class Admission:
 def admit(model_id: str, weights: str, fam: type[Family], params: RenderParams, workers: Sequence[WorkerHandle],
           costs: Costs, memory: Mapping[str, MemoryCoefficients] | None = None) -> Admission:
     """The estimate on the device the job fits best (an empty device: residency is the scheduler's business);
-    422 insufficient_vram when no device can hold it even with offload."""
+    422 insufficient_vram when no device can hold it even with offload. With no worker at all the job is accepted
+    to wait for one, without an estimate."""
     activation = fam.activation_bytes(params, 1, (memory or {}).get(fam.name))
+    if not workers:
+        # A cluster whose workers have not joined yet (or all taken out): the job waits in the queue for one.
+        return Admission(activation, {"peak_gb": None, "device": None, "device_budget_gb": None, "placement": None,
+                                      "seconds_full_size": None, "basis": "no worker is connected yet: the job waits "
+                                      "in the queue until one is"})
     best: tuple[ResidencyPlan, str, int | None] | None = None
     need = have = 0
     for worker in workers:

@@ -185,8 +185,10 @@ class Engine:
                      self.costs, self.memory)
 
     def cpu_only(self) -> bool:
-        """Whether every healthy worker is a CPU (renders there take orders of magnitude longer)."""
-        return all(s.device.rsplit("/", 1)[-1] == "cpu" for s in self.slots if not s.fault)
+        """Whether every healthy worker is a CPU (renders there take orders of magnitude longer); False while no
+        worker is known (a cluster whose GPUs have not joined yet)."""
+        devices = [s.device.rsplit("/", 1)[-1] for s in self.slots if not s.fault]
+        return bool(devices) and all(d == "cpu" for d in devices)
 
     def _count(self, key: str) -> None:
         with self._cond:

@@ -57,3 +57,7 @@ class WorkerHandle(ABC):
         """Bytes the device allocator holds now (0 where not measurable)."""
         return 0
 
+    def demo_weights(self) -> frozenset[str]:
+        """Weights this worker runs as tiny demo weights (a remote worker says so when it joins)."""
+        return frozenset()
+

@@ -75,10 +75,16 @@ def postgres(postgres_server: PostgresServer) -> PostgresServer:
 
 
 @pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo weights every front end (and so every actor it starts) uses."""
+    path = tmp_path_factory.mktemp("demo")
+    build_demo(load_manifest()["flux1-kontext-dev"], path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def front_ends(tmp_path_factory: pytest.TempPathFactory, cluster: dict[str, Any], postgres: PostgresServer,
-               s3_server: S3Server) -> Iterator[list[ServerProcess]]:
-    demo = tmp_path_factory.mktemp("demo")
-    build_demo(load_manifest()["flux1-kontext-dev"], demo)
+               s3_server: S3Server, demo: Path) -> Iterator[list[ServerProcess]]:
     env = {"DARKROOM_BACKEND": "ray", "DARKROOM_RAY_ADDRESS": cluster["address"],
            "DARKROOM_DATABASE_URL": postgres.fresh_database("darkroom"), "DARKROOM_S3_ENDPOINT_URL": s3_server.url,
            "DARKROOM_S3_BUCKET": "darkroom-cluster", "DARKROOM_MODELS": "flux-kontext-pro,flux-kontext-max",
@@ -251,3 +257,47 @@ def test_a_node_killed_mid_job_finishes_elsewhere_once(front_ends: list[ServerPr
         (gone,) = [w for w in ws if w["node_id"] == other["NodeID"]]
         assert gone["fault"] or gone.get("unreachable")
         assert any(w["node_id"] == head["NodeID"] and not w["fault"] for w in ws)
+
+
+def _kill_actor(address: str, namespace: str, name: str) -> None:
+    code = ("import ray; ray.init(address=%r, namespace=%r, log_to_driver=False, configure_logging=False); "
+            "ray.kill(ray.get_actor(%r), no_restart=True)") % (address, namespace, name)
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                   env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def test_a_front_end_listens_and_queues_before_any_worker_exists(
+        tmp_path_factory: pytest.TempPathFactory, front_ends: list[ServerProcess], cluster: dict[str, Any],
+        postgres: PostgresServer, s3_server: S3Server, demo: Path) -> None:
+    """GPU nodes rebooting: a front end started while no worker slot is free (the only live node's slot is held by
+    the other deployment's actor) listens at once, accepts and queues work, and says 503 on /ready; once a slot
+    frees up its worker is found and the queued job runs. Last in the scenario: it takes the head's slot."""
+    head = next(n for n in cluster["nodes"] if "node:__internal_head__" in n["Resources"])
+    early = ServerProcess(tmp_path_factory.mktemp("fe") / "early", demo, env={
+        "DARKROOM_BACKEND": "ray", "DARKROOM_RAY_ADDRESS": cluster["address"], "DARKROOM_RAY_NAMESPACE": "early",
+        "DARKROOM_DATABASE_URL": postgres.fresh_database("early"), "DARKROOM_S3_ENDPOINT_URL": s3_server.url,
+        "DARKROOM_S3_BUCKET": "darkroom-cluster", "DARKROOM_S3_PREFIX": "early",
+        "DARKROOM_MODELS": "flux-kontext-pro", "DARKROOM_LEASE_S": "5", "RAY_USAGE_STATS_ENABLED": "0",
+        "DARKROOM_DEMO_WEIGHTS_PATH": str(demo)})
+    try:
+        listened = early.wait_listening(timeout=120)
+        r = httpx.post(f"{early.base_url}/api/v1/images/generate", timeout=60, json={
+            **FAST, "prompt": "queued before any worker", "celery": True, "image_urls": [data_url(png_bytes())]})
+        assert r.status_code == 202, r.text
+        task = r.json()["task_id"]
+        ready = httpx.get(f"{early.base_url}/ready", timeout=30)
+        assert ready.status_code == 503 and "no worker running" in ready.json()["problems"], ready.text
+        view = httpx.get(f"{early.base_url}/api/v1/tasks/{task}", timeout=30).json()
+        assert view["status"] == "pending" and view["darkroom"]["estimate"]["device"] is None, view
+        # Free the head's slot: the other deployment's front ends stop (they would start a new actor there) and
+        # its actor goes; the early front end's actor, waiting for that slot, starts and joins.
+        for fe in front_ends:
+            fe.stop()
+        _kill_actor(cluster["address"], "darkroom", f"darkroom-worker-{head['NodeID'][:12]}-0")
+        done = _wait_final(early, task, timeout=300)
+        assert done["status"] == "completed", done.get("error")
+        assert httpx.get(f"{early.base_url}/ready", timeout=30).status_code == 200
+        print(f"early front end listened after {listened:.1f} s with no worker")
+    finally:
+        early.stop()
+        print(f"--- front end early log ---\n{early.log()[-6000:]}")

@@ -90,3 +90,45 @@ def test_a_lost_lock_is_noticed_while_a_joining_node_loads() -> None:
     finally:
         cluster.release.set()
         lead.stop()
+
+
+def test_a_front_end_with_no_worker_yet_queues_and_runs_once_one_joins(tmp_path: Any) -> None:
+    """Nodes rebooting: the engine starts with no worker at all, jobs wait in the queue (admission accepts them
+    without an estimate), and the first worker discovery finds runs them; it tells which weights are demo ones."""
+    from server.jobs.store import JobStatus
+    from tests.fakes import FakeWorker, request, submit, wait_final
+    from tests.fakes import rig as make_rig
+
+    class _Joining:
+        def __init__(self) -> None:
+            self.ready = threading.Event()
+            self.worker = FakeWorker("w-late")
+            self.worker.demo_weights = lambda: frozenset({"sdxl-base-1.0"})  # type: ignore[method-assign]
+            self.given = False
+
+        def discover(self, wait_s: float = 0.0) -> list[Any]:
+            if not self.ready.is_set() or self.given:
+                return []
+            self.given = True
+            return [self.worker]
+
+    cluster = _Joining()
+    r = make_rig(tmp_path, [cluster.worker])
+    r.engine.slots.clear()  # the rig needs a worker to build; the cluster's front end starts without one
+    assert not r.engine.cpu_only()  # nothing known yet: no CPU-only defaults
+    admission = r.engine.admit("seedream-4.0", "sdxl-base-1.0", "sdxl", request("p").params)
+    assert admission.estimate["device"] is None and "waits in the queue" in str(admission.estimate["basis"])
+    joined: list[Any] = []
+    lead = EngineLeadership(r.engine, _Lock(), cluster, on_lost=lambda _: None, poll_s=0.02,
+                            discover_every_s=0.05, on_joined=joined.append)
+    submit(r.store, "early", request("early"))
+    lead.start()
+    try:
+        time.sleep(0.3)
+        assert r.engine.started and r.store.get("early").status is JobStatus.PENDING  # type: ignore[union-attr]
+        cluster.ready.set()
+        wait_final(r.store, ["early"], timeout=30)
+    finally:
+        lead.stop()
+        r.engine.stop()
+    assert r.store.get("early").status is JobStatus.COMPLETED and joined == [cluster.worker]  # type: ignore[union-attr]

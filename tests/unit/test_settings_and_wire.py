@@ -33,6 +33,24 @@ def test_bind_safety(host: str, key: str | None, ok: bool) -> None:
             s.check_bind_safety()
 
 
+@pytest.mark.parametrize(("bucket", "shared", "ok"), [(None, False, False), ("b", False, True), (None, True, True)])
+def test_a_shared_job_store_needs_shared_files(bucket: str | None, shared: bool, ok: bool) -> None:
+    from server.doctor import Doctor
+
+    s = Settings(database_url="postgresql://u@db/x", s3_bucket=bucket, shared_data_dir=shared)
+    doctor = Doctor(s)
+    doctor.sharing()
+    (finding,) = doctor.findings
+    if ok:
+        s.check_file_sharing()
+        assert finding.level == "ok"
+    else:
+        with pytest.raises(ValueError, match="DARKROOM_SHARED_DATA_DIR"):
+            s.check_file_sharing()
+        assert finding.level == "fail" and "DARKROOM_S3_BUCKET" in (finding.fix or "")
+    Settings().check_file_sharing()  # SQLite: each front end has its own queue and files
+
+
 def test_wire_to_ask() -> None:
     body = GenerateBody.model_validate({
         "model": "flux-kontext-pro", "prompt": "p", "image_urls": ["https://a/x.png"], "output_format": "JPG",
