@@ -50,7 +50,7 @@ from server.service import GenerationService
 from server.settings import Settings
 from server.studio import routes as studio
 from server.version import __version__
-from server.webhooks import RetryPolicy, Webhooks, derive_secret, local_secret
+from server.webhooks import RetryPolicy, Webhooks, local_secret
 from weights.manifest import load_manifest
 
 log = logging.getLogger("darkroom")
@@ -73,7 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     settings.check_bind_safety()
     settings.check_file_sharing()
     keys = KeyRing.load(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_keys_file,
-                        settings.rate_per_minute, settings.jobs_per_day)
+                        settings.rate_per_minute, settings.jobs_per_day,
+                        settings.webhook_secret.get_secret_value() if settings.webhook_secret else None)
     if settings.api_keys_file is not None and not keys.enabled:
         raise ValueError(f"{settings.api_keys_file.name} holds no key: add a [keys.NAME] table or unset the file")
     data = settings.data_dir
@@ -122,9 +123,8 @@ def create_app(settings: Settings) -> FastAPI:
     calls = OffLoop(deadline_s=settings.store_deadline_s)
     webhooks = Webhooks(store, Allowlist(settings.url_allowlist),
                         RetryPolicy(settings.webhook_attempts, settings.webhook_backoff_s),
-                        settings.webhook_secret.get_secret_value() if settings.webhook_secret else (
-                            derive_secret(settings.api_key.get_secret_value()) if settings.api_key
-                                                    else local_secret(data)), calls=calls)
+                        settings.webhook_secret.get_secret_value() if settings.webhook_secret else local_secret(data),
+                        calls=calls, key_secret=keys.webhook_secret)
 
     def finished(job_id: str) -> None:
         hub.finished(job_id)
@@ -159,7 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     sweeper = Sweeper(store, outputs, inputs, uploads, settings.retention_s,
                       int(settings.max_files_gb * 1e9) if settings.max_files_gb else None)
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
-                     acceleration, metrics)
+                     acceleration, metrics, keys)
     metrics.watch(lambda: engine_api.engine_view(ctx))
     for dialect in DIALECTS:
         if dialect.webhook is not None:

@@ -9,6 +9,7 @@ from server.acceleration_config import Acceleration
 from server.catalog import Catalog
 from server.dialects import ModelNames
 from server.jobs.store import JobStore
+from server.keys import KeyRing
 from server.lifecycle import Lifecycle
 from server.media.storage import OutputStore
 from server.media.uploads import UploadStore
@@ -39,6 +40,7 @@ class AppContext:
     uploads: UploadStore
     acceleration: Acceleration
     metrics: Metrics
+    keys: KeyRing
 
     @property
     def draining(self) -> bool:

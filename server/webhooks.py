@@ -5,9 +5,10 @@ BFL's result, darkroom's task). A job's webhook (URL, dialect, events, base URL,
 the job, so deliveries owed at a crash are made after the restart; every attempt is recorded on the job.
 
 Signature (documented in the README): `X-Darkroom-Signature: sha256=<hex>` where hex is
-HMAC-SHA256(secret, f"{X-Darkroom-Timestamp}.{raw body}"); the secret is `DARKROOM_WEBHOOK_SECRET`, else derived
-from the API key the request used (HMAC-SHA256(key, "darkroom-webhook-v1")), else a random secret kept in the
-data directory. A per-request secret (BFL's `webhook_secret`) replaces it for that job.
+HMAC-SHA256(secret, f"{X-Darkroom-Timestamp}.{raw body}"). The secret belongs to the API key the request used
+(server/keys.py: its keys-file `webhook_secret`, else derived from the key), so one tenant cannot forge another's
+deliveries; with auth off it is `DARKROOM_WEBHOOK_SECRET`, else a random secret kept in the data directory. A
+per-request secret (BFL's `webhook_secret`) replaces it for that job.
 """
 
 from __future__ import annotations
@@ -37,11 +38,6 @@ log = logging.getLogger("darkroom.webhooks")
 
 PayloadBuilder = Callable[[JobRecord, str, str], dict[str, Any]]
 """(job, base URL, event) -> the JSON body a dialect's receivers expect."""
-
-
-def derive_secret(api_key: str) -> str:
-    """The webhook signing secret that belongs to an API key."""
-    return hmac.new(api_key.encode(), b"darkroom-webhook-v1", hashlib.sha256).hexdigest()
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -76,8 +72,11 @@ class Webhooks:
     """Registers, delivers and records webhooks."""
 
     def __init__(self, store: JobStore, allowlist: Allowlist, policy: RetryPolicy, default_secret: str,
-                 calls: OffLoop | None = None) -> None:
+                 calls: OffLoop | None = None,
+                 key_secret: Callable[[str | None], str | None] = lambda _caller: None) -> None:
         self.store = store
+        self.key_secret = key_secret
+        """The signing secret of the API key named (None: use `default_secret`, auth is off)."""
         self.calls = calls or OffLoop(threads=2)
         """The store's calls, off the event loop."""
         self.allowlist = allowlist
@@ -109,14 +108,14 @@ class Webhooks:
             raise ApiError(422, ErrorCode.URL_NOT_ALLOWED, "the webhook URL points to a private or local address; "
                            "ask the operator to add the host to DARKROOM_URL_ALLOWLIST if it is trusted", field)
 
-    async def prepare(self, url: str, dialect: str, base: str, field: str, events: tuple[str, ...] = ("completed",),
-                      secret: str | None = None) -> dict[str, Any]:
-        """A checked webhook for a job about to be submitted; the job store keeps it in the job's own
-        transaction, so a crash cannot separate an accepted job from its webhook (deliveries owed are found
-        again after a restart)."""
+    async def prepare(self, url: str, dialect: str, base: str, field: str, caller: str | None,
+                      events: tuple[str, ...] = ("completed",), secret: str | None = None) -> dict[str, Any]:
+        """A checked webhook for a job `caller`'s key is about to submit, signed with that key's secret (or the
+        request's own `secret`); the job store keeps it in the job's own transaction, so a crash cannot separate
+        an accepted job from its webhook (deliveries owed are found again after a restart)."""
         await self.check_url(url, field)
         return {"url": url, "dialect": dialect, "base": base, "events": list(events),
-                "secret": secret or self.default_secret, "attempts": [], "delivered": []}
+                "secret": secret or self.key_secret(caller) or self.default_secret, "attempts": [], "delivered": []}
 
     def accepted(self, job_id: str) -> None:
         """A job was committed: deliver its `start` event (when asked for) and, if it already finished, its

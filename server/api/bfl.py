@@ -107,7 +107,8 @@ async def submit(variant: str, request: Request) -> JSONResponse:
     if not sources and refs:
         sources, refs = refs[:1], refs[1:]
     base = base_url(request)
-    hook = await ctx.webhooks.prepare(body.webhook_url, "bfl", base, "webhook_url", secret=body.webhook_secret) \
+    hook = await ctx.webhooks.prepare(body.webhook_url, "bfl", base, "webhook_url", caller(request.scope),
+                                      secret=body.webhook_secret) \
         if body.webhook_url else None
     ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=tuple(refs),
                    aspect_ratio=body.aspect_ratio or "auto", seed=body.seed, output_format=body.output_format,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from server.api.auth import caller
 from server.context import AppContext
 from server.version import __version__
 
@@ -31,11 +33,34 @@ def engine_view(ctx: AppContext) -> dict[str, Any]:
     }
 
 
+def visible_task_ids(ctx: AppContext, who: str | None) -> Callable[[list[str]], list[str]]:
+    """Keeps, of a list of running task ids, those `who`'s key may see: its own (an admin key, or a server with
+    auth off, sees all). Blocking (it reads the owners from the store): call it off the event loop."""
+    if ctx.keys.is_admin(who):
+        return lambda ids: list(ids)
+
+    def mine(ids: list[str]) -> list[str]:
+        return [i for i in ids if (r := ctx.store.get(i)) is not None and r.owner == who]
+
+    return mine
+
+
+def scrubbed(view: dict[str, Any], visible: Callable[[list[str]], list[str]]) -> dict[str, Any]:
+    """The engine view with other keys' task ids left out (each worker says how many it hides)."""
+    for worker in view["workers"]:
+        batch = worker.get("current_batch") or []
+        shown = visible(batch)
+        worker["current_batch"], worker["other_keys_jobs"] = shown, len(batch) - len(shown)
+    return view
+
+
 @router.get("/api/v1/engine")
 async def engine_state(request: Request) -> JSONResponse:
-    """The engine's state as JSON."""
+    """The engine's state as JSON. Running task ids are shown only to the key that owns them (an admin key sees
+    all); other keys' jobs are counted per worker."""
     ctx: AppContext = request.app.state.ctx
-    return JSONResponse(await ctx.service.calls(engine_view, ctx))
+    visible = visible_task_ids(ctx, caller(request.scope))
+    return JSONResponse(await ctx.service.calls(lambda: scrubbed(engine_view(ctx), visible)))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

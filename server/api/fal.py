@@ -228,7 +228,8 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     body = validated(FalBody, await json_object(request))
     warnings = _warnings_and_refusals(body)
     hook_url = request.query_params.get("fal_webhook")
-    hook = await ctx.webhooks.prepare(hook_url, "fal", base_url(request), "fal_webhook") if hook_url else None
+    hook = await ctx.webhooks.prepare(hook_url, "fal", base_url(request), "fal_webhook",
+                                      caller(request.scope)) if hook_url else None
     required = REQUIRED_IMAGES.get(model_path)
     if required and not getattr(body, required):
         raise ApiError(422, ErrorCode.MISSING_FIELD, f"{model_path} edits images: {required} is required (fal's "

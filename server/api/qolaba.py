@@ -137,7 +137,7 @@ async def generate(request: Request) -> JSONResponse:
         raise from_validation_errors(exc.errors(), VALID_FIELDS) from None
     _refuse_offline_features(body)
     base = ctx.public_base(str(request.base_url))
-    hook = await ctx.webhooks.prepare(body.webhook_url, "darkroom", base, "webhook_url") if body.webhook_url else None
+    hook = await ctx.webhooks.prepare(body.webhook_url, "darkroom", base, "webhook_url", caller(request.scope)) if body.webhook_url else None
     ask = replace(_to_ask(body, files), webhook=hook)
 
     async def submit(idempotency_key: str | None) -> str:

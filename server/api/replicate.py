@@ -184,7 +184,7 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     if body.webhook:
         # "output" and "logs" arrive together with completion here (outputs are written all at once).
         events = tuple(e for e in ("start", "completed") if e in body.webhook_events_filter)
-        hook = await ctx.webhooks.prepare(body.webhook, "replicate", base, "webhook", events)
+        hook = await ctx.webhooks.prepare(body.webhook, "replicate", base, "webhook", caller(request.scope), events)
     ask = replace(_to_ask(model, inp, ctx, request), webhook=hook,
                   dialect_note={"replicate_model": owner_name, "replicate_input": body.input})
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))

@@ -84,7 +84,7 @@ async def generate_video(request: Request) -> JSONResponse:
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
         priority=body.priority,
         webhook=await ctx.webhooks.prepare(body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
-                                           "webhook_url") if body.webhook_url else None,
+                                           "webhook_url", caller(request.scope)) if body.webhook_url else None,
     )
 
     async def submit(idempotency_key: str | None) -> str:

@@ -1,9 +1,11 @@
-"""Overload and retries: a bounded queue answers 429 with Retry-After (never a 5xx), Idempotency-Key returns the
-same task for a retried request, and CORS stays off unless configured."""
+"""Overload, retries and tenants: a bounded queue answers 429 with Retry-After (never a 5xx), Idempotency-Key returns
+the same task for a retried request, CORS stays off unless configured, and named keys are kept apart (tasks, the
+engine's view of running jobs, and webhook signatures)."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import sqlite3
 import time
@@ -22,6 +24,8 @@ FLASH = "vertex/nano-banana-flash"
 # Slow enough (50 steps at 1K) that the queue stays full while the test floods it.
 SLOW = {"model": FLASH, "prompt": "x", "quality": "1K", "celery": True, "num_inference_steps": 50}
 FLOOD, ALICE, BOB = "flood-key-0123456789", "alice-key-0123456789", "bob-key-0123456789"
+CAROL, OPS = "carol-key-0123456789", "ops-key-0123456789xx"
+CAROL_SECRET = "carol-signs-with-this-0123"
 KEYS_FILE = f"""
 [keys.flood]
 key = "{FLOOD}"
@@ -31,6 +35,12 @@ rate_per_minute = 3
 [keys.bob]
 key_sha256 = "{hashlib.sha256(BOB.encode()).hexdigest()}"
 jobs_per_day = 1
+[keys.carol]
+key = "{CAROL}"
+webhook_secret = "{CAROL_SECRET}"
+[keys.ops]
+key = "{OPS}"
+admin = true
 """
 
 
@@ -49,7 +59,9 @@ def small_queue(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Ite
                               "DARKROOM_QUEUE_RETRY_AFTER_S": "7", "DARKROOM_MAX_BATCH": "1",
                               "DARKROOM_CORS_ORIGINS": "https://studio.example", "DARKROOM_API_KEYS_FILE": str(keys),
                               "DARKROOM_MAX_BODY_BYTES": "300000", "DARKROOM_MAX_JSON_DEPTH": "8",
-                              "DARKROOM_MAX_MULTIPART_PARTS": "6", "DARKROOM_MAX_MULTIPART_FIELD_BYTES": "5000"})
+                              "DARKROOM_MAX_MULTIPART_PARTS": "6", "DARKROOM_MAX_MULTIPART_FIELD_BYTES": "5000",
+                              # The webhook receivers of the tenant tests listen on loopback.
+                              "DARKROOM_URL_ALLOWLIST": "127.0.0.1/32"})
     try:
         proc.wait_ready(headers=_as(FLOOD))
         yield proc
@@ -186,3 +198,55 @@ def test_a_task_is_visible_only_to_the_key_that_created_it(small_queue: ServerPr
         assert task in [t["task_id"] for t in owner.get("/api/v1/tasks").json()["tasks"]]
         assert owner.get(f"/api/v1/tasks/{task}").status_code == 200
         owner.post(f"/api/v1/tasks/{task}/cancel")
+
+
+def test_running_task_ids_are_shown_only_to_their_key(small_queue: ServerProcess) -> None:
+    with small_queue.client(headers=_as(FLOOD)) as owner:
+        task = owner.post("/api/v1/images/generate", json={**SLOW, "num_inference_steps": 200}).json()["task_id"]
+        deadline = time.monotonic() + 60
+        while owner.get(f"/api/v1/tasks/{task}").json()["status"] != "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        try:
+            def seen(key: str) -> tuple[list[str], int, list[str]]:
+                engine = small_queue.client().get("/api/v1/engine", headers=_as(key)).json()
+                ready = small_queue.client().get("/ready", headers=_as(key)).json()
+                batch = [j for w in engine["workers"] for j in w["current_batch"]]
+                return batch, sum(w["other_keys_jobs"] for w in engine["workers"]), ready["running"]
+
+            assert seen(FLOOD) == ([task], 0, [task])
+            assert seen(CAROL) == ([], 1, [])  # another tenant learns that the GPU is busy, not with what
+            assert seen(OPS)[0] == [task] and seen(OPS)[2] == [task]  # an admin key sees all
+        finally:
+            owner.post(f"/api/v1/tasks/{task}/cancel")
+
+
+def _signed_by(headers: dict[str, str], body: bytes, secret: str) -> bool:
+    expected = hmac.new(secret.encode(), headers["x-darkroom-timestamp"].encode() + b"." + body,
+                        hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers["x-darkroom-signature"], f"sha256={expected}")
+
+
+def test_each_key_signs_its_own_webhooks(small_queue: ServerProcess) -> None:
+    """flood's secret is derived from its key, carol's set in the keys file: each verifies its own deliveries, and
+    neither secret verifies (so neither tenant can forge) the other's."""
+    from tests.integration.test_dialects import Receiver
+
+    quick = {"model": FLASH, "prompt": "hook", "quality": "512", "num_inference_steps": 1, "celery": True}
+    flood_secret = hmac.new(FLOOD.encode(), b"darkroom-webhook-v1", hashlib.sha256).hexdigest()
+    hooks = {FLOOD: Receiver(), CAROL: Receiver()}
+    try:
+        for key, hook in hooks.items():
+            with small_queue.client(headers=_as(key)) as c:
+                r = c.post("/api/v1/images/generate", json={**quick, "webhook_url": hook.url})
+                assert r.status_code == 202, r.text
+        for hook in hooks.values():
+            hook.wait(1)
+        (flood_headers, flood_body), (carol_headers, carol_body) = hooks[FLOOD].calls[0], hooks[CAROL].calls[0]
+        assert _signed_by(flood_headers, flood_body, flood_secret)
+        assert not _signed_by(flood_headers, flood_body, CAROL_SECRET)
+        assert _signed_by(carol_headers, carol_body, CAROL_SECRET)
+        assert not _signed_by(carol_headers, carol_body, flood_secret)
+    finally:
+        for hook in hooks.values():
+            hook.close()

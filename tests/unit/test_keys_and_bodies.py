@@ -42,6 +42,29 @@ def test_bad_keys_files_are_refused(tmp_path: Path, body: str) -> None:
         KeyRing.load(None, keys, 0, 0)
 
 
+def test_each_key_has_its_own_webhook_secret_and_admin_flag(tmp_path: Path) -> None:
+    import hmac
+
+    from server.keys import derive_webhook_secret
+
+    digest = hashlib.sha256(b"hashed-key-0123456789").digest()
+    path = tmp_path / "keys.toml"
+    path.write_text('[keys.a]\nkey = "tenant-a-0123456789"\n[keys.b]\nkey = "tenant-b-0123456789"\n'
+                    'webhook_secret = "b-chose-this-secret-0"\nadmin = true\n'
+                    f'[keys.c]\nkey_sha256 = "{digest.hex()}"\n')
+    ring = KeyRing.load("operator-key-0123456789", path, 0, 0, webhook_secret="server-wide-secret-xyz")
+    secrets = {k.name: ring.webhook_secret(k.name) for k in ring.keys}
+    assert secrets == {
+        "default": "server-wide-secret-xyz",  # the api_key setting keeps DARKROOM_WEBHOOK_SECRET, as before
+        "a": hmac.new(b"tenant-a-0123456789", b"darkroom-webhook-v1", hashlib.sha256).hexdigest(),
+        "b": "b-chose-this-secret-0",
+        "c": derive_webhook_secret(digest),  # known only by its digest: derived from the digest's bytes
+    }
+    assert len(set(secrets.values())) == 4
+    assert [k.name for k in ring.keys if ring.is_admin(k.name)] == ["default", "b"]
+    assert KeyRing.load(None, None, 0, 0).is_admin(None)  # auth off: the one caller sees everything
+
+
 def test_token_bucket_refills_continuously() -> None:
     key = ApiKey("k", b"", rate_per_minute=60, jobs_per_day=0)
     limiter = RateLimiter()
