@@ -42,6 +42,7 @@ from server.lifecycle import Lifecycle
 from server.logs import RequestIdMiddleware
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
+from server.media.signing import UrlSigner
 from server.media.storage import InputStore, OutputStore
 from server.media.uploads import UploadStore
 from server.metrics import Metrics, MetricsMiddleware
@@ -158,8 +159,9 @@ def create_app(settings: Settings) -> FastAPI:
     uploads = UploadStore(blobs, settings.retention_s)
     sweeper = Sweeper(store, outputs, inputs, uploads, settings.retention_s,
                       int(settings.max_files_gb * 1e9) if settings.max_files_gb else None)
+    signer = None if settings.files_require_key else UrlSigner(store.shared_secret("output-urls"))
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
-                     acceleration, metrics, keys)
+                     acceleration, metrics, keys, signer)
     metrics.watch(lambda: engine_api.engine_view(ctx))
     for dialect in DIALECTS:
         if dialect.webhook is not None:
@@ -214,7 +216,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Inside the key check: an unauthenticated client cannot make the server read a large body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, shaper=shaper)
     if keys.enabled:
-        app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper)
+        app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper, signer=signer)
     # Outside the key check: refused requests are counted and carry a request id too.
     app.add_middleware(MetricsMiddleware, metrics=metrics,
                        dialect_of=lambda path: next((d.name for d in DIALECTS if d.owns(path)), "other"))

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.acceleration_config import Acceleration
+from server.api.links import Links
 from server.catalog import Catalog
 from server.dialects import ModelNames
 from server.jobs.store import JobStore
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
+from server.media.signing import UrlSigner
 from server.media.storage import OutputStore
 from server.media.uploads import UploadStore
 from server.metrics import Metrics
@@ -41,6 +43,8 @@ class AppContext:
     acceleration: Acceleration
     metrics: Metrics
     keys: KeyRing
+    signer: UrlSigner | None
+    """Signs output URLs (None: files need an API key)."""
 
     @property
     def draining(self) -> bool:
@@ -50,6 +54,10 @@ class AppContext:
     def public_base(self, request_base_url: str) -> str:
         """Base of URLs handed to clients: the configured public URL, else what the client called."""
         return (self.settings.public_base_url or request_base_url).rstrip("/")
+
+    def links(self, request_base_url: str) -> Links:
+        """How a response to a request on `request_base_url` writes file URLs."""
+        return Links(self.public_base(request_base_url), self.signer, self.settings.retention_s)
 
     def any_demo(self) -> bool:
         """True when at least one model runs on demo weights."""

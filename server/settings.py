@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     offload_ram_gb: float = Field(
         64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
         "from disk); 0 turns the RAM tier off.")
+    files_require_key: bool = Field(
+        False, description="Output URLs need an API key like every other route. Default: they are signed "
+        "capability URLs (HMAC over path and expiry, valid until the files expire) that work without a key, like "
+        "the hosted providers' (an <img src>, a CDN, an SDK's download).")
     retention_hours: float = Field(
         24.0, ge=0.0, description="Hours a finished task's outputs and inputs, and uploaded files, are kept (hosted "
         "providers' signed URLs last 24 h); then their URLs answer 410 expired. 0 keeps them until deleted.")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -12,9 +13,11 @@ from server.api.dialect import ErrorShaper
 from server.api.errors import send_error
 from server.errors import ApiError, ErrorCode
 from server.keys import KeyRing, RateLimiter
+from server.media.signing import UrlSigner, Verdict
 from server.studio import routes as studio
 
 OPEN_PATHS = frozenset({"/health"}) | docs.OPEN_PATHS | studio.OPEN_PATHS
+FILES_PREFIX = "/files/"
 OPEN_PREFIXES = (docs.ASSETS_PREFIX, studio.PREFIX)
 SCOPE_KEY = "darkroom.key"
 
@@ -37,6 +40,13 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+def file_verdict(signer: UrlSigner, scope: Scope) -> Verdict:
+    """What the `exp` and `sig` query parameters of a request for /files/<name> say."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    name = scope["path"][len(FILES_PREFIX):]
+    return signer.check(name, (query.get("exp") or [None])[0], (query.get("sig") or [None])[0])
+
+
 def caller(scope: Scope) -> str | None:
     """Name of the key that authenticated this request (None when auth is off)."""
     return scope.get(SCOPE_KEY)
@@ -50,14 +60,21 @@ _UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key:
 class ApiKeyMiddleware:
     """401 without a known key; 429 rate_limited (with Retry-After) past the key's requests per minute."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper, signer: UrlSigner | None = None) -> None:
         self.app = app
         self.keys = keys
         self.shaper = shaper
         self.limiter = RateLimiter()
+        self.signer = signer
+        """Lets signed output URLs through without a key (None: files need a key too)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self.signer is not None and scope["path"].startswith(FILES_PREFIX) and \
+                file_verdict(self.signer, scope) in (Verdict.VALID, Verdict.EXPIRED):
+            # A capability URL: the route serves it (or answers 410 once it has expired), whoever asks.
             await self.app(scope, receive, send)
             return
         key = self.keys.match(presented_key(scope["headers"]))

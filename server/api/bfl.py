@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.api.auth import caller
 from server.api.dialect import Dialect
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
+from server.api.links import Links
 from server.api.openapi_doc import json_body
 from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
@@ -124,14 +125,14 @@ _STATUS = {JobStatus.PENDING: "Pending", JobStatus.PROCESSING: "Pending", JobSta
            JobStatus.FAILED: "Error", JobStatus.CANCELLED: "Error"}
 
 
-def result_view(record: JobRecord, base: str) -> dict[str, Any]:
+def result_view(record: JobRecord, links: Links) -> dict[str, Any]:
     """BFL's get_result object."""
     body: dict[str, Any] = {"id": record.id, "status": _STATUS[record.status], "result": None,
                             "progress": None, "details": None, "preview": None}
     if record.status is JobStatus.PROCESSING and record.progress_total:
         body["progress"] = round(record.progress_step / record.progress_total, 3)
     if record.status is JobStatus.COMPLETED:
-        files = outputs(record, base)
+        files = outputs(record, links)
         end = record.finished_at or time.time()
         body["result"] = {"sample": files[0]["url"], "prompt": record.request["prompt"],
                           "seed": record.request["seeds"][0], "start_time": record.started_at, "end_time": end,
@@ -149,12 +150,12 @@ async def get_result(request: Request, id: str = "") -> JSONResponse:  # noqa: A
     record = await ctx.service.get(id, caller(request.scope)) if 0 < len(id) <= 100 else None
     if record is None:
         return JSONResponse({"id": id[:100], "status": "Task not found", "result": None}, status_code=404)
-    return JSONResponse(result_view(record, base_url(request)))
+    return JSONResponse(result_view(record, ctx.links(base_url(request))))
 
 
-def webhook_payload(record: JobRecord, base: str, _event: str, _ctx: Any) -> dict[str, Any]:
+def webhook_payload(record: JobRecord, base: str, _event: str, ctx: Any) -> dict[str, Any]:
     """BFL's webhook body is the result object."""
-    return result_view(record, base)
+    return result_view(record, ctx.links(base))
 
 
 def error_shape(err: ApiError) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.api.auth import caller
 from server.api.errors import from_validation_errors
+from server.api.links import Links
 from server.api.request_body import read_json_object
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
@@ -72,13 +73,11 @@ async def record_or_404(request: Request, job_id: str, field: str = "id") -> Job
     return record
 
 
-def outputs(record: JobRecord, base: str) -> list[dict[str, Any]]:
-    """A completed job's files (images, or videos) with their URLs, sizes and seeds."""
+def outputs(record: JobRecord, links: Links) -> list[dict[str, Any]]:
+    """A completed job's files (images, or videos) with their URLs (signed until they expire), sizes and seeds."""
     result = record.result or {}
-    out = []
-    for entry in result.get("images", []) + result.get("videos", []):
-        out.append({**entry, "url": f"{base}/files/{entry['file']}"})
-    return out
+    return [{**entry, "url": links.file(entry["file"], record)}
+            for entry in result.get("images", []) + result.get("videos", [])]
 
 
 def file_b64(ctx: AppContext, name: str) -> str:

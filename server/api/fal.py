@@ -199,7 +199,7 @@ def app_path(model_path: str) -> str:
 
 def result_payload(ctx: Any, record: JobRecord, base: str, sync_mode: bool = False) -> dict[str, Any]:
     """The model's output JSON, as fal returns it from the result URL."""
-    files = outputs(record, base)
+    files = outputs(record, ctx.links(base))
 
     def file_obj(f: dict[str, Any]) -> dict[str, Any]:
         url = f"data:{f['content_type']};base64,{file_b64(ctx, f['file'])}" if sync_mode else f["url"]

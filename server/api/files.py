@@ -3,12 +3,15 @@ ranges by Starlette) or streamed from the shared bucket (ranges passed through, 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
+from server.api.auth import file_verdict
 from server.errors import ApiError, ErrorCode
+from server.media.signing import Verdict
 from server.media.storage import OutputStore
 
 router = APIRouter()
@@ -44,11 +47,14 @@ def file_response(outputs: OutputStore, name: str, request: Request) -> Response
 
 @router.get("/files/{name}")
 async def get_file(name: str, request: Request) -> Response:
-    """One output image or clip. Unknown, malformed or non-generated names are 404 alike; expired ones 410."""
-    outputs = request.app.state.ctx.outputs
-    response = file_response(outputs, name, request)
+    """One output image or clip: by its signed URL (`exp`, `sig`: no key needed) or with an API key. Unknown,
+    malformed or non-generated names are 404 alike; expired ones (or a signed URL past its expiry) 410."""
+    ctx = request.app.state.ctx
+    outputs = ctx.outputs
+    signed_but_expired = ctx.signer is not None and file_verdict(ctx.signer, request.scope) is Verdict.EXPIRED
+    response = None if signed_but_expired else await asyncio.to_thread(file_response, outputs, name, request)
     if response is None:
-        if outputs.expired(name):
+        if signed_but_expired or outputs.expired(name):
             raise ApiError(410, ErrorCode.EXPIRED, "this file has expired (outputs are kept for "
                            f"{request.app.state.ctx.settings.retention_hours:g} h); run the task again", None)
         raise ApiError(404, ErrorCode.NOT_FOUND, "no such file", None)

@@ -159,7 +159,7 @@ async def generate_content(model: str, request: Request) -> Response:
     ask = _ask(local, camelise(await json_object(request)), ctx)
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     record = await wait_done(request, job_id)
-    files = outputs(record, "")
+    files = outputs(record, ctx.links(""))
     inline = InlineImages(ctx)
     candidates = [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": f["content_type"],
                                                                           "data": inline.ref(f["file"])}}]},

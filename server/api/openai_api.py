@@ -155,7 +155,7 @@ _EDIT_FILES = {"image": "image", "image[]": "image", "mask": "mask"}
 
 def _images_response(request: Request, body: GenerationsBody, record: JobRecord, warnings: list[str]) -> Response:
     inline = InlineImages(ctx_of(request))
-    files = outputs(record, base_url(request))
+    files = outputs(record, ctx_of(request).links(base_url(request)))
     if body.response_format == "url":
         data = [{"url": f["url"]} for f in files]
     else:

@@ -152,7 +152,7 @@ async def generate(request: Request) -> JSONResponse:
                             status_code=202)
     record = await ctx.service.wait(job_id, ctx.settings.sync_timeout_s)
     if record.status is JobStatus.COMPLETED:
-        return JSONResponse(task_view(record, base, ctx.settings.retention_s))
+        return JSONResponse(task_view(record, ctx.links(base)))
     if record.status is JobStatus.FAILED:
         assert record.error is not None
         err = record.error

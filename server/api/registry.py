@@ -6,8 +6,7 @@ from server.api import bfl, fal, gemini, openai_api, qolaba, replicate, tasks, v
 from server.api.dialect import Dialect
 
 NATIVE = Dialect("darkroom", (qolaba.router, videos.router, tasks.router), prefixes=("/api/",),
-                 webhook=lambda record, base, _event, ctx: tasks.task_view(record, base,
-                                                                         ctx.settings.retention_s))
+                 webhook=lambda record, base, _event, ctx: tasks.task_view(record, ctx.links(base)))
 """The hosted platform's own API (Qolaba-compatible): darkroom's error shape and task object."""
 
 DIALECTS: tuple[Dialect, ...] = (gemini.DIALECT, fal.DIALECT, replicate.DIALECT, bfl.DIALECT, openai_api.DIALECT,

@@ -20,6 +20,7 @@ from server.api import replicate_files
 from server.api.auth import caller
 from server.api.dialect import Dialect
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
+from server.api.links import Links
 from server.api.openapi_doc import json_body
 from server.api.replicate_files import own_file_bytes
 from server.asks import ImageAsk, ImageInput
@@ -143,13 +144,14 @@ _STATUS = {JobStatus.PENDING: "starting", JobStatus.PROCESSING: "processing", Jo
            JobStatus.FAILED: "failed", JobStatus.CANCELLED: "canceled"}
 
 
-def prediction(record: JobRecord, base: str, owner_name: str | None = None) -> dict[str, Any]:
+def prediction(record: JobRecord, links: Links, owner_name: str | None = None) -> dict[str, Any]:
     """The Replicate prediction object for a job."""
+    base = links.base
     note = record.dialect or {}
     name = owner_name or note.get("replicate_model", "")
     output: Any = None
     if record.status is JobStatus.COMPLETED:
-        urls = [f["url"] for f in outputs(record, base)]
+        urls = [f["url"] for f in outputs(record, links)]
         output = urls if name in LIST_OUTPUT or len(urls) > 1 else urls[0]
     error = (record.error or {}).get("message") if record.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None
     metrics = {}
@@ -195,7 +197,7 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     else:
         await asyncio.sleep(0)
         record = await record_or_404(request, job_id)
-    return JSONResponse(prediction(record, base, owner_name), status_code=201)
+    return JSONResponse(prediction(record, ctx.links(base), owner_name), status_code=201)
 
 
 @router.post("/v1/models/{owner}/{name}/predictions", openapi_extra=json_body(PredictionBody))
@@ -285,7 +287,7 @@ async def get_version(owner: str, name: str, version: str, request: Request) -> 
 async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     """The prediction object."""
     return JSONResponse(prediction(await record_or_404(request, prediction_id, "prediction_id"),
-                                   base_url(request)))
+                                   ctx_of(request).links(base_url(request))))
 
 
 @router.post("/v1/predictions/{prediction_id}/cancel")
@@ -295,12 +297,12 @@ async def cancel_prediction(prediction_id: str, request: Request) -> JSONRespons
     await record_or_404(request, prediction_id, "prediction_id")
     await ctx.service.cancel(prediction_id)
     await asyncio.sleep(0)
-    return JSONResponse(prediction(await record_or_404(request, prediction_id), base_url(request)))
+    return JSONResponse(prediction(await record_or_404(request, prediction_id), ctx.links(base_url(request))))
 
 
-def webhook_payload(record: JobRecord, base: str, _event: str, _ctx: Any) -> dict[str, Any]:
+def webhook_payload(record: JobRecord, base: str, _event: str, ctx: Any) -> dict[str, Any]:
     """Replicate's webhook body is the prediction object."""
-    return prediction(record, base)
+    return prediction(record, ctx.links(base))
 
 
 def error_shape(err: ApiError) -> dict[str, Any]:

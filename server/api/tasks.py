@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.api.auth import caller
 from server.api.dialect_io import record_or_404
+from server.api.links import Links
 from server.context import AppContext
 from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
@@ -26,14 +27,14 @@ EVENT_POLL_S = 0.1
 KEEPALIVE_S = 15.0
 
 
-def _file(entry: dict[str, Any], base: str) -> dict[str, Any]:
-    return {"url": f"{base}/files/{entry['file']}", "width": entry["width"], "height": entry["height"],
+def _file(entry: dict[str, Any], links: Links, record: JobRecord) -> dict[str, Any]:
+    return {"url": links.file(entry["file"], record), "width": entry["width"], "height": entry["height"],
             "content_type": entry["content_type"]}
 
 
-def task_view(record: JobRecord, base: str, retention_s: float | None = None) -> dict[str, Any]:
-    """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset); with `retention_s`, when
-    its files expire."""
+def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
+    """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset), its file URLs written by
+    `links` (signed until the files expire)."""
     req = record.request
     width, height = GenerationRequest.output_size_of(req)
     view: dict[str, Any] = {
@@ -55,21 +56,22 @@ def task_view(record: JobRecord, base: str, retention_s: float | None = None) ->
         # Admission's estimate and, once it ran, the batch it ran in (shared_call: one pipeline call).
         "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority,
                      "webhook": _webhook_view(record.webhook), "asked": req.get("asked", {}),
-                     "task": req["task"], "inputs": [] if record.files_expired else _inputs_view(record, base),
-                     "files_expire_at": files_expire_at(record, retention_s), "files_expired": record.files_expired},
+                     "task": req["task"], "inputs": [] if record.files_expired else _inputs_view(record, links.base),
+                     "files_expire_at": files_expire_at(record, links.retention_s),
+                     "files_expired": record.files_expired},
     }
     result = record.result
     if record.status is not JobStatus.COMPLETED or result is None:
         return view
     if "videos" in result:
-        view["videos"] = [{**_file(v, base), "num_frames": v["num_frames"], "fps": v["fps"],
+        view["videos"] = [{**_file(v, links, record), "num_frames": v["num_frames"], "fps": v["fps"],
                            "duration": v["duration"], "has_audio": v["has_audio"], "seed": v["seed"],
-                           "poster": _file(v["poster"], base)} for v in result["videos"]]
+                           "poster": _file(v["poster"], links, record)} for v in result["videos"]]
         view["usage"] = {"videos_generated": len(view["videos"]),
                          "seconds_generated": round(sum(v["duration"] for v in view["videos"]), 3),
                          "cost_usd": 0.0, "compute_seconds": result["timings"]["pipeline_s"]}
     else:
-        view["images"] = [{**_file(im, base), "seed": im["seed"]} for im in result["images"]]
+        view["images"] = [{**_file(im, links, record), "seed": im["seed"]} for im in result["images"]]
         view["usage"] = {"images_generated": len(view["images"]), "cost_usd": 0.0, "cost_credits": 0,
                          "compute_seconds": result["timings"]["pipeline_s"]}
     view["darkroom"] |= {"timings": result["timings"], "runtime": result["runtime"], "task": req["task"],
@@ -126,9 +128,9 @@ async def list_tasks(request: Request, limit: int = Query(20, ge=1, le=100), cur
     ctx = _ctx(request)
     before = _parse_cursor(cursor) if cursor else None
     records = await ctx.service.list(caller(request.scope), limit + 1, before, model, status)
-    base = ctx.public_base(str(request.base_url))
+    links = ctx.links(str(request.base_url))
     page = records[:limit]
-    return JSONResponse({"tasks": [task_view(r, base, ctx.settings.retention_s) for r in page],
+    return JSONResponse({"tasks": [task_view(r, links) for r in page],
                          "next_cursor": _cursor(page[-1]) if len(records) > limit else None})
 
 
@@ -162,8 +164,7 @@ async def task_input(task_id: str, name: str, request: Request) -> Response:
 async def get_task(task_id: str, request: Request) -> JSONResponse:
     """Status of a task; completed tasks carry images or videos and usage, failed ones the error."""
     ctx = _ctx(request)
-    view = task_view(await _record_or_404(request, task_id), ctx.public_base(str(request.base_url)),
-                     ctx.settings.retention_s)
+    view = task_view(await _record_or_404(request, task_id), ctx.links(str(request.base_url)))
     if view["status"] == JobStatus.PENDING:
         view["queue_position"] = await ctx.service.queue_position(task_id)
     return JSONResponse(view)
@@ -179,7 +180,7 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
     `completed`, `failed` or `cancelled` carrying the whole task, after which the stream ends."""
     ctx = _ctx(request)
     await _record_or_404(request, task_id)
-    base = ctx.public_base(str(request.base_url))
+    links = ctx.links(str(request.base_url))
 
     async def stream() -> AsyncIterator[str]:
         last: tuple[str, int, int] | None = None
@@ -193,7 +194,7 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
                 await asyncio.sleep(EVENT_POLL_S)
                 continue
             if record.status in FINAL_STATES:
-                yield _sse(str(record.status), task_view(record, base, ctx.settings.retention_s))
+                yield _sse(str(record.status), task_view(record, links))
                 return
             state = (str(record.status), record.progress_step, record.progress_total)
             if state != last:
@@ -222,6 +223,6 @@ async def cancel_task(task_id: str, request: Request) -> JSONResponse:
         record = await _record_or_404(request, task_id)
         raise ApiError(409, ErrorCode.ALREADY_FINISHED, f"the task is already {record.status}", "task_id")
     record = await _record_or_404(request, task_id)
-    view = task_view(record, ctx.public_base(str(request.base_url)), ctx.settings.retention_s)
+    view = task_view(record, ctx.links(str(request.base_url)))
     view["cancel_requested"] = True
     return JSONResponse(view, status_code=200 if record.status is JobStatus.CANCELLED else 202)

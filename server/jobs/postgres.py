@@ -13,6 +13,7 @@ runs the one engine (scheduler) that drives the cluster's workers.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +85,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body_sha   TEXT NOT NULL,
     job_id     TEXT,
     created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 _PROGRESS_WAIT_S = 0.25
@@ -429,6 +434,17 @@ class PostgresJobStore(JobStore):
     def owed_webhooks(self) -> list[str]:
         rows = self._all("SELECT id, webhook FROM jobs WHERE webhook IS NOT NULL AND status IN (%s, %s, %s)", _FINAL)
         return [r["id"] for r in rows if owed(r["webhook"])]
+
+    def shared_secret(self, name: str) -> str:
+        def make(cur: psycopg.Cursor[dict[str, Any]]) -> str:
+            cur.execute("INSERT INTO secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                        (name, secrets.token_hex(32)))
+            cur.execute("SELECT value FROM secrets WHERE name = %s", (name,))
+            row = cur.fetchone()
+            assert row is not None
+            return str(row["value"])
+
+        return self._run(make)
 
     # ---- the cluster's one engine -------------------------------------------------------------------------
     def engine_lock(self) -> EngineLock:

@@ -7,6 +7,7 @@ is durable across crashes in WAL mode and a little faster per submit (benchmarks
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -58,6 +59,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body_sha   TEXT NOT NULL,
     job_id     TEXT,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -428,6 +433,13 @@ class SqliteJobStore(JobStore):
     def request_cancel(self, job_id: str) -> bool:
         return self._exec("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?",
                           (job_id, JobStatus.PROCESSING)) == 1
+
+    def shared_secret(self, name: str) -> str:
+        def make(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, secrets.token_hex(32)))
+            return str(conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()["value"])
+
+        return self._write(make)
 
     # ---- webhooks -----------------------------------------------------------------------------------------
     def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any], delivered: str | None) -> None:

@@ -193,6 +193,11 @@ class JobStore(ABC):
         """Finished jobs whose completion webhook was never delivered."""
 
     @abstractmethod
+    def shared_secret(self, name: str) -> str:
+        """A random secret that every process using this store shares (URL signing): made by the first to ask,
+        the same for all after."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 

@@ -158,6 +158,47 @@ def test_url_intake_from_allowlisted_loopback_host(keyed_server: ServerProcess) 
     assert "/src.png" in hits
 
 
+def test_output_urls_are_signed_capability_urls(keyed_server: ServerProcess) -> None:
+    """On a keyed server an output URL works without the key (an <img src>, a CDN, requests.get), like the hosted
+    providers'; a tampered, borrowed or unsigned one does not, and every front end on the store signs alike."""
+    import urllib.parse
+
+    with keyed_server.client(headers={"X-API-Key": API_KEY}) as c:
+        view = c.post("/api/v1/images/generate", json={"model": "flux-kontext-pro", "prompt": "signed",
+                                                         "quality": "512", "num_inference_steps": 2}).json()
+        other = c.post("/api/v1/images/generate", json={"model": "flux-kontext-pro", "prompt": "other",
+                                                          "quality": "512", "num_inference_steps": 2}).json()
+    url = urllib.parse.urlsplit(view["images"][0]["url"])
+    query = dict(urllib.parse.parse_qsl(url.query))
+    expires = view["darkroom"]["files_expire_at"]
+    assert int(query["exp"]) == int(expires) and len(query["sig"]) == 64
+    anonymous = httpx.get(view["images"][0]["url"])
+    assert anonymous.status_code == 200 and anonymous.headers["content-type"] == "image/png"
+    assert httpx.get(view["images"][0]["url"], headers={"Range": "bytes=0-9"}).status_code == 206
+    name = url.path.rsplit("/", 1)[1]
+    base = f"{keyed_server.base_url}/files/"
+    other_name = urllib.parse.urlsplit(other["images"][0]["url"]).path.rsplit("/", 1)[1]
+    refused = {
+        "unsigned": base + name,
+        "tampered": f"{base}{name}?exp={query['exp']}&sig={'0' * 64}",
+        "longer_life": f"{base}{name}?exp={int(query['exp']) + 86400}&sig={query['sig']}",
+        "another_file": f"{base}{other_name}?exp={query['exp']}&sig={query['sig']}",
+    }
+    for why, bad in refused.items():
+        r = httpx.get(bad)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", (why, r.text)
+    assert httpx.get(base + name, headers={"X-API-Key": API_KEY}).status_code == 200  # a key still works
+    # Past its expiry a signed URL answers 410 expired, as the file itself will once the sweeper removes it.
+    import sqlite3
+
+    from server.media.signing import UrlSigner
+
+    with sqlite3.connect(keyed_server.data_dir / "jobs.sqlite3") as db:
+        (secret,) = db.execute("SELECT value FROM secrets WHERE name = 'output-urls'").fetchone()
+    late = httpx.get(f"{base}{name}?{UrlSigner(secret).query(name, time.time() - 60)}")
+    assert late.status_code == 410 and late.json()["error"]["code"] == "expired"
+
+
 def test_private_urls_refused_by_default(server: ServerProcess) -> None:
     routes = {"/src.png": (200, {"Content-Type": "image/png"}, png_bytes())}
     with image_host(routes) as (base, hits), server.client() as c:
