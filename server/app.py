@@ -226,5 +226,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key", "x-key", "x-goog-api-key",
-                                          "Idempotency-Key", "Prefer"])
+                                          "Idempotency-Key", "Prefer"],
+                           # Headers the providers' browser clients read from answers.
+                           expose_headers=["x-fal-request-id", "Retry-After", "X-Request-Id"])
     return app

@@ -73,3 +73,14 @@ def s3_server() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def js_sdks() -> Any:
+    """The providers' JavaScript SDKs, installed once per session (skipped where Node.js or npm is missing)."""
+    from tests import js_clients
+
+    why = js_clients.install()
+    if why is not None:
+        pytest.skip(why)
+    return js_clients

@@ -252,7 +252,8 @@ async def queue_status(app: str, request_id: str, request: Request) -> JSONRespo
                             **_urls(base_url(request), f"fal-ai/{app}", record.id), "logs": []}
     if record.status is JobStatus.PENDING:
         body["queue_position"] = await ctx.service.queue_position(record.id) or 0
-    return JSONResponse(body, status_code=202 if record.status not in FINAL_STATES else 200)
+    return JSONResponse(body, status_code=202 if record.status not in FINAL_STATES else 200,
+                        headers=_request_id(record.id))
 
 
 @router.get("/fal-ai/{app:path}/requests/{request_id}")
@@ -261,11 +262,11 @@ async def queue_result(app: str, request_id: str, request: Request) -> JSONRespo
     ctx = ctx_of(request)
     record = await record_or_404(request, request_id, "request_id")
     if record.status is JobStatus.COMPLETED:
-        return JSONResponse(result_payload(ctx, record, base_url(request)))
+        return JSONResponse(result_payload(ctx, record, base_url(request)), headers=_request_id(record.id))
     if record.status in FINAL_STATES:
         err = failure(record)
         return JSONResponse(error_shape(err), status_code=err.status,
-                            headers={"X-Fal-Error-Type": str(err.code)})
+                            headers={"X-Fal-Error-Type": str(err.code), **_request_id(record.id)})
     raise ApiError(400, ErrorCode.NOT_READY, "the request is still in progress; poll its status_url")
 
 
@@ -304,7 +305,7 @@ async def queue_submit(model_path: str, request: Request) -> JSONResponse:
     ctx = ctx_of(request)
     return JSONResponse({"request_id": job_id, "gateway_request_id": job_id, "status": "IN_QUEUE",
                          "queue_position": await ctx.service.queue_position(job_id) or 0,
-                         **_urls(base_url(request), path, job_id)})
+                         **_urls(base_url(request), path, job_id)}, headers=_request_id(job_id))
 
 
 @router.post("/sync/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody))
@@ -312,7 +313,13 @@ async def sync_run(model_path: str, request: Request) -> JSONResponse:
     """fal.run: hold the connection and answer with the output."""
     job_id, body = await _submit(request, f"fal-ai/{model_path}")
     record = await wait_done(request, job_id)
-    return JSONResponse(result_payload(ctx_of(request), record, base_url(request), body.sync_mode))
+    return JSONResponse(result_payload(ctx_of(request), record, base_url(request), body.sync_mode),
+                        headers=_request_id(job_id))
+
+
+def _request_id(job_id: str) -> dict[str, str]:
+    """The header fal's clients read the request id from (`result.requestId`)."""
+    return {"x-fal-request-id": job_id}
 
 
 def _status(record: JobRecord) -> str:

@@ -53,7 +53,8 @@ FIELD_POLICY: dict[str, dict[str, str]] = {
         "size": "mapped: exact output size (`auto`: the model's default tier, source aspect)",
         "quality": "mapped: share of the model's default steps (low 35 %, medium 60 %, high/auto 100 %)",
         "output_format": "mapped: output_format",
-        "response_format": "mapped: b64_json (default) or url",
+        "response_format": "mapped: url or b64_json; unset, url for dall-e-* models and b64_json for GPT Image "
+                           "ones, as OpenAI answers",
         "background": "mapped: auto/opaque; transparent refused (unsupported_feature)",
         "output_compression": "refused unless 100 (unsupported_feature): outputs use fixed encoder settings",
         "moderation": "warned: no moderation runs locally",
@@ -84,7 +85,7 @@ class GenerationsBody(BaseModel):
     size: str = Field("auto", max_length=20)
     quality: Literal["low", "medium", "high", "auto", "standard", "hd"] = "auto"
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    response_format: Literal["b64_json", "url"] = "b64_json"
+    response_format: Literal["b64_json", "url"] | None = None
     background: Literal["transparent", "opaque", "auto"] = "auto"
     output_compression: int | None = Field(None, ge=0, le=100)
     moderation: Literal["low", "auto"] | None = None
@@ -156,7 +157,9 @@ _EDIT_FILES = {"image": "image", "image[]": "image", "mask": "mask"}
 def _images_response(request: Request, body: GenerationsBody, record: JobRecord, warnings: list[str]) -> Response:
     inline = InlineImages(ctx_of(request))
     files = outputs(record, ctx_of(request).links(base_url(request)))
-    if body.response_format == "url":
+    # OpenAI's default: URLs from the DALL-E models, base64 from GPT Image (which has no URLs at all).
+    response_format = body.response_format or ("url" if body.model.startswith("dall-e") else "b64_json")
+    if response_format == "url":
         data = [{"url": f["url"]} for f in files]
     else:
         data = [{"b64_json": inline.ref(f["file"])} for f in files]

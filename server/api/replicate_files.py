@@ -62,12 +62,14 @@ def own_file_bytes(request: Request, url: str) -> bytes | None:
     "multipart/form-data": {"schema": {"type": "object", "required": ["content"], "properties": {
         "content": {"type": "string", "format": "binary"}, "metadata": {"type": "string"}}}}}}})
 async def create_file(request: Request) -> JSONResponse:
-    """Upload one file (part `content`; optional `metadata`, a JSON object as text)."""
+    """Upload one file (part `content`; optional `metadata`, a JSON object as a text part or, as the replicate JS
+    SDK sends it, as a file part)."""
     ctx = ctx_of(request)
     if content_kind(request) != "multipart":
         raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "upload the file as multipart/form-data in a part "
                        "named content", None)
-    fields, files = await read_multipart(request, {"content": "content"}, max_files=1)
+    fields, files = await read_multipart(request, {"content": "content"}, max_files=1,
+                                         text_parts=frozenset({"metadata"}))
     if not files.get("content"):
         raise ApiError(422, ErrorCode.MISSING_FIELD, "send the file in a multipart part named content", "content")
     upload = files["content"][0]

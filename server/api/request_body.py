@@ -138,16 +138,26 @@ class Upload:
 
 
 async def read_multipart(request: Request, roles: Mapping[str, str], max_files: int,
-                         list_fields: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, list[Upload]]]:
+                         list_fields: frozenset[str] = frozenset(), text_parts: frozenset[str] = frozenset()
+                         ) -> tuple[dict[str, Any], dict[str, list[Upload]]]:
     """The one multipart reader: (text fields, files by role). `roles` maps a file part's name to its role;
     any other file part is 422 unknown_field naming the accepted ones, a file over max_image_bytes is 413, a
-    repeated text field is 422 unless listed in `list_fields` (those collect into lists)."""
-    limit = request.app.state.ctx.settings.max_image_bytes
-    form = await read_form(request, max_files=max_files)
+    repeated text field is 422 unless listed in `list_fields` (those collect into lists). A part named in
+    `text_parts` is a text field even when the client sent it as a file (the replicate JS SDK sends its metadata
+    JSON as a Blob)."""
+    settings = request.app.state.ctx.settings
+    limit = settings.max_image_bytes
+    form = await read_form(request, max_files=max_files + len(text_parts))
     fields: dict[str, Any] = {}
     files: dict[str, list[Upload]] = {}
     try:
         for name, value in form.multi_items():
+            if isinstance(value, UploadFile) and name in text_parts:
+                raw = await value.read(settings.max_multipart_field_bytes + 1)
+                if len(raw) > settings.max_multipart_field_bytes:
+                    raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "a multipart text field is larger than "
+                                   f"{settings.max_multipart_field_bytes} bytes", name)
+                value = raw.decode("utf-8", errors="replace")
             if isinstance(value, UploadFile):
                 role = roles.get(name)
                 if role is None:

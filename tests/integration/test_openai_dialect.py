@@ -34,6 +34,17 @@ def test_generate_returns_b64_images_of_the_asked_size(server: ServerProcess) ->
     assert r.model_extra and r.model_extra["darkroom"]["model"] == "vertex/nano-banana-flash"
 
 
+def test_dall_e_answers_urls_by_default_and_b64_on_request(server: ServerProcess) -> None:
+    """OpenAI's default response_format is url for the DALL-E models (GPT Image answers base64 only)."""
+    client = _client(server)
+    by_default = client.images.generate(model="dall-e-2", prompt="a kite", size="256x256")
+    assert by_default.data[0].url and by_default.data[0].b64_json is None
+    got = httpx.get(by_default.data[0].url)  # an OpenAI image URL needs no key
+    assert got.status_code == 200 and Image.open(io.BytesIO(got.content)).size == (256, 256)
+    asked = client.images.generate(model="dall-e-2", prompt="a kite", size="256x256", response_format="b64_json")
+    assert asked.data[0].b64_json and asked.data[0].url is None
+
+
 def test_edit_with_several_images_and_an_alpha_mask(server: ServerProcess) -> None:
     mask = Image.new("RGBA", (128, 96), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 64, 96))  # left half transparent = editable
