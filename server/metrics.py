@@ -125,12 +125,10 @@ class _EngineCollector(Collector):
                          ("oom_retries", "Single jobs retried with offload after running out of memory."),
                          ("device_faults", "Devices taken out after a fault."),
                          ("worker_restarts", "Worker threads that died and were started again."),
-                         ("loop_errors", "Engine rounds that failed (store locked or away, disk full) and were "
-                                         "tried again."),
+                         ("loop_errors", "Engine rounds that failed (store locked or away, disk full), tried again."),
                          ("supervision_errors", "Supervision rounds that failed and were tried again."),
                          ("job_retries", "Jobs given back to the queue after a failure around their render."),
-                         ("parked_for_storage", "Rendered jobs given back because their outputs could not be "
-                                                "stored (disk full).")):
+                         ("parked_for_storage", "Rendered jobs given back: their outputs could not be stored.")):
             yield counter(key, doc, [], [([], b.get(key, 0))])
         yield counter("not_batched", "Queued jobs of the running model left out of a batch, by reason.", ["reason"],
                       [([r], n) for r, n in sorted(view["not_batched"].items())])

@@ -47,7 +47,6 @@ from server.jobs.store import (
     NewJob,
     Quota,
     Refusal,
-    ReservationLost,
     new_task_id,
 )
 from server.limits import (

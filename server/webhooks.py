@@ -129,7 +129,7 @@ class Webhooks:
         self._loop = loop
         try:
             owed = await self.calls(self.store.owed_webhooks, deadline_s=30.0)
-        except Exception:  # noqa: BLE001 - a busy store at start-up: they are re-sent at the next start
+        except Exception:  # a busy store at start-up: they are re-sent at the next start
             log.exception("could not look for webhooks owed from before the restart")
             return
         for job_id in owed:
@@ -178,7 +178,7 @@ class Webhooks:
     async def _deliver(self, job_id: str, event: str) -> None:
         try:
             await self._attempts(job_id, event)
-        except Exception:  # noqa: BLE001 - the store failed us: the delivery is owed and re-sent after a restart
+        except Exception:  # the store failed us: the delivery is owed and re-sent after a restart
             log.exception("webhook for %s (%s) stopped: the job store failed", job_id, event)
 
     async def _attempts(self, job_id: str, event: str) -> None:

@@ -14,6 +14,7 @@ even a request that stalled past the bound cannot make a second job for its key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -91,15 +92,12 @@ async def _keep_reserved(ctx: AppContext, scoped: str) -> None:
     """Touch the reservation of a request being accepted, so no other request takes it over."""
     while True:
         await asyncio.sleep(HEARTBEAT_S)
-        try:
+        # A busy store: the next heartbeat tries again (a reservation goes stale after five misses).
+        with contextlib.suppress(Exception):
             await ctx.service.touch_key(scoped)
-        except Exception:  # noqa: BLE001 - a busy store: the next heartbeat tries again (staleness takes 5 misses)
-            pass
 
 
 async def _release(ctx: AppContext, scoped: str) -> None:
     """Free the key of a request refused before its job was committed (a busy store leaves it to go stale)."""
-    try:
+    with contextlib.suppress(Exception):
         await ctx.service.release_key(scoped)
-    except Exception:  # noqa: BLE001 - see the docstring
-        pass

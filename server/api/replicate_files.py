@@ -6,6 +6,7 @@ straight from the store instead of fetching it over the network (which the SSRF 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime
@@ -81,8 +82,9 @@ async def create_file(request: Request) -> JSONResponse:
             metadata = None
         if not isinstance(metadata, dict):
             raise ApiError(422, ErrorCode.INVALID_REQUEST, "metadata must be a JSON object", "metadata")
-    record = ctx.uploads.create(upload.data, upload.filename or "file",
-                                upload.content_type or "application/octet-stream", caller(request.scope), metadata)
+    record = await asyncio.to_thread(ctx.uploads.create, upload.data, upload.filename or "file",
+                                     upload.content_type or "application/octet-stream", caller(request.scope),
+                                     metadata)
     return JSONResponse(file_object(record, base_url(request)), status_code=201)
 
 
@@ -91,12 +93,12 @@ async def list_files(request: Request) -> JSONResponse:
     """The caller's files, newest first."""
     ctx = ctx_of(request)
     base = base_url(request)
-    files = [file_object(f, base) for f in ctx.uploads.list(caller(request.scope))]
+    files = [file_object(f, base) for f in await asyncio.to_thread(ctx.uploads.list, caller(request.scope))]
     return JSONResponse({"results": files, "next": None, "previous": None})
 
 
-def _file_or_404(request: Request, file_id: str) -> UploadedFile:
-    record = ctx_of(request).uploads.get(file_id, caller(request.scope))
+async def _file_or_404(request: Request, file_id: str) -> UploadedFile:
+    record = await asyncio.to_thread(ctx_of(request).uploads.get, file_id, caller(request.scope))
     if record is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no file with id {file_id[:100]!r}", "file_id")
     return record
@@ -105,15 +107,15 @@ def _file_or_404(request: Request, file_id: str) -> UploadedFile:
 @router.get("/v1/files/{file_id}")
 async def get_file(file_id: str, request: Request) -> JSONResponse:
     """The File object."""
-    return JSONResponse(file_object(_file_or_404(request, file_id), base_url(request)))
+    return JSONResponse(file_object(await _file_or_404(request, file_id), base_url(request)))
 
 
 @router.get("/v1/files/{file_id}/download", openapi_extra={"responses": {"200": {"content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}})
 async def download_file(file_id: str, request: Request) -> Response:
     """The file's bytes."""
-    record = _file_or_404(request, file_id)
-    data = ctx_of(request).uploads.read(file_id, caller(request.scope))
+    record = await _file_or_404(request, file_id)
+    data = await asyncio.to_thread(ctx_of(request).uploads.read, file_id, caller(request.scope))
     if data is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no file with id {file_id[:100]!r}", "file_id")
     return Response(data, media_type=record.content_type,
@@ -123,6 +125,6 @@ async def download_file(file_id: str, request: Request) -> Response:
 @router.delete("/v1/files/{file_id}", status_code=204)
 async def delete_file(file_id: str, request: Request) -> Response:
     """Delete the file: 204, or 404 when there is none."""
-    if not ctx_of(request).uploads.delete(file_id, caller(request.scope)):
+    if not await asyncio.to_thread(ctx_of(request).uploads.delete, file_id, caller(request.scope)):
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no file with id {file_id[:100]!r}", "file_id")
     return Response(status_code=204)

@@ -10,6 +10,7 @@ say), takes out hung workers and restarts worker threads that died.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -32,7 +33,7 @@ from server.engine.saving import Savers
 from server.engine.scheduler import Plan, Scheduler, WorkerView
 from server.engine.slots import Call, WorkerSlot
 from server.engine.supervision import Supervision
-from server.engine.work import Cancelled, Completed, DeviceFault, Failed, OutOfMemory, Outcome, RenderWork, WorkerLost
+from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork, WorkerLost
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
 from server.jobs.store import Claim, JobRecord, JobStore
@@ -55,7 +56,7 @@ class Engine:
                  memory: Mapping[str, MemoryCoefficients] | None = None,
                  observe: Callable[[JobRecord], None] = lambda _record: None,
                  observe_batch: Callable[[str, int], None] = lambda _model, _size: None,
-                 save_threads: int = 2, faults: FaultPolicy = FaultPolicy(),
+                 save_threads: int = 2, faults: FaultPolicy | None = None,
                  storage_probe: Callable[[], None] | None = None) -> None:
         self.store = store
         self.memory = memory or {}
@@ -92,7 +93,7 @@ class Engine:
         # Finished renders are stored off the device's thread, so the next call starts at once; their leases stay
         # renewed (they count as running) until stored.
         self._savers = Savers(save_threads)
-        self.faults = faults
+        self.faults = faults = faults or FaultPolicy()
         self.storage = StorageGate(storage_probe, faults)
         """Closed while storage is full: nothing new starts, accepted jobs wait."""
         self.recorder = Recorder(store, outputs, self._savers, self.storage, faults, self._count, self._finalised,
@@ -263,7 +264,7 @@ class Engine:
         for weights in self.preload:
             try:
                 slot.handle.preload([weights])
-            except Exception:  # noqa: BLE001 - a model that cannot load must not kill the worker; jobs report it
+            except Exception:  # a model that cannot load must not kill the worker; jobs report it
                 log.exception("could not preload %s on %s", weights, slot.device)
                 self.load_failures[weights] = f"{weights} could not be loaded on {slot.device}"
         with self._cond:
@@ -351,10 +352,8 @@ class Engine:
             if step == total or now - last[0] >= 0.1:  # progress is for humans polling: 10 writes/s is plenty
                 last[0] = now
                 for jid in ids:
-                    try:
+                    with contextlib.suppress(Exception):  # progress is best effort: it never fails a render
                         self.store.set_progress(jid, step, total)
-                    except Exception:  # noqa: BLE001 - progress is best effort: it never fails a render
-                        pass
 
         return on_step
 
@@ -372,7 +371,7 @@ class Engine:
         memory_before = slot.handle.memory_allocated()
         try:
             outcome: Outcome = slot.handle.render(work, self._on_step(slot, call.ids))
-        except Exception as exc:  # noqa: BLE001 - the interface says a render never raises; if one does, it failed
+        except Exception as exc:  # the interface says a render never raises; if one does, it failed
             log.exception("render of %s raised instead of returning an outcome", ", ".join(sorted(call.ids)))
             outcome = Failed(f"{type(exc).__name__}: {exc}")
         match outcome:

@@ -117,7 +117,7 @@ class Recorder:
             attempt += 1
             try:
                 return write()
-            except Exception:  # noqa: BLE001 - tried again until the deadline, then raised
+            except Exception:  # tried again until the deadline, then raised
                 pause = self.faults.delay(attempt) / 4
                 if time.monotonic() + pause > deadline:
                     raise

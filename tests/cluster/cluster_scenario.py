@@ -260,8 +260,8 @@ def test_a_node_killed_mid_job_finishes_elsewhere_once(front_ends: list[ServerPr
 
 
 def _kill_actor(address: str, namespace: str, name: str) -> None:
-    code = ("import ray; ray.init(address=%r, namespace=%r, log_to_driver=False, configure_logging=False); "
-            "ray.kill(ray.get_actor(%r), no_restart=True)") % (address, namespace, name)
+    code = (f"import ray; ray.init(address={address!r}, namespace={namespace!r}, log_to_driver=False, "
+            f"configure_logging=False); ray.kill(ray.get_actor({name!r}), no_restart=True)")
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
 

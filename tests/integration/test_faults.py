@@ -30,14 +30,15 @@ QUICK = {"model": "flux-kontext-pro", "prompt": "a quick one", "quality": "512",
 def tmpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
     """A 48 MB tmpfs to fill (root only; None where mounting is not allowed)."""
     mount = tmp_path_factory.mktemp("tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
     if done.returncode != 0:
         yield None
         return
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")
