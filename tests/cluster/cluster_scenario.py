@@ -109,7 +109,12 @@ def _db(postgres: PostgresServer, sql: str, args: tuple[Any, ...] = ()) -> list[
 def _wait_final(fe: ServerProcess, task_id: str, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        view = httpx.get(f"{fe.base_url}/api/v1/tasks/{task_id}", timeout=10).json()
+        try:
+            view = httpx.get(f"{fe.base_url}/api/v1/tasks/{task_id}", timeout=10).json()
+        except httpx.TransportError:
+            # A front end that lost the engine lock restarts as a plain one: a few seconds without a listener.
+            time.sleep(0.5)
+            continue
         if view["status"] in ("completed", "failed", "cancelled"):
             return view
         time.sleep(0.25)

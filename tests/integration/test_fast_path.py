@@ -143,9 +143,10 @@ def test_a_refused_profile_fails_the_job_with_the_reason(demo_dir: Path) -> None
                                                (SDXLFamily, "")], ids=["flux-kontext", "flux-kontext-fast", "sdxl"])
 @pytest.mark.parametrize("task", [Task.EDIT, Task.INPAINT])
 def test_merged_edits_equal_their_solo_renders(demo_dir: Path, family: type, preset: str, task: Task) -> None:
-    """Kontext at this size: byte-identical. Otherwise at most 4 levels on under 0.5% of pixels, because batched
-    matmuls may sum in another order on the CPU (SDXL alone runs batch 2 for CFG, merged it runs 6), and the fast
-    preset's extrapolation (each image from its own outputs only) scales a last-bit difference by the steps it
+    """At most 4 levels on under 0.5% of pixels, because batched matmuls may sum in another order on the CPU (SDXL
+    alone runs batch 2 for CFG, merged it runs 6; whether Kontext's batch of 3 sums like its batch of 1 depends on
+    the CPU's kernels: byte-identical on one build machine, 1 level on 0.008% of pixels on an AMD EPYC), and the
+    fast preset's extrapolation (each image from its own outputs only) scales a last-bit difference by the steps it
     predicts ahead (measured: 1 level on 0.02% of pixels)."""
     weights = "flux1-kontext-dev" if family is FluxKontextFamily else "sdxl-base-1.0"
     fam = family(demo_dir / weights, "cpu", torch.float32, ACCEL.load_profile(weights))
@@ -183,10 +184,7 @@ def test_merged_edits_equal_their_solo_renders(demo_dir: Path, family: type, pre
     assert len(merged) == 3
     for alone, shared in zip(solo, merged, strict=True):
         diff = np.abs(alone.astype(int) - np.asarray(shared).astype(int))
-        if family is FluxKontextFamily and not preset:
-            assert not diff.any()
-        else:
-            assert diff.max() <= 4 and (diff > 0).mean() < 5e-3
+        assert diff.max() <= 4 and (diff > 0).mean() < 5e-3, (diff.max(), (diff > 0).mean())
 
 
 def test_channels_last_converts_2d_convolutions_and_leaves_video_vaes(kontext: FluxKontextFamily) -> None:

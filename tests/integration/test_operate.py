@@ -99,7 +99,7 @@ def test_retention_sweeps_files_and_answers_410(ops_server: ServerProcess) -> No
         expires = task["darkroom"]["files_expire_at"]
         assert abs(expires - (task["completed_at"] + RETENTION_S)) < 0.01 and not task["darkroom"]["files_expired"]
         assert c.get(image_url).status_code == 200 and c.get(input_url).status_code == 200
-        name = image_url.rsplit("/", 1)[1]
+        name = image_url.split("?", 1)[0].rsplit("/", 1)[1]
         on_disk = ops_server.data_dir / "files" / name
         assert on_disk.exists()
         deadline = time.monotonic() + RETENTION_S + 10

@@ -108,7 +108,7 @@ def test_progress_events_in_order(server: ServerProcess) -> None:
     assert set(names[1:-1]) <= {"progress"}
     steps = [d["step"] for n, d in events if n == "progress"]
     assert steps == sorted(steps) and steps and steps[-1] == 6
-    assert events[-1][1]["videos"][0]["url"].endswith(".mp4")
+    assert events[-1][1]["videos"][0]["url"].split("?", 1)[0].endswith(".mp4")
 
 
 def _wait_running(c: httpx.Client, task: str) -> None:
