@@ -82,12 +82,12 @@ def _e(value: Any) -> str:
 
 
 def _num(value: float | None, unit: str = "", digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}{unit}"
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
 
 
 def _summary_table(summary: dict[str, Any]) -> str:
     rows = [("Requests", lambda s: str(s["requests"])), ("Succeeded", lambda s: str(s["ok"])),
-            ("Failure rate", lambda s: "–" if s["failure_rate"] is None else f"{s['failure_rate'] * 100:.1f} %"),
+            ("Failure rate", lambda s: "—" if s["failure_rate"] is None else f"{s['failure_rate'] * 100:.1f} %"),
             ("Latency p50", lambda s: _num(s["latency_s"]["p50"], " s")),
             ("Latency p95", lambda s: _num(s["latency_s"]["p95"], " s")),
             ("Latency max", lambda s: _num(s["latency_s"]["max"], " s")),
@@ -237,7 +237,7 @@ def _attempt_figure(out: Path, record: dict[str, Any]) -> str:
 
 def _failures(summary: dict[str, Any], names: dict[str, str]) -> str:
     rows = [f"<tr><td>{_e(names[r['side']])}</td><td>{_e(r['payload'])}#{r['repeat']}</td>"
-            f"<td>{_e(r['status_code'] or '–')}</td><td><code>{_e(r['error_code'])}</code></td>"
+            f"<td>{_e(r['status_code'] or '—')}</td><td><code>{_e(r['error_code'])}</code></td>"
             f"<td>{_e(r['error_message'][:300])}</td></tr>" for r in summary["attempts"] if not r["ok"]]
     if not rows:
         return "<h2>Failures</h2><p>None.</p>"
@@ -252,6 +252,7 @@ def _environment(summary: dict[str, Any]) -> str:
         ran = "".join(f"<li><code>{_e(m)}</code> → {_e('; '.join(v))}</li>" for m, v in s["ran_on"].items())
         weights = ", ".join(f"{k}: {v}" for k, v in sorted(env.get("weights", {}).items()))
         items.append(f"<h3>{_e(s['name'])}</h3><p>{_e(env['url'])} — {_e(env['description'])}</p>"
+                     + (f"<p class=stopped><strong>{_e(env['stopped'])}</strong></p>" if env.get("stopped") else "")
                      + (f"<p class=small>Weights: {_e(weights)}</p>" if weights else "")
                      + (f"<p>Model ids → what ran them:</p><ul>{ran}</ul>" if ran else ""))
     tool = summary["tool"]

@@ -55,6 +55,28 @@ class RunConfig:
     poll_s: float = 0.5
     retry_failed: bool = False
     progress: bool = True
+    stop_after_auth_failures: int = 3
+    """A side whose key is refused (401/403) this many times in a row gets no more requests (0: never stop)."""
+
+
+class AuthBreaker:
+    """Stops sending to a side whose key keeps being refused: a wrong key would otherwise spend a whole run (and,
+    on a hosted provider, its rate limit) on 401s. The reason is kept for the report."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.reason: str | None = None
+
+    def record(self, status: int | None, message: str) -> None:
+        """One finished attempt's status."""
+        if status in (401, 403):
+            self.in_a_row += 1
+            if self.limit and self.in_a_row >= self.limit and self.reason is None:
+                self.reason = (f"stopped after {self.in_a_row} requests in a row were refused with {status} ("
+                               f"{message[:160]}): check this side's key")
+        else:
+            self.in_a_row = 0
 
 
 def digest(payload: Payload, dialect: str) -> str:
@@ -96,26 +118,44 @@ async def run(cfg: RunConfig) -> tuple[list[dict[str, Any]], dict[str, dict[str,
         envs = dict(zip((s.label for s in cfg.sides), await asyncio.gather(*(probe(http, s) for s in cfg.sides)),
                         strict=True))
         gates = {s.label: asyncio.Semaphore(cfg.concurrency) for s in cfg.sides}
+        breakers = {s.label: AuthBreaker(cfg.stop_after_auth_failures) for s in cfg.sides}
         bar = tqdm(total=len(wanted), initial=len(kept), unit="req", desc="compare", disable=not cfg.progress)
         with open(cfg.out / RESULTS, "a") as sink:
 
             async def one(p: Payload, side: Side, repeat: int) -> None:
                 async with gates[side.label]:
-                    record = await attempt(http, images, cfg, p, side, repeat, dialect_of[p.id],
-                                           envs[side.label]["darkroom"])
+                    breaker = breakers[side.label]
+                    if breaker.reason is not None:
+                        record = not_sent(p, side, repeat, dialect_of[p.id], breaker.reason)
+                    else:
+                        record = await attempt(http, images, cfg, p, side, repeat, dialect_of[p.id],
+                                               envs[side.label]["darkroom"])
+                        breaker.record(record["status_code"], record["error_message"])
                 record["digest"] = wanted[(p.id, side.label, repeat)]
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 kept[(p.id, side.label, repeat)] = record
                 bar.update(1)
-                if not record["ok"]:
+                if not record["ok"] and record["error_code"] != "not_sent":
                     bar.write(f"{side.name} {p.id}#{repeat}: failed {record['status_code'] or '-'} "
                               f"{record['error_code']}: {record['error_message'][:120]}")
 
             await asyncio.gather(*(one(p, s, n) for p, s, n in todo))
         bar.close()
+        for label, breaker in breakers.items():
+            if breaker.reason is not None:
+                envs[label]["stopped"] = breaker.reason
+                bar.write(f"{envs[label]['name']}: {breaker.reason}")
     order = {key: i for i, key in enumerate(wanted)}
     return sorted(kept.values(), key=lambda r: order[(r["payload"], r["side"], r["repeat"])]), envs
+
+
+def not_sent(payload: Payload, side: Side, repeat: int, dialect: str, reason: str) -> dict[str, Any]:
+    """The record of an attempt the side's breaker kept from being sent (retried by a resumed run)."""
+    return {"payload": payload.id, "side": side.label, "repeat": repeat, "dialect": dialect, "model": payload.model,
+            "tier": payload.price_tier(), "ok": False, "status_code": None, "error_code": "not_sent",
+            "error_message": reason, "latency_s": 0.0, "first_progress_s": None, "images": 0, "video_seconds": 0.0,
+            "outputs": [], "task_id": None, "ran_on": None, "started_at": time.time()}
 
 
 async def attempt(http: httpx.AsyncClient, images: ImageSource, cfg: RunConfig, payload: Payload, side: Side,

@@ -37,7 +37,7 @@ def side_summary(records: list[dict[str, Any]], cost_basis: str, dialect_of: dic
     ok = [r for r in records if r["ok"]]
     images = sum(r["images"] for r in ok)
     video_s = sum(r["video_seconds"] for r in ok)
-    busy = busy_seconds(records)
+    busy = busy_seconds([r for r in records if r["error_code"] != "not_sent"])
     summary: dict[str, Any] = {
         "requests": len(records),
         "ok": len(ok),

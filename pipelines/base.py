@@ -261,6 +261,13 @@ class Family(ABC):
                              "remove negative_prompt", unsupported=True)
 
     @classmethod
+    def denoising_steps(cls, params: RenderParams) -> int:
+        """The denoising steps a render of `params` runs: all of them, or int(steps x strength) for the edits that
+        start from a partly noised source (inpainting, and plain edits where the family honours strength)."""
+        partial = params.task is Task.INPAINT or (params.task is Task.EDIT and cls.img2img_strength)
+        return max(1, int(params.num_inference_steps * params.strength)) if partial else params.num_inference_steps
+
+    @classmethod
     def edit_controls(cls) -> list[str]:
         """Request fields this family honours beyond prompt and images (listed per model for clients)."""
         controls = ["num_inference_steps", "guidance_scale", "seed"]

@@ -164,7 +164,7 @@ class SDXLFamily(Family):
         )
         # img2img runs int(steps*strength) steps, which is what progress counts.
         text_only = p.task is Task.GENERATE or not spec.sources  # references alone: image-prompted generation
-        denoise_steps = p.num_inference_steps if text_only else int(p.num_inference_steps * p.strength)
+        denoise_steps = p.num_inference_steps if text_only else self.denoising_steps(p)
         common["callback_on_step_end"] = self.step_callback(on_step, denoise_steps)
         import torch
 

@@ -16,6 +16,7 @@ from pipelines.memory import load_memory_table
 from server.acceleration_config import Acceleration
 from server.api import docs, files, health
 from server.api import engine as engine_api
+from server.api.access_log import AccessLogMiddleware
 from server.api.auth import ApiKeyMiddleware
 from server.api.dialect import ErrorShaper
 from server.api.errors import install_error_handlers
@@ -23,6 +24,7 @@ from server.api.idempotency import RESERVATION_STALE_S
 from server.api.openapi_doc import documented_openapi
 from server.api.registry import DIALECTS
 from server.api.request_body import BodySizeLimit
+from server.api.request_id import RequestIdMiddleware
 from server.backends import build_workers, open_blobs, open_store
 from server.catalog import Catalog
 from server.cluster.leadership import EngineLeadership
@@ -39,7 +41,7 @@ from server.jobs.lock import DataDirLock
 from server.jobs.offloop import OffLoop
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
-from server.logs import RequestIdMiddleware
+from server.logs import route_library_logs
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
 from server.media.signing import UrlSigner
@@ -73,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     """
     settings.check_bind_safety()
     settings.check_file_sharing()
+    route_library_logs()
     keys = KeyRing.load(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_keys_file,
                         settings.rate_per_minute, settings.jobs_per_day,
                         settings.webhook_secret.get_secret_value() if settings.webhook_secret else None)
@@ -162,7 +165,8 @@ def create_app(settings: Settings) -> FastAPI:
     signer = None if settings.files_require_key else UrlSigner(store.shared_secret("output-urls"))
     ctx = AppContext(settings, catalog, located, store, engine, service, outputs, names, webhooks, lifecycle, uploads,
                      acceleration, metrics, keys, signer)
-    metrics.watch(lambda: engine_api.engine_view(ctx))
+    metrics.prime([*catalog.ids(), *catalog.video_ids()])
+    metrics.watch(lambda: engine_api.engine_view(ctx), sorted(needed))
     for dialect in DIALECTS:
         if dialect.webhook is not None:
             webhooks.builder(dialect.name, lambda record, base, event, shape=dialect.webhook: shape(record, base,
@@ -206,9 +210,13 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="darkroom", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Self-hosted image editing that speaks the hosted platforms' APIs.")
     app.state.ctx = ctx
-    app.openapi = lambda: documented_openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: documented_openapi(app, DIALECTS)  # type: ignore[method-assign]
     app.state.lifecycle = lifecycle
     shaper = ErrorShaper(DIALECTS)
+
+    def dialect_of(path: str) -> str:
+        return next((d.name for d in DIALECTS if d.owns(path)), "other")
+
     install_error_handlers(app, shaper)
     for router in (health.router, docs.router, files.router, engine_api.router, studio.router,
                    *(r for dialect in DIALECTS for r in dialect.routers)):
@@ -216,10 +224,12 @@ def create_app(settings: Settings) -> FastAPI:
     # Inside the key check: an unauthenticated client cannot make the server read a large body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, shaper=shaper)
     if keys.enabled:
-        app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper, signer=signer)
+        app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper, signer=signer,
+                           open_paths={"/metrics"} if settings.metrics_public else set())
+    # Outside the key check, inside the metrics: refusals are logged, with the model the request named.
+    app.add_middleware(AccessLogMiddleware, dialect_of=dialect_of)
     # Outside the key check: refused requests are counted and carry a request id too.
-    app.add_middleware(MetricsMiddleware, metrics=metrics,
-                       dialect_of=lambda path: next((d.name for d in DIALECTS if d.owns(path)), "other"))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, dialect_of=dialect_of)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         # Added last, so outermost: browsers' preflights carry no key and must be answered before the key check.

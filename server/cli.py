@@ -115,13 +115,14 @@ def serve(**given: Any) -> None:
     try:
         app = create_app(settings)
     except (DataDirBusy, ValueError, OSError) as exc:  # a busy data dir, a bad keys or config file
-        click.echo(f"error: {exc}", err=True)
+        # Through the log, so that with --log-format json even this line is JSON.
+        logging.getLogger("darkroom").error("cannot start: %s", exc)
         sys.exit(1)
     lifecycle = app.state.lifecycle
     # log_config=None: uvicorn's records go through the root handler set above (text or JSON alike).
+    # No uvicorn access log: every request is one structured `request` event (server/api/access_log.py).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=settings.log_level == "debug", timeout_graceful_shutdown=10,
-                            log_config=None)
+                            access_log=False, timeout_graceful_shutdown=10, log_config=None)
     server = DrainingServer(config, lifecycle)
     lifecycle.on_exit(server.exit_now)
     url = f"http://{settings.host}:{settings.port}"
@@ -143,14 +144,15 @@ def serve(**given: Any) -> None:
 @_settings_options()
 def doctor(as_json: bool, **given: Any) -> None:
     """Check what this machine and configuration can serve: GPUs, versions, attention and fp8, weights, whether
-    each configured id fits, disk, bind and auth. Exit status 1 when something configured cannot work."""
+    each configured id fits (GPU memory and host RAM), disk, the port and data dir, bind and auth. Each finding is
+    ok, warning or error; the exit status follows the worst: 0, 1 or 2 (with --json too)."""
     _configure_logging("error")
-    from server.doctor import Doctor, render
+    from server.doctor import Doctor, exit_status, render
     from server.doctor import as_json as findings_json
 
     findings = Doctor(_build_settings(given)).run()
     click.echo(findings_json(findings) if as_json else render(findings))
-    sys.exit(1 if any(f.level == "fail" for f in findings) else 0)
+    sys.exit(exit_status(findings))
 
 
 @main.command()
@@ -190,10 +192,12 @@ def doctor(as_json: bool, **given: Any) -> None:
 @click.option("--usd-per-kwh", type=click.FloatRange(0), default=None, help="Electricity price.")
 @click.option("--retry-failed", is_flag=True, help="On a resumed run, send failed requests again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--stop-after-auth-failures", type=click.IntRange(0), default=3, show_default=True,
+              help="Send a side nothing more after this many 401/403 answers in a row (a wrong key); 0: never stop.")
 def compare(payloads: Path, a_url: str, a_key: str | None, a_name: str, a_cost: str, b_url: str, b_key: str | None,
             b_name: str, b_cost: str, dialect: str, out: Path, concurrency: int, repeats: int, timeout_s: float,
             poll_s: float, prices: Path | None, gpu_usd_per_hour: float | None, gpus: int, gpu_watts: float | None,
-            usd_per_kwh: float | None, retry_failed: bool, no_progress: bool) -> None:
+            usd_per_kwh: float | None, retry_failed: bool, no_progress: bool, stop_after_auth_failures: int) -> None:
     """Send the same payloads to two endpoints speaking a hosted dialect (typically a hosted provider and
     darkroom); write a self-contained HTML report (outputs side by side, latency plots, cost) and JSON. A re-run
     into the same --out resumes: payloads already done are not sent again."""
@@ -223,16 +227,19 @@ def compare(payloads: Path, a_url: str, a_key: str | None, a_name: str, a_cost: 
                            Side("b", b_name, b_url, key_of(b_key, "b"), b_cost)),  # type: ignore[arg-type]
                     gpu=GpuCost(gpu_usd_per_hour, gpus, gpu_watts, usd_per_kwh), concurrency=concurrency,
                     repeats=repeats, timeout_s=timeout_s, poll_s=poll_s, retry_failed=retry_failed,
-                    progress=not no_progress)
+                    progress=not no_progress, stop_after_auth_failures=stop_after_auth_failures)
     records, envs = asyncio.run(run(cfg))
     summary = build_summary(cfg, records, envs)
     json_path, html_path = write(cfg, summary)
-    for side in summary["sides"].values():
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f} s"
+
+    for label, side in summary["sides"].items():
         s = side["summary"]
         cost = s["cost"]["usd_per_image"]
-        click.echo(f"{side['name']:>12}: {s['ok']}/{s['requests']} ok, p50 {s['latency_s']['p50'] or 0:.2f} s, "
-                   f"p95 {s['latency_s']['p95'] or 0:.2f} s, "
-                   f"{'no cost' if cost is None else f'${cost:.4f} per output'}")
+        click.echo(f"{side['name']:>12}: {s['ok']}/{s['requests']} ok, p50 {seconds(s['latency_s']['p50'])}, "
+                   f"p95 {seconds(s['latency_s']['p95'])}, {'—' if cost is None else f'${cost:.4f}'} per output"
+                   + (f"\n{'':>14}{envs[label]['stopped']}" if envs[label].get("stopped") else ""))
     click.echo(f"report: {html_path}\nnumbers: {json_path}")
 
 

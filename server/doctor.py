@@ -1,15 +1,22 @@
 """`darkroom doctor`: what this machine and configuration can serve, and what to do about what it cannot.
 
 Reads the same settings and configs/ files the server would, never starts it and never loads a model: devices
-and versions, attention backends and fp8, each weights entry on disk, whether each configured id fits (at its
-default size, from the safetensors headers and the memory formulas admission uses), disk space, and the bind/auth
-situation. Each finding is ok, warn or fail; a fail means something configured cannot work (exit status 1).
+and versions, attention backends and fp8 (and which configured backends fall back here), each weights entry on
+disk, whether each configured id fits at its default size (GPU memory from the safetensors headers and the memory
+formulas admission uses; host RAM for CPU placement and for offloaded weights), disk space for outputs and
+weights, whether the port and the data dir are free for a server to start, shared storage, and the bind/auth
+situation. Each finding is ok, warning (works, but slower or riskier than configured) or error (something
+configured cannot work); the exit status follows the worst: 0, 1 or 2, with --json too.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -19,7 +26,9 @@ from typing import Literal
 
 from server.settings import Settings
 
-Level = Literal["ok", "warn", "fail"]
+Level = Literal["ok", "warning", "error"]
+LEVELS: tuple[Level, ...] = ("ok", "warning", "error")
+"""In order of severity; the exit status is the index of the worst finding."""
 GB = 1e9
 _LOW_DISK_GB = 50.0
 
@@ -60,6 +69,7 @@ class Doctor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.findings: list[Finding] = []
+        self._devices: list[str] = []
 
     def add(self, section: str, level: Level, text: str, fix: str | None = None) -> None:
         """Record a finding."""
@@ -72,10 +82,14 @@ class Doctor:
         self.acceleration(devices)
         located = self.weights()
         self.models(devices, located)
-        self.disk()
+        self.memory()
+        self.disk(located)
         self.sharing()
         self.network()
+        self.start_up()
         return self.findings
+
+
 
     def devices(self) -> list[str]:
         """GPUs with memory and compute capability; the device list the server would use."""
@@ -83,15 +97,15 @@ class Doctor:
 
         from server.engine.worker import resolve_devices
 
-        devices = resolve_devices(self.settings.device)
+        devices = self._devices = resolve_devices(self.settings.device)
         for dev in devices:
             if not dev.startswith("cuda"):
-                self.add("devices", "warn", f"{dev}: no CUDA device; renders run on the CPU (demo sizes only)",
+                self.add("devices", "warning", f"{dev}: no CUDA device; renders run on the CPU (demo sizes only)",
                          "install the NVIDIA driver and a CUDA build of torch (see Dockerfile.cuda)")
                 continue
             index = torch.device(dev).index or 0
             if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-                self.add("devices", "fail", f"{dev} is configured but not present "
+                self.add("devices", "error", f"{dev} is configured but not present "
                          f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s) found)",
                          "set --device auto or name a device that exists")
                 continue
@@ -113,27 +127,47 @@ class Doctor:
                  f"(CUDA {cuda or 'none'}), diffusers {_pkg('diffusers')}, transformers {_pkg('transformers')}, "
                  f"accelerate {_pkg('accelerate')}, NVIDIA driver {driver or 'none found'}")
         if torch.cuda.is_available() and cuda is None:
-            self.add("versions", "warn", "a GPU is present but this torch build has no CUDA",
+            self.add("versions", "warning", "a GPU is present but this torch build has no CUDA",
                      "install a CUDA build of torch 2.13 (see Dockerfile.cuda)")
 
     def acceleration(self, devices: list[str]) -> None:
-        """Attention backends and fp8 per device."""
+        """Attention backends and fp8 per device, and the configured backends that are not usable here (the
+        models that ask for them first fall back, which is slower than configured)."""
         from pipelines.acceleration import ATTENTION_BACKENDS, choose_attention, choose_fp8
 
+        profiles = self._profiles()
         for dev in devices:
-            usable = []
-            why_not = []
-            for backend in ATTENTION_BACKENDS:
-                chosen, reasons = choose_attention((backend,), dev, dispatches=True)
-                if chosen == backend:
-                    usable.append(backend)
-                else:
-                    why_not += reasons
+            usable = [b for b in ATTENTION_BACKENDS if choose_attention((b,), dev, dispatches=True)[0] == b]
             fp8, reason = choose_fp8("prefer", dev)
-            self.add("acceleration", "ok", f"{dev}: attention backends usable: {', '.join(usable)}; fp8: "
+            self.add("acceleration", "ok", f"{dev}: attention backends usable here: {', '.join(usable)}; fp8: "
                      f"{'yes' if fp8 else 'no (' + str(reason) + ')'}")
-            for line in why_not:
-                self.add("acceleration", "ok", f"{dev}: not usable: {line}")
+            falls_back: dict[tuple[str, str], list[str]] = {}
+            for weights, preference in profiles.items():
+                chosen, reasons = choose_attention(preference, dev, dispatches=True)
+                if reasons:
+                    falls_back.setdefault((reasons[0], chosen), []).append(weights)
+            for (why, chosen), names in sorted(falls_back.items()):
+                self.add("acceleration", "warning", f"{dev}: {', '.join(sorted(names))} ask for "
+                         f"{why.split(':', 1)[0]} attention first, which is not usable here ({why.split(': ', 1)[-1]}); "
+                         f"they run with {chosen}", "run on a GPU the backend supports (or install its package), or "
+                         "put the backend you have first in configs/acceleration.toml")
+
+    def _profiles(self) -> dict[str, tuple[str, ...]]:
+        """Attention preference per served weights entry, from the config dir (empty when it does not load: the
+        models check reports that)."""
+        from server.acceleration_config import Acceleration
+        from server.catalog import Catalog
+        from weights.manifest import load_manifest
+
+        s = self.settings
+        try:
+            catalog = Catalog.load(load_manifest(), s.config("models.toml"), license_policy=s.license_policy)
+            if s.models:
+                catalog = catalog.only(s.models)
+            accel = Acceleration.load(s.config("acceleration.toml"), catalog)
+        except (ValueError, OSError, KeyError):
+            return {}
+        return {w: accel.load_profile(w).attention for w in sorted(catalog.weights_needed())}
 
     def weights(self) -> dict[str, tuple[str, Path | None]]:
         """Each weights entry: verified (pulled), real but unverified, demo, or missing; with its licence."""
@@ -156,11 +190,11 @@ class Doctor:
                              f"{str(lock.get('commit', '?'))[:12]}), {licence}")
                 except (PullError, OSError, ValueError) as exc:
                     states[entry.name] = ("broken", None)
-                    self.add("weights", "fail", f"{entry.name}: real weights in {real} do not verify: {exc}",
+                    self.add("weights", "error", f"{entry.name}: real weights in {real} do not verify: {exc}",
                              f"run `darkroom weights pull {entry.name}` again")
                 continue
             if (real / "model_index.json").is_file() and not (real / LOCK_FILE).exists():
-                self.add("weights", "warn", f"{entry.name}: {real} holds weights that were not pulled by darkroom "
+                self.add("weights", "warning", f"{entry.name}: {real} holds weights that were not pulled by darkroom "
                          "(no lock file), so they are not used", f"run `darkroom weights pull {entry.name}`")
             if s.demo != "never" and demo_weights_ready(demo, entry):
                 states[entry.name] = ("demo", demo)
@@ -189,12 +223,12 @@ class Doctor:
             if s.models:
                 catalog = catalog.only(s.models)
         except (ValueError, OSError, KeyError) as exc:
-            self.add("models", "fail", f"the configuration does not load: {exc}", "fix the file it names")
+            self.add("models", "error", f"the configuration does not load: {exc}", "fix the file it names")
             return
         for spec in [*catalog.specs(), *catalog.video_specs()]:
             state, path = states.get(spec.weights, ("missing", None))
             if state in ("missing", "broken"):
-                self.add("models", "fail", f"{spec.id}: cannot run: no weights for {spec.weights} (demo mode is "
+                self.add("models", "error", f"{spec.id}: cannot run: no weights for {spec.weights} (demo mode is "
                          f"{s.demo!r})", f"run `darkroom weights pull {spec.weights}`, or allow demo weights "
                          "(--demo auto)")
                 continue
@@ -213,7 +247,10 @@ class Doctor:
 
         s = self.settings
         fam = family_class(spec.family)  # type: ignore[attr-defined]
-        params = _default_params(spec, fam)
+        # On a CPU-only server a clip asked for without a resolution gets the draft tier (server/service.py).
+        cpu_only = all(d.startswith("cpu") for d in devices)
+        params = _default_params(spec, fam, draft=cpu_only)
+        full = _default_params(spec, fam)
         activation = fam.activation_bytes(params, 1)
         located = {entry.name: LocatedWeights(entry, path, demo)}  # type: ignore[attr-defined]
         reserve = int(s.vram_reserve_gb * GB)
@@ -230,44 +267,95 @@ class Doctor:
                 plan = plan_residency(DeviceState(dev, budget), footprint, activation, {}, EVICTION_ORDERS["lru"],
                                       transfer)
             except NeverFits as exc:
-                verdicts.append(("fail", f"cannot: needs {exc.need / GB:.1f} GB even with offload, {dev} has "
+                verdicts.append(("error", f"cannot: needs {exc.need / GB:.1f} GB even with offload, {dev} has "
                                  f"{exc.have / GB:.1f} GB"))
                 continue
             need = (footprint.bytes + activation) / GB
+            ram = host_ram()
             if budget is None:
-                verdicts.append(("ok", f"fits on {where} (no device budget on the CPU; ~{need:.1f} GB of RAM)"))
+                level, text = _ram_verdict(where, need, ram, "on the CPU, weights and activations live in RAM")
+                if full != params:  # the draft tier by default: say what the model's own default would need
+                    full_need = (footprint.bytes + fam.activation_bytes(full, 1)) / GB
+                    over, _why = _ram_verdict("", full_need, ram, "")
+                    text += f" (the CPU's draft default; {full.width}x{full.height}x{full.num_frames}f, asked " \
+                            f"for explicitly, needs ~{full_need:.1f} GB" + (", more than the machine has)" if over ==
+                                                                               "error" else ")")
+                    level = "warning" if over == "error" and level == "ok" else level
+                verdicts.append((level, text))
             elif plan.placement is Placement.RESIDENT:
                 verdicts.append(("ok", f"fits on {where} ({need:.1f} GB of {budget / GB:.1f} GB)"))
             else:
-                verdicts.append(("warn", f"needs offload on {where} ({plan.placement.value}: {need:.1f} GB > "
-                                 f"{budget / GB:.1f} GB; slower)"))
-        best = min(verdicts, key=lambda v: ["ok", "warn", "fail"].index(v[0]))
+                level, text = _ram_verdict(where, footprint.bytes / GB, ram, "offloaded weights wait in host RAM")
+                verdicts.append(("error" if level == "error" else "warning",
+                                 f"needs offload on {where} ({plan.placement.value}: {need:.1f} GB > "
+                                 f"{budget / GB:.1f} GB; slower){'' if level == 'ok' else '; ' + text}"))
+        best = min(verdicts, key=lambda v: LEVELS.index(v[0]))
         name = f"{spec.id}{' (demo weights)' if demo else ''}"  # type: ignore[attr-defined]
         fix = None
-        if best[0] == "fail":
-            fix = "use a GPU with more memory, lower the default tier in configs/models.toml, or leave the id out " \
-                  "(--models)"
+        if best[0] == "error":
+            fix = "use a GPU (or a machine) with more memory, lower the default tier in configs/models.toml, or " \
+                  "leave the id out (--models)"
         return best[0], f"{name}: {'; '.join(v[1] for v in verdicts)}", fix  # type: ignore[return-value]
 
-    def disk(self) -> None:
-        """Free space where the data dir (outputs, weights) lives."""
-        path = self.settings.data_dir
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        usage = shutil.disk_usage(probe)
-        free = usage.free / GB
-        text = f"{path}: {free:.1f} GB free of {usage.total / GB:.1f} GB"
-        if free < 1:
-            self.add("disk", "fail", text, "free space: outputs and the jobs database cannot be written")
-        elif free < _LOW_DISK_GB:
-            self.add("disk", "warn", text, f"real weights take 20-80 GB each; keep at least {_LOW_DISK_GB:g} GB free "
+    def memory(self) -> None:
+        """Host RAM: what the machine has, and whether the RAM tier the settings ask for fits in it."""
+        ram = host_ram()
+        if ram is None:
+            self.add("memory", "warning", "host RAM could not be read (no /proc/meminfo)", None)
+            return
+        total, available = ram
+        self.add("memory", "ok", f"host RAM: {total / GB:.1f} GB, {available / GB:.1f} GB available now")
+        gpus = sum(d.startswith("cuda") for d in self._devices)
+        parked = self.settings.offload_ram_gb * gpus
+        if gpus and parked * GB > total:
+            self.add("memory", "warning", f"offload_ram_gb {self.settings.offload_ram_gb:g} x {gpus} GPU(s) = "
+                     f"{parked:g} GB of parked models is more than the machine's {total / GB:.1f} GB of RAM",
+                     "lower --offload-ram-gb (models beyond it are dropped and reloaded from disk instead)")
+
+    def disk(self, states: dict[str, tuple[str, Path | None]]) -> None:
+        """Free space where outputs and the jobs database go (the data dir), and where real weights are pulled."""
+        s = self.settings
+        free, total = _disk(s.data_dir)
+        text = f"data dir {s.data_dir}: {free / GB:.1f} GB free of {total / GB:.1f} GB"
+        if free < s.min_free_mb * 1e6:
+            self.add("disk", "error", text + f", below min_free_mb ({s.min_free_mb:g} MB): submissions are refused "
+                     "with 507 storage_full", "free space in the data dir (or lower --min-free-mb)")
+        elif free < _LOW_DISK_GB * GB:
+            self.add("disk", "warning", text, f"outputs fill it at a few MB per image; keep {_LOW_DISK_GB:g} GB free "
                      "(or set --max-files-gb to cap outputs)")
         else:
             self.add("disk", "ok", text)
-        retention = f"{self.settings.retention_hours:g} h" if self.settings.retention_hours else "kept until deleted"
-        cap = f", capped at {self.settings.max_files_gb:g} GB" if self.settings.max_files_gb else ""
+        missing = sorted(n for n, (state, _) in states.items() if state in ("demo", "demo-to-build", "missing"))
+        weights_free, _total = _disk(s.resolved_weights_dir)
+        if missing and weights_free < _LOW_DISK_GB * GB:
+            self.add("disk", "warning", f"weights dir {s.resolved_weights_dir}: {weights_free / GB:.1f} GB free; "
+                     f"{len(missing)} weights entr{'y is' if len(missing) == 1 else 'ies are'} not pulled yet "
+                     f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}) and real weights take 10-80 GB "
+                     "each", "free space there (or point --weights-dir at a larger disk) before pulling")
+        retention = f"{s.retention_hours:g} h" if s.retention_hours else "kept until deleted"
+        cap = f", capped at {s.max_files_gb:g} GB" if s.max_files_gb else ""
         self.add("disk", "ok", f"outputs and inputs expire after {retention}{cap}")
+
+    def start_up(self) -> None:
+        """Whether a server could start with these settings now: its port and its data dir free."""
+        s = self.settings
+        if s.port:
+            try:
+                with socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET) as sock:
+                    sock.bind((s.host, s.port))
+                self.add("start-up", "ok", f"port {s.port} on {s.host} is free")
+            except OSError as exc:
+                in_use = exc.errno == errno.EADDRINUSE
+                self.add("start-up", "error", f"port {s.port} on {s.host} "
+                         + ("is already in use (another darkroom, or another program)" if in_use else
+                            f"cannot be bound: {exc.strerror}"),
+                         "stop what holds it, or choose another --port" if in_use else "check --host")
+        holder = _data_dir_holder(s.data_dir)
+        if holder is None:
+            self.add("start-up", "ok", f"data dir {s.data_dir} is not in use by another server")
+        else:
+            self.add("start-up", "error", f"data dir {s.data_dir} is in use by another darkroom server (pid "
+                     f"{holder})", "stop that server, or choose another --data-dir")
 
     def sharing(self) -> None:
         """Whether front ends sharing a job store also share files."""
@@ -277,7 +365,7 @@ class Doctor:
         try:
             s.check_file_sharing()
         except ValueError as exc:
-            self.add("storage", "fail", str(exc), "set DARKROOM_S3_BUCKET, or DARKROOM_SHARED_DATA_DIR=true on a "
+            self.add("storage", "error", str(exc), "set DARKROOM_S3_BUCKET, or DARKROOM_SHARED_DATA_DIR=true on a "
                      "data dir every front end mounts")
             return
         where = f"bucket {s.s3_bucket}" if s.s3_bucket else f"shared data dir {s.data_dir}"
@@ -290,7 +378,7 @@ class Doctor:
         try:
             s.check_bind_safety()
         except ValueError as exc:
-            self.add("network", "fail", str(exc), "set --api-key (or --api-keys-file), or bind to 127.0.0.1")
+            self.add("network", "error", str(exc), "set --api-key (or --api-keys-file), or bind to 127.0.0.1")
             return
         if s.host in ("127.0.0.1", "::1", "localhost"):
             self.add("network", "ok", f"listens on {s.host}:{s.port} (this machine only)"
@@ -300,8 +388,55 @@ class Doctor:
         if s.cors_origins:
             self.add("network", "ok", f"browsers may call from: {', '.join(s.cors_origins)}")
         if s.url_allowlist:
-            self.add("network", "warn", f"image and webhook URLs may reach private addresses: "
+            self.add("network", "warning", f"image and webhook URLs may reach private addresses: "
                      f"{', '.join(s.url_allowlist)}", "allow only the hosts you trust")
+
+
+def host_ram() -> tuple[int, int] | None:
+    """(total, available) bytes of this machine's RAM, or None where /proc/meminfo cannot be read."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _ram_verdict(where: str, need_gb: float, ram: tuple[int, int] | None, why: str) -> tuple[Level, str]:
+    """Whether `need_gb` of host RAM is there: more than the machine has is an error, more than is free now a
+    warning."""
+    if ram is None:
+        return "ok", f"fits on {where} (~{need_gb:.1f} GB of RAM; the machine's RAM could not be read)"
+    total, available = ram[0] / GB, ram[1] / GB
+    if need_gb > total:
+        return "error", f"cannot run on {where}: needs ~{need_gb:.1f} GB of RAM ({why}), the machine has {total:.1f} GB"
+    if need_gb > available:
+        return "warning", (f"{where} needs ~{need_gb:.1f} GB of RAM ({why}); {available:.1f} GB of {total:.1f} GB is "
+                           "available now")
+    return "ok", f"fits on {where} (~{need_gb:.1f} GB of {total:.1f} GB of RAM)"
+
+
+def _disk(path: Path) -> tuple[int, int]:
+    """(free, total) bytes of the file system `path` is (or would be) on."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    return usage.free, usage.total
+
+
+def _data_dir_holder(data_dir: Path) -> str | None:
+    """The pid of the live server holding `data_dir`'s lock, or None when it is free (the lock is only tried)."""
+    path = data_dir / "darkroom.lock"
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
 
 
 def _present(dev: str) -> bool:
@@ -311,14 +446,17 @@ def _present(dev: str) -> bool:
     return torch.cuda.is_available() and index < torch.cuda.device_count()
 
 
-def _default_params(spec: object, fam: type) -> object:
-    """A request at the id's defaults (an edit of one source when it edits), at the default tier, square."""
+def _default_params(spec: object, fam: type, draft: bool = False) -> object:
+    """A request at the id's defaults (an edit of one source when it edits), at the default tier, square; a clip at
+    the draft tier with `draft` (what a CPU-only server gives a request without a resolution)."""
     from pipelines.base import RenderParams, Task
     from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, VideoModelSpec
+    from server.service import DRAFT_TIER
 
     d = spec.defaults  # type: ignore[attr-defined]
     if isinstance(spec, VideoModelSpec):
-        short = RESOLUTION_SHORT_SIDE[d.resolution]
+        tier = DRAFT_TIER if draft and DRAFT_TIER in spec.resolutions else d.resolution
+        short = RESOLUTION_SHORT_SIDE[tier]
         width, height = short * 16 // 9 // 16 * 16, short
         return RenderParams(task=Task.IMAGE_TO_VIDEO, prompt="doctor", width=width, height=height, num_images=1, seeds=(0,),
                             num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale, strength=1.0,
@@ -333,7 +471,7 @@ def _default_params(spec: object, fam: type) -> object:
 
 def render(findings: list[Finding]) -> str:
     """The report as text: sections, then the problems with what to do."""
-    marks = {"ok": "  ok  ", "warn": " WARN ", "fail": " FAIL "}
+    marks = {"ok": "  ok   ", "warning": " WARN  ", "error": " ERROR "}
     lines: list[str] = []
     section = None
     for f in findings:
@@ -342,15 +480,26 @@ def render(findings: list[Finding]) -> str:
             lines.append(f"\n{section.upper()}")
         lines.append(f"{marks[f.level]} {f.text}")
     problems = [f for f in findings if f.level != "ok"]
-    fails = sum(f.level == "fail" for f in problems)
-    lines.append(f"\n{fails} problem(s) that stop something configured from working, "
-                 f"{len(problems) - fails} warning(s).")
+    errors = sum(f.level == "error" for f in problems)
+    lines.append(f"\n{errors} error(s) (something configured cannot work), {len(problems) - errors} warning(s) "
+                 "(it works, slower or riskier than configured).")
     for f in problems:
-        lines.append(f"{marks[f.level]} {f.text}" + (f"\n        → {f.fix}" if f.fix else ""))
+        lines.append(f"{marks[f.level]} {f.text}" + (f"\n         → {f.fix}" if f.fix else ""))
     return "\n".join(lines).lstrip("\n")
 
 
+def worst(findings: list[Finding]) -> Level:
+    """The most severe level among `findings`."""
+    return max((f.level for f in findings), key=LEVELS.index, default="ok")
+
+
+def exit_status(findings: list[Finding]) -> int:
+    """0 when everything is ok, 1 with warnings, 2 with errors."""
+    return LEVELS.index(worst(findings))
+
+
 def as_json(findings: list[Finding]) -> str:
-    """The findings as JSON (for scripts and monitoring)."""
-    return json.dumps({"ok": not any(f.level == "fail" for f in findings),
+    """The findings as JSON (for scripts and monitoring), with the same verdict as the exit status."""
+    level = worst(findings)
+    return json.dumps({"ok": level != "error", "worst": level, "exit_status": LEVELS.index(level),
                        "findings": [asdict(f) for f in findings]}, indent=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from server.jobs.store import JobStore
+from server.logs import event
 
 if TYPE_CHECKING:
     from server.engine.loop import Engine
@@ -63,20 +65,35 @@ class Lifecycle:
             if self.draining:
                 return False
             self.draining, self.restart, self.reason = True, restart, reason
-        log.warning("draining (%s): finishing %d running job(s) for up to %g s; queued jobs stay on disk%s",
-                    reason, len(self.engine.running()), self.drain_timeout_s, "; then restarting" if restart else "")
+        running = self.engine.running()
+        event(log, "server.draining", f"draining ({reason}): no new job starts; {len(running)} running job(s) may "
+              f"finish for up to {self.drain_timeout_s:g} s, then stop at their next denoising step (up to "
+              f"{_INTERRUPT_GRACE_S:g} s more) and go back to the queue; queued jobs stay on disk"
+              + ("; then the process restarts" if restart else ""), logging.WARNING, reason=reason,
+              running=len(running), drain_timeout_s=self.drain_timeout_s, restart=restart)
         self.engine.stop_claiming()
         threading.Thread(target=self._drain, name="drain", daemon=True).start()
         return True
 
     def _drain(self) -> None:
+        started = time.monotonic()
         if not self.engine.wait_idle(self.drain_timeout_s):
-            log.warning("drain time is up; running jobs stop at their next step and return to the queue")
+            left = self.engine.running()
+            event(log, "server.drain_timeout", f"drain time is up with {len(left)} job(s) still running: asking "
+                  f"them to stop at their next denoising step and go back to the queue (waiting up to "
+                  f"{_INTERRUPT_GRACE_S:g} s; a job already past its last step finishes instead)", logging.WARNING,
+                  running=len(left), jobs=left)
             self.engine.interrupt_running()
             if not self.engine.wait_idle(_INTERRUPT_GRACE_S):
                 # A step that never returns (hung kernel): its job goes back now; a late answer is discarded.
                 claims = self.engine.running_claims()
-                self.store.requeue([c.job_id for c in claims], claims)
+                requeued = self.store.requeue([c.job_id for c in claims], claims)
+                event(log, "server.drain_forced", f"{requeued} job(s) reached no step boundary within "
+                      f"{_INTERRUPT_GRACE_S:g} s: back in the queue now (a late result is discarded)",
+                      logging.WARNING, requeued=requeued)
+        event(log, "server.drained", f"drained in {time.monotonic() - started:.1f} s"
+              + ("; restarting" if self.restart else "; stopping"), seconds=round(time.monotonic() - started, 2),
+              restart=self.restart)
         self.drained.set()
         self._exit()
 

@@ -9,6 +9,11 @@ queue_jobs by model, jobs by status, model_resident_bytes, model_host_ram_bytes,
 worker_budget_bytes, device_memory_bytes (allocated, reserved), model_loads_total, bytes_moved_total,
 batches/batched_jobs/shared_calls/oom_splits/oom_retries/device_faults/worker_restarts/loop_errors/
 supervision_errors/job_retries/parked_for_storage _total, not_batched_total by reason.
+
+Every labelled series a dashboard reads exists from the first scrape, at 0 (`prime` for each served model and each
+refusal reason; the collector for each served weights entry, each worker and each reason a request can be left out
+of a batch), so an idle server's panels show 0 rather than "no data". On a CPU worker (no device memory and no
+budget) device_memory_bytes and worker_budget_bytes read 0.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import fields
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -23,9 +29,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipelines.batching import BatchKey
+
 REQUEST_MODEL: ContextVar[str] = ContextVar("darkroom_request_model", default="")
 """The model id a request asked for, set by the service while it handles it (read back by the HTTP middleware)."""
 
+REFUSAL_REASONS = ("queue_full", "quota_exceeded", "insufficient_vram", "shutting_down", "storage_full")
+"""Why a submission is refused before a job exists (the service's `on_refused`)."""
+NOT_BATCHED_REASONS = ("batch_full", *(f.name for f in fields(BatchKey)))
+"""Why a queued job was left out of a batch: the batch was full, or the first batch-key field that differed."""
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 
@@ -52,9 +64,21 @@ class Metrics:
         self.refusals = Counter("darkroom_admission_refusals", "Submissions refused before a job existed, by reason.",
                                 ["reason"], registry=r)
 
-    def watch(self, state: Callable[[], dict[str, Any]]) -> None:
-        """Report the engine's live state (the /api/v1/engine view) at each scrape."""
-        self.registry.register(_EngineCollector(state))
+    def prime(self, models: list[str]) -> None:
+        """Create every labelled series a dashboard reads at 0: per served model id and per refusal reason."""
+        for model in models:
+            self.images.labels(model)
+            self.video_seconds.labels(model)
+            self.queue_wait.labels(model)
+            self.run_seconds.labels(model, "completed")
+            self.batch_size.labels(model)
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason)
+
+    def watch(self, state: Callable[[], dict[str, Any]], weights: list[str]) -> None:
+        """Report the engine's live state (the /api/v1/engine view) at each scrape, with a 0 for each served
+        `weights` entry that has nothing queued, parked or resident."""
+        self.registry.register(_EngineCollector(state, weights))
 
     def job_finished(self, model: str, outcome: str, created: float, started: float | None, finished: float | None,
                      result: dict[str, Any] | None) -> None:
@@ -72,8 +96,9 @@ class Metrics:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, state: Callable[[], dict[str, Any]], weights: list[str]) -> None:
         self.state = state
+        self.weights = weights
 
     def collect(self) -> Iterator[Any]:
         view = self.state()
@@ -95,19 +120,19 @@ class _EngineCollector(Collector):
                     ["worker", "device", "model", "placement"],
                     [([w["name"], w["device"], r["weights"], r["placement"] or ""], r["bytes"]) for w in workers
                      for r in w["resident"]])
+        parked = {(w["name"], r["weights"]): r["bytes"] for w in workers for r in w["host_ram"]}
         yield gauge("model_host_ram_bytes", "Weight bytes of a model parked in a worker's host-RAM tier.",
-                    ["worker", "model"], [([w["name"], r["weights"]], r["bytes"]) for w in workers
-                                          for r in w["host_ram"]])
-        yield gauge("worker_budget_bytes", "Device bytes a worker may use (absent: unmanaged, CPU).",
-                    ["worker", "device"], [([w["name"], w["device"]], w["budget_bytes"]) for w in workers
-                                           if w["budget_bytes"] is not None])
+                    ["worker", "model"], [([w["name"], m], parked.get((w["name"], m), 0)) for w in workers
+                                          for m in sorted({*self.weights, *(k[1] for k in parked)})])
+        yield gauge("worker_budget_bytes", "Device bytes a worker may use (0: unmanaged, a CPU).",
+                    ["worker", "device"], [([w["name"], w["device"]], w["budget_bytes"] or 0) for w in workers])
         yield gauge("worker_up", "1 while a worker is in service, 0 once its device was taken out.",
                     ["worker", "device"], [([w["name"], w["device"]], 0 if w["fault"] else 1) for w in workers])
         yield gauge("worker_current_batch_jobs", "Jobs in the batch a worker is running.", ["worker"],
                     [([w["name"]], len(w["current_batch"])) for w in workers])
-        yield gauge("device_memory_bytes", "Device memory the allocator holds (allocated) and caches (reserved).",
-                    ["worker", "device", "kind"],
-                    [([w["name"], w["device"], kind], w["memory"][kind]) for w in workers if w.get("memory")
+        yield gauge("device_memory_bytes", "Device memory the allocator holds (allocated) and caches (reserved); "
+                    "0 on a CPU.", ["worker", "device", "kind"],
+                    [([w["name"], w["device"], kind], (w.get("memory") or {}).get(kind, 0)) for w in workers
                      for kind in ("allocated", "reserved")])
         yield counter("model_loads", "Models a worker brought onto its device (from disk or host RAM).", ["worker"],
                       [([w["name"]], w["loads"]) for w in workers])
@@ -115,9 +140,11 @@ class _EngineCollector(Collector):
                       [([w["name"]], w.get("evictions", 0)) for w in workers])
         yield counter("bytes_moved", "Weight bytes a worker moved between disk, host RAM and device.", ["worker"],
                       [([w["name"]], w["bytes_moved"]) for w in workers])
-        yield gauge("queue_jobs", "Pending jobs per model.", ["model"],
-                    [([m], n) for m, n in sorted(view["queue"].items())])
-        yield gauge("jobs", "Jobs per status.", ["status"], [([s], n) for s, n in sorted(view["jobs"].items())])
+        queue = {**{m: 0 for m in self.weights}, **view["queue"]}
+        yield gauge("queue_jobs", "Pending jobs per model (weights entry).", ["model"],
+                    [([m], n) for m, n in sorted(queue.items())])
+        jobs = {**{s: 0 for s in ("pending", "processing", "completed", "failed", "cancelled")}, **(view["jobs"] or {})}
+        yield gauge("jobs", "Jobs per status.", ["status"], [([s], n) for s, n in sorted(jobs.items())])
         b = view["batching"]
         for key, doc in (("batches", "Batches run."), ("batched_jobs", "Jobs run in those batches."),
                          ("shared_calls", "Batches whose requests shared one pipeline call."),
@@ -130,8 +157,9 @@ class _EngineCollector(Collector):
                          ("job_retries", "Jobs given back to the queue after a failure around their render."),
                          ("parked_for_storage", "Rendered jobs given back: their outputs could not be stored.")):
             yield counter(key, doc, [], [([], b.get(key, 0))])
+        not_batched = {**{r: 0 for r in NOT_BATCHED_REASONS}, **view["not_batched"]}
         yield counter("not_batched", "Queued jobs of the running model left out of a batch, by reason.", ["reason"],
-                      [([r], n) for r, n in sorted(view["not_batched"].items())])
+                      [([r], n) for r, n in sorted(not_batched.items())])
 
 
 class MetricsMiddleware:

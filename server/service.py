@@ -56,6 +56,7 @@ from server.limits import (
     family_check,
     tier_for_video_size,
 )
+from server.logs import event
 from server.media.decode import decode_image
 from server.media.fetch import ImageFetcher
 from server.media.storage import InputStore, OutputStore
@@ -342,9 +343,13 @@ class GenerationService:
                 raise self._quota_exceeded(caller, quota, created.retry_after_s)
             raise self._queue_full()
         p = request.params
-        log.info("accepted %s %s: %s %dx%d, %d output(s), %d step(s)%s", job_id, request.model_id, p.task,
-                 *request.output_size, p.num_images, p.num_inference_steps,
-                 f", {p.num_frames} frames" if p.num_frames else "", extra={"job_id": job_id})
+        width, height = request.output_size
+        steps = fam.denoising_steps(p)
+        event(log, "job.accepted", f"accepted {job_id} {request.model_id}: {p.task} {width}x{height}, "
+              f"{p.num_images} output(s), {steps} step(s)" + (f", {p.num_frames} frames" if p.num_frames else ""),
+              job_id=job_id, model=request.model_id, task=str(p.task), width=width, height=height,
+              outputs=p.num_images, steps=steps, frames=p.num_frames or None, key=caller,
+              estimate_s=admission.estimate.get("seconds_full_size"))
         self.on_accepted(job_id)
         self.engine.notify()
 

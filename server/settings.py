@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     restart_on_fault: bool = Field(
         False, description="After a GPU fault or a hung worker, drain and exit with code 75 so a supervisor starts "
         "a fresh process (set for its child by `--supervise`; set it under systemd/Kubernetes restart policies).")
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without an API key (for a Prometheus on a trusted network); otherwise "
+        "give Prometheus a key of its own (bearer_token in its scrape config).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: a line per record; json: one JSON object per line with request_id and job_id.")

@@ -52,7 +52,7 @@ def caller(scope: Scope) -> str | None:
     return scope.get(SCOPE_KEY)
 
 
-_UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key> "
+UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key> "
                          "(or Key/Token), X-API-Key, x-key or x-goog-api-key", None,
                          headers={"WWW-Authenticate": 'Bearer realm="darkroom"'})
 
@@ -60,8 +60,12 @@ _UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key:
 class ApiKeyMiddleware:
     """401 without a known key; 429 rate_limited (with Retry-After) past the key's requests per minute."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper, signer: UrlSigner | None = None) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper, signer: UrlSigner | None = None,
+                 open_paths: set[str] | frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.open_paths = OPEN_PATHS | open_paths
+        """Paths served without a key: /health, the docs and the studio's page, and those the settings open
+        (/metrics with DARKROOM_METRICS_PUBLIC)."""
         self.keys = keys
         self.shaper = shaper
         self.limiter = RateLimiter()
@@ -69,7 +73,7 @@ class ApiKeyMiddleware:
         """Lets signed output URLs through without a key (None: files need a key too)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         if self.signer is not None and scope["path"].startswith(FILES_PREFIX) and \
@@ -79,7 +83,7 @@ class ApiKeyMiddleware:
             return
         key = self.keys.match(presented_key(scope["headers"]))
         if key is None:
-            await send_error(send, _UNAUTHORIZED, scope["path"], self.shaper)
+            await send_error(send, UNAUTHORIZED, scope["path"], self.shaper)
             return
         wait_s = self.limiter.take(key)
         if wait_s > 0:

@@ -87,7 +87,7 @@ def image_input(value: str, field: str) -> ImageInput:
         raise ApiError(400, ErrorCode.INVALID_IMAGE, f"{field} is neither a URL nor valid base64", field) from None
 
 
-@router.post("/v1/flux-{variant}", openapi_extra=json_body(BflBody))
+@router.post("/v1/flux-{variant}", openapi_extra=json_body(BflBody, creates_task=True))
 async def submit(variant: str, request: Request) -> JSONResponse:
     """Queue a generation; poll the returned polling_url (or /v1/get_result?id=)."""
     ctx = ctx_of(request)
@@ -164,4 +164,5 @@ def error_shape(err: ApiError) -> dict[str, Any]:
 
 
 DIALECT = Dialect("bfl", (router,), prefixes=("/v1/flux-", "/v1/get_result"), error_shape=error_shape,
-                  webhook=webhook_payload)
+                  webhook=webhook_payload, tag="Black Forest Labs", doc_order=40,
+                  tag_description="Black Forest Labs' FLUX API: submit to /v1/<endpoint>, poll /v1/get_result.")

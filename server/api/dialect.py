@@ -35,6 +35,15 @@ class Dialect:
     error_shape: ErrorShape | None = None
     """None: darkroom's own `{"error": {code, message, field}}`."""
     webhook: WebhookShape | None = None
+    tag: str = ""
+    """The API reference's section for this dialect's routes (default: its name)."""
+    tag_description: str = ""
+    doc_order: int = 50
+    """Where its section comes in the API reference (darkroom's own first)."""
+
+    def __post_init__(self) -> None:
+        if not self.tag:
+            object.__setattr__(self, "tag", self.name)
 
     def owns(self, path: str) -> bool:
         """Whether errors on `path` take this dialect's shape."""

@@ -7,11 +7,12 @@ only its static folder is used here.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 
 from fastapi import APIRouter
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from server.errors import ApiError, ErrorCode
 
@@ -30,7 +31,9 @@ async def swagger_ui() -> HTMLResponse:
     return get_swagger_ui_html(openapi_url="/openapi.json", title="darkroom API",
                                swagger_js_url=f"{ASSETS_PREFIX}swagger-ui-bundle.js",
                                swagger_css_url=f"{ASSETS_PREFIX}swagger-ui.css",
-                               swagger_favicon_url=f"{ASSETS_PREFIX}favicon.png")
+                               swagger_favicon_url=f"{ASSETS_PREFIX}favicon.png",
+                               # No validator badge: it is an image from validator.swagger.io.
+                               swagger_ui_parameters={"validatorUrl": None})
 
 
 @router.get("/redoc")
@@ -41,10 +44,21 @@ async def redoc() -> HTMLResponse:
                           redoc_favicon_url=f"{ASSETS_PREFIX}favicon.png", with_google_fonts=False)
 
 
+# ReDoc's bundle shows Redocly's logo from their CDN in its menu; a page that must work offline (and must not tell
+# a third party it was opened) gets an empty image in its place.
+_REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+_EMPTY_SVG = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
+
+
+@cache
+def _patched(name: str) -> bytes:
+    data = (files("fastapi_offline") / "static" / name).read_bytes()
+    return data.replace(_REDOC_LOGO, _EMPTY_SVG) if name == "redoc.standalone.js" else data
+
+
 @router.get(ASSETS_PREFIX + "{name}")
-async def asset(name: str) -> FileResponse:
+async def asset(name: str) -> Response:
     """One of the pages' files (a fixed list: nothing else of the package is served)."""
     if name not in _ASSETS:
         raise ApiError(404, ErrorCode.NOT_FOUND, "no such file", None)
-    path = files("fastapi_offline") / "static" / name
-    return FileResponse(str(path), media_type=_ASSETS[name], headers={"Cache-Control": "public, max-age=86400"})
+    return Response(_patched(name), media_type=_ASSETS[name], headers={"Cache-Control": "public, max-age=86400"})

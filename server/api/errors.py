@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,15 +24,20 @@ log = logging.getLogger("darkroom.api")
 
 _FIELD_CODES = {"prompt": {"string_too_long": ErrorCode.PROMPT_TOO_LONG}}
 
+ERROR_CODE: ContextVar[str | None] = ContextVar("darkroom_error_code", default=None)
+"""The error code of the answer being sent, for the request's log event (server/api/access_log.py)."""
+
 
 def error_response(err: ApiError, shaper: ErrorShaper, path: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON response for an ApiError, shaped for the dialect that owns `path`."""
+    ERROR_CODE.set(str(err.code))
     return JSONResponse(shaper.body(err, path), status_code=err.status, headers=headers)
 
 
 async def send_error(send: Send, err: ApiError, path: str, shaper: ErrorShaper) -> None:
     """Answer with `err` straight from ASGI middleware (before any route ran), shaped like `error_response`."""
+    ERROR_CODE.set(str(err.code))
     body = json.dumps(shaper.body(err, path)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers or {}).items()]

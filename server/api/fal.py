@@ -297,7 +297,7 @@ def webhook_payload(record: JobRecord, base: str, _event: str, ctx: Any) -> dict
 
 
 # After the request routes: the catch-all model path would otherwise shadow them (and their Allow header).
-@router.post("/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody))
+@router.post("/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody, creates_task=True))
 async def queue_submit(model_path: str, request: Request) -> JSONResponse:
     """Queue a request: request_id, status/response/cancel URLs and the queue position."""
     path = f"fal-ai/{model_path}"
@@ -308,7 +308,7 @@ async def queue_submit(model_path: str, request: Request) -> JSONResponse:
                          **_urls(base_url(request), path, job_id)}, headers=_request_id(job_id))
 
 
-@router.post("/sync/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody))
+@router.post("/sync/fal-ai/{model_path:path}", openapi_extra=json_body(FalBody, creates_task=True, waits=True))
 async def sync_run(model_path: str, request: Request) -> JSONResponse:
     """fal.run: hold the connection and answer with the output."""
     job_id, body = await _submit(request, f"fal-ai/{model_path}")
@@ -327,4 +327,6 @@ def _status(record: JobRecord) -> str:
 
 
 DIALECT = Dialect("fal", (router,), prefixes=("/fal-ai/", "/sync/fal-ai/"), error_shape=error_shape,
-                  webhook=webhook_payload)
+                  webhook=webhook_payload, tag="fal", doc_order=20,
+                  tag_description="fal's queue (queue.fal.run: submit, status, result, cancel) and synchronous "
+                                  "runs (fal.run).")

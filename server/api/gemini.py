@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from server.api.auth import caller
 from server.api.dialect import Dialect
 from server.api.dialect_io import InlineImages, ctx_of, json_object, outputs, wait_done
+from server.api.openapi_doc import route_facts
 from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
 from server.service import SEED_MAX
@@ -143,7 +144,8 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
 _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["contents"],
     "properties": {"contents": {"type": "array", "minItems": 1, "items": {"type": "object"}},
-                   "generationConfig": {"type": "object"}, "generation_config": {"type": "object"}}}}}}}
+                   "generationConfig": {"type": "object"}, "generation_config": {"type": "object"}}}}}},
+             **route_facts(creates_task=True, waits=True)}
 
 
 @router.post("/v1beta/models/{model}:generateContent", openapi_extra=_BODY_DOC)
@@ -184,4 +186,5 @@ def error_shape(err: ApiError) -> dict[str, Any]:
 
 
 DIALECT = Dialect("gemini", (router,), prefixes=("/v1beta/",), owns_path=lambda p: p.endswith(":generateContent"),
-                  error_shape=error_shape)
+                  error_shape=error_shape, tag="Gemini", doc_order=50,
+                  tag_description="The Gemini API's generateContent for the image models (google-genai).")

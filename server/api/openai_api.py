@@ -193,7 +193,7 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     return _images_response(request, body, record, warnings)
 
 
-@router.post("/v1/images/generations", openapi_extra=json_body(GenerationsBody))
+@router.post("/v1/images/generations", openapi_extra=json_body(GenerationsBody, creates_task=True, waits=True))
 async def images_generations(request: Request) -> Response:
     """Text to image (OpenAI's generations)."""
     body = validated(GenerationsBody, await json_object(request))
@@ -202,7 +202,8 @@ async def images_generations(request: Request) -> Response:
     return await _submit_images(request, body, [], None)
 
 
-@router.post("/v1/images/edits", openapi_extra=json_body(GenerationsBody, multipart=True))
+@router.post("/v1/images/edits", openapi_extra=json_body(GenerationsBody, multipart=True, creates_task=True,
+                                                        waits=True))
 async def images_edits(request: Request) -> Response:
     """Edit from one or more images (multipart files, or JSON with images[].image_url), with an optional mask."""
     mask_input: ImageInput | None = None
@@ -275,7 +276,7 @@ def video_object(record: JobRecord) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/videos", openapi_extra=json_body(VideoBody, multipart=True))
+@router.post("/v1/videos", openapi_extra=json_body(VideoBody, multipart=True, creates_task=True))
 async def create_video(request: Request) -> JSONResponse:
     """Image-to-video, asynchronous: returns a Video object to poll."""
     ctx = ctx_of(request)
@@ -345,4 +346,6 @@ def error_shape(err: ApiError) -> dict[str, Any]:
                       "param": err.field}}
 
 
-DIALECT = Dialect("openai", (router,), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape)
+DIALECT = Dialect("openai", (router,), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape,
+                  tag="OpenAI", doc_order=10,
+                  tag_description="OpenAI's Images and Videos APIs (point the openai SDK's base_url at .../v1).")

@@ -18,6 +18,7 @@ from server.api.auth import caller
 from server.api.dialect_io import acceleration_view
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
+from server.api.openapi_doc import route_facts
 from server.api.request_body import read_json_or_multipart
 from server.api.tasks import task_view
 from server.asks import ImageAsk, ImageInput
@@ -125,7 +126,7 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": GenerateBody.model_json_schema()},
         "multipart/form-data": {"schema": {"type": "object"}},
-    }}},
+    }}, **route_facts(creates_task=True, waits=True)},
 )
 async def generate(request: Request) -> JSONResponse:
     """Text-to-image and image-to-image. celery=false waits and returns images; true returns 202 + task_id."""

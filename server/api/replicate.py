@@ -200,13 +200,13 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     return JSONResponse(prediction(record, ctx.links(base), owner_name), status_code=201)
 
 
-@router.post("/v1/models/{owner}/{name}/predictions", openapi_extra=json_body(PredictionBody))
+@router.post("/v1/models/{owner}/{name}/predictions", openapi_extra=json_body(PredictionBody, creates_task=True))
 async def create_model_prediction(owner: str, name: str, request: Request) -> JSONResponse:
     """A prediction for an official model."""
     return await _create(request, f"{owner}/{name}", validated(PredictionBody, await json_object(request)))
 
 
-@router.post("/v1/predictions", openapi_extra=json_body(PredictionBody))
+@router.post("/v1/predictions", openapi_extra=json_body(PredictionBody, creates_task=True))
 async def create_prediction(request: Request) -> JSONResponse:
     """A prediction naming its model in `version`: "owner/name", "owner/name:version" or a version id (as
     `models.get(...).latest_version` gives it)."""
@@ -313,4 +313,5 @@ def error_shape(err: ApiError) -> dict[str, Any]:
 DIALECT = Dialect("replicate", (router, replicate_files.router), prefixes=("/v1/predictions", "/v1/files"),
                   # /v1/models/{owner}/{name}[/...]: OpenAI's /v1/models has no owner segment.
                   owns_path=lambda p: p.startswith("/v1/models/") and p.count("/") >= 4,
-                  error_shape=error_shape, webhook=webhook_payload)
+                  error_shape=error_shape, webhook=webhook_payload, tag="Replicate", doc_order=30,
+                  tag_description="Replicate's predictions, models and files APIs.")

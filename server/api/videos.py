@@ -13,6 +13,7 @@ from server.api.auth import caller
 from server.api.dialect_io import acceleration_view
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
+from server.api.openapi_doc import route_facts
 from server.api.qolaba import read_body
 from server.asks import ImageInput, VideoAsk
 from server.context import AppContext
@@ -61,7 +62,7 @@ def _ctx(request: Request) -> AppContext:
 @router.post(
     "/api/v1/videos/generate",
     status_code=202,
-    openapi_extra={"requestBody": {"required": True, "content": {
+    openapi_extra={**route_facts(creates_task=True), "requestBody": {"required": True, "content": {
         "application/json": {"schema": VideoBody.model_json_schema()},
         "multipart/form-data": {"schema": {"type": "object"}},
     }}},

@@ -55,7 +55,7 @@ def admit(model_id: str, weights: str, fam: type[Family], params: RenderParams, 
             "num_frames"))
     plan, device, budget = best
     cost = costs.families.get(fam.name)
-    seconds = None if cost is None else cost.job_seconds(params.num_inference_steps, params.width * params.height,
+    seconds = None if cost is None else cost.job_seconds(fam.denoising_steps(params), params.width * params.height,
                                                          params.num_frames, params.num_images)
     estimate = {
         "peak_gb": round(plan.peak_bytes / GB, 3),

@@ -37,6 +37,7 @@ from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcom
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
 from server.jobs.store import Claim, JobRecord, JobStore
+from server.logs import event
 from server.media.storage import InputStore, OutputStore
 
 log = logging.getLogger("darkroom.engine")
@@ -240,6 +241,11 @@ class Engine:
             slot.claims = [Claim.of(j) for j in jobs]
             held = list(slot.claims)
         assert plan is not None
+        now = time.time()
+        for job in jobs:
+            event(log, "job.claimed", f"claimed {job.id} {job.model} on {slot.name} (attempt {job.attempts}, batch of "
+                  f"{len(jobs)})", job_id=job.id, model=job.model, worker=slot.name, device=slot.device,
+                  attempt=job.attempts, batch=len(jobs), queued_s=round(now - job.created_at, 3))
         try:
             self._execute_batch(slot, jobs, plan)
         except BaseException:
@@ -412,7 +418,9 @@ class Engine:
     def _cancelled(self, call: Call, claims: dict[str, Claim]) -> None:
         if self._interrupt.is_set() and not call.ids <= self._cancel_requested:
             self.store.requeue(list(call.ids), list(claims.values()))
-            log.info("job(s) %s interrupted by shutdown; back in the queue", ", ".join(sorted(call.ids)))
+            for job in call.jobs:
+                event(log, "job.requeued", f"{job.id} stopped at a step boundary by the shutdown; back in the queue",
+                      job_id=job.id, model=job.model, reason="shutdown")
             return
         for job in call.jobs:
             self.recorder.cancelled(job.id, claims[job.id])

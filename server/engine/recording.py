@@ -18,6 +18,7 @@ from server.engine.saving import Savers
 from server.engine.work import Completed
 from server.faults import classify
 from server.jobs.store import Claim, JobRecord, JobStore
+from server.logs import event
 from server.media.storage import OutputStore
 
 log = logging.getLogger("darkroom.engine")
@@ -129,11 +130,14 @@ class Recorder:
         try:
             record = self.store.get(job_id)
             if record is not None:
-                took = (record.finished_at or time.time()) - (record.started_at or record.created_at)
-                error = f" ({record.error['code']})" if record.error else ""
-                log.info("finished %s %s: %s%s in %.2f s (%.2f s since accepted)", job_id, record.model,
-                         record.status, error, took, (record.finished_at or time.time()) - record.created_at,
-                         extra={"job_id": job_id})
+                end = record.finished_at or time.time()
+                took, total = end - (record.started_at or record.created_at), end - record.created_at
+                code = record.error["code"] if record.error else None
+                event(log, f"job.{record.status}", f"finished {job_id} {record.model}: {record.status}"
+                      f"{f' ({code})' if code else ''} in {took:.2f} s ({total:.2f} s since accepted)",
+                      logging.WARNING if code and record.status == "failed" else logging.INFO, job_id=job_id,
+                      model=record.model, status=str(record.status), code=code, run_s=round(took, 3),
+                      total_s=round(total, 3), attempts=record.attempts, key=record.owner)
                 self.observe(record)
         except Exception:  # noqa: BLE001 - the record is final; only its log line and metrics are missed
             log.warning("finished %s, but could not read it back for the log and metrics", job_id)

@@ -1,6 +1,7 @@
 """`darkroom compare` against two real darkroom servers on loopback (the open one plays the hosted side), over the
 Qolaba and OpenAI dialects, with a failure only one side answers: the report's numbers, its costs from the
-configured price table, resuming, and the HTML opening in Chromium with every image inline."""
+configured price table, resuming, and the HTML opening in Chromium with every image inline; and a side whose key
+is wrong, stopped after three refusals with no made-up figures."""
 
 from __future__ import annotations
 
@@ -122,3 +123,28 @@ def test_compare_two_servers_report(server: ServerProcess, keyed_server: ServerP
     assert page.locator("svg").count() >= 1
     assert page.locator("tr#payload-q-too-big").inner_text().count("image_too_large") == 1
     page.screenshot(path=artifact("compare-report.png"), full_page=True)
+
+
+def test_a_side_with_a_wrong_key_is_stopped_early_and_shows_no_figures(server: ServerProcess,
+                                                                       keyed_server: ServerProcess,
+                                                                       tmp_path: Path) -> None:
+    items = [{"id": f"g{i}", "model": "flux-kontext-pro", "prompt": f"a kite {i}",
+              "params": {"quality": "512", "num_inference_steps": 1}} for i in range(8)]
+    payloads = tmp_path / "payloads.jsonl"
+    payloads.write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "server", "compare", "--payloads", str(payloads), "--a",
+                        server.base_url, "--b", keyed_server.base_url, "--b-key", "WRONG_KEY", "--out", str(out),
+                        "--concurrency", "1", "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, check=False, env={**os.environ, "WRONG_KEY": "not-the-key-0123456789"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    sent = [a for a in report["attempts"] if a["side"] == "b" and a["error_code"] != "not_sent"]
+    held = [a for a in report["attempts"] if a["side"] == "b" and a["error_code"] == "not_sent"]
+    assert len(sent) == 3 and all(a["status_code"] == 401 for a in sent) and len(held) == 5
+    stopped = report["sides"]["b"]["environment"]["stopped"]
+    assert "3 requests in a row were refused with 401" in stopped and "key" in stopped
+    b_line = next(line for line in r.stdout.splitlines() if line.strip().startswith("darkroom:") and "ok," in line)
+    assert "0/8 ok, p50 —, p95 —, — per output" in b_line, r.stdout
+    assert "stopped after 3 requests" in r.stdout and "0.00 s" not in b_line
+    assert report["sides"]["a"]["summary"]["ok"] == 8

@@ -250,3 +250,25 @@ def test_each_key_signs_its_own_webhooks(small_queue: ServerProcess) -> None:
     finally:
         for hook in hooks.values():
             hook.close()
+
+
+def test_refusals_are_logged_with_the_key_name_never_the_key(small_queue: ServerProcess) -> None:
+    """Text logs carry the same fields as JSON ones, as logfmt pairs after the message."""
+    import shlex
+
+    with small_queue.client() as c:
+        c.get("/api/v1/images/models", headers={"X-Request-Id": "no-key-1"})
+        c.get("/api/v1/images/models", headers={"X-Request-Id": "with-key-1", **_as(FLOOD)})
+    time.sleep(0.3)
+    log = small_queue.log()
+    assert FLOOD not in log and ALICE not in log  # the key name, never the key
+
+    def fields(request_id: str) -> dict[str, str]:
+        line = next(x for x in log.splitlines() if f"request_id={request_id}" in x and "event=request" in x)
+        return dict(pair.split("=", 1) for pair in shlex.split(line.split(": ", 1)[1].split(" -> ", 1)[1])
+                    if "=" in pair)
+
+    refused, ok = fields("no-key-1"), fields("with-key-1")
+    assert refused["status"] == "401" and refused["code"] == "unauthorized" and refused["outcome"] == "refused"
+    assert "key" not in refused
+    assert ok["status"] == "200" and ok["key"] == "flood" and ok["route"] == "/api/v1/images/models"

@@ -47,7 +47,7 @@ def test_a_shared_job_store_needs_shared_files(bucket: str | None, shared: bool,
     else:
         with pytest.raises(ValueError, match="DARKROOM_SHARED_DATA_DIR"):
             s.check_file_sharing()
-        assert finding.level == "fail" and "DARKROOM_S3_BUCKET" in (finding.fix or "")
+        assert finding.level == "error" and "DARKROOM_S3_BUCKET" in (finding.fix or "")
     Settings().check_file_sharing()  # SQLite: each front end has its own queue and files
 
 
