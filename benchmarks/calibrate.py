@@ -38,13 +38,13 @@ from typing import Any
 
 from benchmarks.calibration_fit import PeakSample, check_estimates, estimate, fit_coefficients, set_toml_value
 from pipelines.base import Family, RenderParams, RenderSpec, Task
-from pipelines.memory import MEMORY_PATH, coefficients
+from pipelines.memory import MemoryCoefficients
 from pipelines.registry import FAMILIES
 from pipelines.video_base import VideoFamily
-from server.engine.costs import COSTS_PATH, load_costs
+from server.config import DarkroomConfig
+from server.engine.costs import FamilyCost
 from weights.full_size import RANDOM_MARKER
 from weights.locate import locate, real_weights_ready
-from weights.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4  # the first interval includes warm-up; the median of the other three is the step time
@@ -92,9 +92,8 @@ def params_for(cls: type[Family], point: GridPoint, steps: int = STEPS) -> Rende
                         fps=16.0 if point.frames else 0.0)
 
 
-def structural_terms(cls: type[Family], params: RenderParams) -> tuple[int, int]:
+def structural_terms(cls: type[Family], params: RenderParams, c: MemoryCoefficients) -> tuple[int, int]:
     """(T, V) of the family's formula: its estimate with only one coefficient set to 1 byte."""
-    c = coefficients(cls.name)
     tokens = cls.activation_bytes(params, 1, replace(c, bytes_per_token=1, vae_bytes_per_pixel=0,
                                                      vae_bytes_per_voxel=0))
     vae = cls.activation_bytes(params, 1, replace(c, bytes_per_token=0, vae_bytes_per_pixel=1, vae_bytes_per_voxel=1))
@@ -191,7 +190,8 @@ def time_loads(fam: Family, meter: Meter, drop_cache: bool) -> dict[str, Any]:
     return out
 
 
-def calibrate_family(name: str, fam: Family, quick: bool, meter: Meter, drop_cache: bool = False) -> dict[str, Any]:
+def calibrate_family(name: str, fam: Family, quick: bool, meter: Meter, config: DarkroomConfig,
+                     drop_cache: bool = False) -> dict[str, Any]:
     """Load, warm up, measure the grid and the reference size; fit and check when memory was measured."""
     cls = type(fam)
     loads = time_loads(fam, meter, drop_cache)
@@ -201,9 +201,9 @@ def calibrate_family(name: str, fam: Family, quick: bool, meter: Meter, drop_cac
     points = []
     for point in grid:
         params = params_for(cls, point)
-        tokens, vae = structural_terms(cls, params)
+        tokens, vae = structural_terms(cls, params, config.coefficients(name))
         points.append({**asdict(point), "tokens_term": tokens, "vae_term": vae,
-                       "estimate_before": cls.activation_bytes(params, 1), **render(fam, params, meter)})
+                       "estimate_before": cls.activation_bytes(params, 1, config.coefficients(name)), **render(fam, params, meter)})
     result: dict[str, Any] = {"family": name, "weights": str(fam.model_dir), "loads": loads, "points": points}
     measured = [p for p in points if p["peak_bytes"] is not None]
     if measured:
@@ -217,13 +217,12 @@ def calibrate_family(name: str, fam: Family, quick: bool, meter: Meter, drop_cac
     else:
         result["fit"] = None
         result["memory"] = "not measured (no CUDA device)"
-    result["costs"] = reference_costs(name, fam, meter)
+    result["costs"] = reference_costs(fam, meter, config.costs.families.get(name))
     return result
 
 
-def reference_costs(name: str, fam: Family, meter: Meter) -> dict[str, Any] | None:
+def reference_costs(fam: Family, meter: Meter, ref: FamilyCost | None) -> dict[str, Any] | None:
     """Seconds for costs.toml: one and two images at the family's reference size (the size its job_s means)."""
-    ref = load_costs().families.get(name)
     if ref is None:
         return None
     cls = type(fam)
@@ -262,9 +261,9 @@ def device_slug(device: str) -> tuple[str, str]:
     return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def write_configs(results: list[dict[str, Any]], device_name: str, memory_path: Path = MEMORY_PATH,
-                  costs_path: Path = COSTS_PATH) -> list[str]:
-    """Put fitted coefficients and measured seconds into configs/; returns what changed, one line each."""
+def write_configs(results: list[dict[str, Any]], device_name: str, config_dir: Path) -> list[str]:
+    """Put fitted coefficients and measured seconds into the config dir; returns what changed, one line each."""
+    memory_path, costs_path = config_dir / "memory.toml", config_dir / "costs.toml"
     note = f"calibrated on {device_name}, {datetime.now(UTC):%Y-%m-%d}"
     memory, costs, changed = memory_path.read_text(), costs_path.read_text(), []
     for r in results:
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="the server's data dir (default: DARKROOM_DATA_DIR or the server's default)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<device>)")
-    parser.add_argument("--write-configs", action="store_true", help="write fitted values into configs/")
+    parser.add_argument("--write-configs", action="store_true", help="write fitted values into the config dir (DARKROOM_CONFIG_DIR)")
     parser.add_argument("--weights-path", type=Path, default=None,
                         help="one family's folder to measure instead of the served weights (e.g. from weights.full_size)")
     parser.add_argument("--drop-page-cache", action="store_true",
@@ -328,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(FAMILIES))
     if unknown:
         parser.error(f"unknown families {unknown}; known: {', '.join(sorted(FAMILIES))}")
-    by_family = {e.family: e for e in load_manifest().values()}
+    config = DarkroomConfig.load(settings.engine.config_dir)
+    by_family = {e.family: e for e in config.manifest.values()}
     if args.weights_path and len(wanted) != 1:
         parser.error("--weights-path names one family's folder: give exactly one --families")
     meter, results, kinds = Meter(device), [], {}
@@ -336,21 +336,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.weights_path:
             path, kind = args.weights_path, weights_kind(args.weights_path)
         else:
-            where = locate(by_family[name], settings.resolved_weights_dir, settings.demo_weights_dir, settings.demo)
+            where = locate(by_family[name], settings.files.resolved_weights_dir, settings.files.demo_weights_dir, settings.engine.demo)
             if where is None:
                 print(f"skip {name}: no weights (`darkroom weights pull {by_family[name].name}`, `weights demo`, or "
                       "`python -m weights.full_size` with --weights-path)")
                 continue
             path, kind = where.path, "demo" if where.demo else "real"
         kinds[name] = kind
-        fam = FAMILIES[name](path, device, resolve_dtype(settings.dtype, device))
+        fam = FAMILIES[name](path, device, resolve_dtype(settings.engine.dtype, device))
         weights = sum(c.bytes for c in fam.components())
         if meter.cuda and weights > 0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory:
             # Offloaded runs measure the offload, not the formula; a bigger GPU calibrates this family.
             print(f"skip {name}: {weights / 1e9:.1f} GB of weights do not fit this device resident")
             continue
         print(f"{name}: {kind} weights from {path}", flush=True)
-        results.append(calibrate_family(name, fam, args.quick, meter, args.drop_page_cache))
+        results.append(calibrate_family(name, fam, args.quick, meter, config, args.drop_page_cache))
         del fam
         if meter.cuda:
             torch.cuda.empty_cache()
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             print("not writing configs/: demo or depth-capped weights, --quick or no CUDA give figures that describe "
                   "nothing real")
             return 2
-        for line in write_configs(results, device_name):
+        for line in write_configs(results, device_name, settings.engine.config_dir):
             print("  " + line)
     return 0
 

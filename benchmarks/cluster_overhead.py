@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from benchmarks.harness import REPO, ServerProcess, free_port, write_result
+from server.config import DarkroomConfig
 
 JOB = {"model": "flux-kontext-pro", "prompt": "overhead", "quality": "512", "num_inference_steps": 2}
 
@@ -86,11 +87,10 @@ def _ray(*args: str) -> None:
 def inside(args: argparse.Namespace) -> dict[str, Any]:
     """The measurement, run inside the private namespace."""
     from weights.demo import build_demo
-    from weights.manifest import load_manifest
 
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-cluster-bench-"))
     demo = tmp / "demo"
-    build_demo(load_manifest()["flux1-kontext-dev"], demo)
+    build_demo(DarkroomConfig.packaged().manifest["flux1-kontext-dev"], demo)
     # One thread per worker on both paths, so the comparison is per worker and 2 actors can use 2 cores.
     common = {"DARKROOM_MODELS": "flux-kontext-pro", "DARKROOM_MAX_BATCH": "1", "OMP_NUM_THREADS": "1"}
     local = ServerProcess(tmp / "local", demo, env=common)

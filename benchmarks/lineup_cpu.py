@@ -22,8 +22,8 @@ from PIL import Image
 from benchmarks.harness import ServerProcess, write_result
 from pipelines.base import RenderParams, Task
 from pipelines.registry import FAMILIES
-from server.catalog import QUALITY_LONG_SIDE, Catalog
-from weights.manifest import load_manifest
+from server.catalog import QUALITY_LONG_SIDE
+from server.config import DarkroomConfig
 
 
 def _source() -> str:
@@ -34,7 +34,7 @@ def _source() -> str:
 
 def per_id_seconds() -> dict[str, dict[str, float | str]]:
     """Round trip and pipeline seconds per image id at its defaults."""
-    catalog = Catalog.load(load_manifest())
+    catalog = DarkroomConfig.packaged().catalog
     out: dict[str, dict[str, float | str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         proc = ServerProcess(Path(tmp) / "data")
@@ -58,7 +58,7 @@ def per_id_seconds() -> dict[str, dict[str, float | str]]:
     return out
 
 
-def tiled_memory() -> dict[str, dict[str, float]]:
+def tiled_memory(config: DarkroomConfig) -> dict[str, dict[str, float]]:
     """GB of activations: one-shot 4K (16:9) vs the native pass and one 1024-px refine tile."""
     out = {}
     for name, fam in sorted(FAMILIES.items()):
@@ -69,15 +69,16 @@ def tiled_memory() -> dict[str, dict[str, float]]:
         scale = fam.native_max_long_side / 4096
         native = replace(four_k, width=fam.native_max_long_side, height=round(2304 * scale / 16) * 16)
         tile = replace(four_k, width=fam.refine_tile, height=fam.refine_tile, num_sources=0)
-        out[name] = {"one_shot_4k_gb": round(fam.activation_bytes(four_k, 1) / 1e9, 2),
-                     "native_pass_gb": round(fam.activation_bytes(native, 1) / 1e9, 2),
-                     "refine_tile_gb": round(fam.activation_bytes(tile, 1) / 1e9, 2)}
+        coeffs = config.coefficients(name)
+        out[name] = {"one_shot_4k_gb": round(fam.activation_bytes(four_k, 1, coeffs) / 1e9, 2),
+                     "native_pass_gb": round(fam.activation_bytes(native, 1, coeffs) / 1e9, 2),
+                     "refine_tile_gb": round(fam.activation_bytes(tile, 1, coeffs) / 1e9, 2)}
     return out
 
 
 def main() -> None:
     seconds = per_id_seconds()
-    memory = tiled_memory()
+    memory = tiled_memory(DarkroomConfig.packaged())
     for mid, row in seconds.items():
         print(f"{mid:26} {row['family']:16} {row['quality']:>4} {row['steps']:>3} steps  "
               f"round trip {row['round_trip_s']:6.2f}s  pipeline {row['pipeline_s']:6.2f}s")

@@ -30,8 +30,8 @@ from benchmarks.hostile import (
     ssrf_targets,
     submit,
 )
+from server.config import DarkroomConfig
 from weights.demo import build_demo
-from weights.manifest import load_manifest
 
 FLASH = "vertex/nano-banana-flash"
 KEY = "reliability-key-0123456789"
@@ -155,7 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="darkroom-reliability-") as tmp:
         root = Path(tmp)
         demo = root / "demo-weights"
-        build_demo(load_manifest()["flux2-klein-4b"], demo)
+        build_demo(DarkroomConfig.packaged().manifest["flux2-klein-4b"], demo)
         result = hostile_inputs(root, demo)
         result["overload"] = overload(root, demo)
         result["crash"] = crashes(root, demo, args.jobs, args.kills)

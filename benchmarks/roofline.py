@@ -34,8 +34,8 @@ from benchmarks.harness import RESULTS, write_result
 from pipelines.acceleration import LoadProfile
 from pipelines.base import Family, RenderParams, RenderSpec, Task
 from pipelines.registry import family_class
+from server.config import DarkroomConfig
 from weights.demo import build_demo
-from weights.manifest import load_manifest
 
 # Family -> (task, size, steps, batch sizes, the model id whose step cache the +cache profile uses).
 WORKLOADS: dict[str, tuple[Task, int, int, tuple[int, ...], str]] = {
@@ -161,16 +161,14 @@ def run_family(family: str, root: Path, device: str, dtype: torch.dtype, tiny: b
                profiles: tuple[str, ...], save: Callable[[dict[str, Any]], object] = lambda _r: None) -> dict[str, Any]:
     """Every profile's stages and end-to-end seconds for one family; `save` gets the figures so far after each
     profile (a run stopped at its time limit keeps them)."""
-    from server.acceleration_config import Acceleration
-    from server.catalog import Catalog
-
+    
     task, size, steps, batches, model_id = WORKLOADS[family]
     if tiny:
         size = TINY_SIZE[family]
     cls = family_class(family)
-    catalog = Catalog.load(load_manifest())
-    accel = Acceleration.load(Path(__file__).resolve().parent.parent / "configs" / "acceleration.toml", catalog)
-    accel = accel.serving(catalog, frozenset(catalog.weights_needed()) if tiny else frozenset())
+    catalog = DarkroomConfig.packaged().catalog
+    config = DarkroomConfig.packaged()
+    accel = config.with_demo(frozenset(catalog.weights_needed()) if tiny else frozenset()).acceleration
     spec_entry = catalog.any_spec(model_id)
     base = accel.load_profile(spec_entry.weights)
     cache = accel.step_cache(model_id)
@@ -256,7 +254,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     ceiling = matmul_ceiling(device, dtype, args.reps)
     print(f"{device}: matmul ceiling {ceiling:.2f} TFLOP/s ({dtype})")
-    manifest = load_manifest()
+    manifest = DarkroomConfig.packaged().manifest
     label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")
     results: list[dict[str, Any]] = []
     payload = {"matmul_ceiling_tflop_per_s": round(ceiling, 3), "dtype": str(dtype)}

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from server.config import DarkroomConfig
 from server.engine.costs import FamilyCost
-from server.engine.costs import load_costs as load_server_costs
 from server.engine.policy import (
     EVICTION_ORDERS,
     GB,
@@ -63,7 +63,7 @@ OFFLOAD_SLOWDOWN = {Placement.RESIDENT: 1.0, Placement.MODEL_OFFLOAD: 1.15, Plac
 
 def load_costs() -> tuple[dict[str, FamilyCost], Transfer]:
     """Families' costs and the transfer rates, from configs/costs.toml (the file the server reads too)."""
-    costs = load_server_costs()
+    costs = DarkroomConfig.packaged().costs
     return costs.families, costs.transfer
 
 

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.harness import ServerProcess, write_result
+from server.config import DarkroomConfig
 
 SINGLE_SAMPLES = 3  # single-request samples per round (each figure is the median of all of them)
 SOURCE_COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200), (200, 40, 200),
@@ -107,7 +108,6 @@ def accelerations(server: ServerProcess, models: tuple[str, ...]) -> dict[str, A
 
 def main() -> None:
     from weights.demo import build_demo
-    from weights.manifest import load_manifest
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=8)
@@ -121,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         demo = tmp_path / "demo"
-        weights = build_demo(load_manifest()["flux1-kontext-dev"], demo)
+        weights = build_demo(DarkroomConfig.packaged().manifest["flux1-kontext-dev"], demo)
         server = ServerProcess(tmp_path / "data", demo, env={
             "DARKROOM_MODELS": ",".join(models), "DARKROOM_MAX_BATCH": str(args.n), "DARKROOM_BATCH_MAX_WAIT_S": "0"})
         try:

@@ -26,8 +26,8 @@ from pipelines.registry import family_class
 from pipelines.video_base import VideoFamily
 from server.acceleration_config import Acceleration
 from server.catalog import Catalog
+from server.config import DarkroomConfig
 from weights.demo import build_demo
-from weights.manifest import load_manifest
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -99,15 +99,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    catalog = Catalog.load(load_manifest())
+    catalog = DarkroomConfig.packaged().catalog
     with tempfile.TemporaryDirectory() as tmp:
         root = args.weights_dir or Path(tmp)
         demo = args.weights_dir is None
         if demo:
             for name in catalog.weights_needed():
-                build_demo(load_manifest()[name], root)
-        accel = Acceleration.load(CONFIGS / "acceleration.toml", catalog).serving(
-            catalog, frozenset(catalog.weights_needed()) if demo else frozenset())
+                build_demo(DarkroomConfig.packaged().manifest[name], root)
+        accel = DarkroomConfig.packaged().with_demo(
+            frozenset(catalog.weights_needed()) if demo else frozenset()).acceleration
         ids = [i for i in catalog.all_ids() if accel.step_cache(i).kind != "none"]
         results = []
         for model_id in tqdm(ids, desc="step cache quality", unit="id", disable=None):

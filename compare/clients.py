@@ -368,6 +368,3 @@ class GeminiClient(DialectClient):
         return reply
 
 
-CLIENTS: dict[str, type[DialectClient]] = {c.name: c for c in (QolabaClient, OpenAIClient, FalClient,
-                                                               ReplicateClient, BflClient, GeminiClient)}
-"""Every dialect `darkroom compare` speaks, by the name --dialect and payloads use."""

@@ -12,7 +12,8 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ import httpx
 from PIL import Image
 from tqdm import tqdm
 
-from compare.clients import CLIENTS, ImageSource, Output, RequestFailed
+from compare.clients import DialectClient, ImageSource, Output, RequestFailed
 from compare.payloads import Payload
 from compare.prices import GpuCost, PriceTable
 
@@ -57,6 +58,8 @@ class RunConfig:
     progress: bool = True
     stop_after_auth_failures: int = 3
     """A side whose key is refused (401/403) this many times in a row gets no more requests (0: never stop)."""
+    clients: Mapping[str, type[DialectClient]] = field(default_factory=dict)
+    """The client of each dialect by its name (server/api/registry.py's `compare_dialects`)."""
 
 
 class AuthBreaker:
@@ -161,7 +164,7 @@ def not_sent(payload: Payload, side: Side, repeat: int, dialect: str, reason: st
 async def attempt(http: httpx.AsyncClient, images: ImageSource, cfg: RunConfig, payload: Payload, side: Side,
                   repeat: int, dialect: str, darkroom: bool) -> dict[str, Any]:
     """One request on one side, timed, its outputs saved under out/outputs/<payload>/."""
-    client = CLIENTS[dialect](side.url, side.key, http, images, cfg.poll_s)
+    client = cfg.clients[dialect](side.url, side.key, http, images, cfg.poll_s)
     record: dict[str, Any] = {"payload": payload.id, "side": side.label, "repeat": repeat, "dialect": dialect,
                               "model": payload.model, "tier": payload.price_tier(), "ok": False,
                               "status_code": None, "error_code": None, "error_message": "", "latency_s": 0.0,

@@ -170,7 +170,6 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
                        dtype: torch.dtype, dispatches: bool, no_fusing: str | None = None) -> Applied:
     """Apply `profile` to the loaded pipelines' denoisers (shared between roles, so each is touched once).
     `no_fusing`: why the family's attention processors cannot be fused (None: they can)."""
-    import torch
 
     main = next(iter(pipelines.values()))
     modules = [getattr(main, name) for name in denoisers if getattr(main, name, None) is not None]
@@ -194,22 +193,9 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
     if fp8_reason:
         _once(fp8_reason)
 
-    fuse = profile.fuse_qkv and hasattr(main, "fuse_qkv_projections") and no_fusing is None
-    if fuse:
-        main.fuse_qkv_projections()  # the modules are shared between roles
-    applied.fused_qkv = {"requested": profile.fuse_qkv, "active": fuse,
-                         "reason": no_fusing if profile.fuse_qkv and not fuse else None}
-    if profile.fuse_qkv and no_fusing:
-        _once(f"fused QKV off: {no_fusing}")
+    _fuse_qkv(profile, main, no_fusing, applied)
     if profile.channels_last:
-        for name in (*denoisers, "vae"):
-            module = getattr(main, name, None)
-            # The layout is for 2-D convolutions only: a transformer has none, and a video VAE's 5-D kernels stay
-            # as they are (torch refuses to convert them).
-            ranks = {p.dim() for p in module.parameters()} if module is not None else set()
-            if 4 in ranks and 5 not in ranks:
-                module.to(memory_format=torch.channels_last)
-                applied.channels_last = True
+        applied.channels_last = _channels_last(main, (*denoisers, "vae"))
 
     compile_on, compile_reason = choose_compile(profile.compile, device)
     if compile_on:
@@ -228,6 +214,32 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
     applied.compile = {"requested": profile.compile, "active": compile_on, "reason": compile_reason,
                        "regions": list(getattr(modules[0], "_repeated_blocks", []) or []) if modules else []}
     return applied
+
+
+def _fuse_qkv(profile: LoadProfile, main: Any, no_fusing: str | None, applied: Applied) -> None:
+    fuse = profile.fuse_qkv and hasattr(main, "fuse_qkv_projections") and no_fusing is None
+    if fuse:
+        main.fuse_qkv_projections()  # the modules are shared between roles
+    applied.fused_qkv = {"requested": profile.fuse_qkv, "active": fuse,
+                         "reason": no_fusing if profile.fuse_qkv and not fuse else None}
+    if profile.fuse_qkv and no_fusing:
+        _once(f"fused QKV off: {no_fusing}")
+
+
+def _channels_last(main: Any, names: tuple[str, ...]) -> bool:
+    """Put the 2-D convolution modules among `names` in channels-last layout; whether any was."""
+    import torch
+
+    changed = False
+    for name in names:
+        module = getattr(main, name, None)
+        # The layout is for 2-D convolutions only: a transformer has none, and a video VAE's 5-D kernels stay as
+        # they are (torch refuses to convert them).
+        ranks = {p.dim() for p in module.parameters()} if module is not None else set()
+        if 4 in ranks and 5 not in ranks:
+            module.to(memory_format=torch.channels_last)
+            changed = True
+    return changed
 
 
 def _compile_block_forwards(module: torch.nn.Module) -> None:

@@ -24,7 +24,7 @@ from typing import ClassVar
 from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
-from pipelines.memory import MemoryCoefficients, coefficients
+from pipelines.memory import MemoryCoefficients
 
 # The pipeline's own default guidance, used for refine tiles (the request's guidance shaped the base image).
 _DEV_REFINE_GUIDANCE = 4.0
@@ -40,6 +40,7 @@ class Flux2KleinFamily(Family):
     """FLUX.2 [klein] 4B served through Flux2KleinPipeline / Flux2KleinInpaintPipeline."""
 
     name: ClassVar[str] = "flux2-klein"
+    tiny_builder: ClassVar[str] = "weights.tiny.flux2:build_flux2_klein"
     pipeline_class: ClassVar[str] = "Flux2KleinPipeline"
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
@@ -47,8 +48,8 @@ class Flux2KleinFamily(Family):
     native_max_long_side: ClassVar[int] = 2048
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
-        return _activation_bytes(params, batch, coeffs or coefficients(cls.name))
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:
+        return _activation_bytes(params, batch, coeffs)
 
     def load(self) -> None:
         from diffusers import Flux2KleinInpaintPipeline
@@ -104,6 +105,7 @@ class Flux2DevFamily(Family):
     """FLUX.2 [dev] served through Flux2Pipeline: generate and multi-reference edit, no mask."""
 
     name: ClassVar[str] = "flux2-dev"
+    tiny_builder: ClassVar[str] = "weights.tiny.flux2:build_flux2_dev"
     pipeline_class: ClassVar[str] = "Flux2Pipeline"
     size_multiple: ClassVar[int] = 16
     sets_cache_context: ClassVar[bool] = False  # Flux2Pipeline calls the transformer bare
@@ -111,8 +113,8 @@ class Flux2DevFamily(Family):
     native_max_long_side: ClassVar[int] = 2048
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
-        return _activation_bytes(params, batch, coeffs or coefficients(cls.name))
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:
+        return _activation_bytes(params, batch, coeffs)
 
     def load(self) -> None:
         from pipelines import torchvision_shims

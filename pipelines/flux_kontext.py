@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task, fit_within
 from pipelines.batching import BatchKey
-from pipelines.memory import MemoryCoefficients, coefficients
+from pipelines.memory import MemoryCoefficients
 from pipelines.step_cache import StepCache
 
 _TRUE_CFG = 2.0
@@ -39,6 +39,7 @@ class FluxKontextFamily(Family):
     """FLUX.1 Kontext [dev] served through FluxKontextPipeline / FluxKontextInpaintPipeline."""
 
     name: ClassVar[str] = "flux-kontext"
+    tiny_builder: ClassVar[str] = "weights.tiny.flux_kontext:build_flux_kontext"
     pipeline_class: ClassVar[str] = "FluxKontextPipeline"
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
@@ -49,8 +50,8 @@ class FluxKontextFamily(Family):
     merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
-        c = coeffs or coefficients(cls.name)
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:
+        c = coeffs
         out_tokens = (params.width // 16) * (params.height // 16)
         # The stitched source (+ references) becomes conditioning tokens beside the output's.
         cond_tokens = out_tokens * (1 + params.num_references) if params.num_sources else 0

@@ -15,6 +15,7 @@ class LTX2Family(VideoFamily):
     """LTX-2: 32x spatial / 8x temporal VAE, joint audio-video transformer, vocoder for the waveform."""
 
     name: ClassVar[str] = "ltx2"
+    tiny_builder: ClassVar[str] = "weights.tiny.ltx2:build_ltx2"
     pipeline_class: ClassVar[str] = "LTX2ImageToVideoPipeline"
     size_multiple: ClassVar[int] = 32
     frame_step: ClassVar[int] = 8

@@ -1,13 +1,11 @@
-"""Activation-memory coefficients per family, from configs/memory.toml (see its header for the formula)."""
+"""Activation-memory coefficients per family, from memory.toml in the config dir (see its header for the formula).
+The server reads them once (server/config.py) and passes each family its own."""
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-
-MEMORY_PATH = Path(__file__).resolve().parents[1] / "configs" / "memory.toml"
 
 
 @dataclass(frozen=True)
@@ -20,19 +18,6 @@ class MemoryCoefficients:
     text_tokens: int = 0
 
 
-@cache
-def _table(path: Path) -> dict[str, MemoryCoefficients]:
+def load_memory_table(path: Path) -> dict[str, MemoryCoefficients]:
+    """Every family's coefficients in `path` (the config dir's memory.toml)."""
     return {name: MemoryCoefficients(**body) for name, body in tomllib.loads(path.read_text()).items()}
-
-
-def load_memory_table(path: Path = MEMORY_PATH) -> dict[str, MemoryCoefficients]:
-    """Every family's coefficients in `path` (a deployment's own configs/memory.toml)."""
-    return dict(_table(path))
-
-
-def coefficients(family: str, path: Path = MEMORY_PATH) -> MemoryCoefficients:
-    """The coefficients of `family` (a static file, read once per path); KeyError names the file."""
-    try:
-        return _table(path)[family]
-    except KeyError:
-        raise KeyError(f"no activation coefficients for {family!r} in {path.name}") from None

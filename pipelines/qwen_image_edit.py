@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task
-from pipelines.memory import MemoryCoefficients, coefficients
+from pipelines.memory import MemoryCoefficients
 
 # Each conditioning image is VAE-encoded at ~1 MP (hard-coded in the pipeline): 4096 tokens of 16 px patches.
 _COND_TOKENS = 1024 * 1024 // 256
@@ -23,14 +23,15 @@ class QwenImageEditFamily(Family):
     """Qwen-Image-Edit-2511 served through QwenImageEditPlusPipeline (and QwenImagePipeline for text only)."""
 
     name: ClassVar[str] = "qwen-image-edit"
+    tiny_builder: ClassVar[str] = "weights.tiny.qwen_image:build_qwen_image_edit"
     pipeline_class: ClassVar[str] = "QwenImageEditPlusPipeline"
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT})
     supports_negative_prompt: ClassVar[bool] = True
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
-        c = coeffs or coefficients(cls.name)
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:
+        c = coeffs
         out_tokens = (params.width // 16) * (params.height // 16)
         cond = (params.num_sources + params.num_references) * _COND_TOKENS
         # True classifier-free guidance runs the transformer twice per step.

@@ -32,7 +32,7 @@ from pipelines.base import (
     Task,
     dtype_bytes,
 )
-from pipelines.memory import MemoryCoefficients, coefficients
+from pipelines.memory import MemoryCoefficients
 from weights.safetensors_header import file_bytes_at, folder_bytes_at
 
 IP_ADAPTER_FOLDER = "ip_adapter"
@@ -48,6 +48,7 @@ class SDXLFamily(Family):
     """SDXL base served through StableDiffusionXL{Img2Img,Inpaint,}Pipeline."""
 
     name: ClassVar[str] = "sdxl"
+    tiny_builder: ClassVar[str] = "weights.tiny.sdxl:build_sdxl"
     pipeline_class: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
     size_multiple: ClassVar[int] = 64
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
@@ -74,9 +75,9 @@ class SDXLFamily(Family):
             )
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:
         # UNet activations per latent pixel (8x VAE), per image; VAE decode per output pixel.
-        c = coeffs or coefficients(cls.name)
+        c = coeffs
         latent_pixels = (params.width // 8) * (params.height // 8)
         unet = batch * params.num_images * latent_pixels * c.bytes_per_token
         return unet + params.width * params.height * c.vae_bytes_per_pixel

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipelines.base import Family, ParamError, RenderParams, Task
-from pipelines.memory import MemoryCoefficients, coefficients
+from pipelines.memory import MemoryCoefficients
 
 # Clips above this many output pixels x frames decode with VAE tiling, which bounds decoder memory
 # by the tile size instead of the clip size (slower, same result up to seam blending).
@@ -65,9 +65,9 @@ class VideoFamily(Family):
     """Overlap blended between neighbouring tiles (diffusers' default tile less its stride)."""
 
     @classmethod
-    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients | None = None) -> int:
+    def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:
         """Latent tokens through the DiT, plus the 3D VAE decode per output voxel (coefficients in configs/)."""
-        c = coeffs or coefficients(cls.name)
+        c = coeffs
         latent_frames = (params.num_frames - 1) // cls.frame_step + 1
         tokens = latent_frames * (params.height // cls.token_patch) * (params.width // cls.token_patch)
         return batch * tokens * c.bytes_per_token + params.width * params.height * params.num_frames * \

@@ -46,6 +46,7 @@ class WanTI2V5BFamily(WanVideoFamily):
     """Wan 2.2 TI2V-5B: 16x VAE (with 2x patchify), 720p at 24 fps natively, one transformer."""
 
     name: ClassVar[str] = "wan2.2-ti2v-5b"
+    tiny_builder: ClassVar[str] = "weights.tiny.wan:build_wan_ti2v_5b"
     size_multiple: ClassVar[int] = 32
     token_patch: ClassVar[int] = 32  # 16x VAE, 2x2 patches
     vae_spatial: ClassVar[int] = 16  # 8x VAE after a 2x patchify
@@ -55,6 +56,7 @@ class WanI2VA14BFamily(WanVideoFamily):
     """Wan 2.2 I2V-A14B: 8x VAE, a high-noise and a low-noise 14B expert, 16 fps natively."""
 
     name: ClassVar[str] = "wan2.2-i2v-a14b"
+    tiny_builder: ClassVar[str] = "weights.tiny.wan:build_wan_i2v_a14b"
     size_multiple: ClassVar[int] = 16
     token_patch: ClassVar[int] = 16  # 8x VAE, 2x2 patches
     denoisers: ClassVar[tuple[str, ...]] = ("transformer", "transformer_2")  # high- and low-noise experts

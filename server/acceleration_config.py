@@ -96,7 +96,7 @@ class Acceleration:
         models = {m: ModelAcceleration(**b) for m, b in raw.get("models", {}).items()}
         known_weights = set(catalog.manifest)
         if bad := sorted(set(weights) - known_weights):
-            raise ValueError(f"{path.name}: weights {bad} are not in weights/manifest.toml")
+            raise ValueError(f"{path.name}: weights {bad} are not in the config dir's manifest.toml")
         ids = set(catalog.all_ids())
         for model_id, accel in models.items():
             if model_id not in ids:

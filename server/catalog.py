@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -11,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.registry import FAMILIES
 from server.errors import ApiError, ErrorCode
 from weights.manifest import WeightsEntry
-
-MODELS_PATH = Path(__file__).resolve().parent.parent / "configs" / "models.toml"
 
 QUALITY_LONG_SIDE: dict[str, int] = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
 # Video resolution tiers name the short side. "240p" is darkroom's draft tier for fast motion previews.
@@ -176,7 +175,7 @@ class Catalog:
                 raise ValueError(f"{spec.id}: {fam.name} renders at most {fam.native_max_long_side} px natively "
                                  f"and has no refine pass for {beyond}")
             if spec.weights not in manifest:
-                raise ValueError(f"{spec.id}: weights {spec.weights!r} is not in weights/manifest.toml")
+                raise ValueError(f"{spec.id}: weights {spec.weights!r} is not in the config dir's manifest.toml")
             if manifest[spec.weights].family != spec.family:
                 raise ValueError(f"{spec.id}: weights {spec.weights!r} are for family {manifest[spec.weights].family}")
         self._models = self._apply_policy(models)
@@ -202,8 +201,8 @@ class Catalog:
         return out
 
     @classmethod
-    def load(cls, manifest: dict[str, WeightsEntry], path: Path = MODELS_PATH, license_policy: str = "any") -> Catalog:
-        """Read configs/models.toml (or `path`)."""
+    def load(cls, manifest: Mapping[str, WeightsEntry], path: Path, license_policy: str = "any") -> Catalog:
+        """Read the config dir's models.toml."""
         raw = tomllib.loads(path.read_text())
         models = {mid: ModelSpec(id=mid, **body) for mid, body in raw.get("models", {}).items()}
         videos = {mid: VideoModelSpec(id=mid, **body) for mid, body in raw.get("videos", {}).items()}

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import click
 from pydantic import SecretStr, ValidationError
@@ -15,7 +15,10 @@ from pydantic import SecretStr, ValidationError
 from server.settings import Settings
 from server.version import __version__
 
-_WEIGHTS_SETTINGS = ("data_dir", "weights_dir", "demo_weights_path")
+if TYPE_CHECKING:
+    from server.config import DarkroomConfig
+
+_WEIGHTS_SETTINGS = ("data_dir", "weights_dir", "demo_weights_path", "config_dir")
 """The settings the weights commands read (serve takes every setting)."""
 
 
@@ -53,7 +56,7 @@ def _settings_options(only: tuple[str, ...] | None = None) -> Any:
     DARKROOM_ environment variable; the help shows its type, default and variable."""
 
     def decorate(func: Any) -> Any:
-        for name, info in reversed(list(Settings.model_fields.items())):
+        for name, info in reversed(list(Settings.fields().items())):
             if only is not None and name not in only:
                 continue
             kind, metavar = _click_type(info.annotation)
@@ -86,6 +89,24 @@ def _configure_logging(level: str, fmt: str = "text") -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+class _DialectChoice(click.Choice):
+    """The dialects `darkroom compare` speaks, from the registered dialects (read when first needed: the CLI
+    starts without importing the HTTP layer)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from server.api.registry import compare_dialects
+
+        return list(compare_dialects())
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass
+
+
 @click.group(context_settings={"max_content_width": 120})
 @click.version_option(__version__, prog_name="darkroom")
 def main() -> None:
@@ -101,8 +122,8 @@ def serve(**given: Any) -> None:
         settings.check_bind_safety()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _configure_logging(settings.log_level, settings.log_format)
-    if settings.supervise:
+    _configure_logging(settings.server.log_level, settings.server.log_format)
+    if settings.server.supervise:
         from server.supervisor import child_command, supervise
 
         sys.exit(supervise(child_command(sys.argv[1:])))
@@ -121,11 +142,11 @@ def serve(**given: Any) -> None:
     lifecycle = app.state.lifecycle
     # log_config=None: uvicorn's records go through the root handler set above (text or JSON alike).
     # No uvicorn access log: every request is one structured `request` event (server/api/access_log.py).
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=settings.server.log_level,
                             access_log=False, timeout_graceful_shutdown=10, log_config=None)
     server = DrainingServer(config, lifecycle)
     lifecycle.on_exit(server.exit_now)
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"http://{settings.server.host}:{settings.server.port}"
     logging.getLogger("darkroom").info("listening on %s: the studio is at %s/ and the API docs at %s/docs", url, url,
                                        url)
     server.run()
@@ -168,8 +189,7 @@ def doctor(as_json: bool, **given: Any) -> None:
 @click.option("--b-name", default="darkroom", show_default=True, help="Side B's name in the report.")
 @click.option("--b-cost", type=click.Choice(["table", "gpu"]), default="gpu", show_default=True,
               help="Side B's cost basis.")
-@click.option("--dialect", type=click.Choice(["qolaba", "openai", "fal", "replicate", "bfl", "gemini"]),
-              default="qolaba", show_default=True, help="The API both sides are spoken to in (a payload may name "
+@click.option("--dialect", type=_DialectChoice(), default="qolaba", show_default=True, help="The API both sides are spoken to in (a payload may name "
               "its own).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the report, the outputs and the resume record.")
@@ -207,7 +227,7 @@ def compare(payloads: Path, a_url: str, a_key: str | None, a_name: str, a_cost: 
     from compare.prices import GpuCost, PriceTable
     from compare.report import build_summary, write
     from compare.runner import RunConfig, Side, run
-    from server.settings import Settings as _Settings
+    from server.api.registry import compare_dialects
 
     def key_of(env: str | None, side: str) -> str | None:
         if env is None:
@@ -219,7 +239,7 @@ def compare(payloads: Path, a_url: str, a_key: str | None, a_name: str, a_cost: 
 
     try:
         items = load_payloads(payloads)
-        table = PriceTable.load(prices or _Settings().config("prices.toml"))
+        table = PriceTable.load(prices or Settings().engine.config_dir / "prices.toml")
     except (PayloadError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     cfg = RunConfig(payloads=items, dialect=dialect, out=out, prices=table,
@@ -227,7 +247,8 @@ def compare(payloads: Path, a_url: str, a_key: str | None, a_name: str, a_cost: 
                            Side("b", b_name, b_url, key_of(b_key, "b"), b_cost)),  # type: ignore[arg-type]
                     gpu=GpuCost(gpu_usd_per_hour, gpus, gpu_watts, usd_per_kwh), concurrency=concurrency,
                     repeats=repeats, timeout_s=timeout_s, poll_s=poll_s, retry_failed=retry_failed,
-                    progress=not no_progress, stop_after_auth_failures=stop_after_auth_failures)
+                    progress=not no_progress, stop_after_auth_failures=stop_after_auth_failures,
+                    clients=compare_dialects())
     records, envs = asyncio.run(run(cfg))
     summary = build_summary(cfg, records, envs)
     json_path, html_path = write(cfg, summary)
@@ -248,17 +269,26 @@ def weights() -> None:
     """List, pull and build model weights."""
 
 
+def _config(settings: Settings) -> DarkroomConfig:
+    """The config dir the settings name, read through the one config object (a clear error when it is broken)."""
+    from server.config import DarkroomConfig
+
+    try:
+        return DarkroomConfig.load(settings.engine.config_dir, settings.engine.license_policy)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @weights.command("list")
 @_settings_options(_WEIGHTS_SETTINGS)
 def weights_list(**given: Any) -> None:
     """Every weights entry: repo, revision, licence, and whether real or demo weights are on disk."""
     from weights.locate import demo_weights_ready, real_weights_ready
-    from weights.manifest import load_manifest
 
     settings = _build_settings(given)
-    for entry in load_manifest().values():
-        real = real_weights_ready(settings.resolved_weights_dir / entry.name)
-        demo = demo_weights_ready(settings.demo_weights_dir / entry.name, entry)
+    for entry in _config(settings).manifest.values():
+        real = real_weights_ready(settings.files.resolved_weights_dir / entry.name)
+        demo = demo_weights_ready(settings.files.demo_weights_dir / entry.name, entry)
         state = "real" if real else "demo" if demo else "missing"
         pin = entry.revision if entry.revision_pinned else f"{entry.revision} (unpinned)"
         click.echo(f"{entry.name:20} {state:8} {entry.repo}@{pin}  [{entry.license}]")
@@ -270,15 +300,14 @@ def weights_list(**given: Any) -> None:
 @_settings_options(_WEIGHTS_SETTINGS)
 def weights_pull(name: str, token: str | None, **given: Any) -> None:
     """Download NAME's safetensors from the Hugging Face Hub and verify them."""
-    from weights.manifest import load_manifest
     from weights.pull import PullError, pull
 
     settings = _build_settings(given)
-    manifest = load_manifest()
+    manifest = _config(settings).manifest
     if name not in manifest:
         raise click.UsageError(f"unknown weights {name!r}; known: {', '.join(sorted(manifest))}")
     try:
-        path = pull(manifest[name], settings.resolved_weights_dir, token, say=click.echo)
+        path = pull(manifest[name], settings.files.resolved_weights_dir, token, say=click.echo)
     except PullError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -291,9 +320,8 @@ def weights_pull(name: str, token: str | None, **given: Any) -> None:
 def weights_demo(force: bool, **given: Any) -> None:
     """Build tiny random-weight versions of every family (real classes, saved with save_pretrained)."""
     from weights.demo import build_demo
-    from weights.manifest import load_manifest
 
     settings = _build_settings(given)
-    for entry in load_manifest().values():
-        path = build_demo(entry, settings.demo_weights_dir, force=force)
+    for entry in _config(settings).manifest.values():
+        path = build_demo(entry, settings.files.demo_weights_dir, force=force)
         click.echo(f"demo {entry.name} ({entry.family}) -> {path}")

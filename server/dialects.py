@@ -7,8 +7,6 @@ from pathlib import Path
 
 from server.errors import ApiError, ErrorCode
 
-DIALECTS_PATH = Path(__file__).resolve().parents[1] / "configs" / "dialects.toml"
-
 
 class ModelNames:
     """Provider name tables; `resolve` turns a provider's model name into a darkroom id."""
@@ -17,7 +15,7 @@ class ModelNames:
         self.tables = tables
 
     @classmethod
-    def load(cls, known_ids: set[str], path: Path = DIALECTS_PATH) -> ModelNames:
+    def load(cls, known_ids: set[str], path: Path) -> ModelNames:
         """Read the file; every target must be a served id."""
         raw = tomllib.loads(path.read_text())
         tables: dict[str, dict[str, str]] = {}

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.batching import BatchKey
+from server.engine.snapshot import EngineSnapshot, WorkerState
 
 REQUEST_MODEL: ContextVar[str] = ContextVar("darkroom_request_model", default="")
 """The model id a request asked for, set by the service while it handles it (read back by the HTTP middleware)."""
@@ -75,8 +76,8 @@ class Metrics:
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
 
-    def watch(self, state: Callable[[], dict[str, Any]], weights: list[str]) -> None:
-        """Report the engine's live state (the /api/v1/engine view) at each scrape, with a 0 for each served
+    def watch(self, state: Callable[[], EngineSnapshot], weights: list[str]) -> None:
+        """Report the engine's live state (its snapshot, what /api/v1/engine shows) at each scrape, with a 0 for each served
         `weights` entry that has nothing queued, parked or resident."""
         self.registry.register(_EngineCollector(state, weights))
 
@@ -95,57 +96,67 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def gauge(name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> GaugeMetricFamily:
+    """A darkroom_ gauge family with its samples."""
+    family = GaugeMetricFamily(f"darkroom_{name}", doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+def counter(name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> CounterMetricFamily:
+    """A darkroom_ counter family with its samples."""
+    family = CounterMetricFamily(f"darkroom_{name}", doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
 class _EngineCollector(Collector):
-    def __init__(self, state: Callable[[], dict[str, Any]], weights: list[str]) -> None:
+    def __init__(self, state: Callable[[], EngineSnapshot], weights: list[str]) -> None:
         self.state = state
         self.weights = weights
 
     def collect(self) -> Iterator[Any]:
-        view = self.state()
-        workers = view["workers"]
+        snap = self.state()
+        yield from self._workers(snap.workers)
+        yield from self._queue_and_counters(snap)
 
-        def gauge(name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(f"darkroom_{name}", doc, labels=labels)
-            for values, value in samples:
-                family.add_metric(values, value)
-            return family
-
-        def counter(name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> Any:
-            family = CounterMetricFamily(f"darkroom_{name}", doc, labels=labels)
-            for values, value in samples:
-                family.add_metric(values, value)
-            return family
-
+    def _workers(self, workers: tuple[WorkerState, ...]) -> Iterator[Any]:
         yield gauge("model_resident_bytes", "Weight bytes of a model on a worker's device.",
                     ["worker", "device", "model", "placement"],
-                    [([w["name"], w["device"], r["weights"], r["placement"] or ""], r["bytes"]) for w in workers
-                     for r in w["resident"]])
-        parked = {(w["name"], r["weights"]): r["bytes"] for w in workers for r in w["host_ram"]}
+                    [([w.name, w.device, r.weights, r.placement or ""], r.bytes) for w in workers
+                     for r in w.resident])
+        parked = {(w.name, r.weights): r.bytes for w in workers for r in w.host_ram}
         yield gauge("model_host_ram_bytes", "Weight bytes of a model parked in a worker's host-RAM tier.",
-                    ["worker", "model"], [([w["name"], m], parked.get((w["name"], m), 0)) for w in workers
+                    ["worker", "model"], [([w.name, m], parked.get((w.name, m), 0)) for w in workers
                                           for m in sorted({*self.weights, *(k[1] for k in parked)})])
         yield gauge("worker_budget_bytes", "Device bytes a worker may use (0: unmanaged, a CPU).",
-                    ["worker", "device"], [([w["name"], w["device"]], w["budget_bytes"] or 0) for w in workers])
+                    ["worker", "device"], [([w.name, w.device], w.budget_bytes or 0) for w in workers])
         yield gauge("worker_up", "1 while a worker is in service, 0 once its device was taken out.",
-                    ["worker", "device"], [([w["name"], w["device"]], 0 if w["fault"] else 1) for w in workers])
+                    ["worker", "device"], [([w.name, w.device], 0 if w.fault else 1) for w in workers])
         yield gauge("worker_current_batch_jobs", "Jobs in the batch a worker is running.", ["worker"],
-                    [([w["name"]], len(w["current_batch"])) for w in workers])
+                    [([w.name], len(w.busy_with)) for w in workers])
         yield gauge("device_memory_bytes", "Device memory the allocator holds (allocated) and caches (reserved); "
                     "0 on a CPU.", ["worker", "device", "kind"],
-                    [([w["name"], w["device"], kind], (w.get("memory") or {}).get(kind, 0)) for w in workers
+                    [([w.name, w.device, kind], (w.memory or {}).get(kind, 0)) for w in workers
                      for kind in ("allocated", "reserved")])
         yield counter("model_loads", "Models a worker brought onto its device (from disk or host RAM).", ["worker"],
-                      [([w["name"]], w["loads"]) for w in workers])
+                      [([w.name], w.loads) for w in workers])
         yield counter("model_evictions", "Models a worker dropped or parked to make room.", ["worker"],
-                      [([w["name"]], w.get("evictions", 0)) for w in workers])
+                      [([w.name], w.evictions) for w in workers])
         yield counter("bytes_moved", "Weight bytes a worker moved between disk, host RAM and device.", ["worker"],
-                      [([w["name"]], w["bytes_moved"]) for w in workers])
-        queue = {**{m: 0 for m in self.weights}, **view["queue"]}
+                      [([w.name], w.bytes_moved) for w in workers])
+
+    def _queue_and_counters(self, snap: EngineSnapshot) -> Iterator[Any]:
+        held = snap.queue
+        queue = {**{m: 0 for m in self.weights}, **(held.pending_by_weights if held else {})}
         yield gauge("queue_jobs", "Pending jobs per model (weights entry).", ["model"],
                     [([m], n) for m, n in sorted(queue.items())])
-        jobs = {**{s: 0 for s in ("pending", "processing", "completed", "failed", "cancelled")}, **(view["jobs"] or {})}
+        jobs = {**{s: 0 for s in ("pending", "processing", "completed", "failed", "cancelled")},
+                **(held.counts if held else {})}
         yield gauge("jobs", "Jobs per status.", ["status"], [([s], n) for s, n in sorted(jobs.items())])
-        b = view["batching"]
+        b = snap.batching
         for key, doc in (("batches", "Batches run."), ("batched_jobs", "Jobs run in those batches."),
                          ("shared_calls", "Batches whose requests shared one pipeline call."),
                          ("oom_splits", "Shared calls split after running out of memory."),
@@ -157,7 +168,7 @@ class _EngineCollector(Collector):
                          ("job_retries", "Jobs given back to the queue after a failure around their render."),
                          ("parked_for_storage", "Rendered jobs given back: their outputs could not be stored.")):
             yield counter(key, doc, [], [([], b.get(key, 0))])
-        not_batched = {**{r: 0 for r in NOT_BATCHED_REASONS}, **view["not_batched"]}
+        not_batched = {**{r: 0 for r in NOT_BATCHED_REASONS}, **snap.not_batched}
         yield counter("not_batched", "Queued jobs of the running model left out of a batch, by reason.", ["reason"],
                       [([r], n) for r, n in sorted(not_batched.items())])
 

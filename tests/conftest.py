@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.packaged import packaged_config
 from tests.support import ServerProcess
 from weights.demo import build_all
-from weights.manifest import load_manifest
 
 API_KEY = "test-key-0123456789"
 
@@ -19,7 +19,7 @@ API_KEY = "test-key-0123456789"
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every family's tiny random pipeline, built with the real classes and saved with save_pretrained."""
     path = tmp_path_factory.mktemp("demo-weights")
-    build_all(load_manifest(), path)
+    build_all(packaged_config().manifest, path)
     return path
 
 

@@ -14,15 +14,17 @@ from typing import Any
 from PIL import Image
 
 from pipelines.base import RenderCancelled
-from server.engine.costs import load_costs
-from server.engine.loop import Engine
+from server.engine.loop import Engine, EngineHooks
 from server.engine.policy import BatchConfig, DeviceState, ModelFootprint, Resident
+from server.engine.recovery import FaultPolicy
 from server.engine.scheduler import VramAwareScheduler
 from server.engine.work import Cancelled, Completed, Outcome, RenderWork
 from server.engine.worker_handle import StepReport, WorkerHandle
 from server.jobs.sqlite import SqliteJobStore
 from server.media.blobs import LocalBlobs
 from server.media.storage import InputStore, OutputStore
+from server.settings import EngineSettings
+from tests.packaged import packaged_config
 
 Script = Callable[[RenderWork, int], Outcome | None]
 """(work, call index) -> an outcome to end the render with, or None to render normally."""
@@ -106,11 +108,16 @@ def rig(tmp_path: Path, workers: list[FakeWorker], max_batch: int = 4, lease_s: 
     """An engine over `workers` with its store, files and inputs under `tmp_path`."""
     store = store or SqliteJobStore(tmp_path / "jobs.sqlite3", lease_s=lease_s)
     blobs = blobs or LocalBlobs(tmp_path)
-    costs = load_costs()
-    scheduler = VramAwareScheduler(BatchConfig(max_batch=max_batch), workers[0].footprint, costs.transfer)
+    config = packaged_config()
+    scheduler = VramAwareScheduler(BatchConfig(max_batch=max_batch), workers[0].footprint, config.costs.transfer)
     outputs = OutputStore(blobs)
-    kw.setdefault("storage_probe", outputs.probe)
-    engine = Engine(store, scheduler, workers, outputs, InputStore(blobs), lambda _id: None, costs, wait_s=0.05, **kw)
+    hooks = EngineHooks(on_fault=kw.pop("on_fault", lambda _reason: None), storage_probe=outputs.probe)
+    engine = Engine(store, scheduler, workers, outputs, InputStore(blobs),
+                    EngineSettings(step_timeout_s=kw.pop("step_timeout_s", 600.0)), config, hooks,
+                    faults=kw.pop("faults", None) or FaultPolicy())
+    engine.wait_s = 0.05
+    engine.reap_every_s = kw.pop("reap_every_s", Engine.reap_every_s)
+    assert not kw, f"rig() does not take {sorted(kw)}"
     return Rig(engine, store, workers)
 
 

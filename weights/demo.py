@@ -12,23 +12,11 @@ from pathlib import Path
 from weights.locate import LocatedWeights, demo_weights_ready, locate
 from weights.manifest import WeightsEntry
 
-# family -> "module:function" of its tiny builder, imported only when a build is asked for (diffusers is slow
-# to import and serving must not wait for it).
-TINY_BUILDERS: dict[str, str] = {
-    "flux-kontext": "weights.tiny.flux_kontext:build_flux_kontext",
-    "flux2-klein": "weights.tiny.flux2:build_flux2_klein",
-    "flux2-dev": "weights.tiny.flux2:build_flux2_dev",
-    "qwen-image-edit": "weights.tiny.qwen_image:build_qwen_image_edit",
-    "sdxl": "weights.tiny.sdxl:build_sdxl",
-    "wan2.2-ti2v-5b": "weights.tiny.wan:build_wan_ti2v_5b",
-    "wan2.2-i2v-a14b": "weights.tiny.wan:build_wan_i2v_a14b",
-    "ltx2": "weights.tiny.ltx2:build_ltx2",
-}
-
-
 def tiny_builder(family: str) -> Callable[[Path], Path]:
-    """The tiny builder of `family`."""
-    module, _, func = TINY_BUILDERS[family].partition(":")
+    """The tiny builder of `family` (declared on its family class)."""
+    from pipelines.registry import family_class
+
+    module, _, func = family_class(family).tiny_builder.partition(":")
     return getattr(importlib.import_module(module), func)
 
 

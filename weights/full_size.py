@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from server.config import DarkroomConfig
+
 RANDOM_MARKER = ".darkroom-random-full-size"
 
 # A component whose layer count the pipeline depends on (hidden states read by index): `depth` leaves it whole.
@@ -209,7 +211,6 @@ def build_full_size(family: str, demo_folder: Path, out_dir: Path, device: str =
 
 def main(argv: list[str] | None = None) -> int:
     from weights.demo import build_demo
-    from weights.manifest import load_manifest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=sorted(FULL_CONFIGS))
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda:0", help="where parameters are created (cuda:N is fastest)")
     parser.add_argument("--demo-dir", type=Path, default=Path("darkroom-data/demo-weights"))
     args = parser.parse_args(argv)
-    entry = next(e for e in load_manifest().values() if e.family == args.family)
+    entry = next(e for e in DarkroomConfig.packaged().manifest.values() if e.family == args.family)
     demo = build_demo(entry, args.demo_dir)
     out = build_full_size(args.family, demo, args.out, args.device)
     print(f"wrote {out} (random values, full-size {args.family})")

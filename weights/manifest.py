@@ -1,4 +1,4 @@
-"""The manifest of real checkpoints (weights/manifest.toml), typed."""
+"""The manifest of real checkpoints (manifest.toml in the config dir), typed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-
-MANIFEST_PATH = Path(__file__).with_name("manifest.toml")
-
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -59,7 +56,7 @@ class WeightsEntry(BaseModel):
         return len(self.revision) == 40 and all(c in "0123456789abcdef" for c in self.revision)
 
 
-def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, WeightsEntry]:
+def load_manifest(path: Path) -> dict[str, WeightsEntry]:
     """Parse and validate the manifest; every pattern must fetch safetensors or small text files only."""
     raw = tomllib.loads(path.read_text())
     entries = {name: WeightsEntry(name=name, **body) for name, body in raw.get("weights", {}).items()}

@@ -21,21 +21,18 @@ FILES_PREFIX = "/files/"
 OPEN_PREFIXES = (docs.ASSETS_PREFIX, studio.PREFIX)
 SCOPE_KEY = "darkroom.key"
 
-# Every provider's way of sending a key: OpenAI/Replicate/native `Authorization: Bearer`, fal `Authorization: Key`,
-# Replicate's older `Authorization: Token`, native `X-API-Key`, Black Forest Labs `x-key`, Gemini `x-goog-api-key`.
-KEY_HEADERS = (b"x-api-key", b"x-key", b"x-goog-api-key")
-AUTH_SCHEMES = (b"bearer", b"key", b"token")
-
-
-def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The key from any of the providers' headers, if any."""
+def presented_key(headers: list[tuple[bytes, bytes]], key_headers: tuple[str, ...],
+                  schemes: tuple[str, ...]) -> bytes | None:
+    """The key from any of the dialects' headers (lower-case names; see server/api/registry.py), if any."""
+    whole = {h.encode() for h in key_headers}
+    allowed = {s.encode() for s in schemes}
     for name, value in headers:
         lname = name.lower()
-        if lname in KEY_HEADERS:
+        if lname in whole:
             return value.strip()
         if lname == b"authorization":
             scheme, _, token = value.partition(b" ")
-            if scheme.lower() in AUTH_SCHEMES and token:
+            if scheme.lower() in allowed and token:
                 return token.strip()
     return None
 
@@ -60,9 +57,13 @@ UNAUTHORIZED = ApiError(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key: 
 class ApiKeyMiddleware:
     """401 without a known key; 429 rate_limited (with Retry-After) past the key's requests per minute."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper, signer: UrlSigner | None = None,
+    def __init__(self, app: ASGIApp, keys: KeyRing, shaper: ErrorShaper, key_headers: tuple[str, ...],
+                 schemes: tuple[str, ...], signer: UrlSigner | None = None,
                  open_paths: set[str] | frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.key_headers = key_headers
+        self.schemes = schemes
+        """Where the dialects' clients send the key (derived from the registered dialects)."""
         self.open_paths = OPEN_PATHS | open_paths
         """Paths served without a key: /health, the docs and the studio's page, and those the settings open
         (/metrics with DARKROOM_METRICS_PUBLIC)."""
@@ -81,7 +82,7 @@ class ApiKeyMiddleware:
             # A capability URL: the route serves it (or answers 410 once it has expired), whoever asks.
             await self.app(scope, receive, send)
             return
-        key = self.keys.match(presented_key(scope["headers"]))
+        key = self.keys.match(presented_key(scope["headers"], self.key_headers, self.schemes))
         if key is None:
             await send_error(send, UNAUTHORIZED, scope["path"], self.shaper)
             return

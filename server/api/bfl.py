@@ -14,15 +14,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from compare.clients import BflClient
 from server.api.auth import caller
-from server.api.dialect import Dialect
+from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
 from server.api.links import Links
 from server.api.openapi_doc import json_body
 from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
-from server.service import SEED_MAX
+from server.jobs.view import JobView
+from server.resolve import SEED_MAX
 
 router = APIRouter()
 
@@ -134,8 +136,8 @@ def result_view(record: JobRecord, links: Links) -> dict[str, Any]:
     if record.status is JobStatus.COMPLETED:
         files = outputs(record, links)
         end = record.finished_at or time.time()
-        body["result"] = {"sample": files[0]["url"], "prompt": record.request["prompt"],
-                          "seed": record.request["seeds"][0], "start_time": record.started_at, "end_time": end,
+        params = JobView.of(record).params
+        body["result"] = {"sample": files[0]["url"], "prompt": params.prompt, "seed": params.seeds[0], "start_time": record.started_at, "end_time": end,
                           "duration": round(end - (record.started_at or end), 3)}
         body["progress"] = 1.0
     elif record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
@@ -163,6 +165,11 @@ def error_shape(err: ApiError) -> dict[str, Any]:
     return {**err.body(), "detail": err.message}
 
 
-DIALECT = Dialect("bfl", (router,), prefixes=("/v1/flux-", "/v1/get_result"), error_shape=error_shape,
-                  webhook=webhook_payload, tag="Black Forest Labs", doc_order=40,
-                  tag_description="Black Forest Labs' FLUX API: submit to /v1/<endpoint>, poll /v1/get_result.")
+DIALECT = Dialect(
+    "bfl", (router,), prefixes=("/v1/flux-", "/v1/get_result"), error_shape=error_shape, webhook=webhook_payload,
+    tag="Black Forest Labs", doc_order=40, claim_order=3,
+    tag_description="Black Forest Labs' FLUX API: submit to /v1/<endpoint>, poll /v1/get_result.",
+    key_headers=("x-key",),
+    field_policies=(FieldPolicy("Black Forest Labs", "POST /v1/flux-kontext-pro, -max, /v1/flux-2-*",
+                                FIELD_POLICY, BflBody),),
+    compare_client=BflClient)

@@ -5,6 +5,7 @@ Dialects translate wire formats only; everything here is plain job records and f
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -18,6 +19,7 @@ from server.api.errors import from_validation_errors
 from server.api.links import Links
 from server.api.request_body import read_json_object
 from server.context import AppContext
+from server.engine.snapshot import EngineSnapshot
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
 
@@ -50,18 +52,16 @@ def validated(model: type[BaseModelT], fields: dict[str, Any], prefix: str = "")
         raise ApiError(err.status, err.code, err.message, f"{prefix}.{err.field}" if err.field else prefix) from None
 
 
-def acceleration_view(ctx: AppContext, model_id: str, weights: str) -> dict[str, Any]:
+async def engine_snapshot(ctx: AppContext) -> EngineSnapshot:
+    """The engine's workers as they are now, without the queue; taken off the event loop (workers may be remote)."""
+    return await asyncio.to_thread(ctx.engine.snapshot, False)
+
+
+def acceleration_view(ctx: AppContext, snap: EngineSnapshot, model_id: str, weights: str) -> dict[str, Any]:
     """An id's acceleration: what configs/acceleration.toml asks for, and what a worker that has the weights
     loaded actually runs (null until one has; the job records carry it too)."""
-    active = None
-    for slot in ctx.engine.slots:
-        if slot.fault:
-            continue
-        found = next((r for r in slot.snapshot()["resident"] if r["weights"] == weights), None)
-        if found is not None and found.get("acceleration"):
-            active = {"worker": slot.name, "device": slot.device, **found["acceleration"]}
-            break
-    return {"profile": ctx.acceleration.describe(model_id), "active": active}
+    return {"profile": ctx.acceleration.describe(model_id),
+            "active": snap.active_acceleration(weights)}
 
 
 async def record_or_404(request: Request, job_id: str, field: str = "id") -> JobRecord:
@@ -133,7 +133,7 @@ def failure(record: JobRecord) -> ApiError:
 async def wait_done(request: Request, job_id: str, timeout: float | None = None) -> JobRecord:
     """Wait for the job (up to the sync timeout); 504 when it is still running then."""
     ctx = ctx_of(request)
-    record = await ctx.service.wait(job_id, ctx.settings.sync_timeout_s if timeout is None else timeout)
+    record = await ctx.service.wait(job_id, ctx.settings.server.sync_timeout_s if timeout is None else timeout)
     if record.status is JobStatus.COMPLETED:
         return record
     if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):

@@ -10,26 +10,28 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from server.api.auth import caller
 from server.context import AppContext
+from server.engine.snapshot import EngineSnapshot, QueueState
 from server.version import __version__
 
 router = APIRouter()
 
 
-def engine_view(ctx: AppContext) -> dict[str, Any]:
-    """Per worker: resident and parked models with bytes, the running batch, loads; the queue per model;
-    batching counters and the named reasons requests could not share a batch. Blocking (it reads the store): call
-    it off the event loop."""
-    engine = ctx.engine
+def engine_view(ctx: AppContext, snap: EngineSnapshot,
+                visible: Callable[[list[str]], list[str]] = list) -> dict[str, Any]:
+    """Per worker: resident and parked models with bytes, the running batch (only the ids `visible` keeps; the
+    others are counted), loads; the queue per model; batching counters and the named reasons requests could not
+    share a batch."""
+    queue = snap.queue or QueueState({}, {})
     return {
         "version": __version__,
-        "workers": [slot.snapshot() for slot in engine.slots],
-        "queue": ctx.store.pending_by_weights(),
-        "jobs": ctx.store.counts(),
-        "batching": dict(engine.stats),
-        "not_batched": dict(engine.not_batched),
-        "settings": {"max_batch": ctx.settings.max_batch, "batch_max_wait_s": ctx.settings.batch_max_wait_s,
-                     "residency_policy": ctx.settings.residency_policy,
-                     "offload_ram_gb": ctx.settings.offload_ram_gb},
+        "workers": [w.as_json(visible(list(w.busy_with))) for w in snap.workers],
+        "queue": dict(queue.pending_by_weights),
+        "jobs": dict(queue.counts),
+        "batching": dict(snap.batching),
+        "not_batched": dict(snap.not_batched),
+        "settings": {"max_batch": ctx.settings.engine.max_batch, "batch_max_wait_s": ctx.settings.engine.batch_max_wait_s,
+                     "residency_policy": ctx.settings.engine.residency_policy,
+                     "offload_ram_gb": ctx.settings.engine.offload_ram_gb},
     }
 
 
@@ -39,19 +41,7 @@ def visible_task_ids(ctx: AppContext, who: str | None) -> Callable[[list[str]], 
     if ctx.keys.is_admin(who):
         return lambda ids: list(ids)
 
-    def mine(ids: list[str]) -> list[str]:
-        return [i for i in ids if (r := ctx.store.get(i)) is not None and r.owner == who]
-
-    return mine
-
-
-def scrubbed(view: dict[str, Any], visible: Callable[[list[str]], list[str]]) -> dict[str, Any]:
-    """The engine view with other keys' task ids left out (each worker says how many it hides)."""
-    for worker in view["workers"]:
-        batch = worker.get("current_batch") or []
-        shown = visible(batch)
-        worker["current_batch"], worker["other_keys_jobs"] = shown, len(batch) - len(shown)
-    return view
+    return lambda ids: ctx.service.visible_to(who, ids)
 
 
 @router.get("/api/v1/engine")
@@ -60,7 +50,7 @@ async def engine_state(request: Request) -> JSONResponse:
     all); other keys' jobs are counted per worker."""
     ctx: AppContext = request.app.state.ctx
     visible = visible_task_ids(ctx, caller(request.scope))
-    return JSONResponse(await ctx.service.calls(lambda: scrubbed(engine_view(ctx), visible)))
+    return JSONResponse(await ctx.service.calls(lambda: engine_view(ctx, ctx.engine.snapshot(), visible)))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compare.clients import FalClient
 from server.api.auth import caller
-from server.api.dialect import Dialect
+from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import (
     base_url,
     ctx_of,
@@ -32,7 +33,8 @@ from server.api.openapi_doc import json_body
 from server.asks import ImageAsk, ImageInput, VideoAsk
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
-from server.service import SEED_MAX
+from server.jobs.view import JobView
+from server.resolve import SEED_MAX
 
 router = APIRouter()
 
@@ -206,12 +208,13 @@ def result_payload(ctx: Any, record: JobRecord, base: str, sync_mode: bool = Fal
         return {"url": url, "content_type": f["content_type"], "file_name": f["file"],
                 "file_size": file_size(ctx, f["file"]), "width": f["width"], "height": f["height"]}
 
-    seeds = record.request["seeds"]
+    job = JobView.of(record)
+    seeds = job.params.seeds
     if record.result and record.result.get("videos"):
         return {"video": file_obj(files[0]), "seed": seeds[0]}
     return {"images": [file_obj(f) for f in files], "seed": seeds[0], "has_nsfw_concepts": [False] * len(files),
-            "prompt": record.request["prompt"], "description": "",
-            "darkroom": {"task_id": record.id, "warnings": record.request["warnings"]}}
+            "prompt": job.params.prompt, "description": "",
+            "darkroom": {"task_id": record.id, "warnings": job.warnings}}
 
 
 def _urls(base: str, model_path: str, job_id: str) -> dict[str, str]:
@@ -326,7 +329,11 @@ def _status(record: JobRecord) -> str:
     return {JobStatus.PENDING: "IN_QUEUE", JobStatus.PROCESSING: "IN_PROGRESS"}.get(record.status, "COMPLETED")
 
 
-DIALECT = Dialect("fal", (router,), prefixes=("/fal-ai/", "/sync/fal-ai/"), error_shape=error_shape,
-                  webhook=webhook_payload, tag="fal", doc_order=20,
-                  tag_description="fal's queue (queue.fal.run: submit, status, result, cancel) and synchronous "
-                                  "runs (fal.run).")
+DIALECT = Dialect(
+    "fal", (router,), prefixes=("/fal-ai/", "/sync/fal-ai/"), error_shape=error_shape, webhook=webhook_payload,
+    tag="fal", doc_order=20, claim_order=1,
+    tag_description="fal's queue (queue.fal.run: submit, status, result, cancel) and synchronous runs (fal.run).",
+    auth_schemes=("Key",), response_headers=("x-fal-request-id",),
+    field_policies=(FieldPolicy("fal", "POST /fal-ai/<model> (queue), /sync/fal-ai/<model>", FIELD_POLICY,
+                                FalBody),),
+    compare_client=FalClient)

@@ -56,6 +56,6 @@ async def get_file(name: str, request: Request) -> Response:
     if response is None:
         if signed_but_expired or outputs.expired(name):
             raise ApiError(410, ErrorCode.EXPIRED, "this file has expired (outputs are kept for "
-                           f"{request.app.state.ctx.settings.retention_hours:g} h); run the task again", None)
+                           f"{request.app.state.ctx.settings.files.retention_hours:g} h); run the task again", None)
         raise ApiError(404, ErrorCode.NOT_FOUND, "no such file", None)
     return response

@@ -14,13 +14,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from compare.clients import GeminiClient
 from server.api.auth import caller
-from server.api.dialect import Dialect
+from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import InlineImages, ctx_of, json_object, outputs, wait_done
 from server.api.openapi_doc import route_facts
 from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
-from server.service import SEED_MAX
+from server.jobs.view import JobView
+from server.resolve import SEED_MAX
 
 router = APIRouter()
 
@@ -79,6 +81,27 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
     if body.get("tools"):
         raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "Google Search grounding needs the hosted service's live "
                        "web search; darkroom runs offline, so remove tools", "tools")
+    config = _generation_config(body)
+    warnings = [f"generationConfig.{k}: a hosted sampling option, not used locally" for k in _WARN_KEYS if k in config]
+    if body.get("safetySettings"):
+        warnings.append("safetySettings: no safety filter runs on this local server")
+    prompt, parts, earlier_turns = _instruction(body)
+    if earlier_turns:
+        warnings.append("earlier turns of the conversation are not used; only the last user turn is rendered")
+    images = _inline_images(parts)
+    spec = ctx.catalog.get(model)
+    n_src = min(len(images), spec.max_source_images)
+    image_config = config.get("imageConfig") or {}
+    size, count, seed = _size_count_seed(config)
+    return ImageAsk(model=model, prompt=prompt[:4000], sources=tuple(images[:n_src]),
+                    references=tuple(images[n_src:]), aspect_ratio=image_config.get("aspectRatio") or "auto",
+                    quality=IMAGE_SIZES.get(size) if size else None, num_images=count,
+                    num_images_field="generationConfig.candidateCount", seed=seed, output_format="png",
+                    warnings=tuple(warnings))
+
+
+def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
+    """generationConfig, checked: known keys only, and IMAGE among the response modalities."""
     config = body.get("generationConfig") or {}
     unknown = sorted(set(config) - _KNOWN_CONFIG)
     if unknown:
@@ -88,22 +111,28 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
     if "IMAGE" not in modalities:
         raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "darkroom's models make images: include IMAGE in "
                        "responseModalities", "generationConfig.responseModalities")
-    warnings = [f"generationConfig.{k}: a hosted sampling option, not used locally" for k in _WARN_KEYS if k in config]
-    if body.get("safetySettings"):
-        warnings.append("safetySettings: no safety filter runs on this local server")
+    return config
+
+
+def _instruction(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], bool]:
+    """(the instruction: system text and the last user turn's text, that turn's parts, whether earlier turns were
+    sent)."""
     contents = body.get("contents")
     if isinstance(contents, dict):
         contents = [contents]
     users = [c for c in contents or [] if isinstance(c, dict) and c.get("role", "user") == "user"]
     if not users:
         raise ApiError(422, ErrorCode.MISSING_FIELD, "contents needs a user turn with a text part", "contents")
-    if len(contents or []) > 1:
-        warnings.append("earlier turns of the conversation are not used; only the last user turn is rendered")
     parts = users[-1].get("parts") or []
     system = body.get("systemInstruction") or {}
     prompt = "\n".join(t for t in (_parts_text(system.get("parts") or []), _parts_text(parts)) if t).strip()
     if not prompt:
         raise ApiError(422, ErrorCode.MISSING_FIELD, "the user turn needs a text part (the instruction)", "contents")
+    return prompt, parts, len(contents or []) > 1
+
+
+def _inline_images(parts: list[dict[str, Any]]) -> list[ImageInput]:
+    """The turn's inline_data images, in order (file_data needs the Files API: refused)."""
     images: list[ImageInput] = []
     for i, part in enumerate(parts):
         if "fileData" in part:
@@ -117,10 +146,12 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
                 raise ApiError(400, ErrorCode.INVALID_IMAGE, "inline_data is not valid base64",
                                f"contents.parts[{i}]") from None
             images.append(ImageInput(field=f"contents.parts[{i}]", data=data))
-    spec = ctx.catalog.get(model)
-    n_src = min(len(images), spec.max_source_images)
-    image_config = config.get("imageConfig") or {}
-    size = image_config.get("imageSize")
+    return images
+
+
+def _size_count_seed(config: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """imageConfig.imageSize, candidateCount and seed, each checked."""
+    size = (config.get("imageConfig") or {}).get("imageSize")
     if size is not None and size not in IMAGE_SIZES:
         raise ApiError(422, ErrorCode.UNSUPPORTED_QUALITY, "imageSize must be 512, 1K, 2K or 4K",
                        "generationConfig.imageConfig.imageSize")
@@ -132,12 +163,7 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
     if seed is not None and not (isinstance(seed, int) and 0 <= seed <= SEED_MAX):
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"seed must be an integer 0-{SEED_MAX}",
                        "generationConfig.seed")
-    ask = ImageAsk(model=model, prompt=prompt[:4000], sources=tuple(images[:n_src]),
-                   references=tuple(images[n_src:]), aspect_ratio=image_config.get("aspectRatio") or "auto",
-                   quality=IMAGE_SIZES.get(size) if size else None, num_images=count,
-                   num_images_field="generationConfig.candidateCount", seed=seed, output_format="png",
-                   warnings=tuple(warnings))
-    return ask
+    return size, count, seed
 
 
 # Gemini's GenerateContentRequest, as far as image generation reads it (camelCase or snake_case keys).
@@ -170,7 +196,7 @@ async def generate_content(model: str, request: Request) -> Response:
         "candidates": candidates,
         "usageMetadata": {"promptTokenCount": 0, "candidatesTokenCount": 0, "totalTokenCount": 0},
         "modelVersion": model, "responseId": job_id,
-        "darkroom": {"task_id": job_id, "model": local, "warnings": list(record.request["warnings"])},
+        "darkroom": {"task_id": job_id, "model": local, "warnings": JobView.of(record).warnings},
     })
 
 
@@ -185,6 +211,10 @@ def error_shape(err: ApiError) -> dict[str, Any]:
                       "details": [{"darkroom_code": str(err.code), "field": err.field}]}}
 
 
-DIALECT = Dialect("gemini", (router,), prefixes=("/v1beta/",), owns_path=lambda p: p.endswith(":generateContent"),
-                  error_shape=error_shape, tag="Gemini", doc_order=50,
-                  tag_description="The Gemini API's generateContent for the image models (google-genai).")
+DIALECT = Dialect(
+    "gemini", (router,), prefixes=("/v1beta/",), owns_path=lambda p: p.endswith(":generateContent"),
+    error_shape=error_shape, tag="Gemini", doc_order=50, claim_order=0,
+    tag_description="The Gemini API's generateContent for the image models (google-genai).",
+    key_headers=("x-goog-api-key",), request_headers=("x-goog-api-client",),
+    field_policies=(FieldPolicy("Gemini", "POST /v1beta/models/<model>:generateContent", FIELD_POLICY),),
+    compare_client=GeminiClient)

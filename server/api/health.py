@@ -41,33 +41,26 @@ async def ready(request: Request) -> JSONResponse:
 
 
 def _readiness(ctx: AppContext, visible: Callable[[list[str]], list[str]]) -> dict[str, Any]:
-    engine = ctx.engine
-    workers = []
-    for s in engine.slots:
-        snap = s.handle.snapshot()
-        # A front end that does not run the engine (Ray backend, another front end holds the lock) has no worker
-        # threads: its workers count as serving while they answer.
-        alive = s.alive if engine.started else not snap.get("unreachable")
-        workers.append({"name": s.name, "device": s.device, "alive": alive, "fault": s.fault,
-                        "loaded": sorted(r["weights"] for r in snap["resident"]),
-                        "busy_with": visible(list(s.busy_with))})
+    snap = ctx.engine.snapshot(queue=False)
+    workers = [{"name": w.name, "device": w.device, "alive": w.alive, "fault": w.fault,
+                "loaded": sorted(r.weights for r in w.resident), "busy_with": visible(list(w.busy_with))}
+               for w in snap.workers]
     problems = []
     if ctx.lifecycle.draining:
         problems.append(("restarting: " if ctx.lifecycle.restart else "draining: ") + ctx.lifecycle.reason)
     # A device taken out after a fault degrades the server; it is unready only when no worker is left.
-    serving = [w for w in workers if w["alive"] and not w["fault"]]
-    if not serving:
+    if not snap.serving:
         problems.append("no worker running")
-    if not engine.ready.is_set():
+    if not snap.ready:
         problems.append("models still loading")
-    problems.extend(sorted(engine.load_failures.values()))
-    if engine.storage.closed_by is not None:
+    problems.extend(snap.load_failures)
+    if snap.storage_full:
         problems.append("storage full: no new job starts until space is freed (accepted jobs wait)")
     return {
         "problems": problems,
         "degraded": [w["fault"] for w in workers if w["fault"]],
         "workers": workers,
         "weights": {name: ("demo" if w.demo else "real") for name, w in ctx.located.items()},
-        "running": visible(engine.running()),
-        "runs_engine": engine.started,
+        "running": visible(list(snap.running)),
+        "runs_engine": snap.runs_engine,
     }

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import Request
 
-from server.api.auth import presented_key
+from server.api.auth import caller
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import ReservationLost
@@ -57,7 +57,8 @@ async def submit_once(request: Request, ctx: AppContext, digest: str,
     if not 0 < len(key) <= MAX_KEY:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be 1-{MAX_KEY} characters",
                        "Idempotency-Key")
-    owner = hashlib.sha256(presented_key(request.scope["headers"]) or b"").hexdigest()[:16]
+    # Scoped by the key's name (a hash of it, so the stored key says nothing): each key its own Idempotency-Keys.
+    owner = hashlib.sha256((caller(request.scope) or "").encode()).hexdigest()[:16]
     scoped = f"{owner}:{key}"
     # Wait for a reservation in progress until it is bound, or until it would have gone stale had its request died
     # (then this request takes it over): a retry after a crash is accepted, a duplicate of a live request answered.

@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from compare.clients import OpenAIClient
 from server.api.auth import caller
-from server.api.dialect import Dialect
+from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import (
     InlineImages,
     base_url,
@@ -33,9 +34,9 @@ from server.api.files import file_response
 from server.api.openapi_doc import json_body
 from server.api.request_body import content_kind, read_json_or_multipart
 from server.asks import ImageAsk, ImageInput, VideoAsk
-from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobRecord, JobStatus
+from server.jobs.view import JobView
 
 router = APIRouter()
 
@@ -174,7 +175,7 @@ def _images_response(request: Request, body: GenerationsBody, record: JobRecord,
         "usage": {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
                   "output_tokens": 0, "total_tokens": 0},
         "darkroom": {"task_id": record.id, "model": record.model,
-                     "warnings": list(record.request["warnings"]) + warnings},
+                     "warnings": JobView.of(record).warnings + warnings},
     })
 
 
@@ -259,8 +260,8 @@ class VideoBody(BaseModel):
 
 def video_object(record: JobRecord) -> dict[str, Any]:
     """The OpenAI Video object for a job."""
-    req = record.request
-    width, height = GenerationRequest.output_size_of(req)
+    job = JobView.of(record)
+    width, height = job.output_size
     total = max(1, record.progress_total)
     progress = 100 if record.status is JobStatus.COMPLETED else int(100 * record.progress_step / total)
     error = None
@@ -271,7 +272,7 @@ def video_object(record: JobRecord) -> dict[str, Any]:
         "created_at": int(record.created_at),
         "completed_at": int(record.finished_at) if record.finished_at and record.status is JobStatus.COMPLETED
         else None,
-        "expires_at": None, "model": record.model, "seconds": str(round(req["num_frames"] / max(req["fps"], 1))),
+        "expires_at": None, "model": record.model, "seconds": str(job.seconds),
         "size": f"{width}x{height}", "remixed_from_video_id": None, "error": error,
     }
 
@@ -346,6 +347,12 @@ def error_shape(err: ApiError) -> dict[str, Any]:
                       "param": err.field}}
 
 
-DIALECT = Dialect("openai", (router,), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape,
-                  tag="OpenAI", doc_order=10,
-                  tag_description="OpenAI's Images and Videos APIs (point the openai SDK's base_url at .../v1).")
+DIALECT = Dialect(
+    "openai", (router,), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape,
+    tag="OpenAI", doc_order=10, claim_order=4,
+    tag_description="OpenAI's Images and Videos APIs (point the openai SDK's base_url at .../v1).",
+    auth_schemes=("Bearer",), request_headers=("OpenAI-Organization", "OpenAI-Project"),
+    field_policies=(FieldPolicy("OpenAI images", "POST /v1/images/generations, /v1/images/edits",
+                                FIELD_POLICY["images"], GenerationsBody, frozenset({"image", "mask"})),
+                    FieldPolicy("OpenAI videos", "POST /v1/videos", FIELD_POLICY["videos"], VideoBody)),
+    compare_client=OpenAIClient)

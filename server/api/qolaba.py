@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.registry import family_class
 from server.api.auth import caller
-from server.api.dialect_io import acceleration_view
+from server.api.dialect_io import acceleration_view, engine_snapshot
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.openapi_doc import route_facts
@@ -25,7 +25,8 @@ from server.asks import ImageAsk, ImageInput
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import JobStatus
-from server.service import SEED_MAX
+from server.jobs.view import JobView
+from server.resolve import SEED_MAX
 
 router = APIRouter()
 
@@ -149,9 +150,9 @@ async def generate(request: Request) -> JSONResponse:
     if body.celery:
         record = await ctx.service.get(job_id, caller(request.scope))
         assert record is not None
-        return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
+        return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": JobView.of(record).warnings},
                             status_code=202)
-    record = await ctx.service.wait(job_id, ctx.settings.sync_timeout_s)
+    record = await ctx.service.wait(job_id, ctx.settings.server.sync_timeout_s)
     if record.status is JobStatus.COMPLETED:
         return JSONResponse(task_view(record, ctx.links(base)))
     if record.status is JobStatus.FAILED:
@@ -163,7 +164,7 @@ async def generate(request: Request) -> JSONResponse:
         # Another client cancelled the task while this one waited for it.
         return JSONResponse({"task_id": job_id, "status": "cancelled", "error": record.error}, status_code=409)
     # Still running after sync_timeout_s: hand back the task id instead of holding the connection.
-    return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": record.request["warnings"]},
+    return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": JobView.of(record).warnings},
                         status_code=202)
 
 
@@ -171,6 +172,7 @@ async def generate(request: Request) -> JSONResponse:
 async def list_models(request: Request) -> JSONResponse:
     """Every model id with its limits, and what runs it locally."""
     ctx = _ctx(request)
+    snap = await engine_snapshot(ctx)
     models = []
     for spec in ctx.catalog.specs():
         entry = ctx.catalog.weights_for(spec)
@@ -194,7 +196,7 @@ async def list_models(request: Request) -> JSONResponse:
             "supportsSeed": spec.supports_seed,
             "editControls": family_class(spec.family).edit_controls(),
             "defaults": spec.defaults.model_dump(),
-            "acceleration": acceleration_view(ctx, spec.id, spec.weights),
+            "acceleration": acceleration_view(ctx, snap, spec.id, spec.weights),
             "local": {
                 "family": spec.family,
                 "weights": entry.name,

@@ -16,9 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from compare.clients import ReplicateClient
 from server.api import replicate_files
 from server.api.auth import caller
-from server.api.dialect import Dialect
+from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.api.links import Links
 from server.api.openapi_doc import json_body
@@ -26,7 +27,7 @@ from server.api.replicate_files import own_file_bytes
 from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
-from server.service import SEED_MAX
+from server.resolve import SEED_MAX
 
 router = APIRouter()
 
@@ -310,8 +311,13 @@ def error_shape(err: ApiError) -> dict[str, Any]:
     return {**err.body(), "title": str(err.code), "detail": err.message, "status": err.status}
 
 
-DIALECT = Dialect("replicate", (router, replicate_files.router), prefixes=("/v1/predictions", "/v1/files"),
-                  # /v1/models/{owner}/{name}[/...]: OpenAI's /v1/models has no owner segment.
-                  owns_path=lambda p: p.startswith("/v1/models/") and p.count("/") >= 4,
-                  error_shape=error_shape, webhook=webhook_payload, tag="Replicate", doc_order=30,
-                  tag_description="Replicate's predictions, models and files APIs.")
+DIALECT = Dialect(
+    "replicate", (router, replicate_files.router), prefixes=("/v1/predictions", "/v1/files"),
+    # /v1/models/{owner}/{name}[/...]: OpenAI's /v1/models has no owner segment.
+    owns_path=lambda p: p.startswith("/v1/models/") and p.count("/") >= 4,
+    error_shape=error_shape, webhook=webhook_payload, tag="Replicate", doc_order=30, claim_order=2,
+    tag_description="Replicate's predictions, models and files APIs.",
+    auth_schemes=("Bearer", "Token"), request_headers=("Prefer",),
+    field_policies=(FieldPolicy("Replicate", "POST /v1/models/<owner>/<name>/predictions, /v1/predictions "
+                                "(`input`)", FIELD_POLICY, ReplicateInput),),
+    compare_client=ReplicateClient)

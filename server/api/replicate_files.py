@@ -48,8 +48,8 @@ def own_file_bytes(request: Request, url: str) -> bytes | None:
         return None
     ctx = ctx_of(request)
     ours = {urlsplit(str(request.base_url)).netloc}
-    if ctx.settings.public_base_url:
-        ours.add(urlsplit(ctx.settings.public_base_url).netloc)
+    if ctx.settings.server.public_base_url:
+        ours.add(urlsplit(ctx.settings.server.public_base_url).netloc)
     if parts.netloc not in ours:
         return None
     data = ctx.uploads.read(match.group(1), caller(request.scope))

@@ -103,16 +103,16 @@ def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The request's JSON object under the app's depth limit."""
-    return parse_json_object(await request.body(), request.app.state.ctx.settings.max_json_depth)
+    return parse_json_object(await request.body(), request.app.state.ctx.settings.server.max_json_depth)
 
 
 async def read_form(request: Request, max_files: int) -> FormData:
     """The multipart form under the settings' part-count and field-size limits (files are capped by the caller)."""
     settings = request.app.state.ctx.settings
-    parts = settings.max_multipart_parts
+    parts = settings.server.max_multipart_parts
     try:
         return await request.form(max_files=min(max_files, parts), max_fields=parts,
-                                  max_part_size=settings.max_multipart_field_bytes)
+                                  max_part_size=settings.server.max_multipart_field_bytes)
     except ApiError:
         raise
     except StarletteHTTPException as exc:
@@ -122,7 +122,7 @@ async def read_form(request: Request, max_files: int) -> FormData:
                            f"files or {parts} fields", None) from None
         if "exceeded maximum size" in detail:
             raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "a multipart text field is larger than "
-                           f"{settings.max_multipart_field_bytes} bytes", None) from None
+                           f"{settings.server.max_multipart_field_bytes} bytes", None) from None
         raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed") from None
     except Exception:  # noqa: BLE001 - parser internals are not for clients
         raise ApiError(400, ErrorCode.INVALID_REQUEST, "the multipart body is malformed") from None
@@ -146,17 +146,17 @@ async def read_multipart(request: Request, roles: Mapping[str, str], max_files: 
     `text_parts` is a text field even when the client sent it as a file (the replicate JS SDK sends its metadata
     JSON as a Blob)."""
     settings = request.app.state.ctx.settings
-    limit = settings.max_image_bytes
+    limit = settings.files.max_image_bytes
     form = await read_form(request, max_files=max_files + len(text_parts))
     fields: dict[str, Any] = {}
     files: dict[str, list[Upload]] = {}
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile) and name in text_parts:
-                raw = await value.read(settings.max_multipart_field_bytes + 1)
-                if len(raw) > settings.max_multipart_field_bytes:
+                raw = await value.read(settings.server.max_multipart_field_bytes + 1)
+                if len(raw) > settings.server.max_multipart_field_bytes:
                     raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "a multipart text field is larger than "
-                                   f"{settings.max_multipart_field_bytes} bytes", name)
+                                   f"{settings.server.max_multipart_field_bytes} bytes", name)
                 value = raw.decode("utf-8", errors="replace")
             if isinstance(value, UploadFile):
                 role = roles.get(name)

@@ -15,10 +15,10 @@ from server.api.auth import caller
 from server.api.dialect_io import record_or_404
 from server.api.links import Links
 from server.context import AppContext
-from server.engine.request import GenerationRequest
 from server.errors import ApiError, ErrorCode
 from server.faults import StoreBusy
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
+from server.jobs.view import JobView
 from server.retention import files_expire_at
 
 router = APIRouter()
@@ -35,18 +35,19 @@ def _file(entry: dict[str, Any], links: Links, record: JobRecord) -> dict[str, A
 def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
     """The task object of GET /api/v1/tasks/{id} (and the sync image answer's superset), its file URLs written by
     `links` (signed until the files expire)."""
-    req = record.request
-    width, height = GenerationRequest.output_size_of(req)
+    job = JobView.of(record)
+    p = job.params
+    width, height = job.output_size
     view: dict[str, Any] = {
         "task_id": record.id,
         "status": str(record.status),
         "model": record.model,
-        "prompt": req["prompt"],
-        "seed": req["seeds"][0],
-        "seeds": req["seeds"],
+        "prompt": p.prompt,
+        "seed": p.seeds[0],
+        "seeds": list(p.seeds),
         "width": width,
         "height": height,
-        "warnings": req["warnings"],
+        "warnings": job.warnings,
         "progress": {"step": record.progress_step, "total": record.progress_total},
         "created_at": record.created_at,
         "started_at": record.started_at,
@@ -55,8 +56,8 @@ def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
         "queue_position": None,  # filled in for pending tasks by the status route
         # Admission's estimate and, once it ran, the batch it ran in (shared_call: one pipeline call).
         "darkroom": {"estimate": record.estimate, "batch": record.batch, "priority": record.priority,
-                     "webhook": _webhook_view(record.webhook), "asked": req.get("asked", {}),
-                     "task": req["task"], "inputs": [] if record.files_expired else _inputs_view(record, links.base),
+                     "webhook": _webhook_view(record.webhook), "asked": job.request.asked,
+                     "task": str(p.task), "inputs": [] if record.files_expired else _inputs_view(job, links.base),
                      "files_expire_at": files_expire_at(record, links.retention_s),
                      "files_expired": record.files_expired},
     }
@@ -74,20 +75,16 @@ def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
         view["images"] = [{**_file(im, links, record), "seed": im["seed"]} for im in result["images"]]
         view["usage"] = {"images_generated": len(view["images"]), "cost_usd": 0.0, "cost_credits": 0,
                          "compute_seconds": result["timings"]["pipeline_s"]}
-    view["darkroom"] |= {"timings": result["timings"], "runtime": result["runtime"], "task": req["task"],
-                         "num_inference_steps": req["num_inference_steps"], "guidance_scale": req["guidance_scale"],
-                         "strength": req["strength"], "rendered": {"width": req["width"], "height": req["height"]}}
+    view["darkroom"] |= {"timings": result["timings"], "runtime": result["runtime"], "task": str(p.task),
+                         "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
+                         "strength": p.strength, "rendered": {"width": p.width, "height": p.height}}
     return view
 
 
-def _inputs_view(record: JobRecord, base: str) -> list[dict[str, str]]:
+def _inputs_view(job: JobView, base: str) -> list[dict[str, str]]:
     """The task's stored inputs, with their URLs (a client re-runs or shows a task from them)."""
-    req = record.request
-    refs = [("source", p) for p in req.get("source_paths", ())] + [
-        ("reference", p) for p in req.get("reference_paths", ())] + (
-        [("mask", req["mask_path"])] if req.get("mask_path") else [])
-    return [{"role": role, "url": f"{base}/api/v1/tasks/{record.id}/inputs/{ref.rsplit('/', 1)[-1]}"}
-            for role, ref in refs]
+    return [{"role": role, "url": f"{base}/api/v1/tasks/{job.record.id}/inputs/{ref.rsplit('/', 1)[-1]}"}
+            for role, ref in job.inputs()]
 
 
 def _webhook_view(hook: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -153,7 +150,7 @@ async def task_input(task_id: str, name: str, request: Request) -> Response:
     record = await _record_or_404(request, task_id)
     if record.files_expired:
         raise ApiError(410, ErrorCode.EXPIRED, "the task's files have expired (they are kept for "
-                       f"{_ctx(request).settings.retention_hours:g} h)", "task_id")
+                       f"{_ctx(request).settings.files.retention_hours:g} h)", "task_id")
     data = await _ctx(request).service.input_bytes(record, name)
     if data is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"the task has no input {name[:60]!r}", "name")

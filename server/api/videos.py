@@ -10,15 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.registry import family_class
 from server.api.auth import caller
-from server.api.dialect_io import acceleration_view
+from server.api.dialect_io import acceleration_view, engine_snapshot
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.openapi_doc import route_facts
 from server.api.qolaba import read_body
 from server.asks import ImageInput, VideoAsk
 from server.context import AppContext
-from server.engine.request import GenerationRequest
-from server.service import SEED_MAX
+from server.jobs.view import JobView
+from server.resolve import SEED_MAX
 
 router = APIRouter()
 
@@ -95,17 +95,18 @@ async def generate_video(request: Request) -> JSONResponse:
     job_id, _new = await submit_once(request, ctx, body_digest(fields, files), submit)
     record = await ctx.service.get(job_id, caller(request.scope))
     assert record is not None
-    req = record.request
-    width, height = GenerationRequest.output_size_of(req)
-    return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": list(req["warnings"]),
-                         "width": width, "height": height, "num_frames": req["num_frames"],
-                         "fps": req["fps"], "generate_audio": req["generate_audio"]}, status_code=202)
+    job = JobView.of(record)
+    width, height = job.output_size
+    return JSONResponse({"task_id": job_id, "status": str(record.status), "warnings": job.warnings,
+                         "width": width, "height": height, "num_frames": job.params.num_frames,
+                         "fps": job.params.fps, "generate_audio": job.params.generate_audio}, status_code=202)
 
 
 @router.get("/api/v1/videos/models")
 async def list_video_models(request: Request) -> JSONResponse:
     """Every video model id: durations, resolutions, fps, audio, and what runs it locally."""
     ctx = _ctx(request)
+    snap = await engine_snapshot(ctx)
     models: list[dict[str, Any]] = []
     for spec in ctx.catalog.video_specs():
         fam = family_class(spec.family)
@@ -118,7 +119,7 @@ async def list_video_models(request: Request) -> JSONResponse:
             "fps": spec.fps, "supportsAudio": getattr(fam, "supports_audio", False),
             "supportsLastFrame": getattr(fam, "supports_last_frame", False), "supportsSeed": True,
             "defaults": spec.defaults.model_dump(),
-            "acceleration": acceleration_view(ctx, spec.id, spec.weights),
+            "acceleration": acceleration_view(ctx, snap, spec.id, spec.weights),
             "local": {"family": spec.family, "weights": entry.name, "repo": entry.repo, "revision": entry.revision,
                       "license": entry.license, "license_url": entry.license_url,
                       "commercial_use": entry.all_commercial, "weights_kind": "demo" if demo else "real"},

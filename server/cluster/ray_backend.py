@@ -27,14 +27,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipelines.acceleration import LoadProfile
 from pipelines.base import RenderCancelled
+from server.config import DarkroomConfig
 from server.engine.policy import DeviceState, ModelFootprint
 from server.engine.work import Outcome, RenderWork, WorkerLost
 from server.engine.worker_handle import StepReport, WorkerHandle
+from server.settings import EngineSettings, FilesSettings
 
 log = logging.getLogger("darkroom.cluster")
 
@@ -45,18 +46,14 @@ _CALL_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
-class ActorSettings:
-    """What an actor needs to build its worker on its own node (paths are that node's)."""
+class ActorSpec:
+    """What an actor needs to build its worker on its own node: the engine and files settings sections and the
+    configuration object as the front end has them (file paths are the same on every node), the weights to
+    locate, and their load profiles."""
 
-    weights_dir: str
-    demo_weights_dir: str
-    demo: str
-    dtype: str
-    vram_reserve_gb: float
-    memory_limit_gb: float | None
-    offload_ram_gb: float
-    residency_policy: str
-    config_dir: str
+    engine: EngineSettings
+    files: FilesSettings
+    config: DarkroomConfig
     needed: tuple[str, ...]
     profiles: Mapping[str, LoadProfile] = field(default_factory=dict)
     cpu_threads: int = 0
@@ -65,36 +62,21 @@ class ActorSettings:
 class RayWorkerActor:
     """The actor body (made a Ray actor class by `actor_class`): a worker on this node's GPU (or CPU)."""
 
-    def __init__(self, name: str, settings: ActorSettings) -> None:
+    def __init__(self, name: str, spec: ActorSpec) -> None:
         import ray
         import torch
 
-        from pipelines.memory import load_memory_table
-        from server.engine.costs import load_costs
-        from server.engine.worker import Worker, device_budget, resolve_dtype
-        from weights.demo import locate_or_build
-        from weights.manifest import load_manifest
+        from server.backends import local_worker, prepare_weights
 
-        if settings.cpu_threads:
-            torch.set_num_threads(settings.cpu_threads)
-        manifest = load_manifest()
-        located = {}
-        for weights in settings.needed:
-            where = locate_or_build(manifest[weights], Path(settings.weights_dir), Path(settings.demo_weights_dir),
-                                    settings.demo)
-            if where is None:
-                raise RuntimeError(f"no weights for {weights} on node {ray.util.get_node_ip_address()}: run "
-                                   f"`darkroom weights pull {weights}` there")
-            located[weights] = where
+        if spec.cpu_threads:
+            torch.set_num_threads(spec.cpu_threads)
+        try:
+            located = prepare_weights(spec.files, spec.engine.demo, spec.config.manifest, set(spec.needed))
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} (on node {ray.util.get_node_ip_address()})") from None
         # Ray makes the actor's GPU the only visible one, so it is cuda:0 here.
         device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        limit = int(settings.memory_limit_gb * 1e9) if settings.memory_limit_gb else None
-        config = Path(settings.config_dir)
-        self.worker = Worker(name, device, resolve_dtype(settings.dtype, device), located,
-                             device_budget(device, int(settings.vram_reserve_gb * 1e9), limit),
-                             ram_budget=int(settings.offload_ram_gb * 1e9), order=settings.residency_policy,
-                             transfer=load_costs(config / "costs.toml").transfer,
-                             memory=load_memory_table(config / "memory.toml"), profiles=dict(settings.profiles))
+        self.worker = local_worker(name, device, spec.engine, spec.config, located, spec.profiles)
         context = ray.get_runtime_context()
         self.node_id = context.get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
@@ -246,11 +228,11 @@ class RayWorkerHandle(WorkerHandle):
 class RayCluster:
     """The front end's view of the cluster: connects, and finds (or creates) one worker actor per GPU."""
 
-    def __init__(self, address: str, namespace: str, settings: ActorSettings) -> None:
+    def __init__(self, address: str, namespace: str, spec: ActorSpec) -> None:
         import ray
 
         self.namespace = namespace
-        self.settings = settings
+        self.spec = spec
         if not ray.is_initialized():
             ray.init(address=address, namespace=namespace, log_to_driver=False, configure_logging=False,
                      include_dashboard=False)
@@ -294,7 +276,7 @@ class RayCluster:
                     else:
                         options["resources"] = {WORKER_RESOURCE: 1}
                     try:
-                        actor = cls.options(**options).remote(name, self.settings)
+                        actor = cls.options(**options).remote(name, self.spec)
                         # The first call waits for the actor's constructor (weights located or demo-built).
                         info = ray.get(actor.info.remote(), timeout=3600)
                     except Exception as exc:  # noqa: BLE001 - one bad node must not stop the others

@@ -26,11 +26,11 @@ class Admission:
 
 
 def admit(model_id: str, weights: str, fam: type[Family], params: RenderParams, workers: Sequence[WorkerHandle],
-          costs: Costs, memory: Mapping[str, MemoryCoefficients] | None = None) -> Admission:
+          costs: Costs, memory: Mapping[str, MemoryCoefficients]) -> Admission:
     """The estimate on the device the job fits best (an empty device: residency is the scheduler's business);
     422 insufficient_vram when no device can hold it even with offload. With no worker at all the job is accepted
     to wait for one, without an estimate."""
-    activation = fam.activation_bytes(params, 1, (memory or {}).get(fam.name))
+    activation = fam.activation_bytes(params, 1, memory[fam.name])
     if not workers:
         # A cluster whose workers have not joined yet (or all taken out): the job waits in the queue for one.
         return Admission(activation, {"peak_gb": None, "device": None, "device_budget_gb": None, "placement": None,

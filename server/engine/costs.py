@@ -8,8 +8,6 @@ from pathlib import Path
 
 from server.engine.policy import GB, Transfer
 
-COSTS_PATH = Path(__file__).resolve().parents[2] / "configs" / "costs.toml"
-
 
 @dataclass(frozen=True)
 class FamilyCost:
@@ -42,8 +40,8 @@ class Costs:
     families: dict[str, FamilyCost]
 
 
-def load_costs(path: Path = COSTS_PATH) -> Costs:
-    """Parse configs/costs.toml (or `path`)."""
+def load_costs(path: Path) -> Costs:
+    """Parse the config dir's costs.toml."""
     raw = tomllib.loads(path.read_text())
     families = {
         name: FamilyCost(name, tuple(int(g * GB) for g in body["components_gb"]), float(body["job_s"]),

@@ -10,35 +10,40 @@ say), takes out hung workers and restarts worker threads that died.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-from pipelines.base import RenderCancelled, RenderParams
+from pipelines.base import RenderParams
 from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
 from server.engine.admission import Admission, admit
+from server.engine.call_outcomes import CallOutcomes
 from server.engine.costs import Costs
-from server.engine.policy import Placement, split_after_oom
+from server.engine.policy import Placement
 from server.engine.recording import Recorder
 from server.engine.recovery import FaultPolicy, RoundFailures, StorageGate
 from server.engine.request import GenerationRequest
 from server.engine.saving import Savers
 from server.engine.scheduler import Plan, Scheduler, WorkerView
 from server.engine.slots import Call, WorkerSlot
+from server.engine.snapshot import EngineSnapshot, QueueState, WorkerState
 from server.engine.supervision import Supervision
-from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork, WorkerLost
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
 from server.jobs.store import Claim, JobRecord, JobStore
 from server.logs import event
 from server.media.storage import InputStore, OutputStore
+
+if TYPE_CHECKING:
+    from server.config import DarkroomConfig
+    from server.settings import EngineSettings
 
 log = logging.getLogger("darkroom.engine")
 
@@ -47,31 +52,40 @@ _GENERATION_FAILED = {"code": "generation_failed", "field": None,
 _OFFLOAD_LADDER = (Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD)
 
 
-class Engine:
+@dataclass(frozen=True)
+class EngineHooks:
+    """What the engine tells the rest of the server; each defaults to nothing."""
+
+    on_finished: Callable[[str], object] = lambda _job_id: None
+    """Called with each job id that reached a final state (completion waiters, webhooks)."""
+    on_fault: Callable[[str], None] = lambda _reason: None
+    """Called when the engine cannot go on in this process (a restart is asked for)."""
+    observe: Callable[[JobRecord], None] = lambda _record: None
+    """Called with each job's final record (metrics)."""
+    observe_batch: Callable[[str, int], None] = lambda _model, _size: None
+    """Called with (model, jobs) as each batch starts (metrics)."""
+    storage_probe: Callable[[], None] | None = None
+    """A small write that succeeds once output storage has room again."""
+
+
+class Engine(CallOutcomes):
     """Runs pending jobs on the workers. Each worker has its own thread; the scheduler decides what it runs."""
 
+    reap_every_s: float = 2.0
+    """How often lapsed leases are looked for."""
+
     def __init__(self, store: JobStore, scheduler: Scheduler, workers: Sequence[WorkerHandle], outputs: OutputStore,
-                 inputs: InputStore, on_finished: Callable[[str], None], costs: Costs, preload: Sequence[str] = (),
-                 wait_s: float = 1.0, step_timeout_s: float = 600.0,
-                 on_fault: Callable[[str], None] = lambda _reason: None, reap_every_s: float = 2.0,
-                 memory: Mapping[str, MemoryCoefficients] | None = None,
-                 observe: Callable[[JobRecord], None] = lambda _record: None,
-                 observe_batch: Callable[[str, int], None] = lambda _model, _size: None,
-                 save_threads: int = 2, faults: FaultPolicy | None = None,
-                 storage_probe: Callable[[], None] | None = None) -> None:
+                 inputs: InputStore, settings: EngineSettings, config: DarkroomConfig,
+                 hooks: EngineHooks = EngineHooks(), faults: FaultPolicy | None = None) -> None:
         self.store = store
-        self.memory = memory or {}
-        self.observe = observe
-        """Called with each job's final record (metrics)."""
-        self.observe_batch = observe_batch
-        """Called with (model, jobs) as each batch starts (metrics)."""
+        self.memory: Mapping[str, MemoryCoefficients] = config.memory
+        self.costs: Costs = config.costs
+        self.hooks = hooks
         self.scheduler = scheduler
         self.slots = [WorkerSlot(w, owner_id(w.name)) for w in workers]
         self.outputs = outputs
         self.inputs = inputs
-        self.on_finished = on_finished
-        self.costs = costs
-        self.preload = list(preload)
+        self.preload = sorted(config.weights_needed())
         # One condition guards scheduling: a worker plans and claims while holding it, so no job is planned twice.
         self._cond = threading.Condition()
         self._stopping = False
@@ -79,12 +93,11 @@ class Engine:
         self._preloaded = 0
         self.load_failures: dict[str, str] = {}
         self._cancel_requested: set[str] = set()
-        self.wait_s = wait_s
+        # A worker with nothing to claim re-checks at least this often (sooner while batches gather mates).
+        self.wait_s = min(1.0, settings.batch_max_wait_s / 2) if settings.batch_max_wait_s > 0 else 1.0
         self.stats: Counter[str] = Counter()
         self.not_batched: Counter[str] = Counter()
-        self.step_timeout_s = step_timeout_s
-        self.reap_every_s = reap_every_s
-        self.on_fault = on_fault
+        self.step_timeout_s = settings.step_timeout_s
         self._claiming = True
         self.started = False
         """Whether this process runs the engine (with the Ray backend only the front end holding the engine lock
@@ -93,12 +106,12 @@ class Engine:
         self._interrupt = threading.Event()
         # Finished renders are stored off the device's thread, so the next call starts at once; their leases stay
         # renewed (they count as running) until stored.
-        self._savers = Savers(save_threads)
-        self.faults = faults = faults or FaultPolicy()
-        self.storage = StorageGate(storage_probe, faults)
+        self._savers = Savers(settings.save_threads)
+        self.faults = faults = faults or FaultPolicy.of(settings)
+        self.storage = StorageGate(hooks.storage_probe, faults)
         """Closed while storage is full: nothing new starts, accepted jobs wait."""
         self.recorder = Recorder(store, outputs, self._savers, self.storage, faults, self._count, self._finalised,
-                                 observe)
+                                 hooks.observe)
         self._supervision = Supervision(self)
         self._round_failures = RoundFailures("an engine round")
 
@@ -139,6 +152,29 @@ class Engine:
     def running_claims(self) -> list[Claim]:
         """The claims of the jobs the healthy workers are rendering now, or whose outputs are being stored."""
         return [c for s in self.slots if not s.fault for c in s.claims] + list(self._savers.claims().values())
+
+    @property
+    def storage_full(self) -> bool:
+        """Whether new jobs wait because finished ones could not store their outputs."""
+        return self.storage.closed_by is not None
+
+    def snapshot(self, queue: bool = True) -> EngineSnapshot:
+        """The engine's state as one immutable view (the read model the API and metrics use). Blocking: workers
+        may be remote and, with `queue`, the store is read; call it off the event loop."""
+        workers = []
+        for slot in list(self.slots):
+            view = slot.handle.snapshot()
+            # A front end that does not run the engine (another holds the lock) has no worker threads: its
+            # workers count as alive while they answer.
+            alive = slot.alive if self.started else not view.get("unreachable")
+            workers.append(WorkerState.of(view, alive, slot.fault, tuple(slot.busy_with)))
+        return EngineSnapshot(
+            workers=tuple(workers), running=tuple(self.running()), runs_engine=self.started,
+            ready=self.ready.is_set(), load_failures=tuple(sorted(self.load_failures.values())),
+            storage_full=self.storage_full, batching=MappingProxyType(dict(self.stats)),
+            not_batched=MappingProxyType(dict(self.not_batched)),
+            queue=QueueState(MappingProxyType(self.store.pending_by_weights()),
+                             MappingProxyType(self.store.counts())) if queue else None)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no healthy worker is rendering (True) or `timeout` passes (False)."""
@@ -199,7 +235,7 @@ class Engine:
     def _finalised(self, job_id: str) -> None:
         with self._cond:
             self._cancel_requested.discard(job_id)
-        self.on_finished(job_id)
+        self.hooks.on_finished(job_id)
 
     # ---- worker thread -----------------------------------------------------------------------------------
     def _run(self, slot: WorkerSlot) -> None:
@@ -307,7 +343,7 @@ class Engine:
         info = {"id": secrets.token_hex(6), "size": len(jobs), "shared_call": shared, "worker": slot.name,
                 "not_batched": dict(plan.not_batched)}
         self._note_batch([j.id for j in jobs], info)
-        self.observe_batch(jobs[0].model, len(jobs))
+        self.hooks.observe_batch(jobs[0].model, len(jobs))
         with self._cond:
             self.stats["batches"] += 1
             self.stats["batched_jobs"] += len(jobs)
@@ -325,132 +361,6 @@ class Engine:
         except Exception:  # noqa: BLE001 - see the docstring
             log.warning("could not record batch %s of %d job(s); running it anyway", info["id"], len(job_ids))
 
-    def _work(self, call: Call, force: Placement | None) -> RenderWork:
-        """The render for a call: one request as it is, or several merged (prompts, seeds and inputs per image)."""
-        first = call.requests[0]
-        params = first.params
-        if len(call.requests) > 1:
-            params = replace(params, num_images=sum(r.params.num_images for r in call.requests),
-                             seeds=tuple(s for r in call.requests for s in r.params.seeds),
-                             prompts=tuple(p for r in call.requests for p in [r.params.prompt] * r.params.num_images),
-                             negative_prompts=tuple(n for r in call.requests
-                                                    for n in [r.params.negative_prompt] * r.params.num_images))
-        read = self.inputs.read
-        # A merged call's inputs are per image; one request's serve all of its images.
-        per_image = [(r, n) for r in call.requests for n in range(r.params.num_images)] if len(call.requests) > 1 \
-            else [(first, 0)]
-        return RenderWork(
-            weights=first.weights, family=first.family, params=params,
-            sources=tuple(read(p) for r, _ in per_image for p in r.source_paths),
-            references=tuple(read(p) for r, _ in per_image for p in r.reference_paths),
-            masks=tuple(read(r.mask_path) for r, _ in per_image if r.mask_path),
-            force=force, demand=self.store.pending_by_weights())
-
-    def _on_step(self, slot: WorkerSlot, ids: set[str]) -> Callable[[int, int], None]:
-        last = [0.0]
-
-        def on_step(step: int, total: int) -> None:
-            # A job of a shared call cannot leave it mid-way: the call stops when every job in it is cancelled.
-            slot.beat = time.monotonic()
-            if ids <= self._cancel_requested or self._interrupt.is_set():
-                raise RenderCancelled(",".join(sorted(ids)))
-            now = time.perf_counter()
-            if step == total or now - last[0] >= 0.1:  # progress is for humans polling: 10 writes/s is plenty
-                last[0] = now
-                for jid in ids:
-                    with contextlib.suppress(Exception):  # progress is best effort: it never fails a render
-                        self.store.set_progress(jid, step, total)
-
-        return on_step
-
-    def _run_call(self, slot: WorkerSlot, call: Call, info: dict[str, Any], force: Placement | None = None) -> None:
-        """One pipeline call and everything that can follow from it: the one outcome path. Reading the inputs is
-        inside it, so a job whose inputs cannot be read fails (or is retried) alone."""
-        claims = {j.id: Claim.of(j) for j in call.jobs}
-        try:
-            work = self._work(call, force)
-        except Exception as exc:  # noqa: BLE001 - classified per job: retried, waiting or failed with its code
-            for job in call.jobs:
-                self.recorder.fault(job, claims[job.id], exc)
-            return
-        started = time.time()
-        memory_before = slot.handle.memory_allocated()
-        try:
-            outcome: Outcome = slot.handle.render(work, self._on_step(slot, call.ids))
-        except Exception as exc:  # the interface says a render never raises; if one does, it failed
-            log.exception("render of %s raised instead of returning an outcome", ", ".join(sorted(call.ids)))
-            outcome = Failed(f"{type(exc).__name__}: {exc}")
-        match outcome:
-            case Completed():
-                self._completed(call, outcome, started, claims)
-            case Cancelled():
-                self._cancelled(call, claims)
-            case DeviceFault():
-                self._take_out(slot, list(call.ids), "device fault", list(claims.values()))
-            case WorkerLost(detail=detail):
-                # The process is fine; only that worker is gone (a Ray actor or its node): no restart.
-                self._take_out(slot, list(call.ids), f"worker lost ({detail})", list(claims.values()), restart=False)
-            case OutOfMemory() if len(call.jobs) > 1:
-                self._split_after_oom(slot, call, info, memory_before)
-            case OutOfMemory():
-                self._offload_after_oom(slot, call, info, force, claims[call.jobs[0].id])
-            case Failed(error=error) if error is not None and len(call.jobs) > 1:
-                # One request's own problem: run them one by one so each gets its own answer.
-                for job, request in zip(call.jobs, call.requests, strict=True):
-                    self._run_call(slot, Call((job,), (request,)), info)
-            case Failed(error=error):
-                for job in call.jobs:
-                    self.recorder.fail(job.id, error or _GENERATION_FAILED | {
-                        "message": _GENERATION_FAILED["message"] + job.id}, claims[job.id])
-
-    def _completed(self, call: Call, outcome: Completed, started: float, claims: dict[str, Claim]) -> None:
-        offset = 0
-        for job, request in zip(call.jobs, call.requests, strict=True):
-            n = request.params.num_images
-            part = replace(outcome, images=outcome.images[offset:offset + n],
-                           videos=outcome.videos[offset:offset + n] if outcome.videos else [])
-            offset += n
-            if job.id in self._cancel_requested:
-                self.recorder.cancelled(job.id, claims[job.id])
-            else:
-                self.recorder.save_later(job, request, part, started, claims[job.id])
-
-    def _cancelled(self, call: Call, claims: dict[str, Claim]) -> None:
-        if self._interrupt.is_set() and not call.ids <= self._cancel_requested:
-            self.store.requeue(list(call.ids), list(claims.values()))
-            for job in call.jobs:
-                event(log, "job.requeued", f"{job.id} stopped at a step boundary by the shutdown; back in the queue",
-                      job_id=job.id, model=job.model, reason="shutdown")
-            return
-        for job in call.jobs:
-            self.recorder.cancelled(job.id, claims[job.id])
-
-    def _split_after_oom(self, slot: WorkerSlot, call: Call, info: dict[str, Any], memory_before: int) -> None:
-        with self._cond:
-            self.stats["oom_splits"] += 1
-        log.warning("batch %s (%d jobs) ran out of memory on %s; splitting it (memory %d -> %d bytes)",
-                    info["id"], len(call.jobs), slot.device, memory_before, slot.handle.memory_allocated())
-        half, _rest = split_after_oom(len(call.jobs))
-        for part in (slice(0, half), slice(half, None)):
-            sub = Call(call.jobs[part], call.requests[part])
-            self._note_batch([j.id for j in sub.jobs], {**info, "id": secrets.token_hex(6), "size": len(sub.jobs),
-                                                        "split_from": info["id"], "shared_call": len(sub.jobs) > 1})
-            self._run_call(slot, sub, info)
-
-    def _offload_after_oom(self, slot: WorkerSlot, call: Call, info: dict[str, Any], force: Placement | None,
-                           claim: Claim) -> None:
-        rung = _OFFLOAD_LADDER.index(force) + 1 if force in _OFFLOAD_LADDER else 0
-        if slot.handle.budget is not None and rung < len(_OFFLOAD_LADDER):
-            with self._cond:
-                self.stats["oom_retries"] += 1
-            log.warning("job %s ran out of memory on %s (%s); retrying with %s", call.jobs[0].id, slot.device,
-                        force or "resident", _OFFLOAD_LADDER[rung])
-            self._run_call(slot, call, info, _OFFLOAD_LADDER[rung])
-            return
-        self.recorder.fail(call.jobs[0].id, {"code": "out_of_memory", "field": None, "message": (
-            f"{call.requests[0].model_id} ran out of GPU memory even with offload; lower the size, num_images "
-            "or num_frames")}, claim)
-
     def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim],
                   restart: bool = True) -> None:
         """The device is poisoned, the worker hung or went away: stop using it and give its jobs back to the queue
@@ -466,5 +376,5 @@ class Engine:
             self.stats[kind] += 1
             self._cond.notify_all()
         if restart:
-            self.on_fault(slot.fault)
+            self.hooks.on_fault(slot.fault)
 

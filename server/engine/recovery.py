@@ -14,8 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.faults import Fault, classify
+
+if TYPE_CHECKING:
+    from server.settings import EngineSettings
 
 log = logging.getLogger("darkroom.engine")
 
@@ -35,6 +39,12 @@ class FaultPolicy:
     def delay(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th failure in a row (1-based)."""
         return min(self.backoff_cap_s, self.backoff_s * 2 ** max(0, failures - 1))
+
+    @classmethod
+    def of(cls, settings: EngineSettings) -> FaultPolicy:
+        """The policy the engine settings ask for."""
+        return cls(settings.job_max_attempts, settings.job_retry_backoff_s,
+                   no_worker_grace_s=settings.no_worker_grace_s)
 
 
 _PROBE_CAP_S = 10.0

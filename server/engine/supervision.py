@@ -104,4 +104,4 @@ class Supervision:
         elif now - self._no_worker_since >= grace:
             self._no_worker_since = float("inf")  # asked once
             log.error("no worker has been running for %g s", grace)
-            engine.on_fault(f"no worker running for {grace:g} s")
+            engine.hooks.on_fault(f"no worker running for {grace:g} s")

@@ -108,8 +108,8 @@ class Worker(WorkerHandle):
     """
 
     def __init__(self, name: str, device: str, dtype: torch.dtype, located: dict[str, LocatedWeights],
-                 budget: int | None = None, ram_budget: int = 0, order: str = "cost_aware",
-                 transfer: Transfer | None = None, memory: Mapping[str, MemoryCoefficients] | None = None,
+                 memory: Mapping[str, MemoryCoefficients], budget: int | None = None, ram_budget: int = 0,
+                 order: str = "cost_aware", transfer: Transfer | None = None,
                  profiles: Mapping[str, LoadProfile] | None = None) -> None:
         self.name = name
         self.device = device
@@ -119,7 +119,7 @@ class Worker(WorkerHandle):
         self.ram_budget = ram_budget
         self.order = EVICTION_ORDERS[order]
         self.transfer = transfer or Transfer()
-        self.memory = memory or {}
+        self.memory = memory
         self.profiles = profiles or {}
         """Acceleration to apply when each weights entry loads (configs/acceleration.toml)."""
         # Insertion order is recency: a family moves to the end each time it is used.
@@ -332,7 +332,7 @@ class Worker(WorkerHandle):
     def _render(self, work: RenderWork, on_step: StepReport) -> Completed:
         params = work.params
         fam_class = family_class(work.family)
-        coeffs = self.memory.get(fam_class.name)
+        coeffs = self.memory[fam_class.name]
         fam, load_s = self.family(work.weights, fam_class.activation_bytes(params, 1, coeffs), work.force,
                                   work.demand)
         masks = tuple(_image(b, "L") for b in work.masks)
@@ -368,7 +368,7 @@ class Worker(WorkerHandle):
         """How many of a request's images one pipeline call may make beside what is loaded now (the policy's
         answer, with this family's memory estimate)."""
         fam_class = family_class(self.located[weights].entry.family)
-        coeffs = self.memory.get(fam_class.name)
+        coeffs = self.memory[fam_class.name]
         room = None if self.budget is None else self.budget - self.state().used
         return policy.images_per_call(
             room, lambda n: fam_class.activation_bytes(replace(params, num_images=n), 1, coeffs), params.num_images)

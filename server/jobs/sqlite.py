@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 from server.faults import StorageFull, StoreBusy, is_disk_full, is_store_busy
 from server.jobs.leases import holder_gone, owner_id
+from server.jobs.sqlite_reads import SqliteReads, _record
 from server.jobs.store import (
     CANCELLED_ERROR,
     Claim,
@@ -25,7 +26,6 @@ from server.jobs.store import (
     JobStatus,
     JobStore,
     NewJob,
-    QueuedJob,
     Quota,
     Refusal,
     ReservationLost,
@@ -87,10 +87,9 @@ ADDED_COLUMNS = {
     "not_before": "REAL",
     "retries": "TEXT",
 }
-_JSON_COLUMNS = ("request", "result", "error", "estimate", "batch", "webhook", "dialect", "retries")
 
 
-class SqliteJobStore(JobStore):
+class SqliteJobStore(SqliteReads, JobStore):
     """Jobs in one SQLite file. Writes go through one connection under a lock (statements are short); reads have
     a connection of their own, so in WAL mode a write waiting for another process's lock never holds them up."""
 
@@ -230,58 +229,10 @@ class SqliteJobStore(JobStore):
         return self._exec("DELETE FROM idempotency WHERE job_id IS NULL AND created_at < ?",
                           (time.time() - older_than_s,))
 
-    # ---- reading ------------------------------------------------------------------------------------------
-    def get(self, job_id: str) -> JobRecord | None:
-        row = self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return _record(row) if row else None
-
-    def pending(self, limit: int = 1000) -> list[QueuedJob]:
-        rows = self._all(f"SELECT {QueuedJob.COLUMNS} FROM jobs WHERE status = ? AND (not_before IS NULL OR "
-                         "not_before <= ?) ORDER BY created_at, id LIMIT ?", (JobStatus.PENDING, time.time(), limit))
-        return [QueuedJob.from_row(r) for r in rows]
-
-    def pending_by_weights(self) -> dict[str, int]:
-        rows = self._all("SELECT weights, COUNT(*) AS n FROM jobs WHERE status = ? GROUP BY weights",
-                         (JobStatus.PENDING,))
-        return {r["weights"]: r["n"] for r in rows}
-
-    def queue_position(self, job_id: str) -> int | None:
-        def position(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT status, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row["status"] != JobStatus.PENDING:
-                return None
-            (ahead,) = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = ? AND (created_at < ? OR (created_at = ? AND id < ?))",
-                (JobStatus.PENDING, row["created_at"], row["created_at"], job_id)).fetchone()
-            return int(ahead)
-
-        return self._read(position)
-
-    def list_jobs(self, owner: str | None, limit: int, before: tuple[float, str] | None = None,
-                  model: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
-        where, args = ["owner IS ?"], [owner]
-        if before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [before[0], before[0], before[1]]
-        if model is not None:
-            where.append("model = ?")
-            args.append(model)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        rows = self._all(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?",
-                         (*args, limit))
-        return [_record(r) for r in rows]
-
+    # ---- removing ---------------------------------------------------------------------------------------
     def delete(self, job_id: str) -> bool:
         return self._exec("DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
                           (job_id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)) == 1
-
-    def expire_candidates(self, finished_before: float, limit: int = 500) -> list[JobRecord]:
-        rows = self._all("SELECT * FROM jobs WHERE files_expired = 0 AND status IN (?, ?, ?) AND finished_at < ? "
-                         "ORDER BY finished_at LIMIT ?", (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED,
-                                                          finished_before, limit))
-        return [_record(r) for r in rows]
 
     def mark_files_expired(self, job_ids: list[str]) -> None:
         def mark(conn: sqlite3.Connection) -> None:
@@ -289,19 +240,6 @@ class SqliteJobStore(JobStore):
                 conn.execute("UPDATE jobs SET files_expired = 1 WHERE id = ?", (jid,))
 
         self._write(mark)
-
-    def counts(self) -> dict[str, int]:
-        return {r["status"]: r["n"] for r in self._all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")}
-
-    def active_count(self) -> int:
-        row = self._one("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)", (JobStatus.PENDING, JobStatus.PROCESSING))
-        return int(row[0]) if row else 0
-
-    def jobs_since(self, owner: str, since: float) -> tuple[int, float]:
-        row = self._one("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE owner = ? AND created_at >= ?",
-                        (owner, since))
-        assert row is not None
-        return int(row[0]), float(row[1] or since)
 
     # ---- running ------------------------------------------------------------------------------------------
     def claim(self, job_ids: list[str], worker: str, owner: str | None = None) -> list[JobRecord]:
@@ -471,14 +409,3 @@ def _raise_translated(exc: sqlite3.Error) -> NoReturn:
 
 def _dump(value: dict[str, Any] | None) -> str | None:
     return json.dumps(value) if value is not None else None
-
-
-def _record(row: sqlite3.Row) -> JobRecord:
-    data = dict(row)
-    for col in _JSON_COLUMNS:
-        data[col] = json.loads(data[col]) if data.get(col) else None
-    data["status"] = JobStatus(data["status"])
-    data["cancel_requested"] = bool(data["cancel_requested"])
-    data["files_expired"] = bool(data["files_expired"])
-    data.pop("activation_bytes", None)
-    return JobRecord(**data)

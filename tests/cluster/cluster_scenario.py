@@ -21,11 +21,11 @@ import httpx
 import psycopg
 import pytest
 
+from tests.packaged import packaged_config
 from tests.postgres_server import PostgresServer
 from tests.s3_server import S3Server
 from tests.support import ServerProcess, data_url, free_port, png_bytes
 from weights.demo import build_demo
-from weights.manifest import load_manifest
 
 FAST = {"model": "flux-kontext-pro", "quality": "512", "num_inference_steps": 2}
 # Uncached (the exact preset), so its length does not shrink with the fast preset's step cache: a few seconds.
@@ -78,7 +78,7 @@ def postgres(postgres_server: PostgresServer) -> PostgresServer:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo weights every front end (and so every actor it starts) uses."""
     path = tmp_path_factory.mktemp("demo")
-    build_demo(load_manifest()["flux1-kontext-dev"], path)
+    build_demo(packaged_config().manifest["flux1-kontext-dev"], path)
     return path
 
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from benchmarks import calibrate
+from tests.packaged import packaged_config
 from weights.full_size import FULL_CONFIGS, build_full_size
-from weights.manifest import load_manifest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-WEIGHTS = {entry.family: name for name, entry in load_manifest().items()}
+WEIGHTS = {entry.family: name for name, entry in packaged_config().manifest.items()}
 
 
 @pytest.mark.gpu

@@ -11,11 +11,11 @@ from PIL import Image
 from pipelines.base import RenderParams, RenderSpec, Task
 from pipelines.registry import FAMILIES
 from pipelines.video_base import VideoFamily
-from weights.manifest import load_manifest
+from tests.packaged import packaged_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-WEIGHTS = {entry.family: name for name, entry in load_manifest().items()}
+WEIGHTS = {entry.family: name for name, entry in packaged_config().manifest.items()}
 
 
 @pytest.mark.gpu

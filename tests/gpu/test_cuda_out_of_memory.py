@@ -12,8 +12,8 @@ import torch
 from pipelines.base import RenderParams, Task
 from server.engine.work import Completed, OutOfMemory, RenderWork
 from server.engine.worker import Worker
+from tests.packaged import packaged_config
 from weights.locate import LocatedWeights
-from weights.manifest import load_manifest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -22,9 +22,9 @@ MiB = 2**20
 
 @pytest.mark.gpu
 def test_a_real_out_of_memory_gives_back_what_the_render_took(demo_dir: Path) -> None:
-    manifest = load_manifest()
+    manifest = packaged_config().manifest
     located = {"sdxl-base-1.0": LocatedWeights(manifest["sdxl-base-1.0"], demo_dir / "sdxl-base-1.0", demo=True)}
-    worker = Worker("w", "cuda:0", torch.bfloat16, located)
+    worker = Worker("w", "cuda:0", torch.bfloat16, located, packaged_config().memory)
     worker.family("sdxl-base-1.0")  # the weights are the baseline, loaded before the batch
     params = RenderParams(Task.GENERATE, "p", 1024, 1024, 16, tuple(range(16)), 2, 5.0, 1.0)
     work = RenderWork("sdxl-base-1.0", "sdxl", params)

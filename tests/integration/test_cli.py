@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.packaged import packaged_config
 from tests.support import REPO, free_port
-from weights.manifest import load_manifest
 
 
 def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -39,13 +39,13 @@ def test_pull_without_network_is_one_clear_sentence(tmp_path: Path) -> None:
 
 def test_pull_unknown_name(tmp_path: Path) -> None:
     r = _run(["weights", "pull", "nope", "--data-dir", str(tmp_path)])
-    assert r.returncode == 2 and f"known: {', '.join(sorted(load_manifest()))}" in r.stderr
+    assert r.returncode == 2 and f"known: {', '.join(sorted(packaged_config().manifest))}" in r.stderr
 
 
 def test_weights_demo_then_list(tmp_path: Path) -> None:
     r = _run(["weights", "demo", "--data-dir", str(tmp_path)])
     assert r.returncode == 0, r.stderr
-    for name in load_manifest():
+    for name in packaged_config().manifest:
         index = tmp_path / "demo-weights" / name / "model_index.json"
         assert index.is_file()
         assert not list((tmp_path / "demo-weights" / name).rglob("*.bin"))  # safetensors only

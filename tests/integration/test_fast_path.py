@@ -17,14 +17,11 @@ from pipelines.base import RenderParams, RenderSpec, Task
 from pipelines.flux_kontext import FluxKontextFamily
 from pipelines.sdxl import SDXLFamily
 from pipelines.step_cache import StepCache
-from server.acceleration_config import Acceleration
-from server.catalog import Catalog
-from weights.manifest import load_manifest
+from tests.packaged import packaged_config
 
-CATALOG = Catalog.load(load_manifest())
+CATALOG = packaged_config().catalog
 # Demo weights everywhere: the presets use their demo thresholds (configs/acceleration.toml says why).
-ACCEL = Acceleration.load(Path(__file__).resolve().parents[2] / "configs" / "acceleration.toml", CATALOG).serving(
-    CATALOG, frozenset(CATALOG.weights_needed()))
+ACCEL = packaged_config().with_demo(frozenset(CATALOG.weights_needed())).acceleration
 KONTEXT_FAST = ACCEL.step_cache("flux-kontext-pro")
 # The fast preset may move pixels, but a cached step reuses the last full pass's residual: on the demo weights it
 # must stay this close to the uncached render (the benchmark measures PSNR/SSIM on real sizes).
@@ -130,9 +127,9 @@ def test_a_refused_profile_fails_the_job_with_the_reason(demo_dir: Path) -> None
     from server.engine.worker import Worker
     from weights.locate import LocatedWeights
 
-    entry = load_manifest()["flux1-kontext-dev"]
+    entry = packaged_config().manifest["flux1-kontext-dev"]
     worker = Worker("w0", "cpu", torch.float32, {entry.name: LocatedWeights(entry, demo_dir / entry.name, True)},
-                    profiles={entry.name: LoadProfile(fp8="require")})
+                    packaged_config().memory, profiles={entry.name: LoadProfile(fp8="require")})
     params = RenderParams(Task.GENERATE, "x", 64, 64, 1, (1,), 1, 2.5, 1.0)
     outcome = worker.render(RenderWork(entry.name, "flux-kontext", params), lambda *_: None)
     assert isinstance(outcome, Failed) and outcome.error is not None

@@ -8,13 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from server.catalog import QUALITY_LONG_SIDE, Catalog
+from server.catalog import QUALITY_LONG_SIDE
 from server.engine.sizing import exact_image_size
 from tests.conftest import API_KEY
+from tests.packaged import packaged_config
 from tests.support import ServerProcess, data_url, decode_png_size, image_host, png_bytes
-from weights.manifest import load_manifest
 
-CATALOG = Catalog.load(load_manifest())
+CATALOG = packaged_config().catalog
 MODELS = ["flux-kontext-pro", "flux-kontext-max", "seedream-4.0", "vertex/nano-banana-flash",
           "vertex/nano-banana-pro", "nano-banana", "nano-banana-2"]
 # Few steps keep CPU time down; SDXL runs int(steps * strength) steps, so keep that >= 1.

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.catalog import Catalog
+from tests.packaged import packaged_config
 from tests.support import ServerProcess, data_url, png_bytes
-from weights.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def test_models_show_what_actually_runs(commercial_server: ServerProcess) -> Non
         images = {m["id"]: m["local"] for m in c.get("/api/v1/images/models").json()["models"]}
         videos = {m["id"]: m for m in c.get("/api/v1/videos/models").json()["models"]}
         ready = c.get("/ready").json()
-    assert sorted(images) == Catalog.load(load_manifest()).ids()  # every id still served
+    assert sorted(images) == packaged_config().catalog.ids()  # every id still served
     assert all(local["commercial_use"] for local in images.values())
     assert images["flux-kontext-pro"]["family"] == "sdxl"
     assert images["flux-kontext-pro"]["license"] == "CreativeML Open RAIL++-M"

@@ -7,11 +7,11 @@ from typing import Any
 import httpx
 import pytest
 
-from server.catalog import QUALITY_LONG_SIDE, Catalog
+from server.catalog import QUALITY_LONG_SIDE
+from tests.packaged import packaged_config
 from tests.support import ServerProcess, data_url, png_bytes
-from weights.manifest import load_manifest
 
-CATALOG = Catalog.load(load_manifest())
+CATALOG = packaged_config().catalog
 NANO = ["vertex/nano-banana-flash", "vertex/nano-banana-pro", "nano-banana", "nano-banana-2"]
 ALL = [*NANO, "seedream-4.0", "flux-kontext-pro", "flux-kontext-max"]
 

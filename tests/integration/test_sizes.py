@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from pipelines.registry import family_class
-from server.catalog import QUALITY_LONG_SIDE, Catalog, parse_ratio
+from server.catalog import QUALITY_LONG_SIDE, parse_ratio
 from server.engine.sizing import exact_image_size, output_size
+from tests.packaged import packaged_config
 from tests.support import ServerProcess, decode_png_size
-from weights.manifest import load_manifest
 
-CATALOG = Catalog.load(load_manifest())
+CATALOG = packaged_config().catalog
 
 
 REFINED_SAMPLE = {"nano-banana-2", "seedream-4.0"}

@@ -17,11 +17,11 @@ from PIL import Image
 from pipelines.base import RenderParams, RenderSpec, Task
 from pipelines.registry import family_class
 from pipelines.video_base import DecodePlan, VideoFamily
-from server.catalog import RESOLUTION_SHORT_SIDE, Catalog, parse_ratio
+from server.catalog import RESOLUTION_SHORT_SIDE, parse_ratio
 from server.engine.sizing import video_size
-from weights.manifest import load_manifest
+from tests.packaged import packaged_config
 
-CATALOG = Catalog.load(load_manifest())
+CATALOG = packaged_config().catalog
 SOURCE = (128, 96)  # a small 4:3 first frame, as in the report: `auto` follows its shape
 
 

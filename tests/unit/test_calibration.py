@@ -11,8 +11,10 @@ import pytest
 
 from benchmarks import calibrate
 from benchmarks.calibration_fit import PeakSample, check_estimates, estimate, fit_coefficients, set_toml_value
-from pipelines.memory import MEMORY_PATH
-from server.engine.costs import COSTS_PATH
+from tests.packaged import packaged_config
+
+MEMORY_PATH = packaged_config().directory / "memory.toml"
+COSTS_PATH = packaged_config().directory / "costs.toml"
 from weights.full_size import FULL_CONFIGS
 
 
@@ -94,13 +96,12 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("family", sorted(FULL_CONFIGS))
 def test_full_size_configs_have_the_published_parameter_counts_and_match_the_cost_table(family: str) -> None:
-    from server.engine.costs import load_costs
     from weights.full_size import parameter_counts
 
     counts = parameter_counts(family)
     assert set(counts) == set(FULL_CONFIGS[family])
     assert {k: counts[k] for k in PUBLISHED[family]} == PUBLISHED[family]
-    table = sorted(load_costs().families[family].components, reverse=True)
+    table = sorted(packaged_config().costs.families[family].components, reverse=True)
     assert len(table) == len(counts)
     for listed, params in zip(table, sorted(counts.values(), reverse=True), strict=True):
         assert listed == pytest.approx(2 * params, abs=0.05e9)  # bf16 bytes, as configs/costs.toml lists them

@@ -9,10 +9,11 @@ import pytest
 from pipelines.registry import FAMILIES
 from server.catalog import Catalog, ModelSpec
 from server.errors import ApiError
+from tests.packaged import packaged_config
 from weights.demo import tiny_builder
 from weights.manifest import load_manifest
 
-MANIFEST = load_manifest()
+MANIFEST = packaged_config().manifest
 GOOD = {
     "family": "sdxl", "weights": "sdxl-base-1.0", "name": "x", "description": "x", "capabilities": [],
     "quality": ["512", "1K"], "default_quality": "1K", "aspect_ratios": ["auto", "1:1"],
@@ -22,7 +23,7 @@ GOOD = {
 
 
 def test_every_id_resolves_to_family_manifest_and_builder() -> None:
-    catalog = Catalog.load(MANIFEST)
+    catalog = packaged_config().catalog
     assert catalog.ids() == ["flux-kontext-max", "flux-kontext-pro", "nano-banana", "nano-banana-2", "seedream-4.0",
                              "vertex/nano-banana-flash", "vertex/nano-banana-pro"]
     assert catalog.video_ids() == ["sora-2", "sora-2-pro", "veo-3", "veo-3-fast"]
@@ -35,7 +36,7 @@ def test_every_id_resolves_to_family_manifest_and_builder() -> None:
 
 
 def test_lookup_is_exact() -> None:
-    catalog = Catalog.load(MANIFEST)
+    catalog = packaged_config().catalog
     for near in ("FLUX-KONTEXT-PRO", "flux-kontext", "kontext-pro", " flux-kontext-pro"):
         with pytest.raises(ApiError) as exc:
             catalog.get(near)
@@ -85,7 +86,7 @@ def test_cross_checks(tmp_path: Path) -> None:
     spec = ModelSpec(id="m", **GOOD)
     with pytest.raises(ValueError, match="family 'nope'"):
         Catalog({"m": spec.model_copy(update={"family": "nope"})}, MANIFEST)
-    with pytest.raises(ValueError, match="not in weights/manifest.toml"):
+    with pytest.raises(ValueError, match="not in the config dir.s manifest.toml"):
         Catalog({"m": spec.model_copy(update={"weights": "nope"})}, MANIFEST)
     with pytest.raises(ValueError, match="are for family"):
         Catalog({"m": spec.model_copy(update={"family": "flux-kontext"})}, MANIFEST)
@@ -103,7 +104,7 @@ def test_every_id_tier_and_ratio_maps_to_a_valid_size() -> None:
     from server.catalog import QUALITY_LONG_SIDE, parse_ratio
     from server.engine.sizing import exact_image_size, output_size
 
-    catalog = Catalog.load(MANIFEST)
+    catalog = packaged_config().catalog
     checked = 0
     for spec in catalog.specs():
         multiple = FAMILIES[spec.family].size_multiple
@@ -131,7 +132,7 @@ def test_every_refined_tier_tiles_on_the_model_grid() -> None:
     from server.catalog import QUALITY_LONG_SIDE, parse_ratio
     from server.engine.sizing import output_size
 
-    catalog = Catalog.load(MANIFEST)
+    catalog = packaged_config().catalog
     refined = 0
     for spec in catalog.specs():
         fam = FAMILIES[spec.family]

@@ -13,7 +13,7 @@ from huggingface_hub import DryRunFileInfo
 from compare.payloads import PayloadError, load_payloads
 from compare.prices import GpuCost, PriceTable
 from compare.stats import busy_seconds, percentiles
-from server.settings import Settings
+from tests.packaged import packaged_config
 from weights.pull import describe_plan
 
 
@@ -47,7 +47,7 @@ def test_payload_errors_say_where_and_what(tmp_path: Path, text: str, message: s
 
 
 def test_price_table_is_dated_sourced_and_looked_up_by_tier() -> None:
-    table = PriceTable.load(Settings().config("prices.toml"))
+    table = packaged_config().prices
     assert table.rows and all(r.as_of and r.source for r in table.rows)
     assert table.find("openai", "gpt-image-1", "low").usd == 0.011  # type: ignore[union-attr]
     assert table.find("openai", "gpt-image-1", "auto").tier == "*"  # type: ignore[union-attr]

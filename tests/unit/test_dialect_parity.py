@@ -6,32 +6,37 @@ from pathlib import Path
 
 import pytest
 
-from server.api import bfl, fal, openai_api, replicate
-from server.api.parity import DIALECTS, parity_markdown
+from server.api.parity import parity_markdown
+from server.api.registry import DIALECTS, field_policies
 
-MODELS = {
-    "OpenAI images": (openai_api.GenerationsBody, {"image", "mask"}),
-    "OpenAI videos": (openai_api.VideoBody, set()),
-    "fal": (fal.FalBody, set()),
-    "Replicate": (replicate.ReplicateInput, set()),
-    "Black Forest Labs": (bfl.BflBody, set()),
-}
+POLICIES = {p.title: p for p in field_policies()}
 
 
-@pytest.mark.parametrize("dialect", sorted(MODELS))
-def test_every_request_field_has_a_policy(dialect: str) -> None:
-    model, multipart_only = MODELS[dialect]
-    policy = DIALECTS[dialect][1]
-    fields = set(model.model_fields) | multipart_only
-    assert fields == set(policy), f"{dialect}: fields without policy {fields - set(policy)}, " \
-                                  f"policy without field {set(policy) - fields}"
-    assert model.model_config.get("extra") == "forbid"  # anything else is refused as unknown_field
+@pytest.mark.parametrize("title", sorted(t for t, p in POLICIES.items() if p.model is not None))
+def test_every_request_field_has_a_policy(title: str) -> None:
+    policy = POLICIES[title]
+    assert policy.model is not None
+    fields = set(policy.model.model_fields) | policy.multipart_fields
+    assert fields == set(policy.fields), f"{title}: fields without policy {fields - set(policy.fields)}, " \
+                                         f"policy without field {set(policy.fields) - fields}"
+    assert policy.model.model_config.get("extra") == "forbid"  # anything else is refused as unknown_field
 
 
 def test_every_policy_is_mapped_warned_or_refused() -> None:
-    for name, (_routes, policy) in DIALECTS.items():
-        for field, how in policy.items():
-            assert how.split(":")[0].split(" ")[0] in ("mapped", "warned", "refused"), (name, field, how)
+    for policy in POLICIES.values():
+        for field, how in policy.fields.items():
+            assert how.split(":")[0].split(" ")[0] in ("mapped", "warned", "refused"), (policy.title, field, how)
+
+
+def test_the_registry_finds_every_dialect_module_and_derives_from_them() -> None:
+    from server.api.registry import compare_dialects, cors_headers, key_headers
+
+    assert [d.name for d in DIALECTS] == ["gemini", "fal", "replicate", "bfl", "openai", "darkroom"]
+    headers, schemes = key_headers()
+    assert headers == ("x-api-key", "x-goog-api-key", "x-key") and schemes == ("bearer", "key", "token")
+    allow, expose = cors_headers()
+    assert {"Idempotency-Key", "Prefer", "x-key"} <= set(allow) and "x-fal-request-id" in expose
+    assert list(compare_dialects()) == ["qolaba", "openai", "fal", "replicate", "bfl", "gemini"]
 
 
 def test_docs_table_is_current() -> None:

@@ -20,6 +20,7 @@ from server.engine.policy import (
     pick_batch,
     plan_residency,
 )
+from tests.packaged import packaged_config
 
 T = Transfer(disk_gb_per_s=2.0, ram_gb_per_s=20.0, fixed_s=0.0)
 KONTEXT = ModelFootprint("kontext", (24 * GB, 10 * GB))
@@ -181,21 +182,20 @@ def test_two_gpus_each_take_the_work_for_what_they_hold() -> None:
 
 
 def test_every_family_has_activation_coefficients_in_configs() -> None:
-    from pipelines.memory import coefficients
     from pipelines.registry import FAMILIES
 
+    config = packaged_config()
     for name in FAMILIES:
-        c = coefficients(name)
+        c = config.coefficients(name)
         assert c.bytes_per_token > 0 and (c.vae_bytes_per_pixel > 0 or c.vae_bytes_per_voxel > 0), name
     with pytest.raises(KeyError, match="memory.toml"):
-        coefficients("nope")
+        config.coefficients("nope")
 
 
 def test_every_family_has_costs_for_admission_and_the_simulator() -> None:
     from pipelines.registry import FAMILIES
-    from server.engine.costs import load_costs
 
-    costs = load_costs()
+    costs = packaged_config().costs
     assert set(FAMILIES) <= set(costs.families)
     sdxl = costs.families["sdxl"]
     assert sdxl.job_seconds(30, 1024 * 1024) == pytest.approx(sdxl.job_s)

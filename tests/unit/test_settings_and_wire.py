@@ -15,8 +15,8 @@ def test_env_prefix_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKROOM_URL_ALLOWLIST", "10.0.0.0/8, assets.lan")
     monkeypatch.setenv("DARKROOM_API_KEY", "s3cret-zq")
     s = Settings()
-    assert s.port == 9001 and s.url_allowlist == ["10.0.0.0/8", "assets.lan"]
-    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-zq"
+    assert s.server.port == 9001 and s.files.url_allowlist == ["10.0.0.0/8", "assets.lan"]
+    assert s.auth.api_key is not None and s.auth.api_key.get_secret_value() == "s3cret-zq"
     assert "s3cret-zq" not in repr(s)  # the key never lands in logs
 
 
@@ -35,11 +35,11 @@ def test_bind_safety(host: str, key: str | None, ok: bool) -> None:
 
 @pytest.mark.parametrize(("bucket", "shared", "ok"), [(None, False, False), ("b", False, True), (None, True, True)])
 def test_a_shared_job_store_needs_shared_files(bucket: str | None, shared: bool, ok: bool) -> None:
-    from server.doctor import Doctor
+    from server.doctor import Doctor, machine
 
     s = Settings(database_url="postgresql://u@db/x", s3_bucket=bucket, shared_data_dir=shared)
     doctor = Doctor(s)
-    doctor.sharing()
+    machine.sharing(doctor)
     (finding,) = doctor.findings
     if ok:
         s.check_file_sharing()

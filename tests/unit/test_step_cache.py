@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from pipelines.step_cache import StepCache
 from server.acceleration_config import Acceleration, ModelAcceleration
-from server.catalog import Catalog
-from weights.manifest import load_manifest
+from tests.packaged import packaged_config
 
 
 @pytest.mark.parametrize("cache", [StepCache(), StepCache("fbcache", threshold=0.12),
@@ -45,7 +44,7 @@ def test_the_model_settings_say_what_is_missing() -> None:
 
 
 def test_the_model_lists_describe_each_kind(tmp_path: Path) -> None:
-    catalog = Catalog.load(load_manifest())
+    catalog = packaged_config().catalog
     path = tmp_path / "acceleration.toml"
     path.write_text('[models."flux-kontext-pro"]\ncache = "taylorseer"\ncache_interval = 3\n'
                     '[models."nano-banana"]\ncache = "fbcache"\ncache_threshold = 0.1\n')

@@ -13,7 +13,7 @@ from pipelines.wan import WanI2VA14BFamily, WanTI2V5BFamily
 from server.catalog import Catalog
 from server.engine.sizing import video_size
 from server.media.video import _fit_audio, encode_mp4
-from weights.manifest import load_manifest
+from tests.packaged import packaged_config
 
 
 @pytest.mark.parametrize(("fam", "wanted", "want"), [
@@ -52,9 +52,9 @@ def test_mp4_has_exact_frames_and_optional_audio() -> None:
 
 
 def test_commercial_policy_swaps_every_non_commercial_stand_in() -> None:
-    manifest = load_manifest()
-    free = Catalog.load(manifest)
-    strict = Catalog.load(manifest, license_policy="commercial")
+    manifest = packaged_config().manifest
+    free = packaged_config().catalog
+    strict = Catalog.load(manifest, packaged_config().directory / "models.toml", license_policy="commercial")
     assert free.ids() == strict.ids() and free.video_ids() == strict.video_ids()
     for spec in strict.specs() + strict.video_specs():
         assert manifest[spec.weights].commercial_use, spec.id
@@ -90,7 +90,7 @@ def test_a_tile_stride_exists_for_every_length(fam: type) -> None:
 
 
 def _video_requests() -> list[tuple[str, str, tuple[int, int], int]]:
-    catalog = Catalog.load(load_manifest())
+    catalog = packaged_config().catalog
     out = []
     for spec in catalog.video_specs():
         ratios = [tuple(map(int, r.split(":"))) for r in spec.aspect_ratios if r != "auto"] + SOURCE_SHAPES
@@ -108,7 +108,7 @@ def test_every_advertised_clip_decodes_without_a_sliver_tile() -> None:
     from pipelines.video_base import _SMALLEST_TILE_LATENTS
     from server.catalog import RESOLUTION_SHORT_SIDE
 
-    catalog = Catalog.load(load_manifest())
+    catalog = packaged_config().catalog
     tiled = 0
     for model, res, ratio, duration in _video_requests():
         spec = catalog.get_video(model)

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.packaged import packaged_config
 from weights.locate import demo_weights_ready
 from weights.manifest import load_manifest
 from weights.pull import PullError, verify
 
-MANIFEST = load_manifest()
+MANIFEST = packaged_config().manifest
 
 
 def test_addons_are_safetensors_only(tmp_path: Path) -> None:
-    text = (Path(__file__).parents[2] / "weights" / "manifest.toml").read_text()
+    text = (packaged_config().directory / "manifest.toml").read_text()
     bad = tmp_path / "m.toml"
     bad.write_text(text.replace('"sdxl_models/ip-adapter_sdxl.safetensors",\n    "sdxl_models/image_encoder/config.json"',
                                 '"sdxl_models/ip-adapter_sdxl.bin",\n    "sdxl_models/image_encoder/config.json"', 1))
