@@ -17,7 +17,8 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,6 +28,7 @@ from PIL import Image
 from pipelines.acceleration import Applied, LoadProfile, apply_load_profile, compile_counters
 from pipelines.batching import BatchKey
 from pipelines.render_types import (  # re-exported: families and the engine import them from here
+    AdapterUse,
     ComponentInfo,
     ParamError,
     RenderCancelled,
@@ -43,9 +45,10 @@ from weights.safetensors_header import folder_bytes_at
 if TYPE_CHECKING:
     import torch
 
+    from pipelines.lora_runtime import LoadedAdapter
     from pipelines.memory import MemoryCoefficients
 
-__all__ = ["ComponentInfo", "Family", "ParamError", "RenderCancelled", "RenderParams", "RenderResult",
+__all__ = ["AdapterUse", "ComponentInfo", "Family", "ParamError", "RenderCancelled", "RenderParams", "RenderResult",
            "RenderSpec", "StepCallback", "Task", "VideoClip", "dtype_bytes", "fit_within"]
 
 log = logging.getLogger("darkroom.pipelines")
@@ -84,6 +87,12 @@ class Family(ABC):
     """Whether the denoiser takes diffusers' step-cache hooks (CacheMixin transformers do; SDXL's UNet does not)."""
     sets_cache_context: ClassVar[bool] = True
     """Whether the family's pipelines set diffusers' cache context around denoiser calls themselves."""
+    takes_loras: ClassVar[bool] = False
+    """Whether requests may bring LoRA adapters (the family's diffusers pipeline has a LoRA loader whose
+    conversions darkroom uses, and its denoiser's linear layers take per-image updates)."""
+    lora_layouts: ClassVar[frozenset[str]] = frozenset()
+    """Community key layouts (pipelines/lora_format.py) the family's diffusers loader converts, beside diffusers'
+    own and kohya's with diffusers module names."""
 
     def __init__(self, model_dir: Path, device: str, dtype: torch.dtype, profile: LoadProfile | None = None) -> None:
         self.model_dir = model_dir
@@ -302,17 +311,43 @@ class Family(ABC):
         """Steps for a refine pass: enough that int(steps * strength) denoises at least twice."""
         return max(steps, math.ceil(2 / self.refine_strength))
 
-    def render(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
+    def render(self, spec: RenderSpec, on_step: StepCallback,
+               adapters: Mapping[str, LoadedAdapter] | None = None) -> RenderResult:
         """Render at any size: natively up to `native_max_long_side`, above it natively at that size and
-        then upscaled with a tiled img2img refine (pipelines/tiling.py). Progress counts both passes."""
+        then upscaled with a tiled img2img refine (pipelines/tiling.py). Progress counts both passes.
+        `adapters` are the converted LoRAs the params name (by content hash), applied per image for this call."""
         cache, why = self.cache_for(spec.params)
         schedulers = [s for pipe in self.pipelines.values() if (s := getattr(pipe, "scheduler", None)) is not None]
-        with step_cache_call(self.denoiser_modules(), cache, not self.sets_cache_context, schedulers) as counter:
+        with self._adapted(spec.params, adapters or {}) as lora, \
+                step_cache_call(self.denoiser_modules(), cache, not self.sets_cache_context, schedulers) as counter:
             result = self._render_sized(spec, on_step)
         result.stats = {"denoiser_passes": counter.passes, "step_cache": cache.encode() or None}
         if why:
             result.stats["step_cache_off"] = why
+        if lora is not None and lora.adapters:
+            result.stats["loras"] = {"adapters": lora.adapters, "layers": lora.layers,
+                                     "compiled": False if self.applied and self.applied.compile.get("active")
+                                     else None}
         return result
+
+    @contextmanager
+    def _adapted(self, params: RenderParams, adapters: Mapping[str, LoadedAdapter]) -> Iterator[Any]:
+        """The call's LoRAs applied to the denoisers (none: nothing changes). A compiled denoiser runs an adapted
+        call eagerly: its graphs are kept for plain calls and never recompiled for an adapter."""
+        per_image = params.adapters_per_image()
+        if not any(per_image):
+            yield None
+            return
+        import torch
+
+        from pipelines.lora_runtime import adapters_applied
+
+        main = next(iter(self.pipelines.values()))
+        denoisers = {name: m for name in self.denoisers if (m := getattr(main, name, None)) is not None}
+        eager = self.applied is not None and self.applied.compile.get("active")
+        stance = torch.compiler.set_stance("force_eager") if eager else nullcontext()
+        with stance, adapters_applied(denoisers, per_image, adapters, self.device, self.dtype) as applied:
+            yield applied
 
     def _render_sized(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params

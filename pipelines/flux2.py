@@ -44,6 +44,8 @@ class Flux2KleinFamily(Family):
     pipeline_class: ClassVar[str] = "Flux2KleinPipeline"
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"comfy"})
     # FLUX.2 renders up to ~4 MP in one pass, so 2K is native; 4K goes through the tiled refine.
     native_max_long_side: ClassVar[int] = 2048
 
@@ -110,6 +112,8 @@ class Flux2DevFamily(Family):
     size_multiple: ClassVar[int] = 16
     sets_cache_context: ClassVar[bool] = False  # Flux2Pipeline calls the transformer bare
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT})
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"comfy"})
     native_max_long_side: ClassVar[int] = 2048
 
     @classmethod

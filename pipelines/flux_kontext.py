@@ -48,6 +48,8 @@ class FluxKontextFamily(Family):
     # The pipelines take one conditioning image (and mask) per prompt, so edits from different requests share a
     # call when their conditioning images have one shape (the batch key's source_shape).
     merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"kohya-bfl", "xlabs", "comfy"})
 
     @classmethod
     def activation_bytes(cls, params: RenderParams, batch: int, coeffs: MemoryCoefficients) -> int:

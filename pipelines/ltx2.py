@@ -17,6 +17,8 @@ class LTX2Family(VideoFamily):
     name: ClassVar[str] = "ltx2"
     tiny_builder: ClassVar[str] = "weights.tiny.ltx2:build_ltx2"
     pipeline_class: ClassVar[str] = "LTX2ImageToVideoPipeline"
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"comfy"})
     size_multiple: ClassVar[int] = 32
     frame_step: ClassVar[int] = 8
     token_patch: ClassVar[int] = 32  # 32x VAE, 1x1 patches

@@ -27,6 +27,8 @@ class QwenImageEditFamily(Family):
     pipeline_class: ClassVar[str] = "QwenImageEditPlusPipeline"
     size_multiple: ClassVar[int] = 16
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT})
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"comfy"})
     supports_negative_prompt: ClassVar[bool] = True
 
     @classmethod

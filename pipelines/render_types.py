@@ -41,6 +41,14 @@ class ParamError(ValueError):
 
 
 @dataclass(frozen=True)
+class AdapterUse:
+    """One LoRA adapter on a render: its content hash and the strength it is applied with."""
+
+    sha256: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class RenderParams:
     """Everything about a render except the pixels: what the batch key and checks look at."""
 
@@ -68,6 +76,17 @@ class RenderParams:
     """The acceleration preset the model id runs with (configs/acceleration.toml): cache settings differ by it."""
     source_size: tuple[int, int] = (0, 0)
     """The first source image's (width, height), for families whose batches depend on it."""
+    loras: tuple[AdapterUse, ...] = ()
+    """The request's LoRA adapters (every image of a one-request call uses them)."""
+    image_loras: tuple[tuple[AdapterUse, ...], ...] = ()
+    """Per-image adapters of a merged call (len == num_images); empty otherwise. Requests with different adapters
+    share one call: each image gets its own (pipelines/lora_runtime.py)."""
+
+    def adapters_per_image(self) -> tuple[tuple[AdapterUse, ...], ...]:
+        """Each image's adapters: one entry when every image uses the same ones (also when there are none)."""
+        if self.image_loras and len(set(self.image_loras)) > 1:
+            return self.image_loras
+        return (self.image_loras[0],) if self.image_loras else (self.loras,)
 
     def prompt_kwargs(self) -> dict[str, object]:
         """`prompt` and `num_images_per_prompt` for a diffusers call, for one request or a merged batch."""
@@ -127,7 +146,7 @@ class RenderSpec:
         """The part of this render that makes images [start, stop) (one pipeline call of a chunked request)."""
         p = self.params
         sub = replace(p, num_images=len(p.seeds[start:stop]), seeds=p.seeds[start:stop], prompts=p.prompts[start:stop],
-                      negative_prompts=p.negative_prompts[start:stop])
+                      negative_prompts=p.negative_prompts[start:stop], image_loras=p.image_loras[start:stop])
         if not self.merged:
             return replace(self, params=sub)
         ns, nr = p.num_sources, p.num_references

@@ -58,6 +58,8 @@ class SDXLFamily(Family):
     attention_dispatch: ClassVar[bool] = False  # the UNet's processors call SDPA directly
     step_cache: ClassVar[bool] = False  # UNet2DConditionModel takes no diffusers cache hooks
     merge_tasks: ClassVar[frozenset[Task]] = frozenset({Task.GENERATE, Task.EDIT, Task.INPAINT})
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"kohya-sgm"})
 
     @classmethod
     def check(cls, params: RenderParams) -> None:

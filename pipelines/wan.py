@@ -18,6 +18,8 @@ class WanVideoFamily(VideoFamily):
     """Shared by both Wan 2.2 layouts; subclasses set their latent token size (token_patch)."""
 
     pipeline_class: ClassVar[str] = "WanImageToVideoPipeline"
+    takes_loras: ClassVar[bool] = True
+    lora_layouts: ClassVar[frozenset[str]] = frozenset({"comfy"})
     frame_step: ClassVar[int] = 4
     vae_tile_px: ClassVar[int] = 256
     vae_overlap_px: ClassVar[int] = 64

@@ -42,6 +42,8 @@ from server.jobs.store import JobStore
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
 from server.logs import route_library_logs
+from server.lora_requests import LoraResolver
+from server.loras import LoraLibrary, served_family_layers
 from server.media.fetch import FetchLimits, ImageFetcher
 from server.media.netguard import Allowlist
 from server.media.signing import UrlSigner
@@ -161,17 +163,19 @@ def _assemble(settings: Settings, config: DarkroomConfig, keys: KeyRing, lock: D
                         settings.auth.webhook_secret.get_secret_value() if settings.auth.webhook_secret
                         else local_secret(settings.files.data_dir), calls=calls, key_secret=keys.webhook_secret)
     lifecycle_box: list[Lifecycle] = []
+    loras = LoraLibrary(blobs, settings.files.lora_dir, int(settings.files.max_lora_mb * 1e6),
+                        served_family_layers(backend.located))
     engine = _engine(settings, serving, backend.handles, store, outputs, inputs, metrics,
                      on_finished=lambda job_id: (hub.finished(job_id), webhooks.finished(job_id)),
-                     on_fault=lambda reason: lifecycle_box[0].fault(reason))
+                     on_fault=lambda reason: lifecycle_box[0].fault(reason), adapter_bytes=loras.read)
     lifecycle = Lifecycle(engine, store, settings.server.drain_timeout_s,
                           restart_on_fault=settings.server.restart_on_fault)
     lifecycle_box.append(lifecycle)
-    service = _service(settings, serving, store, engine, inputs, outputs, hub, keys, webhooks, metrics, calls,
-                       lambda: lifecycle.draining)
+    service = _service(settings, serving, store, engine, MediaStores(inputs, outputs, loras), hub, keys, webhooks,
+                       metrics, calls, lambda: lifecycle.draining)
     signer = None if settings.files.files_require_key else UrlSigner(store.shared_secret("output-urls"))
     ctx = AppContext(settings, serving, store, engine, service, outputs, webhooks, lifecycle,
-                     UploadStore(blobs, settings.files.retention_s), metrics, keys, signer)
+                     UploadStore(blobs, settings.files.retention_s), metrics, keys, signer, loras)
     _observe(ctx, webhooks, metrics)
     sweeper = Sweeper(store, outputs, inputs, ctx.uploads, settings.files.retention_s,
                       int(settings.files.max_files_gb * 1e9) if settings.files.max_files_gb else None)
@@ -180,7 +184,7 @@ def _assemble(settings: Settings, config: DarkroomConfig, keys: KeyRing, lock: D
 
 def _engine(settings: Settings, serving: Serving, workers: list[WorkerHandle], store: JobStore, outputs: OutputStore,
             inputs: InputStore, metrics: Metrics, on_finished: Callable[[str], object],
-            on_fault: Callable[[str], None]) -> Engine:
+            on_fault: Callable[[str], None], adapter_bytes: Callable[[str], bytes | None]) -> Engine:
     e, config = settings.engine, serving.base
     engine: Engine
     # Footprints are the same on every worker (bytes from the weights' headers); Ray workers may join later.
@@ -191,22 +195,35 @@ def _engine(settings: Settings, serving: Serving, workers: list[WorkerHandle], s
                         observe=lambda r: metrics.job_finished(r.model, str(r.status), r.created_at, r.started_at,
                                                                r.finished_at, r.result),
                         observe_batch=lambda model, size: metrics.batch_size.labels(model).observe(size),
-                        storage_probe=outputs.probe)
+                        storage_probe=outputs.probe, adapter_bytes=adapter_bytes)
     engine = Engine(store, scheduler, workers, outputs, inputs, e, config, hooks)
     return engine
 
 
-def _service(settings: Settings, serving: Serving, store: JobStore, engine: Engine, inputs: InputStore,
-             outputs: OutputStore, hub: CompletionHub, keys: KeyRing, webhooks: Webhooks, metrics: Metrics,
+@dataclass(frozen=True)
+class MediaStores:
+    """Where job inputs, outputs and LoRA adapters are kept."""
+
+    inputs: InputStore
+    outputs: OutputStore
+    loras: LoraLibrary
+
+
+def _service(settings: Settings, serving: Serving, store: JobStore, engine: Engine, stores: MediaStores,
+             hub: CompletionHub, keys: KeyRing, webhooks: Webhooks, metrics: Metrics,
              calls: OffLoop, draining: Callable[[], bool]) -> GenerationService:
     f = settings.files
     fetcher = ImageFetcher(Allowlist(f.url_allowlist), FetchLimits(
         f.max_image_bytes, f.fetch_connect_timeout_s, f.fetch_total_timeout_s, f.fetch_max_redirects))
+    lora_fetcher = ImageFetcher(Allowlist(f.url_allowlist), FetchLimits(
+        int(f.max_lora_mb * 1e6), f.fetch_connect_timeout_s, max(f.fetch_total_timeout_s, 300.0),
+        f.fetch_max_redirects))
+    resolver = LoraResolver(stores.loras, lora_fetcher, serving.base.catalog)
     hooks = ServiceHooks(serving.demo, draining, keys.jobs_per_day,
                          presets=lambda model_id: serving.config.acceleration.step_cache(model_id).encode(),
                          on_accepted=webhooks.accepted, on_refused=lambda reason: metrics.refusals.labels(reason).inc())
-    return GenerationService(serving.base.catalog, store, engine, hub, JobMedia(fetcher, inputs, outputs), f,
-                             settings.store, hooks, calls)
+    return GenerationService(serving.base.catalog, store, engine, hub,
+                             JobMedia(fetcher, stores.inputs, stores.outputs, resolver), f, settings.store, hooks, calls)
 
 
 def _observe(ctx: AppContext, webhooks: Webhooks, metrics: Metrics) -> None:
@@ -269,7 +286,9 @@ def _http(app: FastAPI, ctx: AppContext, keys: KeyRing) -> None:
                    *(r for dialect in DIALECTS for r in dialect.routers)):
         app.include_router(router)
     # Inside the key check: an unauthenticated client cannot make the server read a large body.
-    app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes, shaper=shaper)
+    lora_cap = int(ctx.settings.files.max_lora_mb * 1e6)
+    app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes, shaper=shaper,
+                       per_path={"/api/v1/loras": max(server.max_body_bytes, lora_cap + 1_000_000)})
     if keys.enabled:
         headers, schemes = key_headers()
         app.add_middleware(ApiKeyMiddleware, keys=keys, shaper=shaper, key_headers=headers, schemes=schemes,

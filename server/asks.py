@@ -17,6 +17,18 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """One LoRA adapter a request names: a library id or a URL, and its strength. `field` names it in errors."""
+
+    field: str
+    id: str | None = None
+    url: str | None = None
+    scale: float = 1.0
+    data: bytes | None = None
+    """The file itself when the dialect already holds it (a file uploaded to this server's files API)."""
+
+
+@dataclass(frozen=True)
 class Ask:
     """What every ask has: the model, the instruction, seed and sampler overrides, and bookkeeping."""
 
@@ -35,6 +47,8 @@ class Ask:
     """A checked webhook (Webhooks.prepare), stored in the job's own transaction."""
     dialect_note: dict[str, Any] | None = None
     """What a dialect needs later to answer about the job in its own terms, stored with the job."""
+    loras: tuple[LoraRef, ...] = ()
+    """LoRA adapters applied to the denoiser (up to MAX_LORAS)."""
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def local_worker(name: str, device: str, engine: EngineSettings, config: Darkroo
     limit = int(engine.memory_limit_gb * 1e9) if engine.memory_limit_gb else None
     return Worker(name, device, resolve_dtype(engine.dtype, device), located, config.memory,
                   device_budget(device, reserve, limit), ram_budget=int(engine.offload_ram_gb * 1e9),
-                  order=engine.residency_policy, transfer=config.costs.transfer, profiles=profiles)
+                  order=engine.residency_policy, transfer=config.costs.transfer, profiles=profiles,
+                  lora_cache_bytes=int(engine.lora_cache_gb * 1e9))
 
 
 def build_workers(settings: Settings, config: DarkroomConfig) -> Workers:

@@ -13,6 +13,7 @@ from server.dialects import ModelNames
 from server.jobs.store import JobStore
 from server.keys import KeyRing
 from server.lifecycle import Lifecycle
+from server.loras import LoraLibrary
 from server.media.signing import UrlSigner
 from server.media.storage import OutputStore
 from server.media.uploads import UploadStore
@@ -45,6 +46,8 @@ class AppContext:
     keys: KeyRing
     signer: UrlSigner | None
     """Signs output URLs (None: files need an API key)."""
+    loras: LoraLibrary
+    """The LoRA adapters keys uploaded, the mounted folder's and those fetched from URLs."""
 
     @property
     def config(self) -> DarkroomConfig:

@@ -49,6 +49,8 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     STORE_BUSY = "store_busy"
     STORAGE_FULL = "storage_full"
+    INVALID_LORA = "invalid_lora"
+    LORA_MISMATCH = "lora_mismatch"
     # A job's own error codes for failures around its render (server/faults.py).
     INPUT_MISSING = "input_missing"
     STORAGE_UNAVAILABLE = "storage_unavailable"

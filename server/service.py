@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -33,6 +33,7 @@ from server.jobs.offloop import OffLoop
 from server.jobs.store import CreateResult, JobStore, NewJob, Quota, Refusal, new_task_id
 from server.limits import check_image_limits, check_image_size, check_video_limits, family_check
 from server.logs import event
+from server.lora_requests import LoraResolver
 from server.media.decode import decode_image
 from server.media.fetch import ImageFetcher
 from server.media.storage import InputStore, OutputStore
@@ -80,6 +81,8 @@ class JobMedia:
     fetcher: ImageFetcher
     inputs: InputStore
     outputs: OutputStore
+    loras: LoraResolver | None = None
+    """Finds a request's LoRA adapters (None: requests naming adapters are refused)."""
 
 
 class GenerationService(JobReports):
@@ -91,6 +94,7 @@ class GenerationService(JobReports):
         super().__init__(store, engine, media.inputs, media.outputs, hub, calls)
         self.catalog = catalog
         self.fetcher = media.fetcher
+        self.loras = media.loras
         self.max_pixels = files.max_image_pixels
         self.max_side = files.max_image_side
         self.min_free_bytes = int(files.min_free_mb * 1e6)
@@ -151,6 +155,7 @@ class GenerationService(JobReports):
             check_image_size(spec, ask)
         params = resolve.image_params(spec, fam, ask, self.hooks.presets(spec.id))
         family_check(fam, params)  # size-independent checks before any download
+        params, loras = await self._with_loras(spec.id, spec.family, params, ask, caller)
 
         items = [*ask.sources, *ask.references] + ([ask.mask] if ask.mask else [])
         images = await self._decode(items, ask.mask)
@@ -175,7 +180,7 @@ class GenerationService(JobReports):
             warnings=self._warnings(ask.warnings, spec.weights), priority=ask.priority, output_width=size.output[0],
             output_height=size.output[1],
             asked=_asked(quality=ask.quality or (None if ask.size else spec.default_quality),
-                         aspect_ratio=None if ask.size else ask.aspect_ratio, size=ask.size))
+                         aspect_ratio=None if ask.size else ask.aspect_ratio, size=ask.size, loras=loras))
         await self._commit(job_id, request, ask, admission, idempotency_key, caller)
         return job_id, request
 
@@ -197,6 +202,7 @@ class GenerationService(JobReports):
         size = resolve.clip_size(ask, resolution, fam.size_multiple, frames[0].size)
         params = resolve.video_params(spec, fam, ask, size, timing, len(frames), self.hooks.presets(spec.id))
         family_check(fam, params)
+        params, loras = await self._with_loras(spec.id, spec.family, params, ask, caller)
         admission = self._admit(spec.id, spec.weights, spec.family, params)
         job_id = new_task_id()
         stored = await self._store_inputs(job_id, {"frame": frames})
@@ -205,9 +211,20 @@ class GenerationService(JobReports):
             source_paths=stored["frame"], warnings=self._warnings(ask.warnings + cpu_warnings, spec.weights),
             priority=ask.priority, output_width=size.output[0], output_height=size.output[1],
             asked=_asked(resolution=resolution, aspect_ratio=ask.aspect_ratio, duration=timing.duration,
-                         fps=timing.fps, size=ask.size))
+                         fps=timing.fps, size=ask.size, loras=loras))
         await self._commit(job_id, request, ask, admission, idempotency_key, caller)
         return job_id, request
+
+    async def _with_loras(self, model_id: str, family: str, params: RenderParams, ask: Ask, caller: str | None
+                          ) -> tuple[RenderParams, list[dict[str, object]] | None]:
+        """The params with the request's adapters, and what the task records of them (None without any)."""
+        if not ask.loras:
+            return params, None
+        if self.loras is None:
+            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "this server takes no LoRA adapters",
+                           ask.loras[0].field.split("[", 1)[0])
+        uses, recorded = await self.loras.resolve(model_id, family, ask.loras, caller)
+        return replace(params, loras=uses), recorded
 
     async def _store_inputs(self, job_id: str, images: dict[str, list[Image.Image]]) -> dict[str, tuple[str, ...]]:
         """Store a job's inputs (off the event loop: encoding and writing take time) and return their references

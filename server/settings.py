@@ -164,6 +164,11 @@ class FilesSettings(_Section):
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="Largest source image in pixels (checked before decode).")
     max_image_side: int = Field(8192, gt=0, description="Longest side of a source image in pixels (checked before "
                                 "decode; stops 1x20000 strips).")
+    lora_dir: Path | None = Field(
+        None, description="A folder of LoRA adapters (*.safetensors) the operator mounts: read-only, visible to every "
+        "key, named in requests by file name without the suffix.")
+    max_lora_mb: float = Field(
+        1024.0, gt=0, description="Largest LoRA file taken in (upload or URL), in MB: larger ones get 413.")
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for image URLs.")
     fetch_total_timeout_s: float = Field(30.0, gt=0, description="Whole-download timeout for one image URL.")
     fetch_max_redirects: int = Field(3, ge=0, le=10, description="Redirect hops followed (same host only).")
@@ -228,6 +233,9 @@ class EngineSettings(_Section):
     offload_ram_gb: float = Field(
         64.0, ge=0.0, description="Host RAM per GPU for models parked off the GPU (reloaded over PCIe instead of "
         "from disk); 0 turns the RAM tier off.")
+    lora_cache_gb: float = Field(
+        4.0, ge=0.0, description="Host RAM per worker for converted LoRA adapters, kept by content hash (least "
+        "recently used dropped first); an adapter is converted again only after it was dropped.")
     save_threads: int = Field(2, ge=1, le=64, description=(
         "Threads that encode and store finished outputs, off the device's thread (the next render starts while "
         "the last one's PNGs are written)."))

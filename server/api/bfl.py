@@ -19,6 +19,7 @@ from server.api.auth import caller
 from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, validated
 from server.api.links import Links
+from server.api.lora_fields import ref_from_weights
 from server.api.openapi_doc import json_body
 from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
@@ -49,6 +50,8 @@ FIELD_POLICY = {
     "webhook_secret": "mapped: the webhook's signing secret",
     "prompt_upsampling": "refused when true (unsupported_feature): no prompt rewriting offline",
     "safety_tolerance": "warned: no safety filter runs locally",
+    "finetune_id": "mapped: a LoRA (library id or URL) stands in for a BFL fine-tune",
+    "finetune_strength": "mapped: that LoRA's scale (BFL's default 1.1)",
 }
 
 
@@ -77,6 +80,8 @@ class BflBody(BaseModel):
     webhook_secret: str | None = Field(None, min_length=8, max_length=256)
     prompt_upsampling: bool | None = None
     safety_tolerance: int | None = Field(None, ge=0, le=6)
+    finetune_id: str | None = Field(None, max_length=4000)
+    finetune_strength: float = Field(1.1, ge=0.0, le=2.0)
 
 
 def image_input(value: str, field: str) -> ImageInput:
@@ -117,7 +122,7 @@ async def submit(variant: str, request: Request) -> JSONResponse:
                    aspect_ratio=body.aspect_ratio or "auto", seed=body.seed, output_format=body.output_format,
                    num_inference_steps=body.steps, guidance_scale=body.guidance, warnings=warnings,
                    size=(body.width, body.height) if body.width and body.height else None, size_field="width",
-                   webhook=hook)
+                   webhook=hook, loras=ref_from_weights(body.finetune_id, body.finetune_strength, "finetune_id"))
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     return JSONResponse({"id": job_id, "polling_url": f"{base}/v1/get_result?id={job_id}", "cost": 0.0,
                          "input_mp": None, "output_mp": None})
@@ -146,7 +151,7 @@ def result_view(record: JobRecord, links: Links) -> dict[str, Any]:
 
 
 @router.get("/v1/get_result")
-async def get_result(request: Request, id: str = "") -> JSONResponse:  # noqa: A002 - BFL's parameter name
+async def get_result(request: Request, id: str = "") -> JSONResponse:
     """Pending / Ready (result.sample) / Error; 'Task not found' (404) for an unknown id."""
     ctx = ctx_of(request)
     record = await ctx.service.get(id, caller(request.scope)) if 0 < len(id) <= 100 else None

@@ -29,6 +29,7 @@ from server.api.dialect_io import (
     validated,
     wait_done,
 )
+from server.api.lora_fields import FalLora, parse_list, refs_from_paths
 from server.api.openapi_doc import json_body
 from server.asks import ImageAsk, ImageInput, VideoAsk
 from server.errors import ApiError, ErrorCode
@@ -79,6 +80,7 @@ FIELD_POLICY = {
     "enhance_prompt_mode": "warned: no prompt rewriting offline",
     "enable_web_search": "refused when true (unsupported_feature): offline",
     "thinking_level": "warned: the stand-ins do not reason before drawing",
+    "loras": "mapped: LoRA adapters [{path (URL or library id), scale}], on ids whose family takes them",
 }
 
 
@@ -111,6 +113,12 @@ class FalBody(BaseModel):
     enhance_prompt_mode: str | None = None
     enable_web_search: bool | None = None
     thinking_level: str | None = None
+    loras: list[FalLora] | None = Field(None, max_length=4)
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_json(cls, v: object) -> object:
+        return parse_list(v)
 
     @field_validator("output_format")
     @classmethod
@@ -172,7 +180,7 @@ def _image_ask(model: str, body: FalBody, ctx: Any, warnings: list[str]) -> Imag
                     num_images_field="max_images" if body.max_images else "num_images",
                     seed=body.seed, output_format=body.output_format, num_inference_steps=body.num_inference_steps,
                     guidance_scale=body.guidance_scale, negative_prompt=body.negative_prompt,
-                    warnings=tuple(warnings), size=size, size_field="image_size")
+                    warnings=tuple(warnings), size=size, size_field="image_size", loras=refs_from_paths(body.loras))
 
 
 def _rank(tier: str) -> int:
@@ -191,7 +199,7 @@ def _video_ask(model: str, body: FalBody, warnings: list[str]) -> VideoAsk:
                     duration=duration, resolution=body.resolution, aspect_ratio=body.aspect_ratio or "auto",
                     generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
                     num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
-                    warnings=tuple(warnings))
+                    warnings=tuple(warnings), loras=refs_from_paths(body.loras))
 
 
 def app_path(model_path: str) -> str:

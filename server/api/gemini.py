@@ -13,13 +13,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import TypeAdapter, ValidationError
 
 from compare.clients import GeminiClient
 from server.api.auth import caller
 from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import InlineImages, ctx_of, json_object, outputs, wait_done
+from server.api.lora_fields import LoraItem, refs_from_items
 from server.api.openapi_doc import route_facts
-from server.asks import ImageAsk, ImageInput
+from server.asks import ImageAsk, ImageInput, LoraRef
 from server.errors import ApiError, ErrorCode
 from server.jobs.view import JobView
 from server.resolve import SEED_MAX
@@ -40,6 +42,7 @@ FIELD_POLICY = {
     "generationConfig.topK": "warned: hosted sampling option",
     "generationConfig.maxOutputTokens": "warned: hosted sampling option",
     "tools": "refused (unsupported_feature): Google Search grounding needs the live web",
+    "loras": "mapped: darkroom extension (top level), LoRA adapters [{id or url, scale}]",
     "safetySettings": "warned: no safety filter runs locally",
     "systemInstruction": "mapped: prepended to the prompt",
     "contents[].parts[].file_data": "refused (unsupported_feature): no Files API here; send inline_data",
@@ -47,7 +50,7 @@ FIELD_POLICY = {
 
 _WARN_KEYS = ("temperature", "topP", "topK", "maxOutputTokens")
 _KNOWN_CONFIG = {"responseModalities", "imageConfig", "candidateCount", "seed", *_WARN_KEYS}
-_KNOWN_TOP = {"contents", "generationConfig", "tools", "safetySettings", "systemInstruction"}
+_KNOWN_TOP = {"contents", "generationConfig", "tools", "safetySettings", "systemInstruction", "loras"}
 
 
 def _camel(key: str) -> str:
@@ -97,7 +100,19 @@ def _ask(model: str, body: dict[str, Any], ctx: Any) -> ImageAsk:
                     references=tuple(images[n_src:]), aspect_ratio=image_config.get("aspectRatio") or "auto",
                     quality=IMAGE_SIZES.get(size) if size else None, num_images=count,
                     num_images_field="generationConfig.candidateCount", seed=seed, output_format="png",
-                    warnings=tuple(warnings))
+                    warnings=tuple(warnings), loras=_loras(body.get("loras")))
+
+
+def _loras(value: Any) -> tuple[LoraRef, ...]:
+    """darkroom's extension field (top level, beside `contents`): [{id | url, scale}]."""
+    if value is None:
+        return ()
+    try:
+        items = TypeAdapter(list[LoraItem]).validate_python(value)
+    except ValidationError:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, "loras must be a list of {id | url, scale} objects (at most "
+                       "4)", "loras") from None
+    return refs_from_items(items)
 
 
 def _generation_config(body: dict[str, Any]) -> dict[str, Any]:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from compare.clients import QolabaClient
-from server.api import qolaba, tasks, videos
+from server.api import loras, qolaba, tasks, videos
 from server.api.dialect import Dialect
 
 DIALECT = Dialect(
-    "darkroom", (qolaba.router, videos.router, tasks.router), prefixes=("/api/",),
+    "darkroom", (qolaba.router, videos.router, tasks.router, loras.router), prefixes=("/api/",),
     webhook=lambda record, base, _event, ctx: tasks.task_view(record, ctx.links(base)),
     tag="darkroom", doc_order=0, claim_order=9,
     tag_description="darkroom's own API (the hosted platform's, Qolaba-compatible): images, videos, and tasks with "

@@ -31,6 +31,7 @@ from server.api.dialect_io import (
     wait_done,
 )
 from server.api.files import file_response
+from server.api.lora_fields import LoraListField, refs_from_items
 from server.api.openapi_doc import json_body
 from server.api.request_body import content_kind, read_json_or_multipart
 from server.asks import ImageAsk, ImageInput, VideoAsk
@@ -64,6 +65,7 @@ FIELD_POLICY: dict[str, dict[str, str]] = {
         "style": "refused (unsupported_feature): a DALL-E 3 option",
         "stream": "refused when true (unsupported_feature): no partial images",
         "partial_images": "refused when > 0 (unsupported_feature)",
+        "loras": "mapped: darkroom extension (the SDK's extra_body), LoRA adapters [{id or url, scale}]",
     },
     "videos": {
         "prompt": "mapped: prompt",
@@ -75,7 +77,7 @@ FIELD_POLICY: dict[str, dict[str, str]] = {
 }
 
 
-class GenerationsBody(BaseModel):
+class GenerationsBody(LoraListField):
     """POST /v1/images/generations (and the JSON form of /v1/images/edits)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -188,7 +190,7 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     steps = max(1, round(spec.defaults.num_inference_steps * QUALITY_STEPS[body.quality]))
     ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=(), mask=mask,
                    num_images=body.n, num_images_field="n", output_format=body.output_format, num_inference_steps=steps,
-                   size=_parse_size(body.size), size_field="size")
+                   size=_parse_size(body.size), size_field="size", loras=refs_from_items(body.loras))
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     record = await wait_done(request, job_id)
     return _images_response(request, body, record, warnings)

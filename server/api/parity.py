@@ -17,7 +17,30 @@ def parity_markdown() -> str:
         lines += [f"## {policy.title}", "", f"`{policy.routes}`", "", "| field | handling |", "|---|---|"]
         lines += [f"| `{field}` | {how} |" for field, how in policy.fields.items()]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _LORAS)
+
+
+_LORAS = [
+    "## LoRA adapters in every dialect", "",
+    "Every dialect can name up to 4 LoRA adapters for ids whose family takes them (others answer 422",
+    "`unsupported_feature` naming the ids that do). An adapter is an uploaded one's id (`POST /api/v1/loras`, visible",
+    "to the key that uploaded it), a file name in the operator's `DARKROOM_LORA_DIR`, or an http(s) URL of a",
+    "`.safetensors` file (fetched once under the URL policy and kept by content hash). `scale` is -4..4 (1 = as",
+    "trained).", "",
+    "| dialect | field |", "|---|---|",
+    "| darkroom (Qolaba) | `loras: [{\"id\": ..., \"scale\": 0.8}, {\"url\": ...}]` on image and video generate |",
+    ("| fal | `loras: [{\"path\": <URL or id>, \"scale\": 1.0}]` (fal's LoRA endpoints: `fal-ai/flux-kontext-lora`, "
+     "`fal-ai/flux-2/lora`, `fal-ai/flux-2/lora/edit`, `fal-ai/qwen-image-edit-lora`, "
+     "`fal-ai/qwen-image-edit-plus-lora`, `fal-ai/wan/v2.2-a14b/image-to-video/lora`; every route of a LoRA-taking "
+     "id accepts it) |"),
+    ("| Replicate | `input.lora_weights` + `input.lora_scale`, `input.extra_lora` + `input.extra_lora_scale` (a URL "
+     "of this server's files API works too) |"),
+    "| Black Forest Labs | `finetune_id` (id or URL) + `finetune_strength` (default 1.1, as BFL's) |",
+    ("| OpenAI | extension field `loras` (the SDKs: `extra_body={\"loras\": [...]}`; multipart edits: a JSON text "
+     "part) |"),
+    ("| Gemini | extension field `loras` at the top level, beside `contents` (google-genai: "
+     "`http_options={\"extra_body\": {\"loras\": [...]}}`) |"), "",
+]
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.registry import family_class
 from server.api.auth import caller
 from server.api.dialect_io import acceleration_view, engine_snapshot
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
+from server.api.lora_fields import LoraListField, refs_from_items
 from server.api.openapi_doc import route_facts
 from server.api.request_body import read_json_or_multipart
 from server.api.tasks import task_view
@@ -37,7 +38,7 @@ HOSTED_ONLY: dict[str, str] = {
 _MAX_LIST = 64
 
 
-class GenerateBody(BaseModel):
+class GenerateBody(LoraListField):
     """Request body of POST /api/v1/images/generate."""
 
     model_config = ConfigDict(extra="forbid")
@@ -118,7 +119,7 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
         aspect_ratio=body.aspect_ratio, quality=body.quality, num_images=body.num_images, seed=body.seed,
         output_format=body.output_format, num_inference_steps=body.num_inference_steps,
         guidance_scale=body.guidance_scale, strength=body.strength, negative_prompt=body.negative_prompt,
-        warnings=tuple(warnings), priority=body.priority,
+        warnings=tuple(warnings), priority=body.priority, loras=refs_from_items(body.loras),
     )
 
 

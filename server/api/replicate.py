@@ -22,9 +22,10 @@ from server.api.auth import caller
 from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.api.links import Links
+from server.api.lora_fields import ref_from_weights
 from server.api.openapi_doc import json_body
 from server.api.replicate_files import own_file_bytes
-from server.asks import ImageAsk, ImageInput
+from server.asks import ImageAsk, ImageInput, LoraRef
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.resolve import SEED_MAX
@@ -54,6 +55,10 @@ FIELD_POLICY = {
     "safety_tolerance": "warned: no safety filter runs locally",
     "safety_filter_level": "warned: no safety filter runs locally",
     "output_quality": "refused unless 100 (unsupported_feature): fixed encoder settings",
+    "lora_weights": "mapped: a LoRA by URL (this server's files API too) or library id",
+    "lora_scale": "mapped: that LoRA's scale",
+    "extra_lora": "mapped: a second LoRA",
+    "extra_lora_scale": "mapped: the second LoRA's scale",
 }
 
 
@@ -81,6 +86,10 @@ class ReplicateInput(BaseModel):
     safety_tolerance: int | None = None
     safety_filter_level: str | None = None
     output_quality: int | None = Field(None, ge=0, le=100)
+    lora_weights: str | None = Field(None, max_length=4000)
+    lora_scale: float = Field(1.0, ge=-4.0, le=4.0)
+    extra_lora: str | None = Field(None, max_length=4000)
+    extra_lora_scale: float = Field(1.0, ge=-4.0, le=4.0)
 
 
 class PredictionBody(BaseModel):
@@ -131,10 +140,19 @@ def _to_ask(model: str, inp: ReplicateInput, ctx: Any, request: Request) -> Imag
         raise ApiError(422, ErrorCode.INVALID_REQUEST, "output_format must be png, jpg or webp",
                        "input.output_format")
     aspect = "auto" if inp.aspect_ratio == "match_input_image" else inp.aspect_ratio
+    loras = (_lora(request, inp.lora_weights, inp.lora_scale, "input.lora_weights")
+             + _lora(request, inp.extra_lora, inp.extra_lora_scale, "input.extra_lora"))
     return ImageAsk(model=model, prompt=inp.prompt, sources=tuple(sources), references=tuple(refs),
                     aspect_ratio=aspect, quality=tier, num_images=inp.max_images or inp.num_outputs, seed=inp.seed,
                     num_images_field="input.max_images" if inp.max_images else "input.num_outputs",
-                    output_format=fmt, warnings=tuple(warnings), size=size, size_field="input.width")
+                    output_format=fmt, warnings=tuple(warnings), size=size, size_field="input.width", loras=loras)
+
+
+def _lora(request: Request, value: str | None, scale: float, field: str) -> tuple[LoraRef, ...]:
+    """Replicate's LoRA field: a URL (a file of this server's files API is read from the store) or a library id."""
+    if value and (data := own_file_bytes(request, value)) is not None:
+        return (LoraRef(field, url=value, scale=scale, data=data),)
+    return ref_from_weights(value, scale, field)
 
 
 def _iso(ts: float | None) -> str | None:

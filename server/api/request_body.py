@@ -41,18 +41,22 @@ class BodyTooLarge(ApiError):
 class BodySizeLimit:
     """ASGI middleware: 413 payload_too_large for a body over `max_bytes` (declared or counted)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, shaper: ErrorShaper) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, shaper: ErrorShaper,
+                 per_path: Mapping[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.per_path = dict(per_path or {})
+        """Routes that take larger bodies (LoRA uploads): path -> their own cap."""
         self.shaper = shaper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"].rstrip("/"), self.default_max)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(send, BodyTooLarge(self.max_bytes), scope["path"], self.shaper)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await send_error(send, BodyTooLarge(limit), scope["path"], self.shaper)
             return
         seen = 0
         started = False
@@ -62,8 +66,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if seen > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -138,15 +142,15 @@ class Upload:
 
 
 async def read_multipart(request: Request, roles: Mapping[str, str], max_files: int,
-                         list_fields: frozenset[str] = frozenset(), text_parts: frozenset[str] = frozenset()
-                         ) -> tuple[dict[str, Any], dict[str, list[Upload]]]:
+                         list_fields: frozenset[str] = frozenset(), text_parts: frozenset[str] = frozenset(),
+                         file_limit: int | None = None) -> tuple[dict[str, Any], dict[str, list[Upload]]]:
     """The one multipart reader: (text fields, files by role). `roles` maps a file part's name to its role;
     any other file part is 422 unknown_field naming the accepted ones, a file over max_image_bytes is 413, a
     repeated text field is 422 unless listed in `list_fields` (those collect into lists). A part named in
     `text_parts` is a text field even when the client sent it as a file (the replicate JS SDK sends its metadata
     JSON as a Blob)."""
     settings = request.app.state.ctx.settings
-    limit = settings.files.max_image_bytes
+    limit = file_limit or settings.files.max_image_bytes
     form = await read_form(request, max_files=max_files + len(text_parts))
     fields: dict[str, Any] = {}
     files: dict[str, list[Upload]] = {}
@@ -165,7 +169,8 @@ async def read_multipart(request: Request, roles: Mapping[str, str], max_files: 
                                    f"{', '.join(sorted(set(roles)))}", name)
                 data = await value.read(limit + 1)
                 if len(data) > limit:
-                    raise ApiError(413, ErrorCode.IMAGE_TOO_LARGE, f"the file is larger than {limit} bytes", name)
+                    raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE if file_limit else ErrorCode.IMAGE_TOO_LARGE,
+                                   f"the file is larger than {limit} bytes", name)
                 files.setdefault(role, []).append(Upload(data, value.filename, value.content_type))
             elif name in list_fields:
                 fields.setdefault(name, []).append(value)

@@ -6,13 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.registry import family_class
 from server.api.auth import caller
 from server.api.dialect_io import acceleration_view, engine_snapshot
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
+from server.api.lora_fields import LoraListField, refs_from_items
 from server.api.openapi_doc import route_facts
 from server.api.qolaba import read_body
 from server.asks import ImageInput, VideoAsk
@@ -23,7 +24,7 @@ from server.resolve import SEED_MAX
 router = APIRouter()
 
 
-class VideoBody(BaseModel):
+class VideoBody(LoraListField):
     """Request body of POST /api/v1/videos/generate."""
 
     model_config = ConfigDict(extra="forbid")
@@ -83,7 +84,7 @@ async def generate_video(request: Request) -> JSONResponse:
         resolution=body.resolution, aspect_ratio=body.aspect_ratio, fps=body.fps,
         generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
-        priority=body.priority,
+        priority=body.priority, loras=refs_from_items(body.loras),
         webhook=await ctx.webhooks.prepare(body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
                                            "webhook_url", caller(request.scope)) if body.webhook_url else None,
     )

@@ -21,6 +21,7 @@ from server.engine.policy import Placement, split_after_oom
 from server.engine.recording import Recorder
 from server.engine.slots import Call, WorkerSlot
 from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork, WorkerLost
+from server.faults import InputMissing
 from server.jobs.store import Claim, JobStore
 from server.logs import event
 from server.media.storage import InputStore
@@ -50,8 +51,9 @@ class CallOutcomes:
     def _note_batch(self, job_ids: list[str], info: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _work(self, call: Call, force: Placement | None) -> RenderWork:
-        """The render for a call: one request as it is, or several merged (prompts, seeds and inputs per image)."""
+    def _work(self, call: Call, force: Placement | None, held: frozenset[str] = frozenset()) -> RenderWork:
+        """The render for a call: one request as it is, or several merged (prompts, seeds, inputs and LoRAs per
+        image). LoRA files go along unless the worker holds them converted (`held`)."""
         first = call.requests[0]
         params = first.params
         if len(call.requests) > 1:
@@ -59,7 +61,10 @@ class CallOutcomes:
                              seeds=tuple(s for r in call.requests for s in r.params.seeds),
                              prompts=tuple(p for r in call.requests for p in [r.params.prompt] * r.params.num_images),
                              negative_prompts=tuple(n for r in call.requests
-                                                    for n in [r.params.negative_prompt] * r.params.num_images))
+                                                    for n in [r.params.negative_prompt] * r.params.num_images),
+                             loras=(),
+                             image_loras=tuple(r.params.loras for r in call.requests
+                                               for _ in range(r.params.num_images)))
         read = self.inputs.read
         # A merged call's inputs are per image; one request's serve all of its images.
         per_image = [(r, n) for r in call.requests for n in range(r.params.num_images)] if len(call.requests) > 1 \
@@ -69,7 +74,18 @@ class CallOutcomes:
             sources=tuple(read(p) for r, _ in per_image for p in r.source_paths),
             references=tuple(read(p) for r, _ in per_image for p in r.reference_paths),
             masks=tuple(read(r.mask_path) for r, _ in per_image if r.mask_path),
-            force=force, demand=self.store.pending_by_weights())
+            force=force, demand=self.store.pending_by_weights(),
+            adapters=self._adapter_files({u.sha256 for r in call.requests for u in r.params.loras} - held))
+
+    def _adapter_files(self, wanted: set[str]) -> dict[str, bytes]:
+        files = {}
+        for sha in sorted(wanted):
+            data = self.hooks.adapter_bytes(sha)
+            if data is None:
+                raise InputMissing(f"LoRA {sha[:12]} is no longer in the library (deleted, or its storage is "
+                                   "unreachable)")
+            files[sha] = data
+        return files
 
     def _on_step(self, slot: WorkerSlot, ids: set[str]) -> Callable[[int, int], None]:
         last = [0.0]
@@ -93,7 +109,7 @@ class CallOutcomes:
         inside it, so a job whose inputs cannot be read fails (or is retried) alone."""
         claims = {j.id: Claim.of(j) for j in call.jobs}
         try:
-            work = self._work(call, force)
+            work = self._work(call, force, slot.handle.adapters_held())
         except Exception as exc:  # noqa: BLE001 - classified per job: retried, waiting or failed with its code
             for job in call.jobs:
                 self.recorder.fault(job, claims[job.id], exc)

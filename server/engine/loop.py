@@ -66,6 +66,8 @@ class EngineHooks:
     """Called with (model, jobs) as each batch starts (metrics)."""
     storage_probe: Callable[[], None] | None = None
     """A small write that succeeds once output storage has room again."""
+    adapter_bytes: Callable[[str], bytes | None] = lambda _sha256: None
+    """A LoRA file by content hash (the LoRA library), sent to a worker that does not hold it converted."""
 
 
 class Engine(CallOutcomes):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from pipelines.base import RenderParams, Task
+from pipelines.base import AdapterUse, RenderParams, Task
 
 _PARAM_FIELDS = {f.name for f in fields(RenderParams)}
 _TUPLES = ("seeds", "prompts", "negative_prompts", "source_size", "source_paths", "reference_paths", "warnings")
@@ -68,6 +68,9 @@ class GenerationRequest:
             if key in data:
                 data[key] = tuple(data[key])
         data["task"] = Task(data["task"])
+        if "loras" in data:
+            data["loras"] = tuple(AdapterUse(**u) for u in data["loras"])
+        data.pop("image_loras", None)  # a merged call's, never a stored request's
         params = {k: data.pop(k) for k in list(data) if k in _PARAM_FIELDS}
         params.setdefault("num_sources", len(data.get("source_paths", ())))
         params.setdefault("num_references", len(data.get("reference_paths", ())))

@@ -33,6 +33,9 @@ class RenderWork:
     """An offload placement to use even where the policy would keep the model resident (the OOM ladder)."""
     demand: Mapping[str, int] = field(default_factory=dict)
     """Queued jobs per weights name when the work was planned: the cost-aware eviction order keeps those."""
+    adapters: Mapping[str, bytes] = field(default_factory=dict)
+    """LoRA files (safetensors bytes) by content hash, for the adapters the params name that the worker does
+    not hold converted already (`WorkerHandle.adapters_held`)."""
 
 
 @dataclass(frozen=True)

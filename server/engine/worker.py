@@ -20,6 +20,8 @@ from PIL import Image
 
 from pipelines.acceleration import AccelerationRefused, LoadProfile
 from pipelines.base import Family, ParamError, RenderCancelled, RenderParams, RenderSpec, VideoClip
+from pipelines.lora_format import LoraFormatError
+from pipelines.lora_runtime import AdapterCache, LoadedAdapter, load_adapter
 from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
 from server.engine import policy
@@ -110,7 +112,7 @@ class Worker(WorkerHandle):
     def __init__(self, name: str, device: str, dtype: torch.dtype, located: dict[str, LocatedWeights],
                  memory: Mapping[str, MemoryCoefficients], budget: int | None = None, ram_budget: int = 0,
                  order: str = "cost_aware", transfer: Transfer | None = None,
-                 profiles: Mapping[str, LoadProfile] | None = None) -> None:
+                 profiles: Mapping[str, LoadProfile] | None = None, lora_cache_bytes: int = 4_000_000_000) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -134,6 +136,8 @@ class Worker(WorkerHandle):
         self.bytes_moved = 0
         # Guards the bookkeeping below against readers on other threads (/api/v1/engine, /metrics).
         self._book = threading.Lock()
+        self.adapter_cache = AdapterCache(lora_cache_bytes)
+        """Converted LoRA adapters in host RAM by content hash (pipelines/lora_runtime.py)."""
 
     def loaded(self) -> frozenset[str]:
         """Weights names currently on this worker's device (resident or running offloaded)."""
@@ -320,7 +324,7 @@ class Worker(WorkerHandle):
                                         "message": f"this job {exc}; lower the size or num_images"})
         except torch.OutOfMemoryError:
             outcome = OutOfMemory(f"{work.weights} ran out of memory on {self.device}")
-        except Exception as exc:  # noqa: BLE001 - any pipeline fault fails this work only; details go to the log
+        except Exception as exc:
             if is_device_fault(exc):
                 return DeviceFault(f"{type(exc).__name__}: {exc}"[:500])
             log.exception("render of %s failed on %s", work.weights, self.device)
@@ -346,8 +350,9 @@ class Worker(WorkerHandle):
         videos: list[VideoClip] = []
         passes = 0
         stats: dict[str, Any] = {}
+        adapters = self._adapters(work, fam_class)
         for start in range(0, params.num_images, chunk):
-            result = fam.render(spec.images(start, start + chunk), on_step)
+            result = fam.render(spec.images(start, start + chunk), on_step, adapters)
             images += result.images
             videos += result.videos
             passes += result.stats.get("denoiser_passes", 0)
@@ -362,7 +367,37 @@ class Worker(WorkerHandle):
                    "pipeline_calls": -(-params.num_images // chunk)}
         if "step_cache_off" in stats:
             runtime["step_cache_off"] = stats["step_cache_off"]
+        if "loras" in stats:
+            runtime["loras"] = stats["loras"] | {"ignored": sorted({i for a in adapters.values() for i in a.ignored})}
         return Completed(images, videos, load_s, time.perf_counter() - started, runtime)
+
+    def adapters_held(self) -> frozenset[str]:
+        return frozenset(key.split(":", 1)[1] for key in self.adapter_cache.held())
+
+    def _adapters(self, work: RenderWork, fam_class: type[Family]) -> dict[str, LoadedAdapter]:
+        """The call's LoRAs converted for its family: from the cache, else from the files sent with the work."""
+        wanted = frozenset(u.sha256 for uses in work.params.adapters_per_image() for u in uses)
+        if not wanted:
+            return {}
+        if not fam_class.takes_loras:
+            raise ParamError("loras", f"{fam_class.name} takes no LoRA adapters")
+        out: dict[str, LoadedAdapter] = {}
+        for sha in sorted(wanted):
+            adapter = self.adapter_cache.get(sha, fam_class.name)
+            if adapter is None:
+                data = work.adapters.get(sha)
+                if data is None:
+                    raise RuntimeError(f"LoRA {sha[:12]} was neither held nor sent with the work")
+                import diffusers
+
+                try:
+                    adapter = load_adapter(sha, data, getattr(diffusers, fam_class.pipeline_class),
+                                           fam_class.denoisers)
+                except LoraFormatError as exc:
+                    raise ParamError("loras", exc.message) from None
+                self.adapter_cache.put(fam_class.name, adapter, keep=wanted)
+            out[sha] = adapter
+        return out
 
     def images_per_call(self, weights: str, params: RenderParams) -> int:
         """How many of a request's images one pipeline call may make beside what is loaded now (the policy's

@@ -57,6 +57,10 @@ class WorkerHandle(ABC):
         """Bytes the device allocator holds now (0 where not measurable)."""
         return 0
 
+    def adapters_held(self) -> frozenset[str]:
+        """Content hashes of the LoRA adapters this worker holds converted (their files need not be sent again)."""
+        return frozenset()
+
     def demo_weights(self) -> frozenset[str]:
         """Weights this worker runs as tiny demo weights (a remote worker says so when it joins)."""
         return frozenset()

@@ -59,7 +59,7 @@ def test_every_setting_is_a_serve_flag() -> None:
     from server.settings import Settings
 
     r = _run(["serve", "--help"])
-    for name in Settings.model_fields:
+    for name in Settings.fields():
         assert "--" + name.replace("_", "-") in r.stdout
         assert f"DARKROOM_{name.upper()}" in r.stdout
 
