@@ -325,9 +325,10 @@ class Family(ABC):
         if why:
             result.stats["step_cache_off"] = why
         if lora is not None and lora.adapters:
-            result.stats["loras"] = {"adapters": lora.adapters, "layers": lora.layers,
-                                     "compiled": False if self.applied and self.applied.compile.get("active")
-                                     else None}
+            compiled = bool(self.applied and self.applied.compile.get("active"))
+            result.stats["loras"] = {"adapters": lora.adapters, "layers": lora.layers, **(
+                {"uncompiled": "adapted calls run eagerly on a compiled model (its graphs are kept, never "
+                               "recompiled)"} if compiled else {})}
         return result
 
     @contextmanager

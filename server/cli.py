@@ -325,3 +325,33 @@ def weights_demo(force: bool, **given: Any) -> None:
     for entry in _config(settings).manifest.values():
         path = build_demo(entry, settings.files.demo_weights_dir, force=force)
         click.echo(f"demo {entry.name} ({entry.family}) -> {path}")
+
+
+@main.group()
+def loras() -> None:
+    """Fetch LoRA adapters into the server's LoRA folder (DARKROOM_LORA_DIR)."""
+
+
+@loras.command("pull")
+@click.argument("repo")
+@click.option("--file", "filename", default=None, help="The .safetensors file in the repo (default: its only one).")
+@click.option("--revision", default=None, help="A commit, branch or tag (default: main).")
+@click.option("--name", default=None, help="The adapter's name in the folder (default: the repo's name).")
+@click.option("--token", default=None, envvar="HF_TOKEN", help="Hugging Face token for gated repos [env HF_TOKEN].")
+@_settings_options(("lora_dir", "config_dir"))
+def loras_pull(repo: str, filename: str | None, revision: str | None, name: str | None, token: str | None,
+               **given: Any) -> None:
+    """Download a LoRA (.safetensors only) from the Hugging Face Hub into the LoRA folder, checked as an upload is
+    (pickles refused, the layout and rank read from its header)."""
+    from weights.lora_pull import LoraPullError, pull_lora
+
+    settings = _build_settings(given)
+    if settings.files.lora_dir is None:
+        raise click.UsageError("set --lora-dir (DARKROOM_LORA_DIR): the folder the server reads adapters from")
+    try:
+        path, header = pull_lora(repo, settings.files.lora_dir, filename, revision, name, token)
+    except LoraPullError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"pulled {repo} into {path} ({header.layout} layout, rank {header.rank}, {len(header.layers)} "
+               f"layers); requests name it as {{\"id\": \"{path.stem}\"}}")

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main(demo_dir: Path, cache_dir: Path) -> None:
@@ -22,10 +23,10 @@ def main(demo_dir: Path, cache_dir: Path) -> None:
     from pipelines.base import RenderParams, RenderSpec, Task
     from pipelines.flux_kontext import FluxKontextFamily
 
-    def edit(fam: FluxKontextFamily) -> np.ndarray:
-        params = RenderParams(Task.EDIT, "add a hat", 256, 256, 1, (5,), 4, 2.5, 1.0, num_sources=1)
+    def edit(fam: FluxKontextFamily, loras: tuple[Any, ...] = (), adapters: Any = None) -> np.ndarray:
+        params = RenderParams(Task.EDIT, "add a hat", 256, 256, 1, (5,), 4, 2.5, 1.0, num_sources=1, loras=loras)
         spec = RenderSpec(params, sources=(Image.new("RGB", (256, 256), (200, 40, 40)),))
-        return np.asarray(fam.render(spec, lambda *_: None).images[0]).astype(int)
+        return np.asarray(fam.render(spec, lambda *_: None, adapters).images[0]).astype(int)
 
     started = time.perf_counter()
     compiled = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32,
@@ -43,8 +44,40 @@ def main(demo_dir: Path, cache_dir: Path) -> None:
     eager.load()
     diff = np.abs(out - edit(eager))
     print(json.dumps({"compile": record, "load_s": round(load_s, 2), "request_s": round(request_s, 2),
-                      "request_compiled": request_compiled,
+                      "request_compiled": request_compiled, **_lora_switches(demo_dir, compiled, eager, edit, out),
                       "max_diff": int(diff.max()), "changed": float((diff > 0).mean())}))
+
+
+def _lora_switches(demo_dir: Path, compiled: Any, eager: Any, edit: Any, plain: Any) -> dict[str, Any]:
+    """A -> B -> none -> A on the compiled model: how many graphs dynamo compiled meanwhile (adapted calls run
+    eagerly; the plain call reuses its graphs), and whether the renders match the eager model's."""
+    import hashlib
+    import tempfile
+
+    import diffusers
+    import numpy as np
+    import torch
+
+    from pipelines.base import AdapterUse
+    from pipelines.lora_runtime import load_adapter
+    from weights.demo_loras import make_adapter
+
+    adapters = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in (1, 2):
+            data = make_adapter(type(eager), demo_dir / "flux1-kontext-dev", Path(tmp) / str(seed), seed).read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            adapters[sha] = load_adapter(sha, data, diffusers.FluxKontextPipeline, ("transformer",))
+    a, b = list(adapters)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    renders = [edit(compiled, uses, adapters) for uses in ((AdapterUse(a),), (AdapterUse(b),), (), (AdapterUse(a),))]
+    compiled_meanwhile = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    eager_a = edit(eager, (AdapterUse(a),), adapters)
+    return {"lora_graphs_compiled": compiled_meanwhile,
+            "lora_plain_unchanged": bool(np.array_equal(renders[2], plain)),
+            "lora_a_repeat_equal": bool(np.array_equal(renders[0], renders[3])),
+            "lora_vs_eager_max_diff": int(np.abs(renders[0] - eager_a).max()),
+            "lora_changes_render": float(np.abs(renders[0] - plain).mean())}
 
 
 if __name__ == "__main__":

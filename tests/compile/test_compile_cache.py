@@ -1,6 +1,6 @@
 """Regional torch.compile on the tiny Kontext (CPU): the compiled model renders what the eager one does, the
-warm-up at load pays the compilation (a request after it compiles nothing), and a restart on the persisted
-cache compiles nothing at all. Two fresh processes on one cache directory: the compile group of the suite."""
+warm-up at load pays the compilation (a request after it compiles nothing), switching LoRA adapters compiles
+nothing, and a restart on the persisted cache compiles nothing at all. Two fresh processes on one cache directory: the compile group of the suite."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def test_compiled_equals_eager_and_a_restart_hits_the_persisted_cache(demo_dir: 
     assert first["compile"]["fxgraph_cache_miss"] > 0  # a cold cache: the warm-up compiled
     assert first["max_diff"] <= MAX_LEVEL_DIFF and first["changed"] <= MAX_CHANGED
     assert first["request_compiled"] == 0  # the warm-up compiled the request's shape at load
+    # LoRAs A -> B -> none -> A on the compiled model: nothing recompiles, the plain render keeps its graphs.
+    assert first["lora_graphs_compiled"] == 0 and first["lora_plain_unchanged"] and first["lora_a_repeat_equal"]
+    assert first["lora_vs_eager_max_diff"] <= MAX_LEVEL_DIFF and first["lora_changes_render"] > 0.5
     second = _probe(demo_dir, cache)
     assert second["compile"]["fxgraph_cache_miss"] == 0, second  # nothing compiled again after the restart
     assert second["compile"]["fxgraph_cache_hit"] >= first["compile"]["fxgraph_cache_miss"]

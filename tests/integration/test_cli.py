@@ -131,3 +131,11 @@ def test_doctor_fails_on_a_public_bind_without_key(tmp_path: Path, demo_dir: Pat
     r = _run(["doctor", "--data-dir", str(tmp_path), "--demo-weights-path", str(demo_dir), "--host", "0.0.0.0",
               "--models", "flux-kontext-pro"])
     assert r.returncode == 2 and "without an API key" in r.stdout
+
+
+def test_loras_pull_needs_the_folder_and_fails_cleanly_offline(tmp_path: Path) -> None:
+    r = _run(["loras", "pull", "someone/style-lora"])
+    assert r.returncode == 2 and "--lora-dir" in r.stderr
+    r = _run(["loras", "pull", "someone/style-lora", "--lora-dir", str(tmp_path)], env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())

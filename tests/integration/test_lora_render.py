@@ -16,7 +16,7 @@ from PIL import Image
 from pipelines.base import AdapterUse, Family, RenderParams, RenderSpec, Task
 from pipelines.lora_runtime import LoadedAdapter, load_adapter
 from pipelines.registry import family_class
-from tests.lora_adapters import make_adapter
+from weights.demo_loras import make_adapter
 
 # (family, weights, task): every family that takes LoRAs, at its cheapest render.
 FAMILIES = [("flux-kontext", "flux1-kontext-dev", Task.GENERATE), ("sdxl", "sdxl-base-1.0", Task.GENERATE),

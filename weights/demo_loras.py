@@ -1,5 +1,6 @@
-"""Tiny LoRA adapters for the tests, made with peft on a family's demo weights and saved the way trainers do:
-diffusers' own `save_lora_weights` (PEFT layout with its adapter config in the header) or kohya's layout."""
+"""Tiny LoRA adapters made with peft on a family's (demo) weights and saved the way trainers do: diffusers' own
+`save_lora_weights` (PEFT layout with its adapter config in the header) or kohya's layout. The tests and
+benchmarks/lora.py use them; peft comes with the test extra."""
 
 from __future__ import annotations
 
