@@ -38,8 +38,8 @@ from pipelines.base import AdapterUse, Family, RenderParams, RenderSpec, Task
 from pipelines.lora_runtime import LoadedAdapter, adapters_applied, load_adapter
 from pipelines.registry import family_class
 from server.config import DarkroomConfig
-from weights.demo_loras import make_adapter
 from weights.demo import build_demo
+from weights.demo_loras import make_adapter
 
 WEIGHTS = "flux1-kontext-dev"
 N_USERS = 8

@@ -12,6 +12,7 @@ from pathlib import Path
 from weights.locate import LocatedWeights, demo_weights_ready, locate
 from weights.manifest import WeightsEntry
 
+
 def tiny_builder(family: str) -> Callable[[Path], Path]:
     """The tiny builder of `family` (declared on its family class)."""
     from pipelines.registry import family_class

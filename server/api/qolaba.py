@@ -196,6 +196,7 @@ async def list_models(request: Request) -> JSONResponse:
             "maxReferenceImages": spec.max_reference_images,
             "supportsSeed": spec.supports_seed,
             "editControls": family_class(spec.family).edit_controls(),
+            "takesLoras": family_class(spec.family).takes_loras,
             "defaults": spec.defaults.model_dump(),
             "acceleration": acceleration_view(ctx, snap, spec.id, spec.weights),
             "local": {

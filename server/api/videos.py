@@ -118,6 +118,7 @@ async def list_video_models(request: Request) -> JSONResponse:
             "capabilities": ["image-to-video"] + (["audio"] if getattr(fam, "supports_audio", False) else []),
             "durations": spec.durations, "resolutions": spec.resolutions, "aspectRatios": spec.aspect_ratios,
             "fps": spec.fps, "supportsAudio": getattr(fam, "supports_audio", False),
+            "takesLoras": fam.takes_loras,
             "supportsLastFrame": getattr(fam, "supports_last_frame", False), "supportsSeed": True,
             "defaults": spec.defaults.model_dump(),
             "acceleration": acceleration_view(ctx, snap, spec.id, spec.weights),

@@ -164,3 +164,37 @@ def test_copy_as_curl_runs_and_gets_a_200(page: Any, server: ServerProcess, tmp_
     assert status == "200", run.stdout[-500:] + run.stderr[-500:]
     answer = json.loads(body)
     assert answer["status"] == "completed" and answer["prompt"] == "copied from the studio"
+
+
+def test_loras_upload_pick_scale_and_rerun(page: Any, server: ServerProcess, demo_dir: Path, tmp_path: Path) -> None:
+    """Upload a LoRA from the page, set its strength, run; the task records it, and History's Re-run keeps it."""
+    from pipelines.registry import family_class
+    from weights.demo_loras import make_adapter
+
+    made = make_adapter(family_class("flux-kontext"), demo_dir / "flux1-kontext-dev", tmp_path / "lora", seed=31)
+    adapter = tmp_path / "fox-style.safetensors"
+    adapter.write_bytes(made.read_bytes())
+    _open(page, server)
+    _compose(page, tmp_path, prompt="lora check")
+    assert page.is_visible("#lora-settings")
+    page.set_input_files("#lora-file", str(adapter))
+    page.wait_for_selector("#lora-list li")
+    assert "fox-style" in page.inner_text("#lora-list")
+    page.fill("#lora-list input[type=range]", "0.65")
+    page.click("#run")
+    _wait_result(page)
+    task = httpx.get(f"{server.base_url}/api/v1/tasks/{_task_id(page)}").json()
+    (used,) = task["darkroom"]["asked"]["loras"]
+    assert used["name"] == "fox-style" and used["scale"] == 0.65 and used["source"] == "upload"
+    page.click("#tab-history")
+    item = f"#history li[data-task-id='{task['task_id']}']"
+    page.wait_for_selector(item)
+    page.click(f"{item} button:has-text('Re-run')")
+    page.wait_for_function(f"document.querySelector('#results [data-task-id]') && "
+                           f"document.querySelector('#results [data-task-id]').dataset.taskId !== '{task['task_id']}'")
+    _wait_result(page)
+    again = httpx.get(f"{server.base_url}/api/v1/tasks/{_task_id(page)}").json()
+    assert again["darkroom"]["asked"]["loras"] == task["darkroom"]["asked"]["loras"]
+    assert page.inner_text("#lora-list").count("fox-style") == 1
+    page.select_option("#model", "video:sora-2")
+    assert page.is_visible("#lora-settings") and not page.query_selector("#lora-list li")  # another family

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from pipelines.registry import family_class
-from weights.demo_loras import make_adapter
 from tests.support import ServerProcess, image_host
+from weights.demo_loras import make_adapter
 
 ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
 KEYS_FILE = f"""

@@ -40,6 +40,15 @@ export async function call(method, path, body) {
   return data;
 }
 
+// A multipart upload (the browser sets the boundary); darkroom's error shape as for `call`.
+export async function upload(path, form) {
+  const r = await fetch(path, { method: "POST", headers: headers(), body: form });
+  let data = null;
+  try { data = await r.json(); } catch { data = null; }
+  if (!r.ok) throw new ApiError(r.status, data);
+  return data;
+}
+
 const blobs = new Map();
 
 // A same-origin file URL as an object URL the page can show (fetched once with the key).

@@ -4,6 +4,7 @@
 
 import { ApiError, blobUrl, call, events, getKey, setKey } from "./api.js";
 import { asCode } from "./code.js";
+import { LoraPicker } from "./loras.js";
 import { MaskPainter } from "./mask.js";
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +13,7 @@ const state = {
   running: null, view: "create", historyCursor: null,
 };
 const mask = new MaskPainter($("mask-canvas"), $("mask-source"));
+const loras = new LoraPicker($("lora-settings"), (e) => notice(e.message));
 const PROMPT_MAX = 4000;
 
 // ---- notices and the key -------------------------------------------------------------------------------------
@@ -137,6 +139,7 @@ function selectModel(value) {
   $("mask-box").hidden = video || !controls.includes("mask_url") || mode === "generate";
   trimInputs();
   renderThumbs();
+  loras.show(spec);
 }
 
 function fillSelect(select, values, preferred) {
@@ -293,6 +296,8 @@ function buildBody(model = state.spec?.id) {
   if (guidance !== null) body.guidance_scale = guidance;
   const negative = $("negative");
   if (!negative.hidden && negative.value.trim()) body.negative_prompt = negative.value.trim();
+  const adapters = loras.field();
+  if (adapters && model === state.spec?.id) body.loras = adapters;  // they fit the selected model only
   if (state.mode === "video") {
     body.image_urls = state.sources.map((s) => s.dataUrl);
     Object.assign(body, { duration: Number($("duration").value), resolution: $("resolution").value,
@@ -628,6 +633,8 @@ async function rerun(task) {
   if (asked.aspect_ratio) $(video ? "video-aspect" : "aspect").value = asked.aspect_ratio;
   $("seed").value = task.seed;
   $("seed-lock").checked = true;
+  await loras.show(state.spec);
+  loras.restore(asked.loras);
   state.sources = [];
   state.references = [];
   for (const input of task.darkroom?.inputs || []) {
