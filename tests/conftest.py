@@ -13,6 +13,8 @@ from tests.support import ServerProcess
 from weights.demo import build_all
 
 API_KEY = "test-key-0123456789"
+OTHER_KEY = "other-key-0123456789"
+"""A second key of `keyed_server` (named "other", not an admin): what one key keeps, the other must not see."""
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +37,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
-    """A server with an API key that trusts 127.0.0.1 for image URLs (so loopback test hosts work)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("data") / "keyed", demo_dir,
-                         env={"DARKROOM_API_KEY": API_KEY, "DARKROOM_URL_ALLOWLIST": "127.0.0.1/32",
-                              "DARKROOM_MAX_IMAGE_BYTES": "200000"})
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`keyed_server`'s mounted LoRA folder (DARKROOM_LORA_DIR): tests put adapters in it."""
+    return tmp_path_factory.mktemp("lora-dir")
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, lora_dir: Path) -> Iterator[ServerProcess]:
+    """A server with an API key (and a second one, OTHER_KEY) that trusts 127.0.0.1 for image URLs (so loopback
+    test hosts work), with a mounted LoRA folder and a 0.5 MB LoRA cap."""
+    data = tmp_path_factory.mktemp("data")
+    keys = data / "keys.toml"
+    keys.write_text(f'[keys.other]\nkey = "{OTHER_KEY}"\n')
+    proc = ServerProcess(data / "keyed", demo_dir,
+                         env={"DARKROOM_API_KEY": API_KEY, "DARKROOM_API_KEYS_FILE": str(keys),
+                              "DARKROOM_URL_ALLOWLIST": "127.0.0.1/32", "DARKROOM_MAX_IMAGE_BYTES": "200000",
+                              "DARKROOM_LORA_DIR": str(lora_dir), "DARKROOM_MAX_LORA_MB": "0.5"})
     try:
         proc.wait_ready(headers={"X-API-Key": API_KEY})
         yield proc

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +17,11 @@ import pytest
 from PIL import Image
 
 from pipelines.registry import family_class
+from tests.conftest import API_KEY, OTHER_KEY
 from tests.support import ServerProcess, image_host
 from weights.demo_loras import make_adapter
 
-ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
-KEYS_FILE = f"""
-[keys.alice]
-key = "{ALICE}"
-[keys.bob]
-key = "{BOB}"
-"""
+ALICE, BOB = API_KEY, OTHER_KEY
 KONTEXT = "flux-kontext-pro"
 BASE = {"model": KONTEXT, "prompt": "a red fox", "seed": 3, "quality": "512", "aspect_ratio": "1:1",
         "num_inference_steps": 2}
@@ -52,7 +46,9 @@ class LoraServer:
 
 
 @pytest.fixture(scope="module")
-def lora_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[LoraServer]:
+def lora_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, lora_dir: Path,
+                keyed_server: ServerProcess) -> LoraServer:
+    """The session's keyed server (two keys, a mounted LoRA folder, loopback URLs allowed) and adapters for it."""
     tmp = tmp_path_factory.mktemp("loras")
     kontext = family_class("flux-kontext")
     files = Files(
@@ -61,19 +57,8 @@ def lora_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Ite
         sdxl=make_adapter(family_class("sdxl"), demo_dir / "sdxl-base-1.0", tmp / "s", seed=23,
                           layout="kohya").read_bytes(),
         klein=make_adapter(family_class("flux2-klein"), demo_dir / "flux2-klein-4b", tmp / "k", seed=24).read_bytes())
-    folder = tmp / "mounted"
-    folder.mkdir()
-    (folder / "studio-style.safetensors").write_bytes(files.a)
-    (tmp / "keys.toml").write_text(KEYS_FILE)
-    proc = ServerProcess(tmp / "data", demo_dir, env={
-        "DARKROOM_MODELS": f"{KONTEXT},seedream-4.0,nano-banana-2", "DARKROOM_API_KEYS_FILE": str(tmp / "keys.toml"),
-        "DARKROOM_LORA_DIR": str(folder), "DARKROOM_MAX_LORA_MB": "0.5", "DARKROOM_URL_ALLOWLIST": "127.0.0.1/32",
-        "DARKROOM_MAX_BATCH": "4", "DARKROOM_BATCH_MAX_WAIT_S": "1.0"})
-    try:
-        proc.wait_ready(headers={"Authorization": f"Bearer {ALICE}"})
-        yield LoraServer(proc, files, folder)
-    finally:
-        proc.stop()
+    (lora_dir / "studio-style.safetensors").write_bytes(files.a)
+    return LoraServer(keyed_server, files, lora_dir)
 
 
 def _upload(c: httpx.Client, data: bytes, name: str = "adapter.safetensors") -> httpx.Response:
@@ -104,8 +89,9 @@ def test_upload_list_and_key_isolation(lora_server: LoraServer) -> None:
         assert record["sha256"] == hashlib.sha256(lora_server.files.a).hexdigest()
         assert record["size"] == len(lora_server.files.a) and record["name"] == "fox-style"
         mine = [x["id"] for x in alice.get("/api/v1/loras").json()["data"]]
-        assert mine == [record["id"], "studio-style"]  # own uploads first, then the mounted folder
-        assert [x["id"] for x in bob.get("/api/v1/loras").json()["data"]] == ["studio-style"]
+        assert mine[0] == record["id"] and mine[-1] == "studio-style"  # own uploads first, then the folder
+        theirs = [x["id"] for x in bob.get("/api/v1/loras").json()["data"]]
+        assert record["id"] not in theirs and theirs[-1] == "studio-style"
         assert bob.get(f"/api/v1/loras/{record['id']}").status_code == 404
         r = bob.post("/api/v1/images/generate", json=BASE | {"loras": [{"id": record["id"]}]})
         assert r.status_code == 404 and r.json()["error"]["field"] == "loras[0].id"
