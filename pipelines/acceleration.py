@@ -49,6 +49,11 @@ class LoadProfile:
     each block's forward is compiled on its own for the hooks to wrap."""
     warmup: tuple[tuple[int, int, int], ...] = ()
     """(width, height, frames) renders at load when compiling, so that no request pays for compilation."""
+    lora_slots: int = 4
+    """Adapters one call can carry on a compiled denoiser without recompiling (pipelines/lora_slots.py); 0: adapted
+    calls on a compiled model run eagerly."""
+    lora_max_rank: int = 64
+    """The largest adapter rank the compiled slots hold; a larger adapter runs eagerly (recorded)."""
 
 
 @dataclass
@@ -62,12 +67,16 @@ class Applied:
     channels_last: bool = False
     weights_dtype: str = ""
     activations_dtype: str = ""
+    slot_plans: dict[str, Any] = field(default_factory=dict)
+    """Compiled LoRA slots per denoiser name (pipelines/lora_slots.SlotPlan); empty when not compiled."""
 
     def record(self) -> dict[str, Any]:
         """JSON for the job's runtime record."""
         return {"attention": self.attention, "compile": self.compile, "quantization": self.quantization,
                 "fused_qkv": self.fused_qkv, "channels_last": self.channels_last,
-                "weights_dtype": self.weights_dtype, "activations_dtype": self.activations_dtype}
+                "weights_dtype": self.weights_dtype, "activations_dtype": self.activations_dtype,
+                "lora_slots": {name: {"slots": p.slots, "max_rank": p.max_rank, "layers": len(p.layers)}
+                               for name, p in self.slot_plans.items()} or None}
 
 
 def _once(message: str) -> None:
@@ -167,9 +176,11 @@ def _quantize_fp8(module: torch.nn.Module) -> None:
 
 
 def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoisers: tuple[str, ...], device: str,
-                       dtype: torch.dtype, dispatches: bool, no_fusing: str | None = None) -> Applied:
+                       dtype: torch.dtype, dispatches: bool, no_fusing: str | None = None,
+                       takes_loras: bool = False) -> Applied:
     """Apply `profile` to the loaded pipelines' denoisers (shared between roles, so each is touched once).
-    `no_fusing`: why the family's attention processors cannot be fused (None: they can)."""
+    `no_fusing`: why the family's attention processors cannot be fused (None: they can). A family that takes
+    LoRAs gets compiled LoRA slots before it compiles."""
 
     main = next(iter(pipelines.values()))
     modules = [getattr(main, name) for name in denoisers if getattr(main, name, None) is not None]
@@ -198,6 +209,15 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
         applied.channels_last = _channels_last(main, (*denoisers, "vae"))
 
     compile_on, compile_reason = choose_compile(profile.compile, device)
+    if compile_on and takes_loras and profile.lora_slots > 0:
+        from pipelines.lora_slots import install_slots
+
+        present = [name for name in denoisers if getattr(main, name, None) is not None]
+        for index, (name, module) in enumerate(zip(present, modules, strict=True)):
+            prefix = f"{name}." if index else ""
+            others = tuple(f"{n}." for n in present[1:]) if not index else ()
+            applied.slot_plans[name] = install_slots(module, tuple(getattr(module, "_repeated_blocks", ()) or ()),
+                                                     profile.lora_slots, profile.lora_max_rank, prefix, others)
     if compile_on:
         # Automatic dynamic shapes: the first shape compiles static (the fastest kernels, for the default size most
         # requests use); the first other size recompiles once with symbolic sizes, after which no size recompiles

@@ -18,7 +18,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -253,7 +253,7 @@ class Family(ABC):
                 vae.enable_slicing()
         self.pipelines = pipelines
         self.applied = apply_load_profile(self.profile, pipelines, self.denoisers, self.device, self.dtype,
-                                          self.attention_dispatch, self.no_fusing())
+                                          self.attention_dispatch, self.no_fusing(), self.takes_loras)
         if self.applied.compile["active"] and self.profile.warmup:
             self.warm_up(self.profile.warmup)
 
@@ -271,10 +271,19 @@ class Family(ABC):
         request; logs how many graphs came from the persisted compile cache."""
         started = time.perf_counter()
         task = Task.EDIT if Task.EDIT in self.tasks else next(iter(sorted(self.tasks)))
+        from pipelines.lora_slots import all_slots_active
+
+        plans = list(self.applied.slot_plans.values()) if self.applied else []
         for width, height, frames in sizes:
             params = self.warmup_params(task, width, height, frames)
-            self.render(RenderSpec(params, sources=(Image.new("RGB", (width, height), (128, 128, 128)),)
-                                   * params.num_sources), lambda _k, _n: None)
+            spec = RenderSpec(params, sources=(Image.new("RGB", (width, height), (128, 128, 128)),)
+                              * params.num_sources)
+            self.render(spec, lambda _k, _n: None)
+            if plans:  # the adapted variant of the compiled blocks (LoRA slots on, adding zero) compiles now too
+                with ExitStack() as stack:
+                    for plan in plans:
+                        stack.enter_context(all_slots_active(plan))
+                    self.render(spec, lambda _k, _n: None)
         counts = compile_counters()
         self.applied.compile |= {"warmup_s": round(time.perf_counter() - started, 2), **counts}  # type: ignore[union-attr]
         log.info("%s warmed up at %s in %.1f s (%d compiled graphs from the cache, %d compiled now)", self.name,
@@ -326,15 +335,16 @@ class Family(ABC):
             result.stats["step_cache_off"] = why
         if lora is not None and lora.adapters:
             compiled = bool(self.applied and self.applied.compile.get("active"))
-            result.stats["loras"] = {"adapters": lora.adapters, "layers": lora.layers, **(
-                {"uncompiled": "adapted calls run eagerly on a compiled model (its graphs are kept, never "
-                               "recompiled)"} if compiled else {})}
+            result.stats["loras"] = {"adapters": lora.adapters, "layers": lora.layers, "slotted": lora.slotted,
+                                     "compiled": compiled and lora.uncompiled is None,
+                                     **({"uncompiled": lora.uncompiled} if lora.uncompiled else {})}
         return result
 
     @contextmanager
     def _adapted(self, params: RenderParams, adapters: Mapping[str, LoadedAdapter]) -> Iterator[Any]:
-        """The call's LoRAs applied to the denoisers (none: nothing changes). A compiled denoiser runs an adapted
-        call eagerly: its graphs are kept for plain calls and never recompiled for an adapter."""
+        """The call's LoRAs applied to the denoisers (none: nothing changes). On a compiled denoiser they go into
+        its LoRA slots (pipelines/lora_slots.py: no recompile); a call the slots cannot hold runs eagerly
+        (recorded), with the compiled graphs kept for the next."""
         per_image = params.adapters_per_image()
         if not any(per_image):
             yield None
@@ -342,13 +352,37 @@ class Family(ABC):
         import torch
 
         from pipelines.lora_runtime import adapters_applied
+        from pipelines.lora_slots import slots_filled, why_not_slotted
 
         main = next(iter(self.pipelines.values()))
         denoisers = {name: m for name in self.denoisers if (m := getattr(main, name, None)) is not None}
-        eager = self.applied is not None and self.applied.compile.get("active")
-        stance = torch.compiler.set_stance("force_eager") if eager else nullcontext()
-        with stance, adapters_applied(denoisers, per_image, adapters, self.device, self.dtype) as applied:
-            yield applied
+        applied = self.applied
+        if applied is None or not applied.compile.get("active"):
+            with adapters_applied(denoisers, per_image, adapters, self.device, self.dtype) as done:
+                yield done
+            return
+        fused = bool(applied.fused_qkv.get("active"))
+        plans = list(applied.slot_plans.values())
+        reason = None if plans else "this model has no compiled LoRA slots (lora_slots = 0)"
+        for plan in plans:
+            reason = reason or why_not_slotted(plan, per_image, adapters, fused)
+        if reason is not None:
+            with torch.compiler.set_stance("force_eager"), \
+                    adapters_applied(denoisers, per_image, adapters, self.device, self.dtype) as done:
+                done.uncompiled = reason
+                yield done
+            return
+        with ExitStack() as stack:
+            placed: set[str] = set()
+            for plan in plans:
+                placed |= stack.enter_context(slots_filled(plan, per_image, adapters, fused))
+            # Layers outside the compiled blocks (embedders, final projections) are wrapped per call as on an eager
+            # model: no compiled graph traced them.
+            rest = {sha: replace(a, layers={p: d for p, d in a.layers.items() if p not in placed})
+                    for sha, a in adapters.items()}
+            done = stack.enter_context(adapters_applied(denoisers, per_image, rest, self.device, self.dtype))
+            done.slotted = len(placed)
+            yield done
 
     def _render_sized(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params

@@ -256,17 +256,26 @@ class AppliedAdapters:
     layers: int = 0
     adapters: int = 0
     ignored: list[str] = field(default_factory=list)
+    slotted: int = 0
+    """Adapter layers that ran in a compiled model's LoRA slots (pipelines/lora_slots.py)."""
+    uncompiled: str | None = None
+    """Why a compiled model ran this call eagerly (its adapters did not fit the slots)."""
 
 
 def _target(root: nn.Module, path: str) -> tuple[nn.Module, str, int | None]:
-    """(module to wrap, its path, which third of a fused projection) for an adapter layer's module path."""
+    """(module to wrap, its path, which third of a fused projection) for an adapter layer's module path. A layer
+    with compiled LoRA slots (pipelines/lora_slots.py) is wrapped inside its slot, around the plain Linear."""
     module = root.get_submodule(path)
     parent_path, _, leaf = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     fused = _FUSED.get(leaf)
+    third = None
     if fused and getattr(parent, "fused_projections", False) and hasattr(parent, fused[0]):
-        return getattr(parent, fused[0]), f"{parent_path}.{fused[0]}" if parent_path else fused[0], fused[1]
-    return module, path, None
+        module, path, third = getattr(parent, fused[0]), f"{parent_path}.{fused[0]}" if parent_path else fused[0], \
+            fused[1]
+    if not isinstance(module, nn.Linear) and isinstance(getattr(module, "base", None), nn.Linear):
+        return module.base, f"{path}.base", third
+    return module, path, third
 
 
 @contextmanager

@@ -30,6 +30,8 @@ class WeightsAcceleration(BaseModel):
     fp8: Literal["off", "prefer", "require"] = "off"
     fuse_qkv: bool = False
     channels_last: bool = False
+    lora_slots: int = Field(4, ge=0, le=16)
+    lora_max_rank: int = Field(64, ge=1, le=1024)
 
     @field_validator("attention")
     @classmethod
@@ -127,7 +129,8 @@ class Acceleration:
         ids = [s.id for s in [*self.catalog.specs(), *self.catalog.video_specs()] if s.weights == weights]
         cached = any(self.step_cache(i).kind != "none" for i in ids)
         return LoadProfile(attention=tuple(w.attention), compile=w.compile, fp8=w.fp8, fuse_qkv=w.fuse_qkv,
-                           channels_last=w.channels_last, step_cache_hooks=cached, warmup=self._warmup(ids))
+                           channels_last=w.channels_last, step_cache_hooks=cached, warmup=self._warmup(ids),
+                           lora_slots=w.lora_slots, lora_max_rank=w.lora_max_rank)
 
     def _warmup(self, ids: list[str]) -> tuple[tuple[int, int, int], ...]:
         """Each id's default size in its default shape and one other (the first other size is the one that

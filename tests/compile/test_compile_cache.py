@@ -30,9 +30,14 @@ def test_compiled_equals_eager_and_a_restart_hits_the_persisted_cache(demo_dir: 
     assert first["compile"]["fxgraph_cache_miss"] > 0  # a cold cache: the warm-up compiled
     assert first["max_diff"] <= MAX_LEVEL_DIFF and first["changed"] <= MAX_CHANGED
     assert first["request_compiled"] == 0  # the warm-up compiled the request's shape at load
-    # LoRAs A -> B -> none -> A on the compiled model: nothing recompiles, the plain render keeps its graphs.
+    # LoRAs A -> B -> none -> A on the compiled model run in its LoRA slots (the adapted graphs compiled at
+    # load): nothing recompiles, the plain render keeps its graphs, each matches the eager model's. A rank above
+    # the slots' runs eagerly, says why, and compiles nothing either.
     assert first["lora_graphs_compiled"] == 0 and first["lora_plain_unchanged"] and first["lora_a_repeat_equal"]
     assert first["lora_vs_eager_max_diff"] <= MAX_LEVEL_DIFF and first["lora_changes_render"] > 0.5
+    assert first["lora_a_stats"]["compiled"] is True and first["lora_a_stats"]["slotted"] > 0
+    assert first["lora_wide_stats"]["compiled"] is False and "max rank 4" in first["lora_wide_stats"]["uncompiled"]
+    assert first["lora_wide_vs_eager_max_diff"] <= MAX_LEVEL_DIFF
     second = _probe(demo_dir, cache)
     assert second["compile"]["fxgraph_cache_miss"] == 0, second  # nothing compiled again after the restart
     assert second["compile"]["fxgraph_cache_hit"] >= first["compile"]["fxgraph_cache_miss"]
