@@ -75,8 +75,13 @@ class Applied:
         return {"attention": self.attention, "compile": self.compile, "quantization": self.quantization,
                 "fused_qkv": self.fused_qkv, "channels_last": self.channels_last,
                 "weights_dtype": self.weights_dtype, "activations_dtype": self.activations_dtype,
-                "lora_slots": {name: {"slots": p.slots, "max_rank": p.max_rank, "layers": len(p.layers)}
-                               for name, p in self.slot_plans.items()} or None}
+                "lora_slots": {name: {"slots": p.slots, "max_rank": p.max_rank, "layers": len(p.layers),
+                                      "bytes": p.nbytes} for name, p in self.slot_plans.items()} or None}
+
+    @property
+    def extra_device_bytes(self) -> int:
+        """Device memory the profile added beside the weights (the LoRA slots' buffers)."""
+        return sum(p.nbytes for p in self.slot_plans.values())
 
 
 def _once(message: str) -> None:

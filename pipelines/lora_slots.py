@@ -86,6 +86,12 @@ class SlotPlan:
     others: tuple[str, ...] = ()
     """The other denoisers' prefixes (their layers are not this plan's)."""
 
+    @property
+    def nbytes(self) -> int:
+        """Device bytes the slots' buffers take (counted with the model's weights by the memory policy)."""
+        return sum(b.numel() * b.element_size() for layer in self.layers.values() for b in layer.buffers()
+                   if b is not layer.base.weight and b is not getattr(layer.base, "bias", None))
+
     def own(self, path: str) -> str | None:
         """An adapter layer path relative to this denoiser, None when it is another denoiser's."""
         if self.prefix:

@@ -179,9 +179,16 @@ class Worker(WorkerHandle):
         with self._book:
             on_device = [(n, self._placement.get(n), self._last_used.get(n, 0.0)) for n in self._families]
             parked = list(self._ram)
-        gpu = tuple(Resident(n, self.weight_bytes(n) if p is Placement.RESIDENT else 0, t) for n, p, t in on_device)
-        ram_used = sum(self.weight_bytes(n) for n in parked)
+        gpu = tuple(Resident(n, self.weight_bytes(n) + self._extra_bytes(n) if p is Placement.RESIDENT else 0, t)
+                    for n, p, t in on_device)
+        # Converted LoRA adapters share the host-RAM tier with parked models.
+        ram_used = sum(self.weight_bytes(n) for n in parked) + self.adapter_cache.nbytes
         return DeviceState(self.name, self.budget, gpu, frozenset(parked), max(0, self.ram_budget - ram_used))
+
+    def _extra_bytes(self, weights: str) -> int:
+        """Device bytes a loaded family holds beside its weights (compiled LoRA slots)."""
+        fam = self._families.get(weights)
+        return fam.applied.extra_device_bytes if fam is not None and fam.applied is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
         with self._book:
