@@ -93,6 +93,6 @@ class Sweeper:
         while True:
             try:
                 await asyncio.to_thread(self.sweep)
-            except Exception:
+            except Exception:  # one failed sweep must not stop the next
                 log.exception("retention sweep failed; trying again in %.0f s", interval_s)
             await asyncio.sleep(interval_s)

@@ -151,7 +151,7 @@ def result_view(record: JobRecord, links: Links) -> dict[str, Any]:
 
 
 @router.get("/v1/get_result")
-async def get_result(request: Request, id: str = "") -> JSONResponse:
+async def get_result(request: Request, id: str = "") -> JSONResponse:  # `id`: BFL's parameter name
     """Pending / Ready (result.sample) / Error; 'Task not found' (404) for an unknown id."""
     ctx = ctx_of(request)
     record = await ctx.service.get(id, caller(request.scope)) if 0 < len(id) <= 100 else None

@@ -41,7 +41,7 @@ class Savers:
         def run() -> None:
             try:
                 finish()
-            except Exception:
+            except Exception:  # the store is down: the lease lapses and the job runs again
                 log.exception("could not finish %s; it goes back to the queue when its lease lapses", job_id)
             finally:
                 with self._lock:

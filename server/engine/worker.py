@@ -331,7 +331,7 @@ class Worker(WorkerHandle):
                                         "message": f"this job {exc}; lower the size or num_images"})
         except torch.OutOfMemoryError:
             outcome = OutOfMemory(f"{work.weights} ran out of memory on {self.device}")
-        except Exception as exc:
+        except Exception as exc:  # any pipeline fault fails this work only; details go to the log
             if is_device_fault(exc):
                 return DeviceFault(f"{type(exc).__name__}: {exc}"[:500])
             log.exception("render of %s failed on %s", work.weights, self.device)
