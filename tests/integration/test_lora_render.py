@@ -143,3 +143,40 @@ def test_a_worker_switches_adapters_without_reloading(demo_dir: Path, tmp_path: 
     fresh.load()
     assert np.array_equal(outputs[2][1], _pixels(fresh, base)[0])
     assert np.abs(outputs[0][1] - outputs[1][1]).mean() > 0.5
+
+
+def test_kohya_flux_layout_renders_like_its_diffusers_equivalent(demo_dir: Path) -> None:
+    """A kohya FLUX LoRA (BFL's module names: one fused qkv per block) goes through diffusers' converter and renders
+    exactly like the same update written as diffusers' to_q/to_k/to_v adapters."""
+    import diffusers
+    from safetensors.torch import save
+
+    from pipelines.lora_format import denoiser_layers, inspect
+
+    cls = family_class("flux-kontext")
+    fam = cls(demo_dir / "flux1-kontext-dev", "cpu", torch.float32)
+    fam.load()
+    dim = fam.pipelines["edit"].transformer.config.num_attention_heads * \
+        fam.pipelines["edit"].transformer.config.attention_head_dim
+    gen = torch.Generator().manual_seed(7)
+    down, up = torch.randn(4, dim, generator=gen) * 3, torch.randn(3 * dim, 4, generator=gen) * 3
+    kohya = save({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": down,
+                  "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": up,
+                  "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(4.0)})
+    plain = save({f"transformer.transformer_blocks.0.attn.{name}.{half}.weight": tensor.contiguous()
+                  for i, name in enumerate(("to_q", "to_k", "to_v"))
+                  for half, tensor in (("lora_A", down.clone()), ("lora_B", up[i * dim:(i + 1) * dim]))})
+    header = inspect(kohya)
+    assert header.layout == "kohya-bfl"
+    layers = denoiser_layers("flux-kontext", demo_dir / "flux1-kontext-dev", cls.denoisers, cls.lora_layouts)
+    assert layers.misfits(header) == []
+    adapters = {}
+    for data in (kohya, plain):
+        sha = hashlib.sha256(data).hexdigest()
+        adapters[sha] = load_adapter(sha, data, diffusers.FluxKontextPipeline, cls.denoisers)
+    (k_sha, k), (p_sha, p) = adapters.items()
+    assert set(k.layers) == set(p.layers) == {f"transformer_blocks.0.attn.{n}" for n in ("to_q", "to_k", "to_v")}
+    params = _params(fam, Task.GENERATE)
+    via_kohya = _pixels(fam, replace(params, loras=(AdapterUse(k_sha),)), adapters)
+    via_plain = _pixels(fam, replace(params, loras=(AdapterUse(p_sha),)), adapters)
+    assert np.array_equal(via_kohya, via_plain) and np.abs(via_kohya - _pixels(fam, params)).mean() > 0.5
