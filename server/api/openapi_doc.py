@@ -130,11 +130,30 @@ _TASK_ERRORS = (ErrorCode.UNKNOWN_MODEL, ErrorCode.PROMPT_TOO_LONG, ErrorCode.IN
                 ErrorCode.STORAGE_FULL)
 
 
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models inlined: embedded in a route's `openapi_extra`, pydantic's
+    `#/$defs/...` references would point nowhere in the OpenAPI document (ReDoc stops rendering at the first)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
 def json_body(model: type[BaseModel], multipart: bool = False, creates_task: bool = False,
               waits: bool = False) -> dict[str, Any]:
     """`openapi_extra` for a route that reads its body itself: the model's JSON schema (and multipart), and whether
     the route creates a task (and waits for it)."""
-    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema()}}
+    content: dict[str, Any] = {"application/json": {"schema": body_schema(model)}}
     if multipart:
         content["multipart/form-data"] = {"schema": {"type": "object"}}
     return {"requestBody": {"required": True, "content": content}, **route_facts(creates_task, waits)}

@@ -19,7 +19,7 @@ from server.api.dialect_io import acceleration_view, engine_snapshot
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.lora_fields import LoraListField, refs_from_items
-from server.api.openapi_doc import route_facts
+from server.api.openapi_doc import body_schema, route_facts
 from server.api.request_body import read_json_or_multipart
 from server.api.tasks import task_view
 from server.asks import ImageAsk, ImageInput
@@ -126,7 +126,7 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
 @router.post(
     "/api/v1/images/generate",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": GenerateBody.model_json_schema()},
+        "application/json": {"schema": body_schema(GenerateBody)},
         "multipart/form-data": {"schema": {"type": "object"}},
     }}, **route_facts(creates_task=True, waits=True)},
 )

@@ -23,7 +23,7 @@ from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
 from server.api.links import Links
 from server.api.lora_fields import ref_from_weights
-from server.api.openapi_doc import json_body
+from server.api.openapi_doc import body_schema, json_body
 from server.api.replicate_files import own_file_bytes
 from server.asks import ImageAsk, ImageInput, LoraRef
 from server.errors import ApiError, ErrorCode
@@ -257,7 +257,7 @@ def _served_names(ctx: Any) -> list[str]:
 def _version(owner_name: str) -> dict[str, Any]:
     """The version object, with the input schema darkroom accepts for the model."""
     schema = {"openapi": "3.0.2", "info": {"title": "darkroom", "version": "1"}, "paths": {},
-              "components": {"schemas": {"Input": ReplicateInput.model_json_schema(),
+              "components": {"schemas": {"Input": body_schema(ReplicateInput),
                                          "Output": {"type": "string", "format": "uri"}}}}
     return {"id": version_id(owner_name), "created_at": _CREATED, "cog_version": "darkroom",
             "openapi_schema": schema}

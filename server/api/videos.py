@@ -14,7 +14,7 @@ from server.api.dialect_io import acceleration_view, engine_snapshot
 from server.api.errors import from_validation_errors
 from server.api.idempotency import body_digest, submit_once
 from server.api.lora_fields import LoraListField, refs_from_items
-from server.api.openapi_doc import route_facts
+from server.api.openapi_doc import body_schema, route_facts
 from server.api.qolaba import read_body
 from server.asks import ImageInput, VideoAsk
 from server.context import AppContext
@@ -64,7 +64,7 @@ def _ctx(request: Request) -> AppContext:
     "/api/v1/videos/generate",
     status_code=202,
     openapi_extra={**route_facts(creates_task=True), "requestBody": {"required": True, "content": {
-        "application/json": {"schema": VideoBody.model_json_schema()},
+        "application/json": {"schema": body_schema(VideoBody)},
         "multipart/form-data": {"schema": {"type": "object"}},
     }}},
 )

@@ -3,6 +3,7 @@ its dialect's shape; one section per dialect, darkroom's own first; a unique ope
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -68,3 +69,28 @@ def test_sections_ids_and_summaries(server: ServerProcess) -> None:
     assert tags["/health"] == ["operations"] and tags["/v1/images/generations"] == ["OpenAI"]
     assert tags["/v1beta/models/{model}:generateContent"] == tags["/v1/models/{model}:generateContent"] == ["Gemini"]
     assert all(len(t) == 1 and t[0] != "default" for t in tags.values())
+
+
+def test_every_reference_resolves(server: ServerProcess) -> None:
+    """Each `$ref` points inside the document (an embedded pydantic schema's `#/$defs/...` would not: ReDoc stops
+    rendering at the first one)."""
+    doc = _doc(server)
+    refs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    for ref in refs:
+        target: Any = doc
+        for part in ref.removeprefix("#/").split("/"):
+            assert isinstance(target, dict) and part in target, f"{ref} points nowhere"
+            target = target[part]
+    assert any("LoraItem" in json.dumps(op) for op in doc["paths"]["/api/v1/images/generate"].values())
