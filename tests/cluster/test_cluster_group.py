@@ -27,6 +27,7 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.timeout(1500)  # the whole scenario in one test: the subprocess has its own limit of the same length
 def test_cluster_scenario_in_a_private_network() -> None:
     try:
         import ray  # noqa: F401

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import REPO
 
 # Inductor fuses and reorders float ops: a compiled render may differ from eager by a level here and there.
@@ -23,6 +25,7 @@ def _probe(demo_dir: Path, cache: Path) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.timeout(1200)  # two fresh processes, each compiling or loading the compiled graphs (600 s limit each)
 def test_compiled_equals_eager_and_a_restart_hits_the_persisted_cache(demo_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "compile-cache"
     first = _probe(demo_dir, cache)
