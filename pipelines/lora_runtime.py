@@ -89,6 +89,7 @@ def load_adapter(sha256: str, data: bytes, pipeline_class: type, denoisers: Sequ
             ignored.add(m["component"])
             continue
         pairs.setdefault((component, m["module"]), {})[m["kind"]] = tensor
+    alpha_of = {owner[1]: value for key, value in alphas.items() if (owner := _alpha_key(key)) is not None}
     layers: dict[str, LayerDelta] = {}
     for (component, module), halves in pairs.items():
         if set(halves) != {"A", "B"}:
@@ -97,7 +98,7 @@ def load_adapter(sha256: str, data: bytes, pipeline_class: type, denoisers: Sequ
         if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
             raise LoraFormatError("unsupported_format", f"layer {module!r} is not a linear LoRA (LoCon or DoRA)")
         rank = a.shape[0]
-        alpha = _alpha_for(component, module, rank, alphas, adapter_meta)
+        alpha = _alpha_for(component, module, rank, alpha_of, adapter_meta)
         path = module if component == denoisers[0] else f"{component}.{module}"
         layers[path] = LayerDelta(a, b, alpha / rank)
     if not layers:
@@ -150,13 +151,12 @@ def _adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
         return {}
 
 
-def _alpha_for(component: str, module: str, rank: int, alphas: Mapping[str, float],
+def _alpha_for(component: str, module: str, rank: int, alpha_of: Mapping[str, float],
                meta: Mapping[str, Any]) -> float:
-    """The layer's alpha: kohya's per-layer alpha, else PEFT's alpha_pattern/lora_alpha, else its rank (scale 1)."""
-    for key, value in alphas.items():
-        owner = _alpha_key(key)
-        if owner is not None and owner[1] == module:
-            return value
+    """The layer's alpha: kohya's per-layer alpha (`alpha_of`: module -> alpha), else PEFT's alpha_pattern or
+    lora_alpha, else its rank (scale 1)."""
+    if module in alpha_of:
+        return alpha_of[module]
     pattern = meta.get(f"{component}.alpha_pattern") or {}
     for name, value in pattern.items():
         if module == name or module.endswith(f".{name}"):
