@@ -12,7 +12,8 @@ from tests.support import REPO
 
 @pytest.mark.parametrize("module", ["server.api.qolaba", "server.api.health", "server.api.files",
                                     "server.engine.scheduler", "server.service", "pipelines.registry",
-                                    "weights.demo"])
+                                    "weights.demo", "server.api.loras", "server.lora_requests",
+                                    "pipelines.lora_format"])
 def test_module_imports_without_torch(module: str) -> None:
     code = f"import sys, {module}; bad = [m for m in ('torch', 'diffusers') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
