@@ -4,6 +4,9 @@ that do, and the per-request limits are the service's."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,12 @@ from server.asks import LoraRef
 from server.errors import ApiError
 from server.lora_requests import MAX_LORAS, LoraResolver
 from tests.packaged import packaged_config
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on its own thread's loop (an earlier test in the session may leave a loop on this one)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class _NoLibrary:
@@ -23,10 +32,10 @@ def test_an_id_whose_family_takes_no_loras_names_those_that_do(monkeypatch: pyte
     monkeypatch.setattr(SDXLFamily, "takes_loras", False)
     resolver = LoraResolver(_NoLibrary(), None, packaged_config().catalog)  # type: ignore[arg-type]
     with pytest.raises(ApiError) as exc:
-        asyncio.run(resolver.resolve("seedream-4.0", "sdxl", (LoraRef("loras[0]", id="x"),), None))
+        _run(resolver.resolve("seedream-4.0", "sdxl", (LoraRef("loras[0]", id="x"),), None))
     assert exc.value.status == 422 and exc.value.code == "unsupported_feature" and exc.value.field == "loras"
     assert "flux-kontext-pro" in exc.value.message and "seedream-4.0" not in exc.value.message.split(":", 1)[1]
     many = tuple(LoraRef(f"loras[{i}]", id="x") for i in range(MAX_LORAS + 1))
     with pytest.raises(ApiError, match=f"at most {MAX_LORAS}"):
-        asyncio.run(resolver.resolve("flux-kontext-pro", "flux-kontext", many, None))
-    assert asyncio.run(resolver.resolve("flux-kontext-pro", "flux-kontext", (), None)) == ((), [])
+        _run(resolver.resolve("flux-kontext-pro", "flux-kontext", many, None))
+    assert _run(resolver.resolve("flux-kontext-pro", "flux-kontext", (), None)) == ((), [])
