@@ -210,20 +210,16 @@ class AdapterCache:
                 total -= self._items.pop(key).nbytes
 
 
-class GroupedLoraLinear(nn.Module):
-    """A Linear plus the per-row low-rank updates of the current call (see the module docstring)."""
+class WrappedLinear(nn.Module):
+    """A Linear with a LoRA update around it; code that reads the layer's `weight` or sizes still gets the base's."""
 
-    def __init__(self, base: nn.Linear, a: torch.Tensor, b: torch.Tensor, row_scale: torch.Tensor) -> None:
+    def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.base = base
-        self.a = a
-        self.b = b
-        self.row_scale = row_scale
-        """[images, sum of ranks]; one row broadcasts to every batch row."""
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's weight (code that inspects `.weight` keeps working)."""
+        """The base layer's weight."""
         return self.base.weight
 
     @property
@@ -233,6 +229,17 @@ class GroupedLoraLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
+
+
+class GroupedLoraLinear(WrappedLinear):
+    """A Linear plus the per-row low-rank updates of the current call (see the module docstring)."""
+
+    def __init__(self, base: nn.Linear, a: torch.Tensor, b: torch.Tensor, row_scale: torch.Tensor) -> None:
+        super().__init__(base)
+        self.a = a
+        self.b = b
+        self.row_scale = row_scale
+        """[images, sum of ranks]; one row broadcasts to every batch row."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -273,7 +280,7 @@ def _target(root: nn.Module, path: str) -> tuple[nn.Module, str, int | None]:
     if fused and getattr(parent, "fused_projections", False) and hasattr(parent, fused[0]):
         module, path, third = getattr(parent, fused[0]), f"{parent_path}.{fused[0]}" if parent_path else fused[0], \
             fused[1]
-    if not isinstance(module, nn.Linear) and isinstance(getattr(module, "base", None), nn.Linear):
+    if isinstance(module, WrappedLinear):
         return module.base, f"{path}.base", third
     return module, path, third
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipelines.lora_runtime import LoadedAdapter
+from pipelines.lora_runtime import LoadedAdapter, WrappedLinear
 from pipelines.render_types import AdapterUse
 
 SLOT_LEAVES = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -35,12 +35,11 @@ _FUSED = {"to_q": ("to_qkv", 0), "to_k": ("to_qkv", 1), "to_v": ("to_qkv", 2),
           "add_q_proj": ("to_added_qkv", 0), "add_k_proj": ("to_added_qkv", 1), "add_v_proj": ("to_added_qkv", 2)}
 
 
-class SlotLoraLinear(nn.Module):
+class SlotLoraLinear(WrappedLinear):
     """A Linear with fixed LoRA buffers; `active` switches the update on (one extra compiled graph, made at load)."""
 
     def __init__(self, base: nn.Linear, width: int) -> None:
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         param = base.weight
         self.register_buffer("lora_a", torch.zeros(width, base.in_features, dtype=param.dtype, device=param.device),
                              persistent=False)
@@ -49,19 +48,6 @@ class SlotLoraLinear(nn.Module):
         self.register_buffer("row_scale", torch.zeros(MAX_ROWS, width, dtype=param.dtype, device=param.device),
                              persistent=False)
         self.active = False
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base layer's weight."""
-        return self.base.weight
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
