@@ -76,12 +76,15 @@ class LoraResolver:
                                "/api/v1/loras (GET /api/v1/loras lists yours and the server's)", f"{ref.field}.id")
             return record
         assert ref.url is not None
-        record = await asyncio.to_thread(self.library.url_record, ref.url)
-        if record is not None and (ref.data is None or len(ref.data) == record.size):
+        # A file the dialect read from this server's own files API belongs to the caller: it is kept by content
+        # hash but never remembered by URL, so another key naming the same URL cannot reuse it.
+        remember = ref.data is None
+        record = await asyncio.to_thread(self.library.url_record, ref.url) if remember else None
+        if record is not None:
             return record
         data = ref.data if ref.data is not None else await self._fetch(ref.url, f"{ref.field}.url")
         try:
-            return await asyncio.to_thread(self.library.add_url, ref.url, data)
+            return await asyncio.to_thread(self.library.add_url, ref.url, data, remember)
         except LoraFormatError as exc:
             code = ErrorCode.UNSUPPORTED_MEDIA_TYPE if exc.code == "unsupported_format" else ErrorCode.INVALID_LORA
             raise ApiError(422, code, exc.message, f"{ref.field}.url") from None

@@ -209,12 +209,15 @@ class LoraLibrary:
             return None
         return record
 
-    def add_url(self, url: str, data: bytes) -> LoraRecord:
-        """Keep an adapter fetched from `url` by content hash."""
+    def add_url(self, url: str, data: bytes, remember: bool = True) -> LoraRecord:
+        """Keep an adapter fetched from `url` by content hash; `remember` also records which URL it came from, so
+        the next request naming the URL does not fetch it again."""
         name = url.rsplit("/", 1)[-1].split("?", 1)[0] or "adapter"
         record = self.describe(data, name, "url", url=url, lora_id=f"url:{hashlib.sha256(url.encode()).hexdigest()[:16]}")
         self._put_file(record.sha256, data)
-        self.blobs.put(f"{_URLS}{hashlib.sha256(url.encode()).hexdigest()}.json", json.dumps(asdict(record)).encode())
+        if remember:
+            self.blobs.put(f"{_URLS}{hashlib.sha256(url.encode()).hexdigest()}.json",
+                           json.dumps(asdict(record)).encode())
         return record
 
     # ---- bytes, for the engine ---------------------------------------------------------------------------------

@@ -198,6 +198,10 @@ def test_every_dialect_names_adapters(lora_server: LoraServer) -> None:
         assert r.status_code in (200, 201), r.text
         got = recorded(r.json()["id"])
         assert [(x["sha256"], x["scale"]) for x in got] == [(sha["a"], 0.6), (sha["a"], 0.4)]
+        with lora_server.client(BOB) as bob:  # that file is Alice's: its URL does not lend it to another key
+            r = bob.post("/v1/models/black-forest-labs/flux-kontext-pro/predictions", json={
+                "input": {"prompt": "a fox", "lora_weights": upload["urls"]["get"]}})
+            assert r.status_code == 422 and r.json()["detail"], r.text
         # BFL: finetune_id + finetune_strength.
         r = c.post("/v1/flux-kontext-pro", json={"prompt": "a fox", "steps": 2, "finetune_id": "studio-style",
                                                   "finetune_strength": 0.9})
