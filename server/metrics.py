@@ -27,10 +27,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.batching import BatchKey
 from server.engine.snapshot import EngineSnapshot, WorkerState
+from server.sent_status import SentStatus
 
 REQUEST_MODEL: ContextVar[str] = ContextVar("darkroom_request_model", default="")
 """The model id a request asked for, set by the service while it handles it (read back by the HTTP middleware)."""
@@ -186,19 +187,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = [500]
+        sent = SentStatus(send)
         token = REQUEST_MODEL.set("")
-
-        async def tracking(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, tracking)
+            await self.app(scope, receive, sent.send)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            labels = (route, self.dialect_of(scope["path"]), REQUEST_MODEL.get(), str(status[0]))
+            labels = (route, self.dialect_of(scope["path"]), REQUEST_MODEL.get(), str(sent.status or 500))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
             REQUEST_MODEL.reset(token)

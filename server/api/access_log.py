@@ -12,12 +12,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.auth import SCOPE_KEY
 from server.api.errors import ERROR_CODE
 from server.logs import event
 from server.metrics import REQUEST_MODEL
+from server.sent_status import SentStatus
 
 log = logging.getLogger("darkroom.requests")
 
@@ -36,19 +37,13 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = [0]
+        sent = SentStatus(send)
         token = ERROR_CODE.set(None)
-
-        async def tracking(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, tracking)
+            await self.app(scope, receive, sent.send)
         finally:
             # Nothing sent means an exception is on its way to the outermost error handler: a 500.
-            self._log(scope, status[0] or 500, ERROR_CODE.get() if status[0] else "internal_error", started)
+            self._log(scope, sent.status or 500, ERROR_CODE.get() if sent.status else "internal_error", started)
             ERROR_CODE.reset(token)
 
     def _log(self, scope: Scope, status: int, code: str | None, started: float) -> None:
