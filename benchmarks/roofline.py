@@ -154,7 +154,7 @@ def profile_for(name: str, base: LoadProfile, cache_hooks: bool, warmup: tuple[t
         return replace(plain, attention=base.attention)
     if name == "compile":
         return replace(plain, compile="on", warmup=warmup)
-    return replace(plain, fp8="require")
+    return replace(plain, variants=("fp8_dynamic",), variant_pinned=True)
 
 
 def run_family(family: str, root: Path, device: str, dtype: torch.dtype, tiny: bool, reps: int, ceiling: float,

@@ -1,8 +1,8 @@
 """How a family's pipelines are made fast at load, and the record of what actually ran.
 
-`apply_load_profile`: the attention backend through diffusers' attention dispatcher, fp8 weights and activations
-(torchao) where the GPU has fp8 tensor cores, fused QKV and channels-last where they help, and regional
-`torch.compile` of the denoiser's repeated block. The per-call step cache is pipelines/step_cache.py.
+`apply_load_profile`: the attention backend through diffusers' attention dispatcher, fused QKV and channels-last
+where they help, and regional `torch.compile` of the denoiser's repeated block. Weight variants (fp8, int8, nf4,
+GGUF) are chosen and loaded by pipelines/quantize.py; the per-call step cache is pipelines/step_cache.py.
 
 Every choice has an asked-for value and an active one; when they differ the reason is in the record (and logged
 once), so a backend that is configured but missing is never a silent no-op and never a crash.
@@ -22,14 +22,12 @@ log = logging.getLogger("darkroom.acceleration")
 ATTENTION_BACKENDS = ("native", "flash", "_flash_3", "sage", "xformers")
 """What a profile may ask for. diffusers' `*_hub` backends download kernels at run time: never (nothing phones home)."""
 COMPILE_MODES = ("auto", "on", "off")
-FP8_MODES = ("off", "prefer", "require")
-_FP8_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores; Ampere does not
 _FA3_CAPABILITY = (9, 0)
 _LOGGED: set[str] = set()
 
 
 class AccelerationRefused(RuntimeError):
-    """A profile requires something this device cannot do (fp8 `require` on a CPU or an Ampere GPU)."""
+    """A profile requires something this device cannot do (a pinned fp8 variant on a CPU or an Ampere GPU)."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,11 @@ class LoadProfile:
     """Backends in order of preference; the first this device can run wins, `native` (PyTorch SDPA) always can."""
     compile: str = "auto"
     """Regional torch.compile of the repeated block: auto = on CUDA devices only, on, off."""
-    fp8: str = "off"
-    """off; prefer (fp8 where the GPU has fp8 tensor cores, bf16 elsewhere); require (refuse to load without)."""
+    variants: tuple[str, ...] = ()
+    """Weight variants to try at load, best first (server/engine/variant_plan.py orders them for the device);
+    empty: bf16."""
+    variant_pinned: bool = False
+    """The operator pinned variants[0]: refuse to load without it rather than fall back."""
     fuse_qkv: bool = False
     channels_last: bool = False
     step_cache_hooks: bool = False
@@ -90,7 +91,8 @@ def _once(message: str) -> None:
         log.warning(message)
 
 
-def _capability(device: str) -> tuple[int, int] | None:
+def capability_of(device: str) -> tuple[int, int] | None:
+    """The CUDA compute capability of `device`; None for a CPU (or no CUDA)."""
     import torch
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
@@ -108,7 +110,7 @@ def choose_attention(preference: tuple[str, ...], device: str, dispatches: bool)
         if not dispatches:
             reasons.append(f"{backend}: this family's attention processors do not use diffusers' dispatcher")
             continue
-        capability = _capability(device)
+        capability = capability_of(device)
         if capability is None:
             reasons.append(f"{backend}: needs a CUDA GPU; this worker runs on {device}")
             continue
@@ -125,29 +127,6 @@ def choose_attention(preference: tuple[str, ...], device: str, dispatches: bool)
             continue
         return backend, reasons
     return "native", reasons
-
-
-def choose_fp8(mode: str, device: str) -> tuple[bool, str | None]:
-    """Whether fp8 runs here, and why not when it was asked for. Raises AccelerationRefused for `require`."""
-    if mode == "off":
-        return False, None
-    capability = _capability(device)
-    reason = None
-    if capability is None:
-        reason = f"fp8 needs an NVIDIA GPU with fp8 tensor cores (compute capability >= 8.9); this worker runs on {device}"
-    elif capability < _FP8_CAPABILITY:
-        reason = (f"fp8 needs compute capability >= 8.9 (Ada, Hopper); this GPU is {capability[0]}.{capability[1]} "
-                  "(Ampere has no fp8 tensor cores)")
-    else:
-        try:
-            import torchao  # noqa: F401 - presence check
-        except ImportError:
-            reason = "fp8 needs torchao (pip install -e '.[gpu]')"
-    if reason is None:
-        return True, None
-    if mode == "require":
-        raise AccelerationRefused(reason)
-    return False, reason
 
 
 def choose_compile(mode: str, device: str) -> tuple[bool, str | None]:
@@ -174,12 +153,6 @@ def fp8_config() -> Any:
         return float8_dynamic_activation_float8_weight(granularity=PerRow())
 
 
-def _quantize_fp8(module: torch.nn.Module) -> None:
-    from torchao.quantization import quantize_
-
-    quantize_(module, fp8_config())
-
-
 def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoisers: tuple[str, ...], device: str,
                        dtype: torch.dtype, dispatches: bool, no_fusing: str | None = None,
                        takes_loras: bool = False) -> Applied:
@@ -199,15 +172,6 @@ def apply_load_profile(profile: LoadProfile, pipelines: dict[str, Any], denoiser
     applied.attention = {"requested": list(profile.attention), "active": backend, "reasons": reasons}
     for reason in reasons:
         _once(f"attention {reason}")
-
-    fp8, fp8_reason = choose_fp8(profile.fp8, device)
-    if fp8:
-        for module in modules:
-            _quantize_fp8(module)
-        applied.weights_dtype = applied.activations_dtype = "float8_e4m3fn (dynamic, per-row scales)"
-    applied.quantization = {"requested": profile.fp8, "active": "fp8" if fp8 else "none", "reason": fp8_reason}
-    if fp8_reason:
-        _once(fp8_reason)
 
     _fuse_qkv(profile, main, no_fusing, applied)
     if profile.channels_last:

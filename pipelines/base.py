@@ -40,13 +40,13 @@ from pipelines.render_types import (  # re-exported: families and the engine imp
     dtype_bytes,
 )
 from pipelines.step_cache import StepCache, step_cache_call
-from weights.safetensors_header import folder_bytes_at
 
 if TYPE_CHECKING:
     import torch
 
     from pipelines.lora_runtime import LoadedAdapter
     from pipelines.memory import MemoryCoefficients
+    from pipelines.quantize import VariantChoice
 
 __all__ = ["AdapterUse", "ComponentInfo", "Family", "ParamError", "RenderCancelled", "RenderParams", "RenderResult",
            "RenderSpec", "StepCallback", "Task", "VideoClip", "dtype_bytes", "fit_within"]
@@ -103,6 +103,8 @@ class Family(ABC):
         """What the load profile turned into on this device (set by `load`)."""
         self.pipelines: dict[str, Any] = {}
         """Loaded diffusers pipelines by role; `load` fills it, sharing modules between roles."""
+        self.variant_choice: VariantChoice | None = None
+        """The weight variant the load ran at (pipelines/quantize.py); set by `load`."""
 
     def pipeline(self, role: str) -> Any:
         """The loaded pipeline for `role` (e.g. 'edit', 'inpaint'); RuntimeError before `load`."""
@@ -112,17 +114,36 @@ class Family(ABC):
             raise RuntimeError(f"{self.name}: no loaded {role!r} pipeline (call load first)") from None
 
     # ---- static facts, usable before loading -------------------------------------------
-    def components(self) -> list[ComponentInfo]:
-        """Components named in model_index.json with their bytes at the serving dtype (headers only)."""
+    def components(self, variant: str = "bf16") -> list[ComponentInfo]:
+        """Components named in model_index.json with their bytes at the serving dtype under weight `variant`
+        (file headers only: safetensors, and a from-files variant's own files where they are here)."""
+        from pipelines.variants import VARIANTS
+        from weights.variant_bytes import folder_bytes_under, gguf_bytes
+
+        v = VARIANTS[variant]
+        files = variant_files(self.model_dir, variant) if v.from_files else {}
         index = json.loads((self.model_dir / "model_index.json").read_text())
         out = []
         for name, spec in sorted(index.items()):
             if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
                 continue
+            kind = self.component_kind(name)
             folder = self.model_dir / name
-            size = folder_bytes_at(folder, dtype_bytes(self.dtype)) if folder.is_dir() else 0
-            out.append(ComponentInfo(name=name, class_name=spec[1], bytes=size))
+            if name in files and files[name].suffix == ".gguf":
+                size = gguf_bytes(files[name], dtype_bytes(self.dtype))
+            elif folder.is_dir():
+                size = folder_bytes_under(folder, v.bits_for(kind), dtype_bytes(self.dtype))
+            else:
+                size = 0
+            out.append(ComponentInfo(name=name, class_name=spec[1], bytes=size, kind=kind))
         return out
+
+    @classmethod
+    def component_kind(cls, name: str) -> str:
+        """denoiser, encoder (text encoders) or other (VAE, image encoder, vocoder...)."""
+        if name in cls.denoisers:
+            return "denoiser"
+        return "encoder" if name.startswith("text_encoder") else "other"
 
     @classmethod
     def check(cls, params: RenderParams) -> None:
@@ -186,13 +207,46 @@ class Family(ABC):
         """Load the weights (safetensors only) onto `self.device`."""
 
     def _from_pretrained(self) -> Any:
-        """The family's main pipeline (`pipeline_class`) from its folder: safetensors only, no hub, on device."""
+        """The family's main pipeline (`pipeline_class`) from its folder at the profile's weight variant (the
+        first in its order that loads here): safetensors and GGUF only, no hub, on device."""
         import diffusers
 
+        from pipelines.quantize import choose_variant, load_arguments
+
+        choice = choose_variant(self.profile.variants, self.profile.variant_pinned, self.device, self.model_dir,
+                                self.supported_variants())
+        for why in choice.passed_over:
+            log.warning("%s: %s", self.model_dir.name, why)
+        extra = load_arguments(choice, self.model_dir, self.denoisers, self.dtype)
+        self.variant_choice = choice
         pipe = getattr(diffusers, self.pipeline_class).from_pretrained(
-            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True
+            self.model_dir, dtype=self.dtype, use_safetensors=True, local_files_only=True, **extra
         )
         return pipe.to(self.device)
+
+    def sibling(self, pipeline_class: type, pipe: Any) -> Any:
+        """`pipeline_class.from_pipe(pipe)`: another task's pipeline sharing every module of `pipe` (no second
+        copy of the weights). from_pipe ends by casting the new pipeline to a dtype, which diffusers refuses for
+        quantized modules; they are loaded at the serving dtype already, so that cast is skipped for them."""
+        if self.variant_choice is None or self.variant_choice.variant.name == "bf16":
+            return pipeline_class.from_pipe(pipe)
+
+        class _SharedAsLoaded(pipeline_class):  # type: ignore[misc, valid-type]
+            def to(self, *args: Any, **kwargs: Any) -> Any:
+                if not args and set(kwargs) == {"dtype"}:
+                    return self
+                return super().to(*args, **kwargs)
+
+        shared = _SharedAsLoaded.from_pipe(pipe)
+        shared.__class__ = pipeline_class
+        return shared
+
+    def supported_variants(self) -> frozenset[str]:
+        """The weight variants this family's loader reads (Nunchaku's only for the denoisers it publishes)."""
+        from pipelines.quantize import supported_variants
+
+        index = json.loads((self.model_dir / "model_index.json").read_text())
+        return supported_variants(tuple(index[d][1] for d in self.denoisers if isinstance(index.get(d), list)))
 
     def move_to(self, device: str) -> None:
         """Move every role's modules (shared between roles, so each moves once) to `device`."""
@@ -254,6 +308,16 @@ class Family(ABC):
         self.pipelines = pipelines
         self.applied = apply_load_profile(self.profile, pipelines, self.denoisers, self.device, self.dtype,
                                           self.attention_dispatch, self.no_fusing(), self.takes_loras)
+        if self.variant_choice is not None:
+            from pipelines.quantize import parameter_bytes
+
+            main = next(iter(pipelines.values()))
+            modules = {id(m): m for m in main.components.values() if hasattr(m, "parameters")}
+            self.applied.quantization = self.variant_choice.record(sum(parameter_bytes(m) for m in modules.values()))
+            if self.variant_choice.variant.name != "bf16":
+                self.applied.weights_dtype = f"{self.variant_choice.variant.name} ({self.variant_choice.variant.summary})"
+                if self.variant_choice.variant.name == "fp8_dynamic":
+                    self.applied.activations_dtype = "float8_e4m3fn (dynamic, per-row scales)"
         if self.applied.compile["active"] and self.profile.warmup:
             self.warm_up(self.profile.warmup)
 
@@ -431,6 +495,20 @@ class Family(ABC):
             return {}
 
         return _cb
+
+
+def variant_files(model_dir: Path, variant: str) -> dict[str, Path]:
+    """The component files of a from-files variant under `model_dir` (its lock names them), or {} when it was
+    not pulled (or built, for demo weights) here."""
+    from weights.locate import LOCK_FILE
+    from weights.manifest import VARIANTS_FOLDER
+
+    lock = model_dir / VARIANTS_FOLDER / variant / LOCK_FILE
+    if not lock.is_file():
+        return {}
+    components = json.loads(lock.read_text()).get("components", {})
+    paths = {name: lock.parent / rel for name, rel in components.items()}
+    return paths if all(p.is_file() for p in paths.values()) else {}
 
 
 def fit_within(image: Image.Image, max_area: int, multiple: int) -> Image.Image:

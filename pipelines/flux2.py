@@ -57,7 +57,7 @@ class Flux2KleinFamily(Family):
         from diffusers import Flux2KleinInpaintPipeline
 
         pipe = self._from_pretrained()
-        self._use({"edit": pipe, "inpaint": Flux2KleinInpaintPipeline.from_pipe(pipe)})
+        self._use({"edit": pipe, "inpaint": self.sibling(Flux2KleinInpaintPipeline, pipe)})
 
     def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:
         """img2img through the inpaint pipeline with an all-white mask (everything may change, a little)."""

@@ -81,7 +81,7 @@ class FluxKontextFamily(Family):
 
         pipe = self._from_pretrained()
         # from_pipe shares every module with `pipe`: no second copy of the weights.
-        self._use({"edit": pipe, "inpaint": FluxKontextInpaintPipeline.from_pipe(pipe)})
+        self._use({"edit": pipe, "inpaint": self.sibling(FluxKontextInpaintPipeline, pipe)})
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params

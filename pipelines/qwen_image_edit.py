@@ -48,7 +48,7 @@ class QwenImageEditFamily(Family):
         from diffusers import QwenImagePipeline
 
         pipe = self._from_pretrained()
-        self._use({"edit": pipe, "generate": QwenImagePipeline.from_pipe(pipe)})
+        self._use({"edit": pipe, "generate": self.sibling(QwenImagePipeline, pipe)})
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

@@ -156,11 +156,14 @@ class RenderSpec:
 
 @dataclass(frozen=True)
 class ComponentInfo:
-    """One loadable component (transformer, VAE, text encoder...) and its weight bytes at the serving dtype."""
+    """One loadable component (transformer, VAE, text encoder...) and its weight bytes at the serving dtype and
+    weight variant."""
 
     name: str
     class_name: str
     bytes: int
+    kind: str = "other"
+    """denoiser | encoder | other: what a weight variant does to it (pipelines/variants.py)."""
 
 
 @dataclass

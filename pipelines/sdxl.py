@@ -84,9 +84,9 @@ class SDXLFamily(Family):
         unet = batch * params.num_images * latent_pixels * c.bytes_per_token
         return unet + params.width * params.height * c.vae_bytes_per_pixel
 
-    def components(self) -> list[ComponentInfo]:
-        """The pipeline's components plus the IP-Adapter and its image encoder when present."""
-        out = super().components()
+    def components(self, variant: str = "bf16") -> list[ComponentInfo]:
+        """The pipeline's components plus the IP-Adapter and its image encoder when present (never quantized)."""
+        out = super().components(variant)
         root = self._ip_adapter_root()
         if root.is_dir():
             size = dtype_bytes(self.dtype)
@@ -120,8 +120,8 @@ class SDXLFamily(Family):
         # The img2img pipeline owns the modules; the other roles share them through from_pipe.
         self._use({
             "img2img": pipe,
-            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(pipe),
-            "txt2img": StableDiffusionXLPipeline.from_pipe(pipe),
+            "inpaint": self.sibling(StableDiffusionXLInpaintPipeline, pipe),
+            "txt2img": self.sibling(StableDiffusionXLPipeline, pipe),
         })
 
     def refine(self, tile: Image.Image, prompt: str, seed: int, steps: int, strength: float) -> Image.Image:

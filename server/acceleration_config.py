@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.acceleration import ATTENTION_BACKENDS, LoadProfile
+from pipelines.variants import strictest, variant
 from pipelines.registry import family_class
 from pipelines.step_cache import StepCache
 from pipelines.video_base import VideoFamily
@@ -27,11 +28,20 @@ class WeightsAcceleration(BaseModel):
 
     attention: list[str] = Field(default_factory=lambda: ["native"], min_length=1)
     compile: Literal["auto", "on", "off"] = "auto"
-    fp8: Literal["off", "prefer", "require"] = "off"
+    variant: str = "auto"
+    """auto (the planner chooses per device, within the quality floor of the ids on these weights) or a variant
+    name from pipelines/variants.py to pin (a device that cannot run it fails those jobs `unsupported_feature`)."""
     fuse_qkv: bool = False
     channels_last: bool = False
     lora_slots: int = Field(4, ge=0, le=16)
     lora_max_rank: int = Field(64, ge=1, le=1024)
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: str) -> str:
+        if v != "auto":
+            variant(v)
+        return v
 
     @field_validator("attention")
     @classmethod
@@ -58,6 +68,18 @@ class ModelAcceleration(BaseModel):
     """taylorseer: a full pass every this many steps (the ones between are extrapolated)."""
     cache_warmup_steps: int = Field(3, ge=2)
     """taylorseer: full passes before the first prediction (two give the first-order term)."""
+    quality_floor: Literal["4bit", "5bit", "8bit", "bf16"] = "8bit"
+    """The lowest weight precision this id may run at (pipelines/variants.py QUALITY_FLOORS): quality tiers stay
+    at 8-bit or above, fast tiers may go to 4-bit."""
+    variant: str | None = None
+    """Pin these weights' variant for this id (ids sharing weights must agree: they share one load)."""
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: str | None) -> str | None:
+        if v is not None:
+            variant(v)
+        return v
 
     @model_validator(mode="after")
     def _settings(self) -> ModelAcceleration:
@@ -107,7 +129,15 @@ class Acceleration:
             # Under the commercial licence policy an id may run another family; only the configured one counts.
             if accel.cache != "none" and not fam.step_cache and catalog.license_policy == "any":
                 raise ValueError(f"{path.name}: {model_id} runs {fam.name}, which takes no step cache; remove cache")
-        return cls(weights, models, catalog)
+        accel = cls(weights, models, catalog)
+        for name in sorted(catalog.weights_needed()):
+            ids = accel._ids_on(name)
+            pins = {models[i].variant for i in ids if i in models and models[i].variant} | (
+                {weights[name].variant} if name in weights and weights[name].variant != "auto" else set())
+            if len(pins) > 1:
+                raise ValueError(f"{path.name}: the ids on {name} ({', '.join(ids)}) pin different variants "
+                                 f"{sorted(pins)}; they share one load of the weights, so pin one")
+        return accel
 
     def serving(self, catalog: Catalog, demo_weights: frozenset[str] = frozenset()) -> Acceleration:
         """The same settings for a narrowed catalog (DARKROOM_MODELS): warm-ups and hooks for served ids only;
@@ -122,13 +152,30 @@ class Acceleration:
             return StepCache()
         return accel.step_cache(demo=spec.weights in self.demo_weights)
 
+    def _ids_on(self, weights: str) -> list[str]:
+        return [s.id for s in [*self.catalog.specs(), *self.catalog.video_specs()] if s.weights == weights]
+
+    def quality_floor(self, weights: str) -> str:
+        """The strictest quality floor among the served ids on `weights` (they share one load)."""
+        return strictest([self._models.get(i, ModelAcceleration()).quality_floor for i in self._ids_on(weights)])
+
+    def variant_pin(self, weights: str) -> str | None:
+        """The variant the operator pinned for `weights` (on the weights or on an id running them), or None."""
+        pins = {self._models[i].variant for i in self._ids_on(weights) if i in self._models} - {None}
+        pin = self._weights.get(weights, WeightsAcceleration()).variant
+        if pin != "auto":
+            pins.add(pin)
+        return next(iter(pins)) if pins else None  # type: ignore[return-value]
+
     def load_profile(self, weights: str) -> LoadProfile:
         """What to apply when `weights` load: the file's settings, the step-cache hooks when some served id on
         these weights is cached, and warm-up renders at those ids' default sizes."""
         w = self._weights.get(weights, WeightsAcceleration())
         ids = [s.id for s in [*self.catalog.specs(), *self.catalog.video_specs()] if s.weights == weights]
         cached = any(self.step_cache(i).kind != "none" for i in ids)
-        return LoadProfile(attention=tuple(w.attention), compile=w.compile, fp8=w.fp8, fuse_qkv=w.fuse_qkv,
+        pin = self.variant_pin(weights)
+        return LoadProfile(attention=tuple(w.attention), compile=w.compile, fuse_qkv=w.fuse_qkv,
+                           variants=(pin,) if pin else (), variant_pinned=pin is not None,
                            channels_last=w.channels_last, step_cache_hooks=cached, warmup=self._warmup(ids),
                            lora_slots=w.lora_slots, lora_max_rank=w.lora_max_rank)
 
@@ -155,6 +202,7 @@ class Acceleration:
         spec = self.catalog.any_spec(model_id)
         profile = self.load_profile(spec.weights)
         cache = self.step_cache(model_id)
-        return {"attention": list(profile.attention), "compile": profile.compile, "fp8": profile.fp8,
+        return {"attention": list(profile.attention), "compile": profile.compile,
+                "variant": self.variant_pin(spec.weights) or "auto", "quality_floor": self.quality_floor(spec.weights),
                 "fused_qkv": profile.fuse_qkv, "channels_last": profile.channels_last,
                 "step_cache": cache.describe()}

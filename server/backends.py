@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipelines.acceleration import LoadProfile
 from server.config import DarkroomConfig
+from server.engine.variant_plan import CardProfile, VariantOption, VariantPlan, card_for
+from server.engine.variant_setup import header_options, plan_ids, plan_weights
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.sqlite import SqliteJobStore
 from server.jobs.store import JobStore
@@ -70,10 +72,38 @@ def local_worker(name: str, device: str, engine: EngineSettings, config: Darkroo
 
     reserve = int(engine.vram_reserve_gb * 1e9)
     limit = int(engine.memory_limit_gb * 1e9) if engine.memory_limit_gb else None
-    return Worker(name, device, resolve_dtype(engine.dtype, device), located, config.memory,
-                  device_budget(device, reserve, limit), ram_budget=int(engine.offload_ram_gb * 1e9),
-                  order=engine.residency_policy, transfer=config.costs.transfer, profiles=profiles,
-                  lora_cache_bytes=int(engine.lora_cache_gb * 1e9))
+    dtype = resolve_dtype(engine.dtype, device)
+    budget = device_budget(device, reserve, limit)
+    card, options, planned = plan_device_variants(config, located, device, dtype, budget, engine.vram_reserve_gb)
+    profiles = {w: p if p.variant_pinned or w not in planned else replace(p, variants=planned[w].order)
+                for w, p in profiles.items()}
+    worker = Worker(name, device, dtype, located, config.memory, budget, ram_budget=int(engine.offload_ram_gb * 1e9),
+                    order=engine.residency_policy, transfer=config.costs.transfer, profiles=profiles,
+                    lora_cache_bytes=int(engine.lora_cache_gb * 1e9))
+    worker.card = card
+    worker.variant_plans = [p.describe() for p in plan_ids(config, card, planned, options, engine.vram_reserve_gb)
+                            if p.weights in located]
+    return worker
+
+
+def plan_device_variants(config: DarkroomConfig, located: Mapping[str, LocatedWeights], device: str, dtype: Any,
+                         budget: int | None, reserve_gb: float
+                         ) -> tuple[CardProfile, dict[str, list[VariantOption]], dict[str, VariantPlan]]:
+    """The card profile of `device`, each located weights entry's variants (bytes from the weights' own file
+    headers) and the plan of each on this device with the packages installed here."""
+    from pipelines.quantize import installed_packages
+    from pipelines.registry import family_class
+    from server.engine.worker import device_facts
+
+    name, memory, capability = device_facts(device)
+    if budget is not None:
+        memory = budget / 1e9 + reserve_gb  # a memory limit narrows the card
+    card = card_for(config.cards, name, memory, capability)
+    installed = installed_packages()
+    options = {w: header_options(family_class(where.entry.family)(where.path, device, dtype), where.entry.variants)
+               for w, where in located.items()}
+    plans = {w: plan_weights(config, w, card, opts, reserve_gb, installed) for w, opts in options.items()}
+    return card, options, plans
 
 
 def build_workers(settings: Settings, config: DarkroomConfig) -> Workers:

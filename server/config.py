@@ -3,7 +3,7 @@ the worker backends, `darkroom doctor`, Ray worker actors (serialised with their
 and the benchmarks.
 
 It holds the weights manifest, the model catalog, the providers' model names, the acceleration profiles, the cost
-table, the activation-memory coefficients and the price table. Nothing else in the code reads a file under
+table, the activation-memory coefficients, the price table and the GPU card profiles. Nothing else in the code reads a file under
 configs/ or keeps a default path to one: a deployment's own config dir (DARKROOM_CONFIG_DIR) changes all of them.
 """
 
@@ -19,10 +19,11 @@ from server.acceleration_config import Acceleration
 from server.catalog import Catalog
 from server.dialects import ModelNames
 from server.engine.costs import Costs, load_costs
+from server.engine.variant_plan import CardProfile, load_cards
 from weights.manifest import WeightsEntry, load_manifest
 
 FILES = ("manifest.toml", "models.toml", "dialects.toml", "acceleration.toml", "costs.toml", "memory.toml",
-         "prices.toml")
+         "prices.toml", "cards.toml")
 """The files a config dir holds."""
 
 
@@ -40,6 +41,8 @@ class DarkroomConfig:
     costs: Costs
     memory: Mapping[str, MemoryCoefficients]
     prices: PriceTable
+    cards: Mapping[str, CardProfile]
+    """GPU profiles the variant planner judges against (cards.toml)."""
 
     @classmethod
     def load(cls, directory: Path, license_policy: str = "any", models: list[str] | tuple[str, ...] = ()
@@ -57,7 +60,7 @@ class DarkroomConfig:
             catalog = catalog.only(list(models))
         return cls(directory, manifest, catalog, names, acceleration.serving(catalog),
                    load_costs(directory / "costs.toml"), load_memory_table(directory / "memory.toml"),
-                   PriceTable.load(directory / "prices.toml"))
+                   PriceTable.load(directory / "prices.toml"), load_cards(directory / "cards.toml"))
 
     @classmethod
     def packaged(cls) -> DarkroomConfig:

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from weights.demo_variants import build_demo_variants
 from weights.locate import LocatedWeights, demo_weights_ready, locate
 from weights.manifest import WeightsEntry
 
@@ -32,6 +33,7 @@ def build_demo(entry: WeightsEntry, demo_dir: Path, force: bool = False) -> Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=demo_dir))
     try:
         builder(tmp)
+        build_demo_variants(entry, tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -26,9 +26,12 @@ def real_weights_ready(path: Path) -> bool:
 
 
 def demo_weights_ready(path: Path, entry: WeightsEntry) -> bool:
-    """Built by `darkroom weights demo` (atomically), including the entry's add-ons (older builds lack them)."""
+    """Built by `darkroom weights demo` (atomically), including the entry's add-ons and GGUF demo variants (older
+    builds lack them)."""
+    from weights.demo_variants import demo_variants_ready
+
     return (path / "model_index.json").is_file() and all(
-        (path / a.folder / f).is_file() for a in entry.addons for f in a.files)
+        (path / a.folder / f).is_file() for a in entry.addons for f in a.files) and demo_variants_ready(path, entry)
 
 
 def locate(entry: WeightsEntry, weights_dir: Path, demo_dir: Path, demo_mode: str) -> LocatedWeights | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -15,22 +16,19 @@ _DTYPE_BYTES = {
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def tensor_sizes(path: Path) -> dict[str, tuple[str, int]]:
-    """Map tensor name -> (dtype, element count) from one .safetensors file's header."""
+def tensor_shapes(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Map tensor name -> (dtype, shape) from one .safetensors file's header."""
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         if length > _MAX_HEADER:
             raise ValueError(f"{path.name}: safetensors header of {length} bytes is not plausible")
         header = json.loads(fh.read(length))
-    out: dict[str, tuple[str, int]] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for dim in info["shape"]:
-            count *= dim
-        out[name] = (info["dtype"], count)
-    return out
+    return {name: (info["dtype"], tuple(info["shape"])) for name, info in header.items() if name != "__metadata__"}
+
+
+def tensor_sizes(path: Path) -> dict[str, tuple[str, int]]:
+    """Map tensor name -> (dtype, element count) from one .safetensors file's header."""
+    return {name: (dtype, math.prod(shape)) for name, (dtype, shape) in tensor_shapes(path).items()}
 
 
 def folder_parameter_count(folder: Path) -> int:

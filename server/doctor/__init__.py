@@ -39,6 +39,7 @@ class Doctor:
         serving.acceleration(self, devices, config)
         states = serving.weights(self, config)
         serving.models(self, devices, states, config)
+        serving.variants(self, devices, states, config)
         machine.memory(self, devices)
         machine.disk(self, states)
         machine.sharing(self)

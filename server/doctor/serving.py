@@ -1,14 +1,16 @@
-"""What the configuration serves, judged on this machine: attention and fp8, each weights entry on disk, and whether
-each served id fits at its default size (GPU memory from the safetensors headers and the memory formulas admission
+"""What the configuration serves, judged on this machine: attention and weight variants, each weights entry on disk,
+the variant and placement each id will run at here, and whether each served id fits at its default size (GPU memory from the safetensors headers and the memory formulas admission
 uses; host RAM for CPU placement and for offloaded weights)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from server.config import DarkroomConfig
 from server.doctor.findings import GB, LEVELS, Level, Sink
+from server.default_requests import default_params
 from server.doctor.machine import device_present, host_ram, ram_verdict
 from weights.manifest import WeightsEntry
 
@@ -17,17 +19,20 @@ WeightStates = dict[str, tuple[str, Path | None]]
 
 
 def acceleration(doc: Sink, devices: list[str], config: DarkroomConfig | None) -> None:
-    """Attention backends and fp8 per device, and the configured backends that are not usable here (the models
-    that ask for them first fall back, which is slower than configured)."""
-    from pipelines.acceleration import ATTENTION_BACKENDS, choose_attention, choose_fp8
+    """Attention backends and weight variants per device, and the configured backends that are not usable here
+    (the models that ask for them first fall back, which is slower than configured)."""
+    from pipelines.acceleration import ATTENTION_BACKENDS, capability_of, choose_attention
+    from pipelines.quantize import installed_packages
+    from pipelines.variants import VARIANTS, why_not_on
 
     profiles = {w: config.acceleration.load_profile(w).attention for w in sorted(config.weights_needed())} \
         if config is not None else {}
     for dev in devices:
         usable = [b for b in ATTENTION_BACKENDS if choose_attention((b,), dev, dispatches=True)[0] == b]
-        fp8, reason = choose_fp8("prefer", dev)
-        doc.add("acceleration", "ok", f"{dev}: attention backends usable here: {', '.join(usable)}; fp8: "
-                f"{'yes' if fp8 else 'no (' + str(reason) + ')'}")
+        capability, installed = capability_of(dev), installed_packages()
+        variants = [n for n, v in VARIANTS.items() if why_not_on(v, capability, installed) is None]
+        doc.add("acceleration", "ok", f"{dev}: attention backends usable here: {', '.join(usable)}; weight variants "
+                f"that can load here: {', '.join(variants)}")
         falls_back: dict[tuple[str, str], list[str]] = {}
         for weights, preference in profiles.items():
             chosen, reasons = choose_attention(preference, dev, dispatches=True)
@@ -107,7 +112,7 @@ def _fit(doc: Sink, config: DarkroomConfig, spec: Any, entry: WeightsEntry, path
     fam = family_class(spec.family)
     # On a CPU-only server a clip asked for without a resolution gets the draft tier (server/service.py).
     cpu_only = all(d.startswith("cpu") for d in devices)
-    params, full = _default_params(spec, fam, draft=cpu_only), _default_params(spec, fam)
+    params, full = default_params(spec, fam, draft=cpu_only), default_params(spec, fam)
     verdicts = [_verdict_on(doc, config, fam, entry, path, demo, dev, params, full) for dev in devices]
     best = min(verdicts, key=lambda v: LEVELS.index(v[0]))
     name = f"{spec.id}{' (demo weights)' if demo else ''}"
@@ -131,9 +136,14 @@ def _verdict_on(doc: Sink, config: DarkroomConfig, fam: Any, entry: WeightsEntry
     limit = int(e.memory_limit_gb * GB) if e.memory_limit_gb else None
     budget = device_budget(dev, int(e.vram_reserve_gb * GB), limit) if dev.startswith("cpu") or device_present(dev) \
         else None
-    worker = Worker("doctor", dev, resolve_dtype(e.dtype, dev), {entry.name: LocatedWeights(entry, path, demo)},
-                    config.memory, budget)
-    footprint = worker.footprint(entry.name)
+    from server.backends import plan_device_variants
+
+    located = {entry.name: LocatedWeights(entry, path, demo)}
+    dtype = resolve_dtype(e.dtype, dev)
+    _card, _options, plans = plan_device_variants(config, located, dev, dtype, budget, e.vram_reserve_gb)
+    profile = replace(config.acceleration.load_profile(entry.name), variants=plans[entry.name].order)
+    worker = Worker("doctor", dev, dtype, located, config.memory, budget, profiles={entry.name: profile})
+    footprint = worker.footprint(entry.name)  # at the variant planned for this device
     where = f"{dev} at {params.width}x{params.height}" + (f"x{params.num_frames}f" if params.num_frames else "")
     try:
         plan = plan_residency(DeviceState(dev, budget), footprint, activation, {}, EVICTION_ORDERS["lru"],
@@ -158,25 +168,41 @@ def _verdict_on(doc: Sink, config: DarkroomConfig, fam: Any, entry: WeightsEntry
     return level, text
 
 
-def _default_params(spec: Any, fam: Any, draft: bool = False) -> Any:
-    """A request at the id's defaults (an edit of one source when it edits), at the default tier, square; a clip at
-    the draft tier with `draft` (what a CPU-only server gives a request without a resolution)."""
-    from pipelines.base import RenderParams, Task
-    from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, VideoModelSpec
-    from server.resolve import DRAFT_TIER
+def variants(doc: Sink, devices: list[str], states: WeightStates, config: DarkroomConfig | None) -> None:
+    """Per device and served id: the weight variant and placement it will run at here and the estimated seconds of
+    its default request (configs/cards.toml's speeds for the nearest card); a pin this device cannot run is an
+    error."""
+    if config is None:
+        return
+    from server.backends import plan_device_variants
+    from server.engine.variant_setup import plan_ids
+    from server.engine.worker import device_budget, resolve_dtype
+    from weights.locate import LocatedWeights
 
-    d = spec.defaults
-    if isinstance(spec, VideoModelSpec):
-        tier = DRAFT_TIER if draft and DRAFT_TIER in spec.resolutions else d.resolution
-        short = RESOLUTION_SHORT_SIDE[tier]
-        width, height = short * 16 // 9 // 16 * 16, short
-        return RenderParams(task=Task.IMAGE_TO_VIDEO, prompt="doctor", width=width, height=height, num_images=1,
-                            seeds=(0,), num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
-                            strength=1.0, num_sources=1, num_frames=fam.valid_frames(d.duration * d.fps),
-                            fps=float(d.fps))
-    side = QUALITY_LONG_SIDE[spec.default_quality]
-    edits = spec.max_source_images > 0
-    return RenderParams(task=Task.EDIT if edits else Task.GENERATE, prompt="doctor", width=side, height=side,
-                        num_images=spec.default_num_images, seeds=(0,) * spec.default_num_images,
-                        num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
-                        strength=d.strength, num_sources=1 if edits else 0)
+    e = doc.settings.engine
+    located = {name: LocatedWeights(config.manifest[name], path, state == "demo")
+               for name, (state, path) in states.items() if path is not None and name in config.weights_needed()}
+    if not located:
+        return
+    limit = int(e.memory_limit_gb * GB) if e.memory_limit_gb else None
+    for dev in devices:
+        if not (dev.startswith("cpu") or device_present(dev)):
+            continue
+        budget = device_budget(dev, int(e.vram_reserve_gb * GB), limit)
+        card, options, plans = plan_device_variants(config, located, dev, resolve_dtype(e.dtype, dev), budget,
+                                                    e.vram_reserve_gb)
+        for row in plan_ids(config, card, plans, options, e.vram_reserve_gb):
+            if row.weights not in located:
+                continue
+            d = row.describe()
+            if d["variant"] is None:
+                level: Level = "error" if row.plan.pinned else "warning"
+                doc.add("variants", level, f"{row.model_id} on {dev} ({card.label}): no variant runs here: "
+                        f"{d['why_not']}", "unpin the variant in acceleration.toml, install the package it names, "
+                        "or pull its files" if row.plan.pinned else None)
+                continue
+            tier = f" at {row.tier} (the default tier fits no variant here)" if row.tier else ""
+            whose = "the real weights' " if located[row.weights].demo else ""
+            doc.add("variants", "ok", f"{row.model_id} on {dev} ({card.label}): {d['variant']}"
+                    f"{' (pinned)' if row.plan.pinned else ''}, {d['placement']}{tier}, ~{d['seconds']} s per "
+                    f"{whose}default request (floor {d['floor']}; estimated from cards.toml, uncalibrated)")

@@ -21,6 +21,16 @@ class FamilyCost:
     activation: int
     ref_pixels: int = 1024 * 1024
     ref_frames: int = 1
+    kinds: tuple[str, ...] = ()
+    """denoiser | encoder | other, per component."""
+    linear_share: tuple[float, ...] = ()
+    """The share of each component's bytes in linear-layer weights (what a weight variant quantizes)."""
+
+    def variant_components(self, denoiser_bits: float, encoder_bits: float) -> tuple[int, ...]:
+        """Component bytes with denoisers' and encoders' linear weights at these bits (16: unchanged)."""
+        bits = {"denoiser": denoiser_bits, "encoder": encoder_bits}
+        return tuple(int(b * (1 - share + share * bits.get(kind, 16.0) / 16))
+                     for b, kind, share in zip(self.components, self.kinds, self.linear_share, strict=True))
 
     def batch_seconds(self, n: int) -> float:
         """Seconds for a batch of n reference jobs."""
@@ -46,7 +56,11 @@ def load_costs(path: Path) -> Costs:
     families = {
         name: FamilyCost(name, tuple(int(g * GB) for g in body["components_gb"]), float(body["job_s"]),
                          int(body["ref_steps"]), float(body["batch_marginal"]), int(body["activation_gb"] * GB),
-                         int(body.get("ref_pixels", 1024 * 1024)), int(body.get("ref_frames", 1)))
+                         int(body.get("ref_pixels", 1024 * 1024)), int(body.get("ref_frames", 1)),
+                         tuple(body["kinds"]), tuple(float(x) for x in body["linear_share"]))
         for name, body in raw["families"].items()
     }
+    for fam in families.values():
+        if not len(fam.kinds) == len(fam.linear_share) == len(fam.components):
+            raise ValueError(f"{path.name}: families.{fam.name} needs one kind and one linear_share per component")
     return Costs(Transfer(**raw["transfer"]), families)

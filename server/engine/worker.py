@@ -36,6 +36,7 @@ from server.engine.policy import (
     Transfer,
     plan_residency,
 )
+from server.engine.variant_plan import CardProfile
 from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork
 from server.engine.worker_handle import StepReport, WorkerHandle
 from weights.locate import LocatedWeights
@@ -97,6 +98,14 @@ def device_budget(device: str, reserve_bytes: int, limit_bytes: int | None = Non
     return total if limit_bytes is None else min(total, limit_bytes)
 
 
+def device_facts(device: str) -> tuple[str | None, float | None, tuple[int, int] | None]:
+    """(name, memory in GB, compute capability) of `device`; (None, None, None) for a CPU."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None, None, None
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return props.name, props.total_memory / 1e9, (props.major, props.minor)
+
+
 def _image(data: bytes, mode: str) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
         return im.convert(mode)
@@ -138,6 +147,10 @@ class Worker(WorkerHandle):
         self._book = threading.Lock()
         self.adapter_cache = AdapterCache(lora_cache_bytes)
         """Converted LoRA adapters in host RAM by content hash (pipelines/lora_runtime.py)."""
+        self.card: CardProfile | None = None
+        """The card profile the variant planner judged this device as (server/engine/variant_plan.py)."""
+        self.variant_plans: list[dict[str, Any]] = []
+        """Per served id: the variant, placement and estimated seconds planned here (/api/v1/engine)."""
 
     def loaded(self) -> frozenset[str]:
         """Weights names currently on this worker's device (resident or running offloaded)."""
@@ -162,7 +175,8 @@ class Worker(WorkerHandle):
         """Component bytes of `weights` at this worker's dtype, from the safetensors headers (cached)."""
         if weights not in self._footprints:
             try:
-                comps = tuple(c.bytes for c in self._new_family(weights).components() if c.bytes)
+                comps = tuple(c.bytes for c in self._new_family(weights).components(self.variant_of(weights))
+                              if c.bytes)
             except (OSError, ValueError, KeyError, struct.error):
                 # Unreadable headers: the size is unknown (counted as 0); loading the model then fails with
                 # the real error and its jobs fail cleanly instead of the scheduler dying here.
@@ -170,6 +184,14 @@ class Worker(WorkerHandle):
                 comps = ()
             self._footprints[weights] = ModelFootprint(weights, comps)
         return self._footprints[weights]
+
+    def variant_of(self, weights: str) -> str:
+        """The weight variant `weights` runs at here: what it loaded at, else the first its profile plans."""
+        fam = self._families.get(weights) or self._ram.get(weights)
+        if fam is not None and fam.variant_choice is not None:
+            return fam.variant_choice.variant.name
+        profile = self.profiles.get(weights)
+        return profile.variants[0] if profile and profile.variants else "bf16"
 
     def weight_bytes(self, weights: str) -> int:
         """Bytes of `weights` at this worker's dtype."""
@@ -200,6 +222,8 @@ class Worker(WorkerHandle):
             "device_name": (torch.cuda.get_device_name(torch.device(self.device))
                             if self.device.startswith("cuda") else "cpu"),
             "budget_bytes": self.budget,
+            "card": self.card.label if self.card else None,
+            "variant_plans": self.variant_plans,
             "resident": [{"weights": n, "bytes": self.weight_bytes(n), "placement": p.value if p else None,
                           "acceleration": applied.record() if applied else None}
                          for n, p, applied in on_device],
@@ -265,6 +289,9 @@ class Worker(WorkerHandle):
             fam = self._new_family(weights, self.device if placement is Placement.RESIDENT else "cpu")
             with _LOAD_LOCK:
                 fam.load()
+            if fam.variant_choice is not None and fam.variant_choice.passed_over:
+                # The planned variant could not load and another did: count that one's bytes from now on.
+                self._footprints.pop(weights, None)
         if placement is Placement.RESIDENT:
             fam.move_to(self.device)
         else:
@@ -368,7 +395,7 @@ class Worker(WorkerHandle):
         where = self.located[work.weights]
         runtime: dict[str, Any] = {"worker": self.name, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
                    "weights": work.weights, "demo_weights": where.demo, "family": work.family,
-                   "placement": placement, "versions": self._versions,
+                   "placement": placement, "versions": self._versions, "variant": self.variant_of(work.weights),
                    "acceleration": fam.applied.record() if fam.applied else None,
                    "step_cache": stats.get("step_cache"), "denoiser_passes": passes,
                    "pipeline_calls": -(-params.num_images // chunk)}

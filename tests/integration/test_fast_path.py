@@ -106,18 +106,18 @@ def test_quality_presets_are_uncached_and_fast_tiers_are() -> None:
 
 
 def test_backends_and_fp8_that_cannot_run_fall_back_with_the_reason(demo_dir: Path) -> None:
-    profile = LoadProfile(attention=("_flash_3", "sage", "native"), fp8="prefer", compile="auto")
+    profile = LoadProfile(attention=("_flash_3", "sage", "native"), variants=("fp8_dynamic", "bf16"), compile="auto")
     fam = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32, profile)
     fam.load()
     record = fam.applied.record()  # type: ignore[union-attr]
     assert record["attention"]["active"] == "native"
     assert [r.split(":")[0] for r in record["attention"]["reasons"]] == ["_flash_3", "sage"]
     assert all("CUDA GPU" in r for r in record["attention"]["reasons"])
-    assert record["quantization"] == {"requested": "prefer", "active": "none",
-                                      "reason": record["quantization"]["reason"]}
-    assert "compute capability >= 8.9" in record["quantization"]["reason"]
+    assert record["quantization"]["variant"] == "bf16" and record["quantization"]["requested"] == "auto"
+    assert "fp8_dynamic needs an NVIDIA GPU" in record["quantization"]["passed_over"][0]
     assert record["compile"]["active"] is False and "CUDA only" in record["compile"]["reason"]
-    forced = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32, LoadProfile(fp8="require"))
+    forced = FluxKontextFamily(demo_dir / "flux1-kontext-dev", "cpu", torch.float32,
+                               LoadProfile(variants=("fp8_dynamic",), variant_pinned=True))
     with pytest.raises(AccelerationRefused, match="fp8"):
         forced.load()
 
@@ -128,8 +128,9 @@ def test_a_refused_profile_fails_the_job_with_the_reason(demo_dir: Path) -> None
     from weights.locate import LocatedWeights
 
     entry = packaged_config().manifest["flux1-kontext-dev"]
+    pinned = LoadProfile(variants=("fp8_dynamic",), variant_pinned=True)
     worker = Worker("w0", "cpu", torch.float32, {entry.name: LocatedWeights(entry, demo_dir / entry.name, True)},
-                    packaged_config().memory, profiles={entry.name: LoadProfile(fp8="require")})
+                    packaged_config().memory, profiles={entry.name: pinned})
     params = RenderParams(Task.GENERATE, "x", 64, 64, 1, (1,), 1, 2.5, 1.0)
     outcome = worker.render(RenderWork(entry.name, "flux-kontext", params), lambda *_: None)
     assert isinstance(outcome, Failed) and outcome.error is not None
