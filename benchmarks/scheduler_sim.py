@@ -19,6 +19,8 @@ about residency and batching only.
 
     python -m benchmarks.scheduler_sim            # table + benchmarks/results/sim/scheduler_sim.json
     python -m benchmarks.scheduler_sim --json     # one JSON object on stdout
+    python -m benchmarks.scheduler_sim --device rtx4090   # every id's weight variant and placement on one card,
+                                                          # and the studio mix there vs bf16 with offload only
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ import math
 import random
 import sys
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from server.config import DarkroomConfig
+from server.engine.variant_plan import CardProfile, placement_seconds
+from server.engine.variant_setup import card_table, full_size_options, plan_weights
 from server.engine.costs import FamilyCost
 from server.engine.policy import (
     EVICTION_ORDERS,
@@ -166,7 +171,9 @@ class Simulation:
     """Discrete-event replay of one trace on one device set under one policy."""
 
     def __init__(self, jobs: list[Job], n_devices: int, gb: float, fams: dict[str, FamilyCost], transfer: Transfer,
-                 policy: str) -> None:
+                 policy: str, placed_seconds: bool = False) -> None:
+        self.placed_seconds = placed_seconds
+        """The families' seconds already include their planned placement's cost (a card's variant plans)."""
         self.jobs = jobs
         self.fams = fams
         self.transfer = transfer
@@ -293,7 +300,7 @@ class Simulation:
                         self.ram.add(move.model)
                         self.ram_free -= move.bytes
             load_s = plan.load_s
-        run_s = fam.batch_seconds(len(batch)) * OFFLOAD_SLOWDOWN[placement]
+        run_s = fam.batch_seconds(len(batch)) * (1.0 if self.placed_seconds else OFFLOAD_SLOWDOWN[placement])
         if model in dev.gpu:
             dev.gpu[model] = Resident(model, dev.gpu[model].bytes, now + load_s + run_s)
         start = max(now, dev.free_at)
@@ -376,12 +383,78 @@ def sweep_disk(n: int = 600, trace: str = "studio_mix_90", device: str = "1x80GB
     return rows
 
 
+# ---- one card of configs/cards.toml: weight variants vs bf16 with offload --------------------------------------
+
+
+def card_families(config: DarkroomConfig, card: CardProfile, bf16_only: bool) -> dict[str, FamilyCost]:
+    """The studio mix's families as they run on `card`: the bytes of the variant the planner chooses (or bf16 with
+    the offload the card forces, `bf16_only`) and the reference job's seconds with that variant and placement."""
+    out = {}
+    for family in STUDIO_MIX:
+        weights = next(name for name, entry in config.manifest.items() if entry.family == family)
+        options = [o for o in full_size_options(config, weights) if not bf16_only or o.variant == "bf16"]
+        plan = plan_weights(config, weights, card, options, RESERVE_GB)
+        assert plan.chosen is not None and plan.chosen.placement is not None, (family, card.name, plan.rows)
+        option = next(o for o in options if o.variant == plan.chosen.variant)
+        fam = config.costs.families[family]
+        seconds = placement_seconds(card, plan.chosen.variant, plan.chosen.placement, fam.job_s, fam.ref_steps, option)
+        out[family] = replace(fam, components=option.footprint.components, job_s=seconds)
+    return out
+
+
+def card_report(card_name: str, n: int) -> dict[str, object]:
+    """Every id's plan on one card, and the studio mix there with variants vs bf16-with-offload only."""
+    config = DarkroomConfig.packaged()
+    card = config.cards[card_name]
+    table = [row.describe() for row in card_table(config, card, RESERVE_GB)]
+    planned, bf16 = card_families(config, card, False), card_families(config, card, True)
+    jobs = poisson_trace(STUDIO_MIX, 0.9, n, 1, planned, seed=2)
+    gb = card.memory_gb or 0.0
+    mix = {"planned_variants": Simulation(jobs, 1, gb, planned, config.costs.transfer, "darkroom", True).run().summary(),
+           "bf16_offload_only": Simulation(jobs, 1, gb, bf16, config.costs.transfer, "darkroom", True).run().summary()}
+    ratio = round(mix["planned_variants"]["throughput_per_h"] / mix["bf16_offload_only"]["throughput_per_h"], 2)
+    return {"card": card.label, "ids": table, "studio_mix_90": mix, "throughput_vs_offload_only": ratio,
+            "every_id_runs": all(r["variant"] is not None for r in table),
+            "offered_per_h": offered_per_h(jobs)}
+
+
+def print_card_report(report: dict[str, Any]) -> None:
+    """The per-id table and the mix comparison, as text."""
+    print(f"every id on one {report['card']} (default request; estimated, uncalibrated speeds)")
+    print(f"  {'id':26}{'variant':>14}{'placement':>20}{'peak GB':>9}{'est s':>9}  note")
+    for row in report["ids"]:
+        note = f"at {row['tier']} (default tier fits no variant)" if row["tier"] else (row["why_not"] or "")
+        print(f"  {row['model']:26}{row['variant'] or '-':>14}{row['placement'] or '-':>20}"
+              f"{row['peak_gb'] if row['peak_gb'] is not None else '-':>9}"
+              f"{row['seconds'] if row['seconds'] is not None else '-':>9}  {note}")
+    print(f"\nstudio_mix_90 on one {report['card']} (offered {report['offered_per_h']}/h)")
+    for name, figures in report["studio_mix_90"].items():
+        print(f"  {name:20} " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    print(f"  throughput with planned variants vs bf16 offload only: {report['throughput_vs_offload_only']}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     parser.add_argument("--jobs", type=int, default=600, help="jobs per Poisson trace")
     parser.add_argument("--variants", action="store_true", help="also compare darkroom's eviction orders")
+    parser.add_argument("--device", help="one card of configs/cards.toml (rtx4090, rtx5090, rtx6000-ada, a6000, "
+                        "h100, h200): every id's variant plan there and the studio mix vs bf16 offload only")
     args = parser.parse_args(argv)
+    if args.device:
+        report = card_report(args.device, args.jobs)
+        if args.json:
+            json.dump(report, sys.stdout)
+            print()
+            return 0
+        print_card_report(report)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"scheduler_sim_{args.device}.json"
+        path.write_text(json.dumps({"command": f"python -m benchmarks.scheduler_sim --device {args.device}",
+                                    "costs": "configs/costs.toml and configs/cards.toml (uncalibrated)",
+                                    **report}, indent=1))
+        print(f"\nwrote {path.relative_to(ROOT)}")
+        return 0
     results = run_all(args.jobs, POLICIES + (VARIANTS if args.variants else []))
     if args.json:
         json.dump(results, sys.stdout)

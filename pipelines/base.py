@@ -214,7 +214,7 @@ class Family(ABC):
         from pipelines.quantize import choose_variant, load_arguments
 
         choice = choose_variant(self.profile.variants, self.profile.variant_pinned, self.device, self.model_dir,
-                                self.supported_variants())
+                                self.supported_variants(), self.unsupported_variants_why)
         for why in choice.passed_over:
             log.warning("%s: %s", self.model_dir.name, why)
         extra = load_arguments(choice, self.model_dir, self.denoisers, self.dtype)
@@ -240,6 +240,11 @@ class Family(ABC):
         shared = _SharedAsLoaded.from_pipe(pipe)
         shared.__class__ = pipeline_class
         return shared
+
+    unsupported_variants_why: ClassVar[str] = "this family's loader does not read it"
+    addons_block_variants: ClassVar[bool] = False
+    """Whether the weights entry's add-ons (pulled beside it) keep the family at bf16."""
+    """Why a variant outside `supported_variants` is passed over (recorded on jobs)."""
 
     def supported_variants(self) -> frozenset[str]:
         """The weight variants this family's loader reads (Nunchaku's only for the denoisers it publishes)."""

@@ -53,9 +53,11 @@ class VariantChoice:
 
 
 def choose_variant(order: tuple[str, ...], pinned: bool, device: str, model_dir: Path,
-                   supported: frozenset[str] | None = None) -> VariantChoice:
+                   supported: frozenset[str] | None = None,
+                   unsupported_why: str = "this family's loader does not read it") -> VariantChoice:
     """The first variant of `order` that can load on `device` from `model_dir`; bf16 when none can (unless
-    pinned: AccelerationRefused with the reason). `supported`: the variants the family's loader handles."""
+    pinned: AccelerationRefused with the reason). `supported`: the variants the family's loader handles (the
+    others are passed over with `unsupported_why`)."""
     from pipelines.base import variant_files
 
     capability = capability_of(device)
@@ -65,7 +67,7 @@ def choose_variant(order: tuple[str, ...], pinned: bool, device: str, model_dir:
         v = VARIANTS[name]
         why = None
         if supported is not None and name not in supported:
-            why = f"{name}: this family's loader does not read it"
+            why = f"{name}: {unsupported_why}"
         why = why or why_not_on(v, capability, installed,
                                 files_present=not v.from_files or bool(variant_files(model_dir, name)))
         if why is None:

@@ -98,6 +98,15 @@ class SDXLFamily(Family):
     def _ip_adapter_root(self) -> Path:
         return self.model_dir / IP_ADAPTER_FOLDER / _IP_ADAPTER_SUBFOLDER
 
+    unsupported_variants_why: ClassVar[str] = ("SDXL runs bf16 while its IP-Adapter is installed (diffusers' "
+                                               "IP-Adapter loader casts the UNet, which a quantized UNet refuses)")
+    addons_block_variants: ClassVar[bool] = True
+
+    def supported_variants(self) -> frozenset[str]:
+        """bf16 only while the IP-Adapter is installed (see `unsupported_variants_why`; the UNet is 5 GB and fits
+        every card resident anyway)."""
+        return frozenset({"bf16"}) if self._ip_adapter_root().is_dir() else super().supported_variants()
+
     def no_fusing(self) -> str | None:
         if self.has_ip_adapter:
             return "the IP-Adapter's attention processors keep separate key/value projections for image prompts"

@@ -171,6 +171,9 @@ def plan_variants(card: CardProfile, options: Sequence[VariantOption], floor: st
         rows.append(PlanRow(option.variant, placement, need[placement],
                             placement_seconds(card, option.variant, placement, bf16_h100_s, steps, option),
                             option.footprint.bytes))
+    if pinned is not None and pinned not in {o.variant for o in options}:
+        rows.append(PlanRow(pinned, None, 0, None, 0, f"{pinned} is not available for these weights (the family "
+                            "cannot load it, or the manifest declares no files of it)"))
     runnable = sorted((r for r in rows if r.seconds is not None),
                       key=lambda r: (round(r.seconds or 0.0, 3), -QUALITY_FLOORS.index(VARIANTS[r.variant].quality),
                                      r.weight_bytes))

@@ -56,9 +56,10 @@ def full_size_options(config: DarkroomConfig, weights: str) -> list[VariantOptio
     """Every variant of `weights` at full size, from the cost table's component bytes (files assumed pulled)."""
     entry = config.manifest[weights]
     cost = config.costs.families[entry.family]
+    bf16_only = bool(entry.addons) and family_class(entry.family).addons_block_variants
     out = []
     for name, v in VARIANTS.items():
-        if v.from_files and name not in entry.variants:
+        if (v.from_files and name not in entry.variants) or (bf16_only and name != "bf16"):
             continue
         comps = cost.variant_components(v.denoiser_bits, v.encoder_bits)
         denoiser = sum(b for b, k in zip(comps, cost.kinds, strict=True) if k == "denoiser")

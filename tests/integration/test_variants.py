@@ -96,7 +96,7 @@ def test_nf4_where_bitsandbytes_runs(demo_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pinned_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
-    """Kontext's ids pinned to GGUF Q8_0 in a copy of the config dir; SDXL's id pinned to nf4 (no CUDA here)."""
+    """Kontext's ids pinned to GGUF Q8_0 in a copy of the config dir; FLUX.2 klein's pinned to nf4 (no CUDA here)."""
     from configs import packaged_dir
 
     root = tmp_path_factory.mktemp("variants")
@@ -105,10 +105,10 @@ def pinned_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> I
     accel = config / "acceleration.toml"
     text = accel.read_text().replace('[models."flux-kontext-pro"]\n', '[models."flux-kontext-pro"]\n'
                                      'variant = "gguf_q8_0"\n')
-    accel.write_text(text + '\n[models."seedream-4.0"]\nvariant = "nf4"\n')
+    accel.write_text(text.replace('[models."nano-banana-2"]\n', '[models."nano-banana-2"]\nvariant = "nf4"\n'))
     proc = ServerProcess(root / "data", demo_dir, env={"DARKROOM_CONFIG_DIR": str(config),
                                                        "DARKROOM_MODELS": "flux-kontext-pro,flux-kontext-max,"
-                                                                          "seedream-4.0"})
+                                                                          "nano-banana-2"})
     try:
         proc.wait_listening()
         yield proc
@@ -135,7 +135,7 @@ def test_the_server_records_the_variant_and_refuses_a_pin_it_cannot_run(pinned_s
         assert quant["variant"] == "gguf_q8_0" and quant["pinned"] is True
         assert done["darkroom"]["runtime"]["variant"] == "gguf_q8_0"  # type: ignore[index]
 
-        failed = _finished(c, {"model": "seedream-4.0", "prompt": "x", "quality": "512", "num_inference_steps": 2})
+        failed = _finished(c, {"model": "nano-banana-2", "prompt": "x", "num_inference_steps": 1})
         assert failed["status"] == "failed"
         error = failed["error"]
         assert error["code"] == "unsupported_feature" and "nf4 needs an NVIDIA GPU" in error["message"]  # type: ignore[index]
@@ -144,5 +144,5 @@ def test_the_server_records_the_variant_and_refuses_a_pin_it_cannot_run(pinned_s
         engine = c.get("/api/v1/engine").json()
         plans = {p["model"]: p for p in engine["workers"][0]["variant_plans"]}
         assert plans["flux-kontext-pro"]["variant"] == "gguf_q8_0" and plans["flux-kontext-pro"]["pinned"]
-        assert plans["seedream-4.0"]["variant"] is None and "nf4 needs an NVIDIA GPU" in plans["seedream-4.0"]["why_not"]
+        assert plans["nano-banana-2"]["variant"] is None and "nf4 needs an NVIDIA GPU" in plans["nano-banana-2"]["why_not"]
         assert engine["workers"][0]["card"] == "CPU"
