@@ -45,10 +45,10 @@ DEMO_STAND_INS = {"gguf_q5_k": "Q5_0", "gguf_q4_k": "Q4_0"}
 
 def _write_stand_ins(config: DarkroomConfig, weights: str, folder: Path) -> dict[str, str]:
     """Write the demo's K-quant stand-ins where the manifest declares the variant; {variant: written format}."""
+    import diffusers
+
     from weights.demo_variants import write_gguf
     from weights.locate import LOCK_FILE
-
-    import diffusers
 
     entry = config.manifest[weights]
     index = json.loads((folder / "model_index.json").read_text())

@@ -31,13 +31,11 @@ import math
 import random
 import sys
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from server.config import DarkroomConfig
-from server.engine.variant_plan import CardProfile, placement_seconds
-from server.engine.variant_setup import card_table, full_size_options, plan_weights
 from server.engine.costs import FamilyCost
 from server.engine.policy import (
     EVICTION_ORDERS,
@@ -54,6 +52,8 @@ from server.engine.policy import (
     pick_batch,
     plan_residency,
 )
+from server.engine.variant_plan import CardProfile, placement_seconds
+from server.engine.variant_setup import card_table, full_size_options, plan_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sim"

@@ -113,7 +113,8 @@ def why_not_on(v: Variant, capability: tuple[int, int] | None, installed: Collec
     if installed is not None:
         missing = [p for p in v.packages if p not in installed and not (p == "torchao" and v.backend == "gguf")]
         if missing:
-            return f"{v.name} needs {', '.join(missing)} (pip install -e '.[quant]')"
+            extra = "quant-cuda" if "bitsandbytes" in missing else "quant"
+            return f"{v.name} needs {', '.join(missing)} (pip install -e '.[{extra}]')"
     if v.from_files and not files_present:
         return f"{v.name} is read from its own files, which are not here (darkroom weights pull --variant {v.name})"
     return None

@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.acceleration import ATTENTION_BACKENDS, LoadProfile
-from pipelines.variants import strictest, variant
 from pipelines.registry import family_class
 from pipelines.step_cache import StepCache
+from pipelines.variants import strictest, variant
 from pipelines.video_base import VideoFamily
 from server.catalog import QUALITY_LONG_SIDE, RESOLUTION_SHORT_SIDE, Catalog
 from server.engine.sizing import output_size, video_size

@@ -297,21 +297,27 @@ def weights_list(**given: Any) -> None:
 @weights.command("pull")
 @click.argument("name")
 @click.option("--token", default=None, envvar="HF_TOKEN", help="Hugging Face token for gated repos [env HF_TOKEN].")
+@click.option("--variant", default=None, help="Pull a weight variant read from its own files (GGUF, Nunchaku) "
+              "into <name>/variants/<variant>; the manifest lists them. Variants made at load (fp8, int8, nf4) "
+              "need no pull.")
 @_settings_options(_WEIGHTS_SETTINGS)
-def weights_pull(name: str, token: str | None, **given: Any) -> None:
-    """Download NAME's safetensors from the Hugging Face Hub and verify them."""
-    from weights.pull import PullError, pull
+def weights_pull(name: str, token: str | None, variant: str | None, **given: Any) -> None:
+    """Download NAME's safetensors (or one of its variants' files) from the Hugging Face Hub and verify them."""
+    from weights.pull import PullError, pull, pull_variant
 
     settings = _build_settings(given)
     manifest = _config(settings).manifest
     if name not in manifest:
         raise click.UsageError(f"unknown weights {name!r}; known: {', '.join(sorted(manifest))}")
     try:
-        path = pull(manifest[name], settings.files.resolved_weights_dir, token, say=click.echo)
+        if variant is not None:
+            path = pull_variant(manifest[name], variant, settings.files.resolved_weights_dir, token, say=click.echo)
+        else:
+            path = pull(manifest[name], settings.files.resolved_weights_dir, token, say=click.echo)
     except PullError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"pulled {name} into {path}")
+    click.echo(f"pulled {name}{f' ({variant})' if variant else ''} into {path}")
 
 
 @weights.command("demo")

@@ -198,7 +198,7 @@ class EngineSettings(_Section):
     residency and the fault policy."""
 
     config_dir: Path = Field(default_factory=configs.packaged_dir, description="Folder of the configuration "
-                             "files (models, provider names, acceleration, costs, memory, prices, the weights "
+                             "files (models, provider names, acceleration, costs, memory, prices, GPU cards, the weights "
                              "manifest); point it at a copy to change ids, presets or costs.")
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Serve only these model ids (comma-separated; default: every id in "

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from server.config import DarkroomConfig
-from server.doctor.findings import GB, LEVELS, Level, Sink
 from server.default_requests import default_params
+from server.doctor.findings import GB, LEVELS, Level, Sink
 from server.doctor.machine import device_present, host_ram, ram_verdict
 from weights.manifest import WeightsEntry
 

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.variants import VARIANTS, QUALITY_FLOORS, meets_floor, why_not_on
+from pipelines.variants import QUALITY_FLOORS, VARIANTS, meets_floor, why_not_on
 from server.engine.policy import GB, ModelFootprint, Placement, offload_need
 
 

@@ -16,7 +16,14 @@ from pipelines.registry import family_class
 from pipelines.variants import VARIANTS
 from server.default_requests import default_params, tiers_below_default
 from server.engine.policy import GB, ModelFootprint
-from server.engine.variant_plan import CardProfile, PlanRow, VariantOption, VariantPlan, placement_seconds, plan_variants
+from server.engine.variant_plan import (
+    CardProfile,
+    PlanRow,
+    VariantOption,
+    VariantPlan,
+    placement_seconds,
+    plan_variants,
+)
 
 if TYPE_CHECKING:
     from pipelines.base import Family

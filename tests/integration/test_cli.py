@@ -37,6 +37,19 @@ def test_pull_without_network_is_one_clear_sentence(tmp_path: Path) -> None:
     assert not (tmp_path / "weights" / "sdxl-base-1.0" / ".darkroom-lock.json").exists()
 
 
+def test_pull_of_a_variant_offline_and_of_one_made_at_load(tmp_path: Path) -> None:
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_ETAG_TIMEOUT": "2",
+           "HF_HUB_DOWNLOAD_TIMEOUT": "2", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    r = _run(["weights", "pull", "flux1-kontext-dev", "--variant", "gguf_q4_k", "--data-dir", str(tmp_path)], env=env)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: could not download unsloth/FLUX.1-Kontext-dev-GGUF")
+    lock = tmp_path / "weights" / "flux1-kontext-dev" / "variants" / "gguf_q4_k" / ".darkroom-lock.json"
+    assert not lock.exists()
+    r = _run(["weights", "pull", "flux1-kontext-dev", "--variant", "int8_weight", "--data-dir", str(tmp_path)])
+    assert r.returncode == 1 and "made at load, nothing to pull" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_pull_unknown_name(tmp_path: Path) -> None:
     r = _run(["weights", "pull", "nope", "--data-dir", str(tmp_path)])
     assert r.returncode == 2 and f"known: {', '.join(sorted(packaged_config().manifest))}" in r.stderr
@@ -84,6 +97,8 @@ def test_doctor_on_the_demo_set_works_with_warnings_about_the_cpu(tmp_path: Path
                     "START-UP"):
         assert section in out
     assert "flux-kontext-pro (demo weights): fits on cpu" in out and "of RAM" in out and "sora-2 (demo weights)" in out
+    assert "VARIANTS" in out and "flux-kontext-max on cpu (CPU): bf16, resident" in out
+    assert "weight variants that can load here: bf16, int8_weight, gguf_q8_0" in out
     assert "0 error(s)" in out and " WARN   cpu: no CUDA device" in out
     assert "ask for _flash_3 attention first, which is not usable here" in out  # a fallback is not "ok"
     assert " ok    port 8000 on 127.0.0.1 is free" in out

@@ -88,7 +88,7 @@ def test_nf4_where_bitsandbytes_runs(demo_dir: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip(f"nf4 not tested here: {reason}")
     pytest.importorskip("bitsandbytes")
-    image, fam = _render(demo_dir, LoadProfile(variants=("nf4",), variant_pinned=True))
+    _image, fam = _render(demo_dir, LoadProfile(variants=("nf4",), variant_pinned=True))
     assert fam.applied.record()["quantization"]["variant"] == "nf4"  # type: ignore[union-attr]
 
 

@@ -141,3 +141,10 @@ def test_the_manifest_takes_only_variants_read_from_files(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="not a variant read from files"):
         load_manifest(bad)
     assert set(CONFIG.manifest["flux1-kontext-dev"].variants) >= {"gguf_q8_0", "gguf_q4_k", "svdq_int4"}
+
+
+def test_the_readme_gpu_table_is_the_planner_s() -> None:
+    from benchmarks.gpu_table import readme_with_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert readme_with_table(readme, CONFIG) == readme, "run python -m benchmarks.gpu_table --write"

@@ -45,3 +45,18 @@ def test_licence_of_what_runs_includes_addons() -> None:
     assert entry.addons[0].repo == "h94/IP-Adapter" and entry.all_commercial
     assert not entry.model_copy(update={"addons": [entry.addons[0].model_copy(update={"commercial_use": False})]}
                                 ).all_commercial
+
+
+def test_a_pulled_variant_is_verified_by_its_header(tmp_path: Path, demo_dir: Path) -> None:
+    from weights.pull import verify_variant
+
+    entry = packaged_config().manifest["flux1-kontext-dev"]
+    built = demo_dir / entry.name / "variants" / "gguf_q8_0"
+    verify_variant(entry, "gguf_q8_0", built)  # the demo build's file, at the manifest's path
+    folder = tmp_path / "gguf_q8_0"
+    folder.mkdir()
+    with pytest.raises(PullError, match="is missing in the download"):
+        verify_variant(entry, "gguf_q8_0", folder)
+    (folder / entry.variants["gguf_q8_0"].files["transformer"]).write_bytes(b"GGUF-not-really")
+    with pytest.raises(PullError, match="not a readable .gguf file"):
+        verify_variant(entry, "gguf_q8_0", folder)
