@@ -93,6 +93,10 @@ class Family(ABC):
     lora_layouts: ClassVar[frozenset[str]] = frozenset()
     """Community key layouts (pipelines/lora_format.py) the family's diffusers loader converts, beside diffusers'
     own and kohya's with diffusers module names."""
+    unsupported_variants_why: ClassVar[str] = "this family's loader does not read it"
+    """Why a weight variant outside `supported_variants` is passed over (recorded on jobs)."""
+    addons_block_variants: ClassVar[bool] = False
+    """Whether the weights entry's add-ons (pulled beside it) keep the family at bf16."""
 
     def __init__(self, model_dir: Path, device: str, dtype: torch.dtype, profile: LoadProfile | None = None) -> None:
         self.model_dir = model_dir
@@ -240,11 +244,6 @@ class Family(ABC):
         shared = _SharedAsLoaded.from_pipe(pipe)
         shared.__class__ = pipeline_class
         return shared
-
-    unsupported_variants_why: ClassVar[str] = "this family's loader does not read it"
-    addons_block_variants: ClassVar[bool] = False
-    """Whether the weights entry's add-ons (pulled beside it) keep the family at bf16."""
-    """Why a variant outside `supported_variants` is passed over (recorded on jobs)."""
 
     def supported_variants(self) -> frozenset[str]:
         """The weight variants this family's loader reads (Nunchaku's only for the denoisers it publishes)."""

@@ -5,6 +5,7 @@ builder returns the part behind its interface; nothing else in the server knows 
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 
 from pipelines.acceleration import LoadProfile
 from server.config import DarkroomConfig
+from server.engine.policy import ModelFootprint
 from server.engine.variant_plan import CardProfile, VariantOption, VariantPlan, card_for
 from server.engine.variant_setup import header_options, plan_ids, plan_weights
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.sqlite import SqliteJobStore
 from server.jobs.store import JobStore
+from server.logs import route_torch_logs
 from server.media.blobs import Blobs, LocalBlobs, S3Blobs
 from server.settings import EngineSettings, FilesSettings, Settings
 from weights.demo import locate_or_build
@@ -70,6 +73,8 @@ def local_worker(name: str, device: str, engine: EngineSettings, config: Darkroo
     """A worker on one device of this machine (also what each Ray actor holds on its node)."""
     from server.engine.worker import Worker, device_budget, resolve_dtype
 
+    route_torch_logs()
+
     reserve = int(engine.vram_reserve_gb * 1e9)
     limit = int(engine.memory_limit_gb * 1e9) if engine.memory_limit_gb else None
     dtype = resolve_dtype(engine.dtype, device)
@@ -100,8 +105,16 @@ def plan_device_variants(config: DarkroomConfig, located: Mapping[str, LocatedWe
         memory = budget / 1e9 + reserve_gb  # a memory limit narrows the card
     card = card_for(config.cards, name, memory, capability)
     installed = installed_packages()
-    options = {w: header_options(family_class(where.entry.family)(where.path, device, dtype), where.entry.variants)
-               for w, where in located.items()}
+    options: dict[str, list[VariantOption]] = {}
+    for weights, where in located.items():
+        try:
+            options[weights] = header_options(family_class(where.entry.family)(where.path, device, dtype),
+                                              where.entry.variants)
+        except (OSError, ValueError, KeyError, struct.error):
+            # Unreadable headers: nothing to plan with (bf16, size unknown); loading these weights then fails with
+            # the real error and their jobs fail cleanly, as the worker's footprint does.
+            log.exception("could not read the weight headers of %s to plan its variants", weights)
+            options[weights] = [VariantOption("bf16", ModelFootprint(weights, ()), 0)]
     plans = {w: plan_weights(config, w, card, opts, reserve_gb, installed) for w, opts in options.items()}
     return card, options, plans
 
@@ -115,6 +128,7 @@ def build_workers(settings: Settings, config: DarkroomConfig) -> Workers:
         return _ray_workers(settings, config, needed, profiles)
     from server.engine.worker import resolve_devices
 
+    route_torch_logs()  # before demo weights build: torch and torchao warn while they import
     located = prepare_weights(settings.files, settings.engine.demo, config.manifest, needed)
     handles = [local_worker(f"w{i}", dev, settings.engine, config, located, profiles)
                for i, dev in enumerate(resolve_devices(settings.engine.device))]

@@ -108,3 +108,15 @@ def route_library_logs() -> None:
         lib.enable_propagation()
         if bars_off:
             lib.disable_progress_bar()
+
+
+def route_torch_logs() -> None:
+    """torch puts its own handler on the "torch" logger when imported (its own line format, e.g. the
+    torch.utils._pytree warnings torchao's import triggers) and stops propagation there; send its records to our
+    handler instead. Called where a process imports torch to compute (local workers, before demo weights build)."""
+    import torch  # noqa: F401 - importing it installs the handler this replaces
+
+    torch_logger = logging.getLogger("torch")
+    for handler in list(torch_logger.handlers):
+        torch_logger.removeHandler(handler)
+    torch_logger.propagate = True
