@@ -1,7 +1,14 @@
-"""Session fixtures: tiny demo weights built once, and real servers on loopback."""
+"""Session fixtures: tiny demo weights built once, and real servers on loopback.
+
+The suite runs on two pytest-xdist workers (pyproject's addopts), a file per worker at a time; each worker builds
+its own session fixtures. On a 2-core machine each worker (and every server it starts, which inherits the
+environment) computes on one thread: two processes with a thread pool each would oversubscribe the cores, which
+OpenMP handles badly.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +18,13 @@ import pytest
 from tests.packaged import packaged_config
 from tests.support import ServerProcess
 from weights.demo import build_all
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "other-key-0123456789"
