@@ -122,6 +122,7 @@ class Family(ABC):
         """Components named in model_index.json with their bytes at the serving dtype under weight `variant`
         (file headers only: safetensors, and a from-files variant's own files where they are here)."""
         from pipelines.variants import VARIANTS
+        from weights.locate import variant_files
         from weights.variant_bytes import folder_bytes_under, gguf_bytes
 
         v = VARIANTS[variant]
@@ -499,20 +500,6 @@ class Family(ABC):
             return {}
 
         return _cb
-
-
-def variant_files(model_dir: Path, variant: str) -> dict[str, Path]:
-    """The component files of a from-files variant under `model_dir` (its lock names them), or {} when it was
-    not pulled (or built, for demo weights) here."""
-    from weights.locate import LOCK_FILE
-    from weights.manifest import VARIANTS_FOLDER
-
-    lock = model_dir / VARIANTS_FOLDER / variant / LOCK_FILE
-    if not lock.is_file():
-        return {}
-    components = json.loads(lock.read_text()).get("components", {})
-    paths = {name: lock.parent / rel for name, rel in components.items()}
-    return paths if all(p.is_file() for p in paths.values()) else {}
 
 
 def fit_within(image: Image.Image, max_area: int, multiple: int) -> Image.Image:

@@ -58,7 +58,7 @@ def choose_variant(order: tuple[str, ...], pinned: bool, device: str, model_dir:
     """The first variant of `order` that can load on `device` from `model_dir`; bf16 when none can (unless
     pinned: AccelerationRefused with the reason). `supported`: the variants the family's loader handles (the
     others are passed over with `unsupported_why`)."""
-    from pipelines.base import variant_files
+    from weights.locate import variant_files
 
     capability = capability_of(device)
     installed = installed_packages()
@@ -115,7 +115,7 @@ def _config_for(choice: VariantChoice, library: str, role: str, dtype: torch.dty
 def load_arguments(choice: VariantChoice, model_dir: Path, denoisers: tuple[str, ...], dtype: torch.dtype
                    ) -> dict[str, Any]:
     """Extra `from_pretrained` arguments that load `model_dir` at `choice` (fills `choice.components`)."""
-    from pipelines.base import variant_files
+    from weights.locate import variant_files
 
     v = choice.variant
     index = json.loads((model_dir / "model_index.json").read_text())
@@ -131,8 +131,11 @@ def load_arguments(choice: VariantChoice, model_dir: Path, denoisers: tuple[str,
         if role is None:
             continue
         if role == "denoiser" and v.from_files:
-            kwargs[name] = _denoiser_from_file(v, library, class_name, files[name], model_dir, name, dtype)
-            choice.components[name] = v.name
+            if name in files:
+                kwargs[name] = _denoiser_from_file(v, library, class_name, files[name], model_dir, name, dtype)
+                choice.components[name] = v.name
+            else:
+                choice.notes.append(f"{name} stays at the serving dtype: the variant's files do not include it")
             continue
         config = _config_for(choice, library, role, dtype)
         if config is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,18 @@ from PIL import Image
 
 from benchmarks.harness import REPO, ServerProcess, free_port
 
-__all__ = ["REPO", "ServerProcess", "free_port", "data_url", "decode_png_size", "image_host", "png_bytes"]
+__all__ = ["REPO", "ServerProcess", "data_url", "decode_png_size", "free_port", "image_host", "png_bytes",
+           "task_when_done"]
+
+
+def task_when_done(client: Any, task_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    """GET /api/v1/tasks/{task_id} until it leaves pending/processing (or `timeout` passes); its last view."""
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = client.get(f"/api/v1/tasks/{task_id}").json()
+    while view["status"] in ("pending", "processing") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        view = client.get(f"/api/v1/tasks/{task_id}").json()
+    return view
 
 
 def png_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (200, 40, 40), mode: str = "RGB") -> bytes:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from weights.manifest import WeightsEntry
+from weights.manifest import VARIANTS_FOLDER, WeightsEntry
 
 LOCK_FILE = ".darkroom-lock.json"
 
@@ -48,3 +48,14 @@ def locate(entry: WeightsEntry, weights_dir: Path, demo_dir: Path, demo_mode: st
 def read_lock(path: Path) -> dict[str, object]:
     """The lock record of pulled weights (repo, commit, files)."""
     return json.loads((path / LOCK_FILE).read_text())
+
+
+def variant_files(model_dir: Path, variant: str) -> dict[str, Path]:
+    """The component files of a from-files variant under `model_dir` (its lock names them), or {} when it was
+    not pulled (or built, for demo weights) here."""
+    lock = model_dir / VARIANTS_FOLDER / variant / LOCK_FILE
+    if not lock.is_file():
+        return {}
+    components = json.loads(lock.read_text()).get("components", {})
+    paths = {name: lock.parent / rel for name, rel in components.items()}
+    return paths if all(p.is_file() for p in paths.values()) else {}

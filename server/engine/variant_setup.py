@@ -77,7 +77,7 @@ def full_size_options(config: DarkroomConfig, weights: str) -> list[VariantOptio
 def header_options(fam: Family, declared: Collection[str]) -> list[VariantOption]:
     """Every variant the loaded family's loader reads, with bytes from its files' headers; a from-files variant
     only when the manifest declares it for these weights (`declared`) or its files are here."""
-    from pipelines.base import variant_files
+    from weights.locate import variant_files
 
     supported = fam.supported_variants()
     out = []

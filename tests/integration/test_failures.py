@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, task_when_done
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +52,7 @@ def test_failed_jobs_carry_a_clean_error(broken_server: ServerProcess) -> None:
         assert "Traceback" not in r.text and "safetensors" not in r.text and "/tmp" not in r.text
 
         task = c.post("/api/v1/images/generate", json={**body, "celery": True}).json()["task_id"]
-        deadline = time.monotonic() + 60
-        view = c.get(f"/api/v1/tasks/{task}").json()
-        while view["status"] in ("pending", "processing") and time.monotonic() < deadline:
-            time.sleep(0.1)
-            view = c.get(f"/api/v1/tasks/{task}").json()
+        view = task_when_done(c, task, timeout=60)
         assert view["status"] == "failed"
         assert view["error"]["code"] == "generation_failed" and task in view["error"]["message"]
         assert "images" not in view

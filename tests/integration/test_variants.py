@@ -6,21 +6,21 @@ records the variant on every job and shows its plan per id."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.harness import ServerProcess
 from pipelines.acceleration import AccelerationRefused, LoadProfile
 from pipelines.base import RenderParams, RenderSpec, Task
 from pipelines.flux_kontext import FluxKontextFamily
 from pipelines.quantize import parameter_bytes
 from pipelines.variants import VARIANTS, why_not_on
+from tests.support import ServerProcess, task_when_done
 
 pytest.importorskip("torchao")
 pytest.importorskip("gguf")
@@ -116,14 +116,8 @@ def pinned_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> I
         proc.stop()
 
 
-def _finished(c: httpx.Client, body: dict[str, object]) -> dict[str, object]:
-    task = c.post("/api/v1/images/generate", json={**body, "celery": True}).json()["task_id"]
-    deadline = time.monotonic() + 120
-    view = c.get(f"/api/v1/tasks/{task}").json()
-    while view["status"] in ("pending", "processing") and time.monotonic() < deadline:
-        time.sleep(0.1)
-        view = c.get(f"/api/v1/tasks/{task}").json()
-    return view  # type: ignore[no-any-return]
+def _finished(c: httpx.Client, body: dict[str, object]) -> dict[str, Any]:
+    return task_when_done(c, c.post("/api/v1/images/generate", json={**body, "celery": True}).json()["task_id"])
 
 
 def test_the_server_records_the_variant_and_refuses_a_pin_it_cannot_run(pinned_server: ServerProcess) -> None:
