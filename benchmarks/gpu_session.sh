@@ -19,8 +19,9 @@ cd "$(dirname "$0")/.."
 # What the GPU machine lacks (/work/.library/device/KINDS.md lists what it has: torch 2.11, transformers, pillow,
 # numpy, safetensors, huggingface-hub, httpx, tqdm, ...). diffusers as this project pins it; torchao's release
 # built for torch 2.11; pydantic for the acceleration config.
+# gguf: demo builds (which full-size builds start from) write the GGUF demo variants.
 CARRY=(diffusers==0.42.1 importlib-metadata==10.2.0 torchao==0.18.0 pydantic==2.13.4 pydantic-core==2.46.4
-       annotated-types==0.7.0 typing-inspection==0.4.2)
+       annotated-types==0.7.0 typing-inspection==0.4.2 gguf==0.19.0)
 # Packages the GPU machine has (KINDS.md's list, those this project's benchmark path can touch): the dry run's
 # Python sees only these, from this machine's installs.
 DEVICE_HAS=(torch transformers tokenizers safetensors huggingface-hub hf-xet numpy pillow tqdm httpx httpcore h11
@@ -49,8 +50,8 @@ measure() {  # measure PYTHON OUT [roofline args...]: install the carried wheels
 "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")'
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null || true
         # Fail here, in seconds, if a carried package does not import (not after the weights are built).
-        "$py" -c 'import diffusers, pydantic; from pipelines.acceleration import fp8_config; fp8_config()
-print("diffusers", diffusers.__version__, "pydantic", pydantic.__version__, "torchao fp8 config ok")'
+        "$py" -c 'import diffusers, pydantic, gguf; from pipelines.acceleration import fp8_config; fp8_config()
+print("diffusers", diffusers.__version__, "pydantic", pydantic.__version__, "torchao fp8 config ok, gguf ok")'
     } 2>&1 | tee "$out/env.txt"
     "$py" -m benchmarks.roofline --families "$FAMILIES" --profiles "$PROFILES" --results-dir "$out" "$@" 2>&1 \
         | tee "$out/log"

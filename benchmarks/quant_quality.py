@@ -2,7 +2,9 @@
 
 For each image family's weights, render an edit at every variant that loads on this machine (through the server's
 own loader, pipelines/quantize.py) and compare with the unquantized render: PSNR and SSIM (luma, 8x8 windows),
-plus the parameter bytes the loaded pipeline holds. LPIPS is reported when the `lpips` package is importable with
+plus the parameter bytes the loaded pipeline holds, the seconds per render and (on CUDA) the peak GB: on a GPU with
+full-size weights (`python -m weights.full_size ...` builds random ones) those are the per-variant figures
+configs/cards.toml's speeds should be replaced with. LPIPS is reported when the `lpips` package is importable with
 its weights already cached (it needs torchvision and downloads AlexNet at first use; never from here).
 
     python -m benchmarks.quant_quality [--weights-dir DIR] [--size 128] [--seeds 3] [--steps 4]
@@ -20,6 +22,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +71,33 @@ def _write_stand_ins(config: DarkroomConfig, weights: str, folder: Path) -> dict
 
 
 def _render(family: Any, folder: Path, variant: str, device: str, dtype: torch.dtype, size: int, steps: int,
-            seeds: int) -> tuple[list[np.ndarray], int]:
+            seeds: int) -> tuple[list[np.ndarray], int, dict[str, float | None]]:
+    """The renders of every seed, the loaded pipeline's parameter bytes, and timings: the median seconds per
+    render after the first (which pays one-off set-up) and, on CUDA, the peak GB allocated while rendering."""
     fam = family(folder, device, dtype, LoadProfile(variants=(variant,), variant_pinned=True))
     fam.load()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     main = fam.pipelines[next(iter(fam.pipelines))]
     nbytes = sum(parameter_bytes(m) for m in {id(m): m for m in main.components.values()
                                                   if hasattr(m, "parameters")}.values())
     task = Task.EDIT if Task.EDIT in family.tasks else Task.GENERATE
-    images = []
+    images, seconds = [], []
     for seed in range(seeds):
         source = Image.new("RGB", (size, size), (40 + 60 * seed, 120, 200 - 50 * seed))
         params = RenderParams(task, "the same subject, golden hour light", size, size, 1, (seed,), steps, 3.5, 1.0,
                               num_sources=1 if task is Task.EDIT else 0, source_size=(size, size))
+        started = time.perf_counter()
         result = fam.render(RenderSpec(params, sources=(source,) if task is Task.EDIT else ()), lambda *_: None, {})
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
         images.append(np.asarray(result.images[0]))
-    return images, nbytes
+    timings = {"seconds_per_image": round(float(np.median(seconds[1:] or seconds)), 3),
+               "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None}
+    return images, nbytes, timings
 
 
 def measure(config: DarkroomConfig, weights: str, folder: Path, size: int, steps: int, seeds: int,
@@ -92,7 +107,7 @@ def measure(config: DarkroomConfig, weights: str, folder: Path, size: int, steps
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     side = size // family.size_multiple * family.size_multiple
-    reference, ref_bytes = _render(family, folder, "bf16", device, dtype, side, steps, seeds)
+    reference, ref_bytes, ref_timings = _render(family, folder, "bf16", device, dtype, side, steps, seeds)
     rows = []
     declared = config.manifest[weights].variants
     for variant in MEASURED:
@@ -100,14 +115,15 @@ def measure(config: DarkroomConfig, weights: str, folder: Path, size: int, steps
             continue  # no files of it exist for these weights
         row: dict[str, Any] = {"weights": weights, "variant": variant, "written_as": stand_ins.get(variant)}
         try:
-            images, nbytes = _render(family, folder, variant, device, dtype, side, steps, seeds)
+            images, nbytes, timings = (reference, ref_bytes, ref_timings) if variant == "bf16" else _render(
+                family, folder, variant, device, dtype, side, steps, seeds)
         except AccelerationRefused as exc:
             rows.append({**row, "skipped": str(exc)})
             continue
         row.update(psnr_db=round(float(np.mean([min(psnr(a, b), 99.0) for a, b in zip(reference, images,
                                                                                        strict=True)])), 2),
                    ssim=round(float(np.mean([ssim(a, b) for a, b in zip(reference, images, strict=True)])), 4),
-                   bytes=nbytes, bytes_vs_bf16=round(nbytes / ref_bytes, 3), lpips=None)
+                   bytes=nbytes, bytes_vs_bf16=round(nbytes / ref_bytes, 3), lpips=None, **timings)
         rows.append(row)
     return rows
 
@@ -136,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{weights:22} {row['variant']:12} skipped: {row['skipped']}")
                 else:
                     print(f"{weights:22} {row['variant']:12} {row['written_as'] or '':5} PSNR {row['psnr_db']:6.2f} dB"
-                          f"  SSIM {row['ssim']:.4f}  bytes x{row['bytes_vs_bf16']}")
+                          f"  SSIM {row['ssim']:.4f}  bytes x{row['bytes_vs_bf16']}  {row['seconds_per_image']} s"
+                          + (f"  peak {row['peak_gb']} GB" if row["peak_gb"] is not None else ""))
             if args.weights_dir is None:
                 shutil.rmtree(folder, ignore_errors=True)
     device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0).replace(" ", "_")
