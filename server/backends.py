@@ -5,7 +5,6 @@ builder returns the part behind its interface; nothing else in the server knows 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,7 +109,7 @@ def plan_device_variants(config: DarkroomConfig, located: Mapping[str, LocatedWe
         try:
             options[weights] = header_options(family_class(where.entry.family)(where.path, device, dtype),
                                               where.entry.variants)
-        except (OSError, ValueError, KeyError, struct.error):
+        except Exception:  # any unreadable header (safetensors, GGUF, a lock file) plans it as bf16
             # Unreadable headers: nothing to plan with (bf16, size unknown); loading these weights then fails with
             # the real error and their jobs fail cleanly, as the worker's footprint does.
             log.exception("could not read the weight headers of %s to plan its variants", weights)

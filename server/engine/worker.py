@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import io
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -177,7 +176,7 @@ class Worker(WorkerHandle):
             try:
                 comps = tuple(c.bytes for c in self._new_family(weights).components(self.variant_of(weights))
                               if c.bytes)
-            except (OSError, ValueError, KeyError, struct.error):
+            except Exception:  # any unreadable header (safetensors, GGUF, a lock file) sizes it unknown
                 # Unreadable headers: the size is unknown (counted as 0); loading the model then fails with
                 # the real error and its jobs fail cleanly instead of the scheduler dying here.
                 log.exception("could not read the weight sizes of %s", weights)
