@@ -131,12 +131,9 @@ class Acceleration:
                 raise ValueError(f"{path.name}: {model_id} runs {fam.name}, which takes no step cache; remove cache")
         accel = cls(weights, models, catalog)
         for name in sorted(catalog.weights_needed()):
-            ids = accel._ids_on(name)
-            pins = {models[i].variant for i in ids if i in models and models[i].variant} | (
-                {weights[name].variant} if name in weights and weights[name].variant != "auto" else set())
-            if len(pins) > 1:
-                raise ValueError(f"{path.name}: the ids on {name} ({', '.join(ids)}) pin different variants "
-                                 f"{sorted(pins)}; they share one load of the weights, so pin one")
+            if len(pins := accel._pins(name)) > 1:
+                raise ValueError(f"{path.name}: the ids on {name} ({', '.join(accel._ids_on(name))}) pin different "
+                                 f"variants {sorted(pins)}; they share one load of the weights, so pin one")
         return accel
 
     def serving(self, catalog: Catalog, demo_weights: frozenset[str] = frozenset()) -> Acceleration:
@@ -159,19 +156,22 @@ class Acceleration:
         """The strictest quality floor among the served ids on `weights` (they share one load)."""
         return strictest([self._models.get(i, ModelAcceleration()).quality_floor for i in self._ids_on(weights)])
 
+    def _pins(self, weights: str) -> set[str]:
+        """Every variant pinned for `weights`: on the weights entry and on the ids running them."""
+        pins = {v for i in self._ids_on(weights) if i in self._models and (v := self._models[i].variant)}
+        on_weights = self._weights.get(weights, WeightsAcceleration()).variant
+        return pins | ({on_weights} if on_weights != "auto" else set())
+
     def variant_pin(self, weights: str) -> str | None:
         """The variant the operator pinned for `weights` (on the weights or on an id running them), or None."""
-        pins = {self._models[i].variant for i in self._ids_on(weights) if i in self._models} - {None}
-        pin = self._weights.get(weights, WeightsAcceleration()).variant
-        if pin != "auto":
-            pins.add(pin)
-        return next(iter(pins)) if pins else None  # type: ignore[return-value]
+        pins = self._pins(weights)
+        return next(iter(pins)) if pins else None
 
     def load_profile(self, weights: str) -> LoadProfile:
         """What to apply when `weights` load: the file's settings, the step-cache hooks when some served id on
         these weights is cached, and warm-up renders at those ids' default sizes."""
         w = self._weights.get(weights, WeightsAcceleration())
-        ids = [s.id for s in [*self.catalog.specs(), *self.catalog.video_specs()] if s.weights == weights]
+        ids = self._ids_on(weights)
         cached = any(self.step_cache(i).kind != "none" for i in ids)
         pin = self.variant_pin(weights)
         return LoadProfile(attention=tuple(w.attention), compile=w.compile, fuse_qkv=w.fuse_qkv,

@@ -148,3 +148,18 @@ def test_the_readme_gpu_table_is_the_planner_s() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert readme_with_table(readme, CONFIG) == readme, "run python -m benchmarks.gpu_table --write"
+
+
+def test_pins_apply_to_the_shared_load_and_must_agree(tmp_path: Path) -> None:
+    from configs import packaged_dir
+    from server.acceleration_config import Acceleration
+
+    text = (Path(packaged_dir()) / "acceleration.toml").read_text()
+    pinned = text.replace('[models."flux-kontext-pro"]\n', '[models."flux-kontext-pro"]\nvariant = "int8_weight"\n')
+    (tmp_path / "one.toml").write_text(pinned)
+    accel = Acceleration.load(tmp_path / "one.toml", CONFIG.catalog)
+    profile = accel.load_profile("flux1-kontext-dev")  # flux-kontext-max shares the load, so the pin covers it
+    assert profile.variants == ("int8_weight",) and profile.variant_pinned
+    (tmp_path / "two.toml").write_text(pinned + '\n[models."flux-kontext-max"]\nvariant = "gguf_q8_0"\n')
+    with pytest.raises(ValueError, match="pin different variants"):
+        Acceleration.load(tmp_path / "two.toml", CONFIG.catalog)
