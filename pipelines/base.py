@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from pipelines.lora_runtime import LoadedAdapter
     from pipelines.memory import MemoryCoefficients
+    from pipelines.previews import LatentProjection, PreviewTap
     from pipelines.quantize import VariantChoice
 
 __all__ = ["AdapterUse", "ComponentInfo", "Family", "ParamError", "RenderCancelled", "RenderParams", "RenderResult",
@@ -109,6 +110,12 @@ class Family(ABC):
         """Loaded diffusers pipelines by role; `load` fills it, sharing modules between roles."""
         self.variant_choice: VariantChoice | None = None
         """The weight variant the load ran at (pipelines/quantize.py); set by `load`."""
+        self.preview_tap: PreviewTap | None = None
+        """Where this call's live previews go (set by the worker around a render that asked for them)."""
+        self._preview_params: RenderParams | None = None
+        self._projection: LatentProjection | None = None
+        self.preview_off: str | None = None
+        """Why this loaded model makes no more previews (one failed); None while it does."""
 
     def pipeline(self, role: str) -> Any:
         """The loaded pipeline for `role` (e.g. 'edit', 'inpaint'); RuntimeError before `load`."""
@@ -456,7 +463,8 @@ class Family(ABC):
     def _render_sized(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
         if max(p.width, p.height) <= self.native_max_long_side or not self.images_only(p):
-            return self.run(spec, on_step)
+            with self._previewing(p):
+                return self.run(spec, on_step)
         from pipelines.tiling import refine_tiled, tile_boxes
 
         scale = self.native_max_long_side / max(p.width, p.height)
@@ -465,7 +473,8 @@ class Family(ABC):
         n_tiles = len(tile_boxes(p.width, p.height, self.refine_tile, self.refine_overlap))
         steps = self.refine_steps(p.num_inference_steps)
         total = p.num_inference_steps + p.num_images * n_tiles
-        base = self.run(replace(spec, params=native), lambda k, _n: on_step(k, total))
+        with self._previewing(native):  # the base pass previews; the refine tiles do not
+            base = self.run(replace(spec, params=native), lambda k, _n: on_step(k, total))
         done = [p.num_inference_steps]
 
         def refine_one(tile: Image.Image, index: int, seed: int) -> Image.Image:
@@ -491,15 +500,60 @@ class Family(ABC):
 
         return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
-    @staticmethod
-    def step_callback(on_step: StepCallback, total: int) -> Callable[..., dict[str, object]]:
-        """Adapt our progress callback to diffusers' callback_on_step_end."""
+    def step_callback(self, on_step: StepCallback, total: int) -> Callable[..., dict[str, object]]:
+        """Adapt our progress callback to diffusers' callback_on_step_end (and make the call's live previews)."""
+        tap, params = self.preview_tap, self._preview_params
 
-        def _cb(_pipe: object, step: int, _t: object, _kwargs: dict[str, object]) -> dict[str, object]:
+        def _cb(pipe: object, step: int, _t: object, kwargs: dict[str, object]) -> dict[str, object]:
             on_step(step + 1, total)
+            if tap is not None and params is not None and self.preview_off is None and tap.wants(step + 1, total):
+                self._preview(pipe, kwargs.get("latents"), params, tap, step + 1, total)
             return {}
 
         return _cb
+
+    # ---- live previews -----------------------------------------------------------------------------------
+    @classmethod
+    def makes_previews(cls) -> bool:
+        """Whether this family can show its denoising state (it implements `preview_latents`)."""
+        return cls.preview_latents is not Family.preview_latents
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        """The denoising state `latents`, as the pipeline's step callback sees them (packed, normalised), as raw
+        VAE latents (B, C, h, w) -- for a clip, its middle latent frame; None: no preview of this state."""
+        return None
+
+    @contextmanager
+    def _previewing(self, params: RenderParams) -> Iterator[None]:
+        self._preview_params = params
+        try:
+            yield
+        finally:
+            self._preview_params = None
+
+    def projection(self, pipe: Any) -> LatentProjection:
+        """The latent -> RGB projection of this model's VAE, fitted on first use and kept while it is loaded."""
+        if self._projection is None:
+            from pipelines.previews import fit_projection
+
+            self._projection = fit_projection(pipe.vae)
+            log.info("%s: preview projection fitted in %.2f s (R^2 %.3f on its fitting set)", self.name,
+                     self._projection.fit_s, self._projection.r2)
+        return self._projection
+
+    def _preview(self, pipe: Any, latents: object, params: RenderParams, tap: PreviewTap, step: int,
+                 total: int) -> None:
+        import torch
+
+        if not isinstance(latents, torch.Tensor):
+            return
+        try:
+            raw = self.preview_latents(pipe, latents, params)
+            if raw is not None:
+                tap.offer(step, total, self.projection(pipe).frames(raw))
+        except Exception:  # a preview never fails a render: this model makes none from now on
+            log.exception("%s: previews turned off after a failure", self.name)
+            self.preview_off = "failed (see the server log)"
 
 
 def fit_within(image: Image.Image, max_area: int, multiple: int) -> Image.Image:

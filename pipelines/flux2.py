@@ -19,7 +19,7 @@ pipelines.torchvision_shims without torchvision.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
@@ -34,6 +34,22 @@ _MIN_REF_SIDE = 64
 _REF_AREA = 1024 * 1024
 _TOTAL_REF_AREA = 4 * 1024 * 1024
 _INPAINT_MAX_AREA = 1024 * 1024
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _flux2_preview_latents(pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor:
+    """FLUX.2's packed, batch-normalised 2x2-patchified latents back to the VAE's 32 channels (its decode, inverted)."""
+    import torch
+
+    from pipelines.previews import token_grid
+
+    grid = token_grid(latents, params.width, params.height)
+    bn = pipe.vae.bn
+    mean = bn.running_mean.view(1, -1, 1, 1).to(grid.device, grid.dtype)
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(grid.device, grid.dtype)
+    return type(pipe)._unpatchify_latents(grid * std + mean)
 
 
 class Flux2KleinFamily(Family):
@@ -71,6 +87,9 @@ class Flux2KleinFamily(Family):
                 generator=self.generators([seed]),
             ).images[0]
 
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        return _flux2_preview_latents(pipe, latents, params)
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
@@ -125,6 +144,9 @@ class Flux2DevFamily(Family):
 
         torchvision_shims.apply_pixtral()
         self._use({"edit": self._from_pretrained()})
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        return _flux2_preview_latents(pipe, latents, params)
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

@@ -11,7 +11,7 @@ which paints the masked area from it. The inpaint pipeline is built with
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
@@ -21,6 +21,10 @@ from pipelines.memory import MemoryCoefficients
 from pipelines.step_cache import StepCache
 
 _TRUE_CFG = 2.0
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 def stitch_side_by_side(images: list[Image.Image], height: int) -> Image.Image:
@@ -82,6 +86,15 @@ class FluxKontextFamily(Family):
         pipe = self._from_pretrained()
         # from_pipe shares every module with `pipe`: no second copy of the weights.
         self._use({"edit": pipe, "inpaint": self.sibling(FluxKontextInpaintPipeline, pipe)})
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        from pipelines.previews import token_grid
+
+        # Packed 2x2 patches of the 16-channel latent, scaled and shifted (FluxKontextPipeline's decode, inverted).
+        grid = token_grid(latents, params.width, params.height)
+        b, d, h, w = grid.shape
+        raw = grid.reshape(b, d // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, d // 4, h * 2, w * 2)
+        return raw / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
-from pipelines.base import RenderResult, RenderSpec, StepCallback, VideoClip
+from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
 from pipelines.video_base import VideoFamily
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 class LTX2Family(VideoFamily):
@@ -29,6 +33,19 @@ class LTX2Family(VideoFamily):
     # diffusers' block registry (what First Block Cache reads a block's outputs by) has no entry for LTX-2's
     # audio-video block, so the step cache cannot attach to it.
     step_cache: ClassVar[bool] = False
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        from pipelines.previews import token_grid
+
+        # Packed (frames x rows x cols) tokens, 1x1 patches: the middle latent frame's tokens, then denormalised.
+        frames = (params.num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        per_frame = latents.shape[1] // frames
+        middle = frames // 2
+        grid = token_grid(latents[:, middle * per_frame:(middle + 1) * per_frame], params.width, params.height)
+        vae = pipe.vae
+        mean = vae.latents_mean.view(1, -1, 1, 1).to(grid.device, grid.dtype)
+        std = vae.latents_std.view(1, -1, 1, 1).to(grid.device, grid.dtype)
+        return grid * std / vae.config.scaling_factor + mean
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

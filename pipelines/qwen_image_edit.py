@@ -10,13 +10,17 @@ The Qwen2-VL processor needs pipelines.torchvision_shims on installs without tor
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipelines.base import Family, RenderParams, RenderResult, RenderSpec, StepCallback, Task
 from pipelines.memory import MemoryCoefficients
 
 # Each conditioning image is VAE-encoded at ~1 MP (hard-coded in the pipeline): 4096 tokens of 16 px patches.
 _COND_TOKENS = 1024 * 1024 // 256
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 class QwenImageEditFamily(Family):
@@ -49,6 +53,19 @@ class QwenImageEditFamily(Family):
 
         pipe = self._from_pretrained()
         self._use({"edit": pipe, "generate": self.sibling(QwenImagePipeline, pipe)})
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        import torch
+
+        from pipelines.previews import token_grid
+
+        grid = token_grid(latents, params.width, params.height)
+        b, d, h, w = grid.shape
+        raw = grid.reshape(b, d // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, d // 4, h * 2, w * 2)
+        cfg = pipe.vae.config
+        mean = torch.tensor(cfg.latents_mean, device=raw.device, dtype=raw.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.latents_std, device=raw.device, dtype=raw.dtype).view(1, -1, 1, 1)
+        return raw * std + mean
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

@@ -17,7 +17,7 @@ give it zero embeddings at scale 0, which leaves SDXL's output unchanged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
@@ -42,6 +42,10 @@ _IP_ADAPTER_FILE = "ip-adapter_sdxl.safetensors"
 IP_ADAPTER_SCALE = 0.6
 # What the img2img pipeline uses when not told (refine tiles do not pass a guidance of their own).
 _IMG2IMG_DEFAULT_GUIDANCE = 5.0
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 class SDXLFamily(Family):
@@ -163,6 +167,9 @@ class SDXLFamily(Family):
         enc = pipe.image_encoder
         zeros = torch.zeros(rows, 1, enc.config.projection_dim, device=enc.device, dtype=enc.dtype)
         return {"ip_adapter_image_embeds": [zeros]}
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        return latents / pipe.vae.config.scaling_factor
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params

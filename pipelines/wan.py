@@ -6,12 +6,16 @@ conditions on the first frame only.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
-from pipelines.base import RenderResult, RenderSpec, StepCallback, VideoClip
+from pipelines.base import RenderParams, RenderResult, RenderSpec, StepCallback, VideoClip
 from pipelines.video_base import VideoFamily
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 class WanVideoFamily(VideoFamily):
@@ -23,6 +27,15 @@ class WanVideoFamily(VideoFamily):
     frame_step: ClassVar[int] = 4
     vae_tile_px: ClassVar[int] = 256
     vae_overlap_px: ClassVar[int] = 64
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, params: RenderParams) -> torch.Tensor | None:
+        import torch
+
+        cfg = pipe.vae.config
+        frame = latents[:, :, latents.shape[2] // 2]
+        mean = torch.tensor(cfg.latents_mean, device=frame.device, dtype=frame.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.latents_std, device=frame.device, dtype=frame.dtype).view(1, -1, 1, 1)
+        return frame * std + mean
 
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch

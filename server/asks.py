@@ -49,6 +49,8 @@ class Ask:
     """What a dialect needs later to answer about the job in its own terms, stored with the job."""
     loras: tuple[LoraRef, ...] = ()
     """LoRA adapters applied to the denoiser (up to MAX_LORAS)."""
+    previews: bool = False
+    """Make live previews as the render goes (streams and GET .../preview show them)."""
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,11 @@ class EngineSettings(_Section):
     save_threads: int = Field(2, ge=1, le=64, description=(
         "Threads that encode and store finished outputs, off the device's thread (the next render starts while "
         "the last one's PNGs are written)."))
+    preview_every_steps: int = Field(2, ge=1, le=100, description="Live previews (for jobs that ask): at most one "
+                                     "every this many denoising steps.")
+    preview_min_interval_s: float = Field(0.25, ge=0.0, le=60.0, description="...and at most one per this many "
+                                          "seconds.")
+    preview_max_side: int = Field(256, ge=32, le=1024, description="Longest side of a live preview in pixels.")
     step_timeout_s: float = Field(
         600.0, gt=0.0, description="Watchdog: a worker with no denoising step (or load) for this long is hung; its "
         "jobs are re-queued and the server restarts its workers.")

@@ -4,6 +4,7 @@ a hang)."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from server.engine.policy import BatchConfig, DeviceState, ModelFootprint, Resid
 from server.engine.recovery import FaultPolicy
 from server.engine.scheduler import VramAwareScheduler
 from server.engine.work import Cancelled, Completed, Outcome, RenderWork
-from server.engine.worker_handle import StepReport, WorkerHandle
+from server.engine.worker_handle import PreviewReport, StepReport, WorkerHandle
 from server.jobs.sqlite import SqliteJobStore
 from server.media.blobs import LocalBlobs
 from server.media.storage import InputStore, OutputStore
@@ -73,7 +74,7 @@ class FakeWorker(WorkerHandle):
     def evict(self, weights: str) -> None:
         self.resident.discard(weights)
 
-    def render(self, work: RenderWork, on_step: StepReport) -> Outcome:
+    def render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None = None) -> Outcome:
         with self._lock:
             index = len(self.calls)
             self.calls.append(Call(work.params.num_images, work.force, work.params.prompts))
@@ -87,11 +88,20 @@ class FakeWorker(WorkerHandle):
             for step in range(1, self.steps + 1):
                 time.sleep(self.step_s)
                 on_step(step, self.steps)
+                if work.previews is not None and on_preview is not None and step < self.steps:
+                    on_preview(step, self.steps, tuple(_jpeg(seed + step) for seed in work.params.seeds))
         except RenderCancelled:
             return Cancelled()
         p = work.params
         images = [Image.new("RGB", (p.width, p.height), (seed % 256, 0, 0)) for seed in p.seeds]
         return Completed(images, [], 0.0, self.steps * self.step_s, {"worker": self.name, "device": self.device})
+
+
+def _jpeg(shade: int) -> bytes:
+    """A small JPEG whose colour tells which seed and step it shows."""
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (shade % 256, 64, 64)).save(out, "JPEG")
+    return out.getvalue()
 
 
 @dataclass

@@ -31,6 +31,7 @@ from server.api.dialect_io import (
     wait_done,
 )
 from server.api.files import file_response
+from server.api.openai_stream import image_event_stream
 from server.api.lora_fields import LoraListField, refs_from_items
 from server.api.openapi_doc import json_body
 from server.api.request_body import content_kind, read_json_or_multipart
@@ -63,8 +64,10 @@ FIELD_POLICY: dict[str, dict[str, str]] = {
         "user": "warned: kept by hosted providers for abuse monitoring; not used locally",
         "input_fidelity": "warned: the stand-ins have no fidelity switch",
         "style": "refused (unsupported_feature): a DALL-E 3 option",
-        "stream": "refused when true (unsupported_feature): no partial images",
-        "partial_images": "refused when > 0 (unsupported_feature)",
+        "stream": "mapped: Server-Sent Events `image_generation.*` / `image_edit.*` (partial images, then one "
+                  "completed event per image; a failure is an `error` event)",
+        "partial_images": "mapped: 0-3 live previews of the forming image (latent projections, at most that many, "
+                          "spread over the denoising steps; fewer when the render is quicker than the previews)",
         "loras": "mapped: darkroom extension (the SDK's extra_body), LoRA adapters [{id or url, scale}]",
     },
     "videos": {
@@ -122,10 +125,8 @@ def _refuse_and_warn(body: GenerationsBody) -> list[str]:
         raise refuse("output_compression", "darkroom encodes outputs with fixed settings; remove output_compression")
     if body.style is not None:
         raise refuse("style", "style is a DALL-E 3 option; remove it")
-    if body.stream:
-        raise refuse("stream", "streaming partial images is not supported; send stream=false")
-    if body.partial_images:
-        raise refuse("partial_images", "partial images are not supported; remove partial_images")
+    if body.partial_images and not body.stream:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, "partial_images needs stream=true", "partial_images")
     warnings = []
     if body.moderation is not None:
         warnings.append("moderation: no moderation runs on this local server")
@@ -190,8 +191,11 @@ async def _submit_images(request: Request, body: GenerationsBody, sources: list[
     steps = max(1, round(spec.defaults.num_inference_steps * QUALITY_STEPS[body.quality]))
     ask = ImageAsk(model=model, prompt=body.prompt, sources=tuple(sources), references=(), mask=mask,
                    num_images=body.n, num_images_field="n", output_format=body.output_format, num_inference_steps=steps,
-                   size=_parse_size(body.size), size_field="size", loras=refs_from_items(body.loras))
+                   size=_parse_size(body.size), size_field="size", loras=refs_from_items(body.loras),
+                   previews=bool(body.stream and body.partial_images))
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
+    if body.stream:
+        return image_event_stream(request, job_id, body, "image_edit" if sources else "image_generation")
     record = await wait_done(request, job_id)
     return _images_response(request, body, record, warnings)
 

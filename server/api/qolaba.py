@@ -65,6 +65,8 @@ class GenerateBody(LoraListField):
                           "DARKROOM_PRIORITY_S seconds of queue waiting.")
     webhook_url: str | None = Field(None, max_length=2000, description="darkroom extension: POSTed the task "
                                     "object when it finishes (signed; see README).")
+    previews: bool = Field(False, description="darkroom extension: live previews of the forming image, in the "
+                           "task's event stream and at /api/v1/tasks/{id}/preview.")
     # hosted fields with no local meaning
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     # hosted features that cannot exist offline: refused when asked for
@@ -119,7 +121,7 @@ def _to_ask(body: GenerateBody, files: dict[str, list[bytes]]) -> ImageAsk:
         aspect_ratio=body.aspect_ratio, quality=body.quality, num_images=body.num_images, seed=body.seed,
         output_format=body.output_format, num_inference_steps=body.num_inference_steps,
         guidance_scale=body.guidance_scale, strength=body.strength, negative_prompt=body.negative_prompt,
-        warnings=tuple(warnings), priority=body.priority, loras=refs_from_items(body.loras),
+        warnings=tuple(warnings), priority=body.priority, loras=refs_from_items(body.loras), previews=body.previews,
     )
 
 

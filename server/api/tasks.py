@@ -49,6 +49,7 @@ def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
         "height": height,
         "warnings": job.warnings,
         "progress": {"step": record.progress_step, "total": record.progress_total},
+        "preview": _preview_view(record, links.base),
         "created_at": record.created_at,
         "started_at": record.started_at,
         "completed_at": record.finished_at,
@@ -79,6 +80,21 @@ def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
                          "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
                          "strength": p.strength, "rendered": {"width": p.width, "height": p.height}}
     return view
+
+
+def _preview_view(record: JobRecord, base: str) -> dict[str, Any] | None:
+    """Where the running task's latest live preview is (when it asked for previews and one was made)."""
+    if record.status is not JobStatus.PROCESSING or not record.preview_step:
+        return None
+    return {"step": record.preview_step, "url": f"{base}/api/v1/tasks/{record.id}/preview"}
+
+
+def preview_data_url(ctx: AppContext, record: JobRecord) -> str | None:
+    """The task's latest preview as a data URL (what streams carry), None when there is none."""
+    if not record.preview_step or record.status is not JobStatus.PROCESSING:
+        return None
+    data = ctx.engine.previews.get(record.id)
+    return f"data:image/jpeg;base64,{base64.b64encode(data).decode()}" if data else None
 
 
 def _inputs_view(job: JobView, base: str) -> list[dict[str, str]]:
@@ -157,6 +173,23 @@ async def task_input(task_id: str, name: str, request: Request) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
+@router.get("/api/v1/tasks/{task_id}/preview", openapi_extra={"responses": {"200": {"content": {
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}})
+async def task_preview(task_id: str, request: Request) -> Response:
+    """The running task's latest live preview (a small JPEG; the task must have asked with `previews: true`); 404
+    before the first one and once the task has finished (its result replaces it). `X-Darkroom-Preview-Step` says
+    which denoising step it shows."""
+    ctx = _ctx(request)
+    record = await _record_or_404(request, task_id)
+    data = ctx.engine.previews.get(record.id) if record.preview_step and record.status is JobStatus.PROCESSING \
+        else None
+    if data is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "the task has no live preview now (ask with previews=true; "
+                       "previews exist only while it runs)", "task_id")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store",
+                                                           "X-Darkroom-Preview-Step": str(record.preview_step)})
+
+
 @router.get("/api/v1/tasks/{task_id}")
 async def get_task(task_id: str, request: Request) -> JSONResponse:
     """Status of a task; completed tasks carry images or videos and usage, failed ones the error."""
@@ -173,14 +206,15 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 
 @router.get("/api/v1/tasks/{task_id}/events")
 async def task_events(task_id: str, request: Request) -> StreamingResponse:
-    """Server-Sent Events: `status` first, `progress` on every recorded step, then one final event named
+    """Server-Sent Events: `status` first, `progress` on every recorded step (with `preview`, a JPEG data URL of
+    the forming image, when the task asked for previews and a new one is ready), then one final event named
     `completed`, `failed` or `cancelled` carrying the whole task, after which the stream ends."""
     ctx = _ctx(request)
     await _record_or_404(request, task_id)
     links = ctx.links(str(request.base_url))
 
     async def stream() -> AsyncIterator[str]:
-        last: tuple[str, int, int] | None = None
+        last: tuple[str, int, int, int] | None = None
         idle = 0.0
         while True:
             try:
@@ -193,10 +227,15 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
             if record.status in FINAL_STATES:
                 yield _sse(str(record.status), task_view(record, links))
                 return
-            state = (str(record.status), record.progress_step, record.progress_total)
+            state = (str(record.status), record.progress_step, record.progress_total, record.preview_step)
             if state != last:
                 event = "status" if last is None else "progress"
-                yield _sse(event, {"task_id": task_id, "status": state[0], "step": state[1], "total": state[2]})
+                data: dict[str, Any] = {"task_id": task_id, "status": state[0], "step": state[1], "total": state[2]}
+                if last is None or state[3] != last[3]:
+                    preview = await asyncio.to_thread(preview_data_url, ctx, record)
+                    if preview:
+                        data["preview"] = {"step": record.preview_step, "image": preview}
+                yield _sse(event, data)
                 last, idle = state, 0.0
             elif idle >= KEEPALIVE_S:
                 yield ": keep-alive\n\n"

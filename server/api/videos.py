@@ -42,6 +42,8 @@ class VideoBody(LoraListField):
     priority: int = Field(0, ge=0, le=9, description="darkroom extension: 0-9, worth DARKROOM_PRIORITY_S s each.")
     webhook_url: str | None = Field(None, max_length=2000, description="darkroom extension: POSTed the task "
                                     "object when it finishes (signed; see README).")
+    previews: bool = Field(False, description="darkroom extension: live previews of the forming clip (its middle "
+                           "frame), in the task's event stream and at /api/v1/tasks/{id}/preview.")
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     num_inference_steps: int | None = Field(None, ge=1, le=200)
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
@@ -84,7 +86,7 @@ async def generate_video(request: Request) -> JSONResponse:
         resolution=body.resolution, aspect_ratio=body.aspect_ratio, fps=body.fps,
         generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, warnings=warnings,
-        priority=body.priority, loras=refs_from_items(body.loras),
+        priority=body.priority, loras=refs_from_items(body.loras), previews=body.previews,
         webhook=await ctx.webhooks.prepare(body.webhook_url, "darkroom", ctx.public_base(str(request.base_url)),
                                            "webhook_url", caller(request.scope)) if body.webhook_url else None,
     )

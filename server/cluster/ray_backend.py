@@ -34,7 +34,7 @@ from pipelines.base import RenderCancelled
 from server.config import DarkroomConfig
 from server.engine.policy import DeviceState, ModelFootprint
 from server.engine.work import Outcome, RenderWork, WorkerLost
-from server.engine.worker_handle import StepReport, WorkerHandle
+from server.engine.worker_handle import PreviewReport, StepReport, WorkerHandle
 from server.settings import EngineSettings, FilesSettings
 
 log = logging.getLogger("darkroom.cluster")
@@ -82,6 +82,7 @@ class RayWorkerActor:
         self.node_ip = ray.util.get_node_ip_address()
         self.demo = sorted(n for n, w in located.items() if w.demo)
         self._progress: dict[str, tuple[int, int]] = {}
+        self._previews: dict[str, tuple[int, int, tuple[bytes, ...]]] = {}
         self._cancel: set[str] = set()
         self._render_lock = threading.Lock()
 
@@ -120,15 +121,22 @@ class RayWorkerActor:
             if call_id in self._cancel:
                 raise RenderCancelled(call_id)
 
+        def on_preview(step: int, total: int, jpegs: tuple[bytes, ...]) -> None:
+            self._previews[call_id] = (step, total, jpegs)  # the latest only: the front end polls for it
+
         try:
             with self._render_lock:
-                return self.worker.render(work, on_step)
+                return self.worker.render(work, on_step, on_preview)
         finally:
             self._progress.pop(call_id, None)
+            self._previews.pop(call_id, None)
             self._cancel.discard(call_id)
 
-    def progress(self, call_id: str) -> tuple[int, int] | None:
-        return self._progress.get(call_id)
+    def progress(self, call_id: str, preview_after: int = -1) -> tuple[tuple[int, int] | None,
+                                                                       tuple[int, int, tuple[bytes, ...]] | None]:
+        """(steps done, total) and the latest preview when it is of a later step than `preview_after`."""
+        preview = self._previews.get(call_id)
+        return self._progress.get(call_id), preview if preview and preview[0] > preview_after else None
 
     def cancel(self, call_id: str) -> None:
         self._cancel.add(call_id)
@@ -194,7 +202,7 @@ class RayWorkerHandle(WorkerHandle):
         except Exception:  # noqa: BLE001 - a figure for the log only
             return 0
 
-    def render(self, work: RenderWork, on_step: StepReport) -> Outcome:
+    def render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None = None) -> Outcome:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
@@ -204,13 +212,17 @@ class RayWorkerHandle(WorkerHandle):
         except RayActorError as exc:
             return WorkerLost(f"worker actor {self.name} is gone: {exc}"[:300])
         last: tuple[int, int] | None = None
+        previewed = -1
         cancelled = False
         while True:
             try:
                 done, _ = ray.wait([ref], timeout=_POLL_S)
                 if done:
                     return ray.get(ref)
-                step = ray.get(self.actor.progress.remote(call_id), timeout=_CALL_TIMEOUT_S)
+                step, preview = ray.get(self.actor.progress.remote(call_id, previewed), timeout=_CALL_TIMEOUT_S)
+                if preview is not None and on_preview is not None:
+                    previewed = preview[0]
+                    on_preview(*preview)
             except (RayActorError, RayTaskError) as exc:
                 # The actor (or its node) died mid-render: nothing of the call survives on it.
                 return WorkerLost(f"worker actor {self.name} on {self.device} died: {type(exc).__name__}")

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipelines.base import RenderCancelled
+from pipelines.previews import PreviewOptions
 from server.engine.policy import Placement, split_after_oom
 from server.engine.recording import Recorder
 from server.engine.slots import Call, WorkerSlot
@@ -24,7 +25,7 @@ from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcom
 from server.faults import InputMissing
 from server.jobs.store import Claim, JobStore
 from server.logs import event
-from server.media.storage import InputStore
+from server.media.storage import InputStore, PreviewStore
 
 log = logging.getLogger("darkroom.engine")
 
@@ -38,6 +39,8 @@ class CallOutcomes:
 
     store: JobStore
     inputs: InputStore
+    previews: PreviewStore
+    preview_options: PreviewOptions
     recorder: Recorder
     stats: Counter[str]
     _cond: threading.Condition
@@ -75,7 +78,8 @@ class CallOutcomes:
             references=tuple(read(p) for r, _ in per_image for p in r.reference_paths),
             masks=tuple(read(r.mask_path) for r, _ in per_image if r.mask_path),
             force=force, demand=self.store.pending_by_weights(),
-            adapters=self._adapter_files({u.sha256 for r in call.requests for u in r.params.loras} - held))
+            adapters=self._adapter_files({u.sha256 for r in call.requests for u in r.params.loras} - held),
+            previews=self.preview_options if any(r.previews for r in call.requests) else None)
 
     def _adapter_files(self, wanted: set[str]) -> dict[str, bytes]:
         files = {}
@@ -104,6 +108,33 @@ class CallOutcomes:
 
         return on_step
 
+    def _on_preview(self, call: Call) -> Callable[[int, int, tuple[bytes, ...]], None]:
+        """Where a call's previews go: each job that asked gets its first image's, in the preview store, and the
+        step on its record (what the streams watch)."""
+        firsts: dict[str, int] = {}
+        index = 0
+        for job, request in zip(call.jobs, call.requests, strict=True):
+            if request.previews:
+                firsts[job.id] = index
+            index += request.params.num_images
+
+        def on_preview(step: int, _total: int, jpegs: tuple[bytes, ...]) -> None:
+            for jid, first in firsts.items():
+                if first < len(jpegs) and jpegs[first]:
+                    try:
+                        self.previews.put(jid, jpegs[first])
+                        self.store.set_preview_step(jid, step)
+                    except Exception:  # previews are best effort: a full disk or busy store never fails a render
+                        log.debug("preview of %s at step %d not stored", jid, step, exc_info=True)
+
+        return on_preview
+
+    def _drop_previews(self, call: Call) -> None:
+        for job, request in zip(call.jobs, call.requests, strict=True):
+            if request.previews:
+                with contextlib.suppress(Exception):
+                    self.previews.remove(job.id)
+
     def _run_call(self, slot: WorkerSlot, call: Call, info: dict[str, Any], force: Placement | None = None) -> None:
         """One pipeline call and everything that can follow from it: the one outcome path. Reading the inputs is
         inside it, so a job whose inputs cannot be read fails (or is retried) alone."""
@@ -117,10 +148,12 @@ class CallOutcomes:
         started = time.time()
         memory_before = slot.handle.memory_allocated()
         try:
-            outcome: Outcome = slot.handle.render(work, self._on_step(slot, call.ids))
+            outcome: Outcome = slot.handle.render(work, self._on_step(slot, call.ids), self._on_preview(call))
         except Exception as exc:  # the interface says a render never raises; if one does, it failed
             log.exception("render of %s raised instead of returning an outcome", ", ".join(sorted(call.ids)))
             outcome = Failed(f"{type(exc).__name__}: {exc}")
+        if work.previews is not None:
+            self._drop_previews(call)
         match outcome:
             case Completed():
                 self._completed(call, outcome, started, claims)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.base import RenderParams
 from pipelines.memory import MemoryCoefficients
+from pipelines.previews import PreviewOptions
 from pipelines.registry import family_class
 from server.engine.admission import Admission, admit
 from server.engine.call_outcomes import CallOutcomes
@@ -39,7 +40,7 @@ from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
 from server.jobs.store import Claim, JobRecord, JobStore
 from server.logs import event
-from server.media.storage import InputStore, OutputStore
+from server.media.storage import InputStore, OutputStore, PreviewStore
 
 if TYPE_CHECKING:
     from server.config import DarkroomConfig
@@ -87,6 +88,10 @@ class Engine(CallOutcomes):
         self.slots = [WorkerSlot(w, owner_id(w.name)) for w in workers]
         self.outputs = outputs
         self.inputs = inputs
+        self.previews = PreviewStore(outputs.blobs)
+        self.preview_options = PreviewOptions(every_steps=settings.preview_every_steps,
+                                              min_interval_s=settings.preview_min_interval_s,
+                                              max_side=settings.preview_max_side)
         self.preload = sorted(config.weights_needed())
         # One condition guards scheduling: a worker plans and claims while holding it, so no job is planned twice.
         self._cond = threading.Condition()

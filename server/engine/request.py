@@ -32,6 +32,8 @@ class GenerationRequest:
     """Input-store references of the normalised inputs (names the input store resolves, local or remote)."""
     warnings: tuple[str, ...] = ()
     priority: int = 0
+    previews: bool = False
+    """The client asked for live previews of the render (they never change it, so batching ignores this)."""
     asked: dict[str, Any] = field(default_factory=dict)
     """The client's own choices that resolved into the parameters (tier, aspect ratio, resolution, duration,
     an exact size), kept so the task can be shown and re-run as it was asked."""

@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from pipelines.base import RenderParams, VideoClip
+from pipelines.previews import PreviewOptions
 from server.engine.policy import Placement
 
 
@@ -36,6 +37,8 @@ class RenderWork:
     adapters: Mapping[str, bytes] = field(default_factory=dict)
     """LoRA files (safetensors bytes) by content hash, for the adapters the params name that the worker does
     not hold converted already (`WorkerHandle.adapters_held`)."""
+    previews: PreviewOptions | None = None
+    """Live previews to make as the call denoises (a job in it asked for them); None: none."""
 
 
 @dataclass(frozen=True)

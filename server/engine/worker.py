@@ -9,7 +9,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib.metadata import version
 from typing import Any
@@ -22,6 +23,7 @@ from pipelines.base import Family, ParamError, RenderCancelled, RenderParams, Re
 from pipelines.lora_format import LoraFormatError
 from pipelines.lora_runtime import AdapterCache, LoadedAdapter, load_adapter
 from pipelines.memory import MemoryCoefficients
+from pipelines.previews import PreviewTap
 from pipelines.registry import family_class
 from server.engine import policy
 from server.engine.policy import (
@@ -37,7 +39,7 @@ from server.engine.policy import (
 )
 from server.engine.variant_plan import CardProfile
 from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork
-from server.engine.worker_handle import StepReport, WorkerHandle
+from server.engine.worker_handle import PreviewReport, StepReport, WorkerHandle
 from weights.locate import LocatedWeights
 
 log = logging.getLogger("darkroom.worker")
@@ -340,11 +342,11 @@ class Worker(WorkerHandle):
         self.release_memory()
 
     # ---- rendering -----------------------------------------------------------------------------------------
-    def render(self, work: RenderWork, on_step: StepReport) -> Outcome:
+    def render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None = None) -> Outcome:
         """Run `work` and classify how it ended (the only place render exceptions are looked at)."""
         outcome: Outcome
         try:
-            return self._render(work, on_step)
+            return self._render(work, on_step, on_preview)
         except RenderCancelled:
             outcome = Cancelled()
         except ParamError as exc:
@@ -366,7 +368,7 @@ class Worker(WorkerHandle):
         self.release_memory()
         return outcome
 
-    def _render(self, work: RenderWork, on_step: StepReport) -> Completed:
+    def _render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None) -> Completed:
         params = work.params
         fam_class = family_class(work.family)
         coeffs = self.memory[fam_class.name]
@@ -385,11 +387,14 @@ class Worker(WorkerHandle):
         stats: dict[str, Any] = {}
         adapters = self._adapters(work, fam_class)
         for start in range(0, params.num_images, chunk):
-            result = fam.render(spec.images(start, start + chunk), on_step, adapters)
+            with self._previews(fam, work, on_preview, start) as tap:
+                result = fam.render(spec.images(start, start + chunk), on_step, adapters)
             images += result.images
             videos += result.videos
             passes += result.stats.get("denoiser_passes", 0)
             stats = result.stats
+            if tap is not None:
+                stats["previews"] = {"made": stats.get("previews", {}).get("made", 0) + tap.made}
         placement = self._placement.get(work.weights, Placement.RESIDENT).value
         where = self.located[work.weights]
         runtime: dict[str, Any] = {"worker": self.name, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
@@ -400,9 +405,32 @@ class Worker(WorkerHandle):
                    "pipeline_calls": -(-params.num_images // chunk)}
         if "step_cache_off" in stats:
             runtime["step_cache_off"] = stats["step_cache_off"]
+        if "previews" in stats:
+            runtime["previews"] = stats["previews"] | ({"off": fam.preview_off} if fam.preview_off else {})
         if "loras" in stats:
             runtime["loras"] = stats["loras"] | {"ignored": sorted({i for a in adapters.values() for i in a.ignored})}
         return Completed(images, videos, load_s, time.perf_counter() - started, runtime)
+
+    @contextmanager
+    def _previews(self, fam: Family, work: RenderWork, on_preview: PreviewReport | None,
+                  first: int) -> Iterator[PreviewTap | None]:
+        """A preview tap on `fam` for one pipeline call of `work` (images from `first` on), when asked for; waits
+        for the last preview's delivery so none arrives after the outcome."""
+        if work.previews is None or on_preview is None or not fam.makes_previews():
+            yield None
+            return
+        report = on_preview
+
+        def deliver(step: int, total: int, jpegs: tuple[bytes, ...]) -> None:
+            report(step, total, (b"",) * first + jpegs)  # indexed by the work's image order
+
+        tap = PreviewTap(work.previews, deliver)
+        fam.preview_tap = tap
+        try:
+            yield tap
+        finally:
+            fam.preview_tap = None
+            tap.close()
 
     def adapters_held(self) -> frozenset[str]:
         return frozenset(key.split(":", 1)[1] for key in self.adapter_cache.held())

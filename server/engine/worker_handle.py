@@ -17,6 +17,8 @@ from server.engine.work import Outcome, RenderWork
 StepReport = Callable[[int, int], None]
 """Called with (steps done, steps total) as a render progresses; raising `pipelines.base.RenderCancelled` from
 it asks the render to stop at that step boundary (the render then ends `Cancelled`)."""
+PreviewReport = Callable[[int, int, tuple[bytes, ...]], None]
+"""Called with (step, total, one JPEG per image of the call) when a live preview is ready; from any thread."""
 
 
 class WorkerHandle(ABC):
@@ -50,8 +52,9 @@ class WorkerHandle(ABC):
         """Drop `weights` from the device and its host-RAM tier."""
 
     @abstractmethod
-    def render(self, work: RenderWork, on_step: StepReport) -> Outcome:
-        """Make `work`'s outputs, bringing its model onto the device first as the residency policy says."""
+    def render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None = None) -> Outcome:
+        """Make `work`'s outputs, bringing its model onto the device first as the residency policy says; previews
+        (when `work.previews` asks and the family makes them) go to `on_preview`."""
 
     def memory_allocated(self) -> int:
         """Bytes the device allocator holds now (0 where not measurable)."""

@@ -58,6 +58,8 @@ class JobRecord:
     """A job given back after a failure around its render is not claimed before this (epoch seconds)."""
     retries: list[dict[str, Any]] | None = None
     """The failures that gave it back, oldest first (code, message, attempt, when)."""
+    preview_step: int = 0
+    """The denoising step of the job's latest live preview (0: none yet); the picture is in the preview store."""
 
 
 @dataclass(frozen=True)

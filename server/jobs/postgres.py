@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- Added after the first release; a database created before them gets them here.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS not_before DOUBLE PRECISION;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS retries JSONB;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS preview_step INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -289,7 +290,7 @@ class PostgresJobStore(PostgresReads, JobStore):
             for r in lapsed:
                 cur.execute(
                     "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
-                    "progress_step = 0 WHERE id = %s AND status = %s AND attempts = %s AND "
+                    "progress_step = 0, preview_step = 0 WHERE id = %s AND status = %s AND attempts = %s AND "
                     "lease_owner IS NOT DISTINCT FROM %s",
                     (JobStatus.PENDING.value, r["id"], JobStatus.PROCESSING.value, r["attempts"], r["lease_owner"]))
                 if cur.rowcount:
@@ -307,7 +308,7 @@ class PostgresJobStore(PostgresReads, JobStore):
                 guard, args = ("AND lease_owner = %s AND attempts = %s", (held[jid].owner, held[jid].attempt)) \
                     if jid in held else ("", ())
                 cur.execute("UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
-                            f"progress_step = 0 WHERE id = %s AND status = %s {guard}",
+                            f"progress_step = 0, preview_step = 0 WHERE id = %s AND status = %s {guard}",
                             (JobStatus.PENDING.value, jid, JobStatus.PROCESSING.value, *args))
                 n += cur.rowcount
             return n
@@ -316,7 +317,7 @@ class PostgresJobStore(PostgresReads, JobStore):
 
     def retry_later(self, claim: Claim, delay_s: float, failure: dict[str, Any]) -> bool:
         return self._count(
-            "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, progress_step = 0, "
+            "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, progress_step = 0, preview_step = 0, "
             "not_before = %s, retries = COALESCE(retries, '[]'::jsonb) || %s WHERE id = %s AND status = %s AND "
             "lease_owner = %s AND attempts = %s",
             (JobStatus.PENDING.value, time.time() + delay_s, Jsonb([failure]), claim.job_id,
@@ -326,6 +327,16 @@ class PostgresJobStore(PostgresReads, JobStore):
         # Best effort: progress is for people watching, so it never waits on a busy database (nor fails a render).
         def write(cur: psycopg.Cursor[dict[str, Any]]) -> None:
             cur.execute("UPDATE jobs SET progress_step = %s, progress_total = %s WHERE id = %s", (step, total, job_id))
+
+        try:
+            self._run(write, time.monotonic() + _PROGRESS_WAIT_S)
+            return True
+        except (StoreBusy, StorageFull, psycopg.Error):
+            return False
+
+    def set_preview_step(self, job_id: str, step: int) -> bool:
+        def write(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+            cur.execute("UPDATE jobs SET preview_step = %s WHERE id = %s", (step, job_id))
 
         try:
             self._run(write, time.monotonic() + _PROGRESS_WAIT_S)

@@ -86,6 +86,7 @@ ADDED_COLUMNS = {
     # A job given back after a failure around its render waits until then (backoff), with each failure listed.
     "not_before": "REAL",
     "retries": "TEXT",
+    "preview_step": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -290,7 +291,7 @@ class SqliteJobStore(SqliteReads, JobStore):
             for r in lapsed:
                 cur = conn.execute(
                     "UPDATE jobs SET status = ?, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
-                    "progress_step = 0 WHERE id = ? AND status = ? AND attempts = ? AND lease_owner IS ?",
+                    "progress_step = 0, preview_step = 0 WHERE id = ? AND status = ? AND attempts = ? AND lease_owner IS ?",
                     (JobStatus.PENDING, r["id"], JobStatus.PROCESSING, r["attempts"], r["lease_owner"]))
                 if cur.rowcount:
                     back.append(r["id"])
@@ -308,7 +309,7 @@ class SqliteJobStore(SqliteReads, JobStore):
                     if jid in held else ("", ())
                 n += conn.execute(
                     "UPDATE jobs SET status = ?, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
-                    f"progress_step = 0 WHERE id = ? AND status = ? {guard}",
+                    f"progress_step = 0, preview_step = 0 WHERE id = ? AND status = ? {guard}",
                     (JobStatus.PENDING, jid, JobStatus.PROCESSING, *args)).rowcount
             return n
 
@@ -323,7 +324,7 @@ class SqliteJobStore(SqliteReads, JobStore):
                 return False
             retries = [*(json.loads(row["retries"]) if row["retries"] else []), failure]
             conn.execute("UPDATE jobs SET status = ?, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
-                         "progress_step = 0, not_before = ?, retries = ? WHERE id = ?",
+                         "progress_step = 0, preview_step = 0, not_before = ?, retries = ? WHERE id = ?",
                          (JobStatus.PENDING, time.time() + delay_s, json.dumps(retries), claim.job_id))
             return True
 
@@ -338,6 +339,21 @@ class SqliteJobStore(SqliteReads, JobStore):
             try:
                 self._conn.execute("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
                                    (step, total, job_id))
+                return True
+            except sqlite3.Error:
+                return False
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        finally:
+            self._lock.release()
+
+    def set_preview_step(self, job_id: str, step: int) -> bool:
+        if not self._lock.acquire(timeout=_PROGRESS_WAIT_S):
+            return False
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout={int(_PROGRESS_WAIT_S * 1000)}")
+            try:
+                self._conn.execute("UPDATE jobs SET preview_step = ? WHERE id = ?", (step, job_id))
                 return True
             except sqlite3.Error:
                 return False

@@ -153,6 +153,11 @@ class JobStore(ABC):
         one; False when the write was skipped."""
 
     @abstractmethod
+    def set_preview_step(self, job_id: str, step: int) -> bool:
+        """The step of a running job's latest live preview (its picture is in the preview store). Best effort, as
+        `set_progress`."""
+
+    @abstractmethod
     def set_batch(self, job_ids: list[str], batch: dict[str, Any]) -> None:
         """Record which batch ran each job (its position in it added)."""
 

@@ -26,6 +26,8 @@ _BY_EXT = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "mp4":
 _FILES = "files/"
 _TOMBS = "files/.expired/"
 _INPUTS = "inputs/"
+_PREVIEWS = "previews/"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 def encode(image: Image.Image, fmt: str, png_compress_level: int) -> bytes:
@@ -184,3 +186,33 @@ class InputStore:
     def total_bytes(self) -> int:
         """Bytes of every stored input."""
         return self.blobs.total_bytes(_INPUTS)
+
+
+class PreviewStore:
+    """The latest live preview of each running job that asked for them, as `previews/<job id>.jpg` objects (on the
+    outputs' storage, so a front end shows what a remote worker's engine wrote). One small JPEG per job, replaced
+    as the render goes on and removed when it ends."""
+
+    def __init__(self, blobs: Blobs) -> None:
+        self.blobs = blobs
+
+    @staticmethod
+    def _key(job_id: str) -> str | None:
+        return f"{_PREVIEWS}{job_id}.jpg" if _JOB_ID.fullmatch(job_id) else None
+
+    def put(self, job_id: str, jpeg: bytes) -> None:
+        """Replace the job's preview."""
+        key = self._key(job_id)
+        if key is not None:
+            self.blobs.put(key, jpeg)
+
+    def get(self, job_id: str) -> bytes | None:
+        """The job's latest preview; None when it has none (yet, or any more)."""
+        key = self._key(job_id)
+        return self.blobs.get(key) if key is not None else None
+
+    def remove(self, job_id: str) -> None:
+        """Drop the job's preview (its render ended)."""
+        key = self._key(job_id)
+        if key is not None:
+            self.blobs.delete(key)
