@@ -251,9 +251,10 @@ def test_native_webhook_url_never_to_private_addresses(srv: ServerProcess) -> No
 
 REFUSALS = [
     ("/v1/images/generations", {"Authorization": f"Bearer {KEY}"}, {"prompt": "x", "style": "vivid"}, "style"),
-    ("/v1/images/generations", {"Authorization": f"Bearer {KEY}"}, {"prompt": "x", "stream": True}, "stream"),
     ("/v1/images/generations", {"Authorization": f"Bearer {KEY}"}, {"prompt": "x", "partial_images": 2},
-     "partial_images"),
+     "partial_images"),  # partial images without stream=true
+    ("/v1/images/generations", {"Authorization": f"Bearer {KEY}"}, {"prompt": "x", "stream": True,
+                                                                    "partial_images": 4}, "partial_images"),
     ("/fal-ai/nano-banana-2/edit", {"Authorization": f"Key {KEY}"}, {"prompt": "x", "enable_web_search": True},
      "enable_web_search"),
     ("/v1/models/google/nano-banana/predictions", {"Authorization": f"Token {KEY}"},

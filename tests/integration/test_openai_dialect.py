@@ -77,6 +77,36 @@ def test_refusals_are_4xx_with_the_field(server: ServerProcess, kwargs: dict[str
     assert exc.value.body["param"] == field and exc.value.body["message"]  # type: ignore[index]
 
 
+def test_streaming_sends_partial_images_then_the_finished_ones(server: ServerProcess) -> None:
+    """The SDK's streaming iterator: partial images (live previews, in the asked format) spread over the render,
+    at most partial_images of them, then one completed event per image."""
+    events = list(_client(server).images.generate(model="gpt-image-1", prompt="a lighthouse", size="512x512",
+                                                  stream=True, partial_images=2, output_format="webp"))
+    partial = [e for e in events if e.type == "image_generation.partial_image"]
+    done = [e for e in events if e.type == "image_generation.completed"]
+    assert 1 <= len(partial) <= 2 and [e.partial_image_index for e in partial] == list(range(len(partial)))
+    assert events[-1].type == "image_generation.completed" and len(done) == 1
+    for event in partial:
+        with Image.open(io.BytesIO(base64.b64decode(event.b64_json))) as im:
+            assert im.format == "WEBP" and event.size == f"{im.width}x{im.height}" and max(im.size) == 256
+    with Image.open(io.BytesIO(base64.b64decode(done[0].b64_json))) as im:
+        assert im.format == "WEBP" and im.size == (512, 512) and done[0].size == "512x512"
+
+
+def test_streaming_edits_use_the_edit_event_names(server: ServerProcess) -> None:
+    stream = _client(server).images.edit(model="gpt-image-1", prompt="add a hat", size="512x512", stream=True,
+                                         partial_images=1, image=("a.png", _png((96, 96)), "image/png"))
+    kinds = [e.type for e in stream]
+    assert kinds[-1] == "image_edit.completed" and set(kinds) <= {"image_edit.partial_image", "image_edit.completed"}
+    assert kinds.count("image_edit.partial_image") <= 1
+
+
+def test_streaming_without_partial_images_sends_only_the_result(server: ServerProcess) -> None:
+    events = list(_client(server).images.generate(model="gpt-image-1-mini", prompt="x", size="256x256", n=2,
+                                                  stream=True))
+    assert [e.type for e in events] == ["image_generation.completed"] * 2
+
+
 def test_any_size_a_model_can_make_is_returned_exactly(server: ServerProcess) -> None:
     """Hosted APIs return the size asked for: off-grid sizes are rendered on the model's grid and cropped."""
     r = _client(server).images.generate(model="gpt-image-1-mini", prompt="x", size="1000x600", quality="low")
