@@ -51,6 +51,10 @@ class Ask:
     """LoRA adapters applied to the denoiser (up to MAX_LORAS)."""
     previews: bool = False
     """Make live previews as the render goes (streams and GET .../preview show them)."""
+    start_by: float | None = None
+    """Epoch seconds by which the job must have started (a client's start deadline)."""
+    no_retry: bool = False
+    """Fail at the first failure around the render instead of retrying."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class ErrorCode(StrEnum):
     # A job's own error codes for failures around its render (server/faults.py).
     INPUT_MISSING = "input_missing"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    START_TIMEOUT = "start_timeout"
+    """The job was not started before the start deadline its client set (fal's X-Fal-Request-Timeout)."""
 
 
 class ApiError(Exception):

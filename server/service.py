@@ -177,7 +177,8 @@ class GenerationService(JobReports):
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params,
             output_format=ask.output_format, source_paths=stored["source"], reference_paths=stored["reference"],
             mask_path=stored["mask"][0] if stored["mask"] else None,
-            warnings=self._warnings(ask.warnings, spec.weights), priority=ask.priority, previews=ask.previews, output_width=size.output[0],
+            warnings=self._warnings(ask.warnings, spec.weights), priority=ask.priority, previews=ask.previews,
+            start_by=ask.start_by, no_retry=ask.no_retry, output_width=size.output[0],
             output_height=size.output[1],
             asked=_asked(quality=ask.quality or (None if ask.size else spec.default_quality),
                          aspect_ratio=None if ask.size else ask.aspect_ratio, size=ask.size, loras=loras))
@@ -209,7 +210,8 @@ class GenerationService(JobReports):
         request = GenerationRequest(
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params, output_format="mp4",
             source_paths=stored["frame"], warnings=self._warnings(ask.warnings + cpu_warnings, spec.weights),
-            priority=ask.priority, previews=ask.previews, output_width=size.output[0], output_height=size.output[1],
+            priority=ask.priority, previews=ask.previews,
+            start_by=ask.start_by, no_retry=ask.no_retry, output_width=size.output[0], output_height=size.output[1],
             asked=_asked(resolution=resolution, aspect_ratio=ask.aspect_ratio, duration=timing.duration,
                          fps=timing.fps, size=ask.size, loras=loras))
         await self._commit(job_id, request, ask, admission, idempotency_key, caller)

@@ -125,7 +125,8 @@ def failure(record: JobRecord) -> ApiError:
     err = record.error or {}
     if record.status is JobStatus.CANCELLED:
         return ApiError(409, ErrorCode.ALREADY_FINISHED, "the task was cancelled while this request waited", None)
-    status = 422 if err.get("code") in ("invalid_request", "insufficient_vram") else 500
+    status = 422 if err.get("code") in ("invalid_request", "insufficient_vram") else \
+        504 if err.get("code") == "start_timeout" else 500
     code = ErrorCode(err["code"]) if err.get("code") in ErrorCode._value2member_map_ else ErrorCode.GENERATION_FAILED
     return ApiError(status, code, err.get("message", "the job failed"), err.get("field"))
 

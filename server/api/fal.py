@@ -7,11 +7,15 @@ replaced: queue.fal.run -> darkroom, fal.run -> darkroom/sync.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compare.clients import FalClient
@@ -31,8 +35,10 @@ from server.api.dialect_io import (
 )
 from server.api.lora_fields import FalLora, parse_list, refs_from_paths
 from server.api.openapi_doc import json_body
+from server.api.tasks import preview_data_url
 from server.asks import ImageAsk, ImageInput, VideoAsk
 from server.errors import ApiError, ErrorCode
+from server.faults import StoreBusy
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.jobs.view import JobView
 from server.resolve import SEED_MAX
@@ -81,7 +87,25 @@ FIELD_POLICY = {
     "enable_web_search": "refused when true (unsupported_feature): offline",
     "thinking_level": "warned: the stand-ins do not reason before drawing",
     "loras": "mapped: LoRA adapters [{path (URL or library id), scale}], on ids whose family takes them",
+    "previews": "darkroom extension: live previews of the forming image in the status stream "
+                "(GET .../requests/{id}/status/stream) and the native task's preview",
 }
+
+# fal's platform headers (https://docs.fal.ai/documentation/model-apis/common-parameters), as darkroom treats them.
+HEADER_POLICY = {
+    "X-Fal-Request-Timeout": "honoured: start deadline in seconds (> 0.1); a request no worker has started by then "
+                             "fails with 504, X-Fal-Error-Type request_timeout and X-Fal-Request-Timeout-Type user",
+    "x-fal-no-retry": "honoured (1/true/yes): a failure around the render fails the request at once instead of "
+                      "being retried (DARKROOM_JOB_MAX_ATTEMPTS otherwise)",
+    "X-Fal-Store-IO": "accepted and ignored: darkroom keeps each request locally for as long as "
+                      "DARKROOM_RETENTION_HOURS says (the queue needs it to answer status and result); nothing is "
+                      "sent anywhere",
+    "X-Fal-Object-Lifecycle-Preference": "accepted and ignored: output files live for DARKROOM_RETENTION_HOURS",
+    "x-fal-queue-priority": "accepted and ignored (fal's clients send `normal` on every submit): darkroom's own "
+                            "`priority` extension orders the queue",
+    "x-fal-runner-hint": "accepted and ignored: one engine serves every request",
+}
+_TRUE = ("1", "true", "yes")
 
 
 class FalBody(BaseModel):
@@ -114,6 +138,7 @@ class FalBody(BaseModel):
     enable_web_search: bool | None = None
     thinking_level: str | None = None
     loras: list[FalLora] | None = Field(None, max_length=4)
+    previews: bool = False
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -180,7 +205,8 @@ def _image_ask(model: str, body: FalBody, ctx: Any, warnings: list[str]) -> Imag
                     num_images_field="max_images" if body.max_images else "num_images",
                     seed=body.seed, output_format=body.output_format, num_inference_steps=body.num_inference_steps,
                     guidance_scale=body.guidance_scale, negative_prompt=body.negative_prompt,
-                    warnings=tuple(warnings), size=size, size_field="image_size", loras=refs_from_paths(body.loras))
+                    warnings=tuple(warnings), size=size, size_field="image_size", loras=refs_from_paths(body.loras),
+                    previews=body.previews)
 
 
 def _rank(tier: str) -> int:
@@ -199,7 +225,7 @@ def _video_ask(model: str, body: FalBody, warnings: list[str]) -> VideoAsk:
                     duration=duration, resolution=body.resolution, aspect_ratio=body.aspect_ratio or "auto",
                     generate_audio=body.generate_audio, negative_prompt=body.negative_prompt, seed=body.seed,
                     num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
-                    warnings=tuple(warnings), loras=refs_from_paths(body.loras))
+                    warnings=tuple(warnings), loras=refs_from_paths(body.loras), previews=body.previews)
 
 
 def app_path(model_path: str) -> str:
@@ -245,24 +271,84 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
     if required and not getattr(body, required):
         raise ApiError(422, ErrorCode.MISSING_FIELD, f"{model_path} edits images: {required} is required (fal's "
                        "text-to-image endpoints have their own paths)", required)
+    platform = _platform_headers(request)
     if model in ctx.catalog.video_ids():
-        job_id, _ = await ctx.service.submit_video(replace(_video_ask(model, body, warnings), webhook=hook),
-                                                   caller=caller(request.scope))
+        job_id, _ = await ctx.service.submit_video(replace(_video_ask(model, body, warnings), webhook=hook,
+                                                           **platform), caller=caller(request.scope))
     else:
-        job_id, _ = await ctx.service.submit_image(replace(_image_ask(model, body, ctx, warnings), webhook=hook),
-                                                   caller=caller(request.scope))
+        job_id, _ = await ctx.service.submit_image(replace(_image_ask(model, body, ctx, warnings), webhook=hook,
+                                                           **platform), caller=caller(request.scope))
     return job_id, body
+
+
+def _platform_headers(request: Request) -> dict[str, Any]:
+    """fal's start deadline and no-retry headers as the ask's fields (HEADER_POLICY)."""
+    out: dict[str, Any] = {"no_retry": request.headers.get("x-fal-no-retry", "").strip().lower() in _TRUE}
+    timeout = request.headers.get("x-fal-request-timeout")
+    if timeout is not None:
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            seconds = -1.0
+        if not 0.1 < seconds < 10 ** 7:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, "X-Fal-Request-Timeout must be a number of seconds "
+                           "above 0.1", "X-Fal-Request-Timeout")
+        out["start_by"] = time.time() + seconds
+    return out
+
+
+async def _status_body(request: Request, app: str, record: JobRecord, logs: bool) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    body: dict[str, Any] = {"status": _status(record), "request_id": record.id,
+                            **_urls(base_url(request), f"fal-ai/{app}", record.id), "logs": []}
+    if logs and record.progress_total and record.status is not JobStatus.PENDING:
+        body["logs"] = [{"message": f"step {record.progress_step}/{record.progress_total}", "level": "INFO",
+                         "source": "stdout", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}]
+    if record.status is JobStatus.PENDING:
+        body["queue_position"] = await ctx.service.queue_position(record.id) or 0
+    return body
+
+
+@router.get("/fal-ai/{app:path}/requests/{request_id}/status/stream")
+async def queue_status_stream(app: str, request_id: str, request: Request) -> StreamingResponse:
+    """fal's streaming status: one `data:` event per change (queue position, step, preview) until COMPLETED. A
+    request submitted with `previews: true` carries its latest preview as `darkroom.preview` (a JPEG data URL)."""
+    ctx = ctx_of(request)
+    await record_or_404(request, request_id, "request_id")
+    logs = request.query_params.get("logs", "0") in _TRUE
+
+    async def stream() -> AsyncIterator[str]:
+        last: tuple[Any, ...] | None = None
+        while True:
+            try:
+                record = await ctx.service.get(request_id, caller(request.scope))
+            except StoreBusy:
+                record = None
+            if record is not None:
+                body = await _status_body(request, app, record, logs)
+                state = (body["status"], body.get("queue_position"), record.progress_step, record.preview_step)
+                if state != last:
+                    if last is None or state[3] != last[3]:
+                        preview = await asyncio.to_thread(preview_data_url, ctx, record)
+                        if preview:
+                            body["darkroom"] = {"preview": {"step": record.preview_step, "image": preview}}
+                    yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+                    last = state
+                if record.status in FINAL_STATES:
+                    return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.1)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_request_id(request_id)})
 
 
 @router.get("/fal-ai/{app:path}/requests/{request_id}/status")
 async def queue_status(app: str, request_id: str, request: Request) -> JSONResponse:
-    """IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED."""
-    ctx = ctx_of(request)
+    """IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED; `?logs=1` adds the denoising step as a log line."""
     record = await record_or_404(request, request_id, "request_id")
-    body: dict[str, Any] = {"status": _status(record), "request_id": record.id,
-                            **_urls(base_url(request), f"fal-ai/{app}", record.id), "logs": []}
-    if record.status is JobStatus.PENDING:
-        body["queue_position"] = await ctx.service.queue_position(record.id) or 0
+    body = await _status_body(request, app, record, request.query_params.get("logs", "0") in _TRUE)
     return JSONResponse(body, status_code=202 if record.status not in FINAL_STATES else 200,
                         headers=_request_id(record.id))
 
@@ -276,8 +362,10 @@ async def queue_result(app: str, request_id: str, request: Request) -> JSONRespo
         return JSONResponse(result_payload(ctx, record, base_url(request)), headers=_request_id(record.id))
     if record.status in FINAL_STATES:
         err = failure(record)
-        return JSONResponse(error_shape(err), status_code=err.status,
-                            headers={"X-Fal-Error-Type": str(err.code), **_request_id(record.id)})
+        headers = {"X-Fal-Error-Type": str(err.code), **_request_id(record.id)}
+        if err.code is ErrorCode.START_TIMEOUT:
+            headers |= {"X-Fal-Error-Type": "request_timeout", "X-Fal-Request-Timeout-Type": "user"}
+        return JSONResponse(error_shape(err), status_code=err.status, headers=headers)
     raise ApiError(400, ErrorCode.NOT_READY, "the request is still in progress; poll its status_url")
 
 
@@ -341,7 +429,8 @@ DIALECT = Dialect(
     "fal", (router,), prefixes=("/fal-ai/", "/sync/fal-ai/"), error_shape=error_shape, webhook=webhook_payload,
     tag="fal", doc_order=20, claim_order=1,
     tag_description="fal's queue (queue.fal.run: submit, status, result, cancel) and synchronous runs (fal.run).",
-    auth_schemes=("Key",), response_headers=("x-fal-request-id",),
+    auth_schemes=("Key",), response_headers=("x-fal-request-id", "X-Fal-Error-Type", "X-Fal-Request-Timeout-Type"),
+    request_headers=tuple(HEADER_POLICY),
     field_policies=(FieldPolicy("fal", "POST /fal-ai/<model> (queue), /sync/fal-ai/<model>", FIELD_POLICY,
                                 FalBody),),
     compare_client=FalClient)

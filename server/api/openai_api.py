@@ -31,8 +31,8 @@ from server.api.dialect_io import (
     wait_done,
 )
 from server.api.files import file_response
-from server.api.openai_stream import image_event_stream
 from server.api.lora_fields import LoraListField, refs_from_items
+from server.api.openai_stream import image_event_stream
 from server.api.openapi_doc import json_body
 from server.api.request_body import content_kind, read_json_or_multipart
 from server.asks import ImageAsk, ImageInput, VideoAsk

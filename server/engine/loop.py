@@ -339,9 +339,16 @@ class Engine(CallOutcomes):
         parsed: list[tuple[JobRecord, GenerationRequest]] = []
         for job in jobs:
             try:
-                parsed.append((job, GenerationRequest.from_json(job.request)))
+                request = GenerationRequest.from_json(job.request)
             except Exception as exc:  # noqa: BLE001 - a row this release cannot read fails alone
                 self.recorder.fault(job, Claim.of(job), exc)
+                continue
+            if request.start_by is not None and time.time() > request.start_by:
+                self.recorder.fail(job.id, {"code": "start_timeout", "field": None, "message": (
+                    "the job was not started before its start deadline (X-Fal-Request-Timeout); send it again, "
+                    "with a longer deadline or none")}, Claim.of(job))
+                continue
+            parsed.append((job, request))
         if not parsed:
             return
         jobs, requests = [j for j, _ in parsed], [r for _, r in parsed]

@@ -63,7 +63,7 @@ class Recorder:
             self.store.requeue([job.id], [claim])
             return
         failures = len(job.retries or []) + 1
-        if failures < self.faults.max_attempts:
+        if failures < self.faults.max_attempts and not job.request.get("no_retry"):
             delay = self.faults.delay(failures)
             log.warning("job %s: %s (%s: %s); trying again in %.1f s (failure %d of %d)", job.id, fault.code,
                         type(exc).__name__, exc, delay, failures, self.faults.max_attempts, extra={"job_id": job.id})

@@ -34,6 +34,10 @@ class GenerationRequest:
     priority: int = 0
     previews: bool = False
     """The client asked for live previews of the render (they never change it, so batching ignores this)."""
+    start_by: float | None = None
+    """Epoch seconds by which a worker must start the job, else it fails `start_timeout` (fal's start deadline)."""
+    no_retry: bool = False
+    """A failure around the render fails the job at once instead of retrying it (fal's x-fal-no-retry)."""
     asked: dict[str, Any] = field(default_factory=dict)
     """The client's own choices that resolved into the parameters (tier, aspect ratio, resolution, duration,
     an exact size), kept so the task can be shown and re-run as it was asked."""

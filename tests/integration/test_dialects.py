@@ -141,6 +141,30 @@ def test_fal_sync_mode_and_refusals(srv: ServerProcess) -> None:
         assert r.status_code == 422 and r.json()["error"]["code"] == "url_not_allowed"
 
 
+def test_fal_start_deadline_and_no_retry_headers(srv: ServerProcess) -> None:
+    """X-Fal-Request-Timeout: a request no worker starts in time ends with fal's 504 (request_timeout, user);
+    x-fal-no-retry is recorded on the job; a malformed deadline is a 422 naming the header."""
+    with httpx.Client(base_url=srv.base_url, headers={"Authorization": f"Key {KEY}"}, timeout=60) as c:
+        busy = c.post("/fal-ai/bytedance/seedream/v4/edit", json={
+            "prompt": "x", "image_urls": [_data_url()], "num_inference_steps": 30, "resolution": "1K"})
+        assert busy.status_code == 200, busy.text
+        late = c.post("/fal-ai/nano-banana/edit", json={"prompt": "x", "image_urls": [_data_url()]},
+                      headers={"X-Fal-Request-Timeout": "0.3", "x-fal-no-retry": "1"})
+        rid = late.json()["request_id"]
+        deadline = time.monotonic() + 120
+        while c.get(f"/fal-ai/nano-banana/requests/{rid}/status").json()["status"] != "COMPLETED":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        r = c.get(f"/fal-ai/nano-banana/requests/{rid}")
+        assert r.status_code == 504 and r.headers["X-Fal-Error-Type"] == "request_timeout", r.text
+        assert r.headers["X-Fal-Request-Timeout-Type"] == "user" and r.json()["error"]["code"] == "start_timeout"
+        task = c.get(f"/api/v1/tasks/{rid}", headers={"X-API-Key": KEY}).json()
+        assert task["status"] == "failed" and task["error"]["code"] == "start_timeout"
+        r = c.post("/fal-ai/nano-banana/edit", json={"prompt": "x", "image_urls": [_data_url()]},
+                   headers={"X-Fal-Request-Timeout": "soon"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "X-Fal-Request-Timeout"
+
+
 # ---- Replicate --------------------------------------------------------------------------------------------
 
 def test_replicate_client_run_and_predictions(srv: ServerProcess) -> None:

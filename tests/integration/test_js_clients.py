@@ -41,6 +41,22 @@ console.log(JSON.stringify({ requestId: result.requestId, images: result.data.im
                              url: result.data.images[0].url }));
 """
 
+FAL_STREAMING = """
+import { createFalClient } from "@fal-ai/client";
+const base = process.env.BASE;
+const fal = createFalClient({ credentials: process.env.KEY,
+  requestMiddleware: async (req) => ({ ...req, url: req.url.replace(/^https:\\/\\/(queue\\.)?fal\\.run/, base) }) });
+const updates = [];
+const result = await fal.subscribe("fal-ai/nano-banana/edit", {
+  input: { prompt: "make it teal", image_urls: ["data:image/png;base64," + process.env.PNG], seed: 3,
+           num_inference_steps: 16, previews: true },
+  mode: "streaming", logs: true, startTimeout: 600,
+  onQueueUpdate: (u) => updates.push({ status: u.status, logs: (u.logs || []).length,
+                                       preview: u.darkroom && u.darkroom.preview ? u.darkroom.preview.image.slice(0, 23)
+                                                                                  : null }) });
+console.log(JSON.stringify({ images: result.data.images.length, updates }));
+"""
+
 
 def _env(srv: ServerProcess) -> dict[str, str]:
     return {"BASE": srv.base_url, "KEY": API_KEY, "PNG": base64.b64encode(png_bytes((64, 48))).decode()}
@@ -53,6 +69,17 @@ def test_replicate_js_uploads_a_file_and_reads_its_output_without_the_key(keyed_
     assert out["file"]["size"] > 0 and len(out["file"]["id"]) == 26
     assert out["url"].startswith(keyed_server.base_url + "/files/") and "sig=" in out["url"]
     assert out["bytes"] > 1000 and out["type"] == "image/png"  # a whole PNG came back over the signed URL
+
+
+def test_fal_js_client_streams_status_with_previews(keyed_server: ServerProcess, js_sdks: Any) -> None:
+    """subscribe(mode "streaming", startTimeout) reads GET .../status/stream: progress logs and (asked for) live
+    previews arrive before COMPLETED."""
+    out = js_sdks.run(FAL_STREAMING, _env(keyed_server))
+    assert out["images"] == 1, out
+    statuses = [u["status"] for u in out["updates"]]
+    assert "IN_PROGRESS" in statuses and statuses[-1] == "COMPLETED", out
+    assert any(u["preview"] == "data:image/jpeg;base64," for u in out["updates"]), out
+    assert any(u["logs"] for u in out["updates"]), out
 
 
 def test_fal_js_client_reads_the_request_id(keyed_server: ServerProcess, js_sdks: Any) -> None:

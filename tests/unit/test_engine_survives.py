@@ -113,6 +113,21 @@ def test_an_input_deleted_between_accept_and_claim_fails_its_job_alone(tmp_path:
     assert r.engine.stats["job_retries"] == 2 and len(worker.calls) == 1  # the poison job never reached the device
 
 
+def test_a_job_that_asked_for_no_retries_fails_at_its_first_fault(tmp_path: Path) -> None:
+    """fal's x-fal-no-retry: the same poison job fails at once, with no retries recorded."""
+    r = rig(tmp_path, [FakeWorker("w0")], max_batch=1, faults=FAST)
+    edit = replace(request("edit it"), source_paths=("gone-job/source-0.png",), no_retry=True)
+    submit(r.store, "poison", edit)
+    r.engine.start()
+    try:
+        wait_final(r.store, ["poison"])
+    finally:
+        r.engine.stop()
+    poison = r.store.get("poison")
+    assert poison is not None and poison.status is JobStatus.FAILED and not poison.retries
+    assert poison.error is not None and poison.error["code"] == "input_missing" and poison.error["attempts"] == 1
+
+
 def test_a_store_write_that_fails_once_costs_nothing_but_a_retry(tmp_path: Path) -> None:
     store = FlakyStore(tmp_path / "jobs.sqlite3", lease_s=2.0)
     for name in ("claim", "set_batch", "set_progress", "finish"):
