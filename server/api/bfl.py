@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,6 +29,9 @@ from server.jobs.view import JobView
 from server.resolve import SEED_MAX
 
 router = APIRouter()
+
+RESULT_URL_S = 600.0
+"""BFL's result URLs expire 10 minutes after the result is ready (their integration guide); darkroom's do too."""
 
 FIELD_POLICY = {
     "prompt": "mapped: prompt",
@@ -52,6 +56,7 @@ FIELD_POLICY = {
     "safety_tolerance": "warned: no safety filter runs locally",
     "finetune_id": "mapped: a LoRA (library id or URL) stands in for a BFL fine-tune",
     "finetune_strength": "mapped: that LoRA's scale (BFL's default 1.1)",
+    "result.sample": "answered: a signed URL valid for 10 minutes after the result is ready, as BFL's are",
 }
 
 
@@ -139,7 +144,7 @@ def result_view(record: JobRecord, links: Links) -> dict[str, Any]:
     if record.status is JobStatus.PROCESSING and record.progress_total:
         body["progress"] = round(record.progress_step / record.progress_total, 3)
     if record.status is JobStatus.COMPLETED:
-        files = outputs(record, links)
+        files = outputs(record, replace(links, valid_s=RESULT_URL_S))
         end = record.finished_at or time.time()
         params = JobView.of(record).params
         body["result"] = {"sample": files[0]["url"], "prompt": params.prompt, "seed": params.seeds[0], "start_time": record.started_at, "end_time": end,

@@ -227,6 +227,21 @@ def test_bfl_submit_poll_and_webhook_with_its_own_secret(srv: ServerProcess) -> 
         hook.close()
 
 
+def test_bfl_klein_9b_and_result_urls_valid_for_ten_minutes(srv: ServerProcess) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    with httpx.Client(base_url=srv.base_url, headers={"x-key": KEY}, timeout=60) as c:
+        r = c.post("/v1/flux-2-klein-9b", json={"prompt": "x", "width": 256, "height": 256, "seed": 2})
+        assert r.status_code == 200, r.text
+        done = _poll(c, r.json()["polling_url"], lambda b: b["status"] != "Pending")
+        assert done["status"] == "Ready"
+        task = c.get(f"/api/v1/tasks/{done['id']}", headers={"X-API-Key": KEY}).json()
+        assert task["model"] == "vertex/nano-banana-flash"
+        exp = int(parse_qs(urlparse(done["result"]["sample"]).query)["exp"][0])
+        assert abs(exp - (task["completed_at"] + 600)) <= 1  # BFL's 10 minutes, from the result's readiness
+        assert httpx.get(done["result"]["sample"]).status_code == 200  # no key needed within them
+
+
 # ---- Gemini -------------------------------------------------------------------------------------------------
 
 def test_gemini_sdk_generate_content(srv: ServerProcess) -> None:
