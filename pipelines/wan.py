@@ -25,6 +25,7 @@ class WanVideoFamily(VideoFamily):
     takes_loras: ClassVar[bool] = True
     lora_layouts: ClassVar[frozenset[str]] = frozenset({"comfy"})
     frame_step: ClassVar[int] = 4
+    max_frames: ClassVar[int] = 289  # 12 s at 24 fps (Sora's longest clip)
     vae_tile_px: ClassVar[int] = 256
     vae_overlap_px: ClassVar[int] = 64
 

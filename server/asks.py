@@ -82,4 +82,8 @@ class VideoAsk(Ask):
     resolution: str | None = None
     aspect_ratio: str = "auto"
     fps: int | None = None
+    continues: str | None = None
+    """An extension: the output file of the finished clip this one continues (the result is the two stitched)."""
+    continues_upload: bool = False
+    """`continues` is an uploaded clip stored for this job only (removed once stitched)."""
     generate_audio: bool | None = None

@@ -211,7 +211,9 @@ class GenerationService(JobReports):
             model_id=spec.id, weights=spec.weights, family=spec.family, params=params, output_format="mp4",
             source_paths=stored["frame"], warnings=self._warnings(ask.warnings + cpu_warnings, spec.weights),
             priority=ask.priority, previews=ask.previews,
-            start_by=ask.start_by, no_retry=ask.no_retry, output_width=size.output[0], output_height=size.output[1],
+            start_by=ask.start_by, no_retry=ask.no_retry, continues=ask.continues,
+            continues_upload=ask.continues_upload, output_width=size.output[0],
+            output_height=size.output[1],
             asked=_asked(resolution=resolution, aspect_ratio=ask.aspect_ratio, duration=timing.duration,
                          fps=timing.fps, size=ask.size, loras=loras))
         await self._commit(job_id, request, ask, admission, idempotency_key, caller)

@@ -15,9 +15,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from compare.clients import OpenAIClient
+from server.api import openai_videos
 from server.api.auth import caller
 from server.api.dialect import Dialect, FieldPolicy
 from server.api.dialect_io import (
@@ -26,18 +27,16 @@ from server.api.dialect_io import (
     ctx_of,
     json_object,
     outputs,
-    record_or_404,
     validated,
     wait_done,
 )
-from server.api.files import file_response
 from server.api.lora_fields import LoraListField, refs_from_items
 from server.api.openai_stream import image_event_stream
 from server.api.openapi_doc import json_body
 from server.api.request_body import content_kind, read_json_or_multipart
-from server.asks import ImageAsk, ImageInput, VideoAsk
+from server.asks import ImageAsk, ImageInput
 from server.errors import ApiError, ErrorCode
-from server.jobs.store import JobRecord, JobStatus
+from server.jobs.store import JobRecord
 from server.jobs.view import JobView
 
 router = APIRouter()
@@ -69,13 +68,6 @@ FIELD_POLICY: dict[str, dict[str, str]] = {
         "partial_images": "mapped: 0-3 live previews of the forming image (latent projections, at most that many, "
                           "spread over the denoising steps; fewer when the render is quicker than the previews)",
         "loras": "mapped: darkroom extension (the SDK's extra_body), LoRA adapters [{id or url, scale}]",
-    },
-    "videos": {
-        "prompt": "mapped: prompt",
-        "model": "mapped: configs/dialects.toml [openai.videos]",
-        "input_reference": "mapped: first frame (required: the stand-ins are image-to-video)",
-        "seconds": "mapped: duration",
-        "size": "mapped: exact clip size (any even WxH the tiers cover; rendered on the grid, then cropped)",
     },
 }
 
@@ -244,99 +236,6 @@ async def images_edits(request: Request) -> Response:
     return await _submit_images(request, body, sources, mask_input)
 
 
-# ---- videos ----------------------------------------------------------------------------------------
-
-# OpenAI's sizes are 720x1280, 1280x720, 1024x1792 and 1792x1024; any even WxH the model's tiers cover is served
-# at exactly that size (rendered on the model's grid, then cropped or resized).
-_VIDEO_STATUS = {JobStatus.PENDING: "queued", JobStatus.PROCESSING: "in_progress", JobStatus.COMPLETED: "completed",
-                 JobStatus.FAILED: "failed", JobStatus.CANCELLED: "failed"}
-
-
-class VideoBody(BaseModel):
-    """POST /v1/videos (JSON; multipart carries input_reference as a file)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, max_length=32000)
-    model: str = "sora-2"
-    seconds: str = Field("4", max_length=4)
-    size: str = Field("720x1280", max_length=12)
-    input_reference: dict[str, str] | None = None
-
-
-def video_object(record: JobRecord) -> dict[str, Any]:
-    """The OpenAI Video object for a job."""
-    job = JobView.of(record)
-    width, height = job.output_size
-    total = max(1, record.progress_total)
-    progress = 100 if record.status is JobStatus.COMPLETED else int(100 * record.progress_step / total)
-    error = None
-    if record.status in (JobStatus.FAILED, JobStatus.CANCELLED) and record.error:
-        error = {"code": record.error.get("code"), "message": record.error.get("message")}
-    return {
-        "id": record.id, "object": "video", "status": _VIDEO_STATUS[record.status], "progress": progress,
-        "created_at": int(record.created_at),
-        "completed_at": int(record.finished_at) if record.finished_at and record.status is JobStatus.COMPLETED
-        else None,
-        "expires_at": None, "model": record.model, "seconds": str(job.seconds),
-        "size": f"{width}x{height}", "remixed_from_video_id": None, "error": error,
-    }
-
-
-@router.post("/v1/videos", openapi_extra=json_body(VideoBody, multipart=True, creates_task=True))
-async def create_video(request: Request) -> JSONResponse:
-    """Image-to-video, asynchronous: returns a Video object to poll."""
-    ctx = ctx_of(request)
-    frame: ImageInput | None = None
-    fields, files = await read_json_or_multipart(request, {"input_reference": "input_reference"}, 1,
-                                                 "the first frame in input_reference")
-    body = validated(VideoBody, fields)
-    if files:
-        frame = ImageInput(field="input_reference", data=files["input_reference"][0].data)
-    elif body.input_reference:
-        if "image_url" not in body.input_reference:
-            raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "only input_reference.image_url is supported "
-                           "(no Files API here)", "input_reference")
-        frame = ImageInput(field="input_reference", url=body.input_reference["image_url"])
-    if frame is None:
-        raise ApiError(422, ErrorCode.MISSING_FIELD, "input_reference is required: the local video models animate "
-                       "a first frame (image-to-video)", "input_reference")
-    size = _parse_size(body.size)
-    if size is None:
-        raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, "size must be WIDTHxHEIGHT, e.g. 1280x720", "size")
-    if not body.seconds.isdigit():
-        raise ApiError(422, ErrorCode.UNSUPPORTED_DURATION, "seconds must be a whole number like \"4\"", "seconds")
-    model = ctx.names.resolve("openai.videos", body.model)
-    ask = VideoAsk(model=model, prompt=body.prompt, frames=(frame,), duration=int(body.seconds), size=size,
-                   size_field="size")
-    job_id, _ = await ctx.service.submit_video(ask, caller=caller(request.scope))
-    record = await record_or_404(request, job_id)
-    return JSONResponse(video_object(record))
-
-
-@router.get("/v1/videos/{video_id}")
-async def get_video(video_id: str, request: Request) -> JSONResponse:
-    """The Video object."""
-    return JSONResponse(video_object(await record_or_404(request, video_id, "video_id")))
-
-
-@router.get("/v1/videos/{video_id}/content")
-async def video_content(video_id: str, request: Request, variant: str = "video") -> Response:
-    """The finished MP4 (variant=video) or its first frame (variant=thumbnail)."""
-    ctx = ctx_of(request)
-    record = await record_or_404(request, video_id, "video_id")
-    if record.status is not JobStatus.COMPLETED or not record.result or not record.result.get("videos"):
-        raise ApiError(409, ErrorCode.NOT_READY, "the video is not completed yet; poll GET /v1/videos/{id}")
-    entry = record.result["videos"][0]
-    if variant not in ("video", "thumbnail"):
-        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "variant must be video or thumbnail", "variant")
-    name = entry["file"] if variant == "video" else entry["poster"]["file"]
-    response = file_response(ctx.outputs, name, request)
-    if response is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "the output file is gone")
-    return response
-
-
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     """OpenAI model names this server answers to."""
@@ -354,11 +253,12 @@ def error_shape(err: ApiError) -> dict[str, Any]:
 
 
 DIALECT = Dialect(
-    "openai", (router,), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape,
+    "openai", (router, openai_videos.router), prefixes=("/v1/images/", "/v1/videos", "/v1/models"), error_shape=error_shape,
     tag="OpenAI", doc_order=10, claim_order=4,
     tag_description="OpenAI's Images and Videos APIs (point the openai SDK's base_url at .../v1).",
     auth_schemes=("Bearer",), request_headers=("OpenAI-Organization", "OpenAI-Project"),
     field_policies=(FieldPolicy("OpenAI images", "POST /v1/images/generations, /v1/images/edits",
                                 FIELD_POLICY["images"], GenerationsBody, frozenset({"image", "mask"})),
-                    FieldPolicy("OpenAI videos", "POST /v1/videos", FIELD_POLICY["videos"], VideoBody)),
+                    FieldPolicy("OpenAI videos", "POST /v1/videos", openai_videos.FIELD_POLICY, openai_videos.VideoBody),
+                    FieldPolicy("OpenAI videos: the other routes", "/v1/videos/...", openai_videos.ROUTE_POLICY)),
     compare_client=OpenAIClient)

@@ -38,6 +38,10 @@ class GenerationRequest:
     """Epoch seconds by which a worker must start the job, else it fails `start_timeout` (fal's start deadline)."""
     no_retry: bool = False
     """A failure around the render fails the job at once instead of retrying it (fal's x-fal-no-retry)."""
+    continues: str | None = None
+    """An extension: the output file of the clip this one continues; the stored result is the two stitched."""
+    continues_upload: bool = False
+    """`continues` is a client's uploaded clip kept only for this job: removed once stitched."""
     asked: dict[str, Any] = field(default_factory=dict)
     """The client's own choices that resolved into the parameters (tier, aspect ratio, resolution, duration,
     an exact size), kept so the task can be shown and re-run as it was asked."""

@@ -58,3 +58,24 @@ def encode_mp4(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, 
             for packet in audio_stream.encode():
                 container.mux(packet)
     return buf.getvalue()
+
+
+def decode_frames(data: bytes, max_frames: int = 2000) -> tuple[np.ndarray, float]:
+    """An MP4 -> its uint8 frames (F, H, W, 3) and frame rate (a clip to continue, or its last frame). ValueError
+    for a file that is not a readable clip or has more than `max_frames` frames."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise ValueError("the file has no video track")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 24)
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) > max_frames:
+                    raise ValueError(f"the clip is longer than {max_frames} frames")
+    except av.FFmpegError as exc:
+        raise ValueError("the file is not a readable video") from exc
+    if not frames:
+        raise ValueError("the clip has no frames")
+    return np.stack(frames), fps

@@ -144,6 +144,53 @@ def test_video_create_poll_download(server: ServerProcess) -> None:
         client.videos.create(model="sora-2", prompt="no frame", seconds="4", size="426x240")
 
 
+def _finished(client: openai.OpenAI, video: object) -> object:
+    deadline = time.monotonic() + 180
+    while video.status in ("queued", "in_progress") and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.3)
+        video = client.videos.retrieve(video.id)  # type: ignore[attr-defined]
+    assert video.status == "completed", video.error  # type: ignore[attr-defined]
+    return video
+
+
+def _frames(mp4: bytes) -> int:
+    with av.open(io.BytesIO(mp4)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_sora_remix_extend_list_and_delete(server: ServerProcess) -> None:
+    """The Videos API beyond create/retrieve with the SDK: a remix keeps the original's shot under a new prompt,
+    an extension stores the two clips stitched (seconds is the total), list pages by cursor, delete removes."""
+    client = _client(server)
+    original = _finished(client, client.videos.create(model="sora-2", prompt="waves", seconds="4", size="426x240",
+                                                      input_reference=("f.png", _png((128, 72)), "image/png")))
+    remix = _finished(client, client.videos.remix(original.id, prompt="waves at night"))  # type: ignore[attr-defined]
+    assert remix.remixed_from_video_id == original.id and remix.prompt == "waves at night"  # type: ignore[attr-defined]
+    assert (remix.size, remix.seconds, remix.model) == ("426x240", "4", "sora-2")  # type: ignore[attr-defined]
+    clip = client.videos.download_content(original.id).content  # type: ignore[attr-defined]
+    # This SDK sends the clip itself (its multipart encoder cannot send video={"id": ...}); the id form is JSON.
+    extended = _finished(client, client.videos.extend(prompt="the tide goes out", seconds="4",
+                                                      video=("clip.mp4", clip, "video/mp4")))
+    by_id = _finished(client, client.post("/videos/extensions", cast_to=openai.types.Video, body={
+        "prompt": "the tide goes out", "seconds": "4", "video": {"id": original.id}}))  # type: ignore[attr-defined]
+    first = _frames(clip)
+    for video in (extended, by_id):
+        assert video.seconds == "8" and video.size == "426x240"  # type: ignore[attr-defined]
+        both = _frames(client.videos.download_content(video.id).content)  # type: ignore[attr-defined]
+        assert both == 2 * first - 1  # the extension's first frame is the original's last, kept once
+    with pytest.raises(openai.ConflictError):
+        client.videos.remix(client.videos.create(model="sora-2", prompt="w", seconds="4", size="426x240",
+                                                 input_reference=("f.png", _png((128, 72)), "image/png")).id,
+                            prompt="too soon")  # queued: not yet remixable
+    ids = [v.id for v in client.videos.list(limit=2)]  # the SDK follows `after` across pages
+    assert {original.id, remix.id, extended.id, by_id.id} <= set(ids)  # type: ignore[attr-defined]
+    page = client.videos.list(limit=1, order="asc")
+    assert len(page.data) == 1 and page.has_more
+    assert client.videos.delete(remix.id).deleted  # type: ignore[attr-defined]
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(remix.id)  # type: ignore[attr-defined]
+
+
 def test_models_and_the_key_header(keyed_server: ServerProcess) -> None:
     with pytest.raises(openai.AuthenticationError):
         _client(keyed_server, "wrong").models.list()

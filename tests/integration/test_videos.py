@@ -50,7 +50,7 @@ def test_video_models_endpoint(server: ServerProcess) -> None:
     assert set(models) == set(FAMILY)
     for mid, m in models.items():
         assert m["local"]["family"] == FAMILY[mid]
-        assert m["durations"] == [4, 6, 8] and "720p" in m["resolutions"]
+        assert m["durations"] == ([4, 6, 8, 12] if mid.startswith("sora") else [4, 6, 8]) and "720p" in m["resolutions"]
     assert models["veo-3"]["supportsAudio"] and not models["sora-2"]["supportsAudio"]
     assert models["sora-2-pro"]["supportsLastFrame"] and not models["sora-2"]["supportsLastFrame"]
 
