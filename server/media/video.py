@@ -60,9 +60,10 @@ def encode_mp4(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, 
     return buf.getvalue()
 
 
-def decode_frames(data: bytes, max_frames: int = 2000) -> tuple[np.ndarray, float]:
+def decode_frames(data: bytes, max_pixels: int = 1 << 28) -> tuple[np.ndarray, float]:
     """An MP4 -> its uint8 frames (F, H, W, 3) and frame rate (a clip to continue, or its last frame). ValueError
-    for a file that is not a readable clip or has more than `max_frames` frames."""
+    for a file that is not a readable clip or whose frames hold more than `max_pixels` pixels in all (an upload
+    cannot make the server decode gigabytes)."""
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -70,10 +71,12 @@ def decode_frames(data: bytes, max_frames: int = 2000) -> tuple[np.ndarray, floa
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 24)
             frames = []
+            pixels = 0
             for frame in container.decode(stream):
+                pixels += frame.width * frame.height
+                if pixels > max_pixels:
+                    raise ValueError(f"the clip has more than {max_pixels} pixels in all frames")
                 frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) > max_frames:
-                    raise ValueError(f"the clip is longer than {max_frames} frames")
     except av.FFmpegError as exc:
         raise ValueError("the file is not a readable video") from exc
     if not frames:
