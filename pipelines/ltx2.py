@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,6 +31,7 @@ class LTX2Family(VideoFamily):
     vae_tile_px: ClassVar[int] = 512
     vae_overlap_px: ClassVar[int] = 64
     supports_audio: ClassVar[bool] = True
+    supports_last_frame: ClassVar[bool] = True  # keyframe conditioning (LTX2ConditionPipeline, same weights)
     # diffusers' block registry (what First Block Cache reads a block's outputs by) has no entry for LTX-2's
     # audio-video block, so the step cache cannot attach to it.
     step_cache: ClassVar[bool] = False
@@ -47,6 +49,12 @@ class LTX2Family(VideoFamily):
         std = vae.latents_std.view(1, -1, 1, 1).to(grid.device, grid.dtype)
         return grid * std / vae.config.scaling_factor + mean
 
+    def load(self) -> None:
+        from diffusers import LTX2ConditionPipeline
+
+        i2v = self._from_pretrained()
+        self._use({"i2v": i2v, "keyframes": self.sibling(LTX2ConditionPipeline, i2v)})
+
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 
@@ -54,6 +62,8 @@ class LTX2Family(VideoFamily):
         pipe = self.pipeline("i2v")
         self.apply_decode_plan(pipe.vae, self.decode_plan(p))
         first = spec.sources[0].resize((p.width, p.height), Image.Resampling.LANCZOS)
+        if len(spec.sources) > 1:
+            return self._keyframed(spec, on_step, first)
         with torch.inference_mode():
             out = pipe(
                 image=first, prompt=p.prompt, negative_prompt=p.negative_prompt or "", height=p.height, width=p.width,
@@ -62,7 +72,32 @@ class LTX2Family(VideoFamily):
                 generator=self.generators(p.seeds), output_type="np",
                 callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
             )
-        rate = int(pipe.vocoder.config.output_sampling_rate)
+        return self._clips(out, p, int(pipe.vocoder.config.output_sampling_rate))
+
+    def _keyframed(self, spec: RenderSpec, on_step: StepCallback, first: Image.Image) -> RenderResult:
+        """First and last frame: LTX-2's keyframe conditioning (the first frame at latent index 0, the last at the
+        final latent frame). The pipeline takes one generator, so each clip is its own call with its own seed."""
+        import torch
+        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+        p = spec.params
+        pipe = self.pipeline("keyframes")
+        self.apply_decode_plan(pipe.vae, self.decode_plan(p))
+        last = spec.sources[1].resize((p.width, p.height), Image.Resampling.LANCZOS)
+        clips: list[VideoClip] = []
+        for seed in p.seeds:
+            with torch.inference_mode():
+                out = pipe(
+                    conditions=[LTX2VideoCondition(frames=first, index=0), LTX2VideoCondition(frames=last, index=-1)],
+                    prompt=p.prompt, negative_prompt=p.negative_prompt or "", height=p.height, width=p.width,
+                    num_frames=p.num_frames, frame_rate=float(p.fps), num_inference_steps=p.num_inference_steps,
+                    guidance_scale=p.guidance_scale, generator=self.generators((seed,))[0], output_type="np",
+                    callback_on_step_end=self.step_callback(on_step, p.num_inference_steps),
+                )
+            clips += self._clips(out, replace(p, num_images=1), int(pipe.vocoder.config.output_sampling_rate)).videos
+        return RenderResult(videos=clips)
+
+    def _clips(self, out: Any, p: RenderParams, rate: int) -> RenderResult:
         clips = []
         for i, frames in enumerate(out.frames):
             audio = None
