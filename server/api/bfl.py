@@ -56,7 +56,6 @@ FIELD_POLICY = {
     "safety_tolerance": "warned: no safety filter runs locally",
     "finetune_id": "mapped: a LoRA (library id or URL) stands in for a BFL fine-tune",
     "finetune_strength": "mapped: that LoRA's scale (BFL's default 1.1)",
-    "result.sample": "answered: a signed URL valid for 10 minutes after the result is ready, as BFL's are",
 }
 
 
@@ -178,8 +177,9 @@ def error_shape(err: ApiError) -> dict[str, Any]:
 DIALECT = Dialect(
     "bfl", (router,), prefixes=("/v1/flux-", "/v1/get_result"), error_shape=error_shape, webhook=webhook_payload,
     tag="Black Forest Labs", doc_order=40, claim_order=3,
-    tag_description="Black Forest Labs' FLUX API: submit to /v1/<endpoint>, poll /v1/get_result.",
+    tag_description="Black Forest Labs' FLUX API: submit to /v1/<endpoint>, poll /v1/get_result (result.sample is "
+                    "a URL valid for 10 minutes after the result is ready, as BFL's are).",
     key_headers=("x-key",),
     field_policies=(FieldPolicy("Black Forest Labs", "POST /v1/flux-kontext-pro, -max, /v1/flux-2-*",
-                                FIELD_POLICY, BflBody),),
+                                FIELD_POLICY, BflBody, source="https://docs.bfl.ai/api-reference"),),
     compare_client=BflClient)

@@ -38,6 +38,8 @@ class FieldPolicy:
     """The request model whose every field the table must cover (checked by tests/unit/test_dialect_parity.py)."""
     multipart_fields: frozenset[str] = frozenset()
     """Fields only a multipart body has (file parts), covered by the table too."""
+    source: str = ""
+    """The provider's own reference for these shapes (linked from docs/dialects.md)."""
 
 
 @dataclass(frozen=True)

@@ -87,23 +87,28 @@ FIELD_POLICY = {
     "enable_web_search": "refused when true (unsupported_feature): offline",
     "thinking_level": "warned: the stand-ins do not reason before drawing",
     "loras": "mapped: LoRA adapters [{path (URL or library id), scale}], on ids whose family takes them",
-    "previews": "darkroom extension: live previews of the forming image in the status stream "
+    "previews": "mapped: darkroom extension, live previews of the forming image in the status stream "
                 "(GET .../requests/{id}/status/stream) and the native task's preview",
 }
 
 # fal's platform headers (https://docs.fal.ai/documentation/model-apis/common-parameters), as darkroom treats them.
 HEADER_POLICY = {
-    "X-Fal-Request-Timeout": "honoured: start deadline in seconds (> 0.1); a request no worker has started by then "
-                             "fails with 504, X-Fal-Error-Type request_timeout and X-Fal-Request-Timeout-Type user",
-    "x-fal-no-retry": "honoured (1/true/yes): a failure around the render fails the request at once instead of "
-                      "being retried (DARKROOM_JOB_MAX_ATTEMPTS otherwise)",
-    "X-Fal-Store-IO": "accepted and ignored: darkroom keeps each request locally for as long as "
-                      "DARKROOM_RETENTION_HOURS says (the queue needs it to answer status and result); nothing is "
-                      "sent anywhere",
-    "X-Fal-Object-Lifecycle-Preference": "accepted and ignored: output files live for DARKROOM_RETENTION_HOURS",
-    "x-fal-queue-priority": "accepted and ignored (fal's clients send `normal` on every submit): darkroom's own "
-                            "`priority` extension orders the queue",
-    "x-fal-runner-hint": "accepted and ignored: one engine serves every request",
+    "X-Fal-Request-Timeout": "mapped: start deadline in seconds (> 0.1); a request no worker has started by then fails "
+                             "with 504, X-Fal-Error-Type request_timeout and X-Fal-Request-Timeout-Type user",
+    "x-fal-no-retry": "mapped (1/true/yes): a failure around the render fails the request at once instead of being "
+                      "retried (DARKROOM_JOB_MAX_ATTEMPTS otherwise)",
+    "X-Fal-Store-IO": "warned: darkroom keeps each request locally for DARKROOM_RETENTION_HOURS (the queue needs it "
+                      "to answer status and result); nothing is sent anywhere",
+    "X-Fal-Object-Lifecycle-Preference": "warned: output files live for DARKROOM_RETENTION_HOURS",
+    "x-fal-queue-priority": "mapped: `normal` (what fal's clients send on every submit) is the default order; `low` "
+                            "is warned and served as normal (darkroom's own `priority` extension orders the queue)",
+    "x-fal-runner-hint": "warned: one engine serves every request",
+}
+_HEADER_WARNINGS = {
+    "x-fal-store-io": "X-Fal-Store-IO: ignored; the request is kept locally for the retention period",
+    "x-fal-object-lifecycle-preference": "X-Fal-Object-Lifecycle-Preference: ignored; files live for the retention "
+                                         "period",
+    "x-fal-runner-hint": "x-fal-runner-hint: ignored; one engine serves every request",
 }
 _TRUE = ("1", "true", "yes")
 
@@ -272,6 +277,7 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
         raise ApiError(422, ErrorCode.MISSING_FIELD, f"{model_path} edits images: {required} is required (fal's "
                        "text-to-image endpoints have their own paths)", required)
     platform = _platform_headers(request)
+    warnings += platform.pop("warnings")
     if model in ctx.catalog.video_ids():
         job_id, _ = await ctx.service.submit_video(replace(_video_ask(model, body, warnings), webhook=hook,
                                                            **platform), caller=caller(request.scope))
@@ -282,8 +288,14 @@ async def _submit(request: Request, model_path: str) -> tuple[str, FalBody]:
 
 
 def _platform_headers(request: Request) -> dict[str, Any]:
-    """fal's start deadline and no-retry headers as the ask's fields (HEADER_POLICY)."""
-    out: dict[str, Any] = {"no_retry": request.headers.get("x-fal-no-retry", "").strip().lower() in _TRUE}
+    """fal's start deadline and no-retry headers as the ask's fields, and warnings for the ones ignored
+    (HEADER_POLICY)."""
+    warnings = [message for name, message in _HEADER_WARNINGS.items() if name in request.headers]
+    if request.headers.get("x-fal-queue-priority", "normal").strip().lower() != "normal":
+        warnings.append("x-fal-queue-priority: served at normal priority (darkroom's `priority` field orders the "
+                        "queue)")
+    out: dict[str, Any] = {"no_retry": request.headers.get("x-fal-no-retry", "").strip().lower() in _TRUE,
+                           "warnings": warnings}
     timeout = request.headers.get("x-fal-request-timeout")
     if timeout is not None:
         try:
@@ -432,5 +444,7 @@ DIALECT = Dialect(
     auth_schemes=("Key",), response_headers=("x-fal-request-id", "X-Fal-Error-Type", "X-Fal-Request-Timeout-Type"),
     request_headers=tuple(HEADER_POLICY),
     field_policies=(FieldPolicy("fal", "POST /fal-ai/<model> (queue), /sync/fal-ai/<model>", FIELD_POLICY,
-                                FalBody),),
+                                FalBody, source="https://docs.fal.ai/model-apis/model-endpoints/queue"),
+                    FieldPolicy("fal platform headers", "request headers of POST /fal-ai/<model>", HEADER_POLICY,
+                                source="https://docs.fal.ai/documentation/model-apis/common-parameters")),
     compare_client=FalClient)

@@ -231,5 +231,6 @@ DIALECT = Dialect(
     error_shape=error_shape, tag="Gemini", doc_order=50, claim_order=0,
     tag_description="The Gemini API's generateContent for the image models (google-genai).",
     key_headers=("x-goog-api-key",), request_headers=("x-goog-api-client",),
-    field_policies=(FieldPolicy("Gemini", "POST /v1beta/models/<model>:generateContent", FIELD_POLICY),),
+    field_policies=(FieldPolicy("Gemini", "POST /v1beta/models/<model>:generateContent", FIELD_POLICY,
+                                source="https://ai.google.dev/api/generate-content"),),
     compare_client=GeminiClient)

@@ -258,7 +258,11 @@ DIALECT = Dialect(
     tag_description="OpenAI's Images and Videos APIs (point the openai SDK's base_url at .../v1).",
     auth_schemes=("Bearer",), request_headers=("OpenAI-Organization", "OpenAI-Project"),
     field_policies=(FieldPolicy("OpenAI images", "POST /v1/images/generations, /v1/images/edits",
-                                FIELD_POLICY["images"], GenerationsBody, frozenset({"image", "mask"})),
-                    FieldPolicy("OpenAI videos", "POST /v1/videos", openai_videos.FIELD_POLICY, openai_videos.VideoBody),
-                    FieldPolicy("OpenAI videos: the other routes", "/v1/videos/...", openai_videos.ROUTE_POLICY)),
+                                FIELD_POLICY["images"], GenerationsBody, frozenset({"image", "mask"}),
+                                source="https://platform.openai.com/docs/api-reference/images (streaming: "
+                                       "https://platform.openai.com/docs/api-reference/images-streaming)"),
+                    FieldPolicy("OpenAI videos", "POST /v1/videos", openai_videos.FIELD_POLICY, openai_videos.VideoBody,
+                                source=openai_videos.SOURCE),
+                    FieldPolicy("OpenAI videos: the other routes", "/v1/videos/...", openai_videos.ROUTE_POLICY,
+                                source=openai_videos.SOURCE)),
     compare_client=OpenAIClient)

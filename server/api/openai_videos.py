@@ -35,6 +35,8 @@ from server.media.video import decode_frames
 
 router = APIRouter()
 
+SOURCE = "https://platform.openai.com/docs/api-reference/videos (and the openai SDK's `resources/videos.py`)"
+
 FIELD_POLICY = {
     "prompt": "mapped: prompt",
     "model": "mapped: configs/dialects.toml [openai.videos]",
@@ -249,7 +251,16 @@ def _keep_upload(outputs: OutputStore, mp4: bytes) -> tuple[str, tuple[int, int]
     return stored.name, (int(frames.shape[2]), int(frames.shape[1])), out.getvalue()
 
 
-@router.post("/v1/videos/edits")
+class EditBody(BaseModel):
+    """POST /v1/videos/edits (refused: documented so clients see the refusal's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=32000)
+    video: dict[str, str] | None = None
+
+
+@router.post("/v1/videos/edits", openapi_extra=json_body(EditBody, multipart=True))
 async def edit_video(request: Request) -> JSONResponse:
     """Refused: no video-to-video editing model is served."""
     raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "video edits need a video-to-video model, which this server "

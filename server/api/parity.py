@@ -14,10 +14,13 @@ def parity_markdown() -> str:
              "*refused*: a 4xx with a stable code naming the field. Any field not listed is refused as",
              "`unknown_field`. Model names: `configs/dialects.toml`.", ""]
     for policy in field_policies():
-        lines += [f"## {policy.title}", "", f"`{policy.routes}`", "", "| field | handling |", "|---|---|"]
+        lines += [f"## {policy.title}", "", f"`{policy.routes}`", ""]
+        if policy.source:
+            lines += [f"Source: {policy.source}", ""]
+        lines += ["| field | handling |", "|---|---|"]
         lines += [f"| `{field}` | {how} |" for field, how in policy.fields.items()]
         lines.append("")
-    return "\n".join(lines + _LORAS)
+    return "\n".join(lines + _LORAS + _PREVIEWS)
 
 
 _LORAS = [
@@ -40,6 +43,25 @@ _LORAS = [
      "part) |"),
     ("| Gemini | extension field `loras` at the top level, beside `contents` (google-genai: "
      "`http_options={\"extra_body\": {\"loras\": [...]}}`) |"), "",
+]
+
+_PREVIEWS = [
+    "## Live previews in every dialect", "",
+    "A render that asks for previews shows its denoising state every few steps (`DARKROOM_PREVIEW_EVERY_STEPS`,",
+    "at most one per `DARKROOM_PREVIEW_MIN_INTERVAL_S`): a small JPEG (`DARKROOM_PREVIEW_MAX_SIDE` px) from a linear",
+    "latent -> RGB projection fitted on the model's own VAE, never a VAE decode mid-loop. Clips preview their middle",
+    "frame. Asking costs nothing to a job that does not.", "",
+    "| dialect | how to ask | where they arrive |", "|---|---|---|",
+    ("| darkroom (Qolaba) | `previews: true` on image and video generate | `progress` events of "
+     "`GET /api/v1/tasks/{id}/events` carry `preview: {step, image}` (a data URL); `GET /api/v1/tasks/{id}/preview` "
+     "is the latest JPEG while the task runs |"),
+    ("| OpenAI | `stream: true` + `partial_images` 1-3 | `image_generation.partial_image` / "
+     "`image_edit.partial_image` events, in the requested output format |"),
+    ("| fal | `previews: true` (extension) | `GET .../requests/{id}/status/stream` events carry "
+     "`darkroom.preview` (the SDK's `subscribe(..., {mode: \"streaming\"})` hands them to `onQueueUpdate`) |"),
+    ("| Replicate, BFL, Veo | not in their protocols; ask on the darkroom route | their prediction, request and "
+     "operation ids are task ids: `GET /api/v1/tasks/{id}/events` streams progress |"),
+    "| Gemini generateContent | synchronous: nothing to stream | - |", "",
 ]
 
 

@@ -337,5 +337,6 @@ DIALECT = Dialect(
     tag_description="Replicate's predictions, models and files APIs.",
     auth_schemes=("Bearer", "Token"), request_headers=("Prefer",),
     field_policies=(FieldPolicy("Replicate", "POST /v1/models/<owner>/<name>/predictions, /v1/predictions "
-                                "(`input`)", FIELD_POLICY, ReplicateInput),),
+                                "(`input`)", FIELD_POLICY, ReplicateInput,
+                                source="https://replicate.com/docs/reference/http"),),
     compare_client=ReplicateClient)

@@ -262,4 +262,6 @@ DIALECT = Dialect(
                     "Vertex AI (predictLongRunning, fetchPredictOperation; what google-genai's generate_videos "
                     "calls).",
     key_headers=("x-goog-api-key",), request_headers=("x-goog-api-client", "x-goog-user-project"),
-    field_policies=(FieldPolicy("Veo", "POST .../models/<veo model>:predictLongRunning", FIELD_POLICY),))
+    field_policies=(FieldPolicy("Veo", "POST .../models/<veo model>:predictLongRunning", FIELD_POLICY,
+                                source="https://ai.google.dev/gemini-api/docs/video, https://cloud.google.com/"
+                                       "vertex-ai/generative-ai/docs/model-reference/veo-video-generation"),))

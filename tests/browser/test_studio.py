@@ -103,6 +103,23 @@ def test_compare_two_models_side_by_side(page: Any, server: ServerProcess, tmp_p
         assert re.search(r"\d+\.\d s", page.inner_text(f"{column} .meta"))
 
 
+def test_the_forming_image_replaces_the_progress_bar(page: Any, server: ServerProcess, tmp_path: Path) -> None:
+    """The studio asks for live previews: while the render runs the preview image shows (the meter hidden), and the
+    result replaces it."""
+    _open(page, server)
+    _compose(page, tmp_path, steps=60, quality="1K")
+    page.click("#run")
+    page.wait_for_function("() => { const i = document.querySelector('#preview'); return !i.hidden && "
+                           "i.src.startsWith('data:image/jpeg') && i.complete && i.naturalWidth > 0; }",
+                           timeout=120_000)
+    assert not page.is_visible("#progress .meter") and "step" in page.get_attribute("#preview", "alt")
+    shot = artifact("studio-preview.png")
+    page.screenshot(path=str(shot), full_page=True)
+    _wait_result(page)
+    page.wait_for_function("document.querySelector('#preview').hidden", timeout=60_000)
+    assert page.is_visible("#progress .meter")
+
+
 def test_cancel_a_running_job(page: Any, server: ServerProcess, tmp_path: Path) -> None:
     _open(page, server)
     _compose(page, tmp_path, steps=200, quality="1K")

@@ -149,7 +149,7 @@ def test_fal_start_deadline_and_no_retry_headers(srv: ServerProcess) -> None:
             "prompt": "x", "image_urls": [_data_url()], "num_inference_steps": 30, "resolution": "1K"})
         assert busy.status_code == 200, busy.text
         late = c.post("/fal-ai/nano-banana/edit", json={"prompt": "x", "image_urls": [_data_url()]},
-                      headers={"X-Fal-Request-Timeout": "0.3", "x-fal-no-retry": "1"})
+                      headers={"X-Fal-Request-Timeout": "0.3", "x-fal-no-retry": "1", "X-Fal-Store-IO": "0"})
         rid = late.json()["request_id"]
         deadline = time.monotonic() + 120
         while c.get(f"/fal-ai/nano-banana/requests/{rid}/status").json()["status"] != "COMPLETED":
@@ -160,6 +160,7 @@ def test_fal_start_deadline_and_no_retry_headers(srv: ServerProcess) -> None:
         assert r.headers["X-Fal-Request-Timeout-Type"] == "user" and r.json()["error"]["code"] == "start_timeout"
         task = c.get(f"/api/v1/tasks/{rid}", headers={"X-API-Key": KEY}).json()
         assert task["status"] == "failed" and task["error"]["code"] == "start_timeout"
+        assert any(w.startswith("X-Fal-Store-IO") for w in task["warnings"])  # accepted, and said to be ignored
         r = c.post("/fal-ai/nano-banana/edit", json={"prompt": "x", "image_urls": [_data_url()]},
                    headers={"X-Fal-Request-Timeout": "soon"})
         assert r.status_code == 422 and r.json()["error"]["field"] == "X-Fal-Request-Timeout"

@@ -31,7 +31,7 @@ def test_every_policy_is_mapped_warned_or_refused() -> None:
 def test_the_registry_finds_every_dialect_module_and_derives_from_them() -> None:
     from server.api.registry import compare_dialects, cors_headers, key_headers
 
-    assert [d.name for d in DIALECTS] == ["gemini", "fal", "replicate", "bfl", "openai", "darkroom"]
+    assert [d.name for d in DIALECTS] == ["gemini", "veo", "fal", "replicate", "bfl", "openai", "darkroom"]
     headers, schemes = key_headers()
     assert headers == ("x-api-key", "x-goog-api-key", "x-key") and schemes == ("bearer", "key", "token")
     allow, expose = cors_headers()

@@ -26,11 +26,11 @@ def test_previews_reach_the_jobs_that_asked_and_leave_with_the_render(tmp_path: 
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for jid in seen:
+            for jid, steps in seen.items():
                 rec = r.store.get(jid)
                 assert rec is not None
                 if rec.preview_step:
-                    seen[jid].append(rec.preview_step)
+                    steps.append(rec.preview_step)
                     data = r.engine.previews.get(jid)
                     if data:
                         with Image.open(io.BytesIO(data)) as im:

@@ -340,6 +340,22 @@ function showProgress(text, fraction) {
   $("progress-bar").style.width = `${Math.round((fraction || 0) * 100)}%`;
 }
 
+// The forming image (the server's live preview of the denoising state) takes the progress bar's place; without
+// previews the bar stays.
+function showPreview(preview) {
+  const img = $("preview");
+  if (!preview) {
+    img.hidden = true;
+    img.removeAttribute("src");
+    $("progress").classList.remove("previewing");
+    return;
+  }
+  img.src = preview.image;
+  img.alt = `The image forming, at step ${preview.step}`;
+  img.hidden = false;
+  $("progress").classList.add("previewing");
+}
+
 // Follow a task to its end: SSE for steps, the task itself for the queue position and the estimate.
 function follow(taskId, onUpdate) {
   return new Promise((resolve) => {
@@ -362,7 +378,7 @@ function follow(taskId, onUpdate) {
       }
       if (name === "error") { clearInterval(poll); resolve({ status: "failed", error: { message: "lost the event stream" } }); return; }
       last = { status: data.status, step: data.step, total: data.total };
-      onUpdate({ ...last, estimate, started });
+      onUpdate({ ...last, estimate, started, preview: data.preview || null });
     });
   });
 }
@@ -386,8 +402,9 @@ async function run(body) {
   notice("");
   $("run").disabled = true;
   let accepted;
+  showPreview(null);
   try {
-    accepted = await submit(body);
+    accepted = await submit({ ...body, previews: true });  // the studio always watches the image form
   } catch {
     $("run").disabled = false;
     return;
@@ -395,7 +412,11 @@ async function run(body) {
   state.running = accepted.task_id;
   $("cancel").disabled = false;
   showProgress("Queued", 0);
-  const task = await follow(accepted.task_id, (p) => showProgress(...describeProgress(p)));
+  const task = await follow(accepted.task_id, (p) => {
+    showProgress(...describeProgress(p));
+    if (p.preview) showPreview(p.preview);
+  });
+  showPreview(null);
   state.running = null;
   $("cancel").disabled = true;
   $("run").disabled = false;
