@@ -28,6 +28,7 @@ from server.api.replicate_files import own_file_bytes
 from server.asks import ImageAsk, ImageInput, LoraRef
 from server.errors import ApiError, ErrorCode
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
+from server.jobs.view import JobView
 from server.resolve import SEED_MAX
 
 router = APIRouter()
@@ -178,12 +179,27 @@ def prediction(record: JobRecord, links: Links, owner_name: str | None = None) -
         metrics["predict_time"] = record.result["timings"]["pipeline_s"]
     return {
         "id": record.id, "model": name, "version": version_id(name), "input": note.get("replicate_input", {}),
-        "output": output, "error": error, "logs": "", "status": _STATUS[record.status],
+        "output": output, "error": error, "logs": _logs(record), "status": _STATUS[record.status],
         "created_at": _iso(record.created_at), "started_at": _iso(record.started_at),
         "completed_at": _iso(record.finished_at) if record.status in FINAL_STATES else None,
         "data_removed": False, "metrics": metrics,
         "urls": {"get": f"{base}/v1/predictions/{record.id}", "cancel": f"{base}/v1/predictions/{record.id}/cancel"},
     }
+
+
+def _logs(record: JobRecord) -> str:
+    """What a cog model prints: the seed, then a tqdm-style progress line (the SDK's `prediction.progress` parses
+    it) -- the denoising steps as the engine records them."""
+    if record.status is JobStatus.PENDING:
+        return ""
+    lines = [f"Using seed: {JobView.of(record).params.seeds[0]}"]
+    step, total = record.progress_step, record.progress_total
+    if record.status is JobStatus.COMPLETED and total:
+        step = total
+    if total:
+        filled = round(10 * step / total)
+        lines.append(f"{round(100 * step / total):3d}%|{'#' * filled}{' ' * (10 - filled)}| {step}/{total}")
+    return "\n".join(lines) + "\n"
 
 
 _WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")

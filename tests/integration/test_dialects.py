@@ -181,6 +181,8 @@ def test_replicate_client_run_and_predictions(srv: ServerProcess) -> None:
                                      input={"prompt": "x", "image_input": [_data_url()], "size": "1K"})
     pred.wait()
     assert pred.status == "succeeded" and isinstance(pred.output, list) and len(pred.output) == 1
+    assert pred.progress is not None and pred.progress.percentage == 1.0  # the SDK parses the logs' progress line
+    assert pred.progress.current == pred.progress.total > 0 and pred.logs.startswith("Using seed: ")
     with pytest.raises(replicate.exceptions.ReplicateError) as exc:
         client.predictions.create(model="google/nano-banana", input={"prompt": "x", "prompt_upsampling": True})
     assert exc.value.status == 422
