@@ -52,16 +52,24 @@ def check_image_size(spec: ModelSpec, ask: ImageAsk) -> None:
             f"got {w}x{h}"), ask.size_field)
 
 
+UPSCALE_MAX = 1.5
+"""An exact clip size up to this much past the largest tier's short side is rendered at that tier and upscaled
+(OpenAI's 1024x1792 and 1792x1024 Sora sizes on 720p stand-ins); beyond it, refused."""
+
+
 def tier_for_video_size(spec: VideoModelSpec, ask: VideoAsk) -> str:
-    """The smallest listed tier whose short side covers an exact clip size; 422 for sizes never made."""
+    """The smallest listed tier whose short side covers an exact clip size (the largest, upscaled from, for a size
+    up to UPSCALE_MAX past it); 422 for sizes never made."""
     assert ask.size is not None
     w, h = ask.size
     tiers = sorted(spec.resolutions, key=RESOLUTION_SHORT_SIDE.__getitem__)
-    fits = [t for t in tiers if RESOLUTION_SHORT_SIDE[t] >= min(w, h)]
+    largest = RESOLUTION_SHORT_SIDE[tiers[-1]]
+    fits = [t for t in tiers if RESOLUTION_SHORT_SIDE[t] >= min(w, h)] or \
+        ([tiers[-1]] if min(w, h) <= UPSCALE_MAX * largest else [])
     if w % 2 or h % 2 or min(w, h) < MIN_SIDE or not fits or max(w, h) > 4 * min(w, h):
-        largest = RESOLUTION_SHORT_SIDE[tiers[-1]]
         raise ApiError(422, ErrorCode.UNSUPPORTED_RESOLUTION, (
-            f"{spec.id} makes clips with even sides, the short side from {MIN_SIDE} to {largest} px, at most 4:1 "
+            f"{spec.id} makes clips with even sides, the short side from {MIN_SIDE} to "
+            f"{int(UPSCALE_MAX * largest)} px (above {largest} px rendered at {largest} px and upscaled), at most 4:1 "
             f"(H.264 needs even sides); got {w}x{h}"), ask.size_field)
     return fits[0]
 

@@ -18,7 +18,6 @@ from server.engine.sizing import (
     exact_video_size,
     output_size,
     render_size_for,
-    render_video_size_for,
     video_size,
 )
 from server.errors import ApiError, ErrorCode
@@ -109,6 +108,10 @@ def video_tier(spec: VideoModelSpec, ask: VideoAsk, cpu_only: bool) -> tuple[str
     resolution = ask.resolution or default
     if ask.size is not None:
         resolution = tier_for_video_size(spec, ask)
+        tier_short = RESOLUTION_SHORT_SIDE[resolution]
+        if min(ask.size) > tier_short:
+            warnings += ((f"{ask.size_field}: {spec.id} renders at most {resolution}; the clip was rendered at "
+                          f"{tier_short} px on its short side and upscaled to {ask.size[0]}x{ask.size[1]}"),)
     elif ask.resolution is None and cpu_only and DRAFT_TIER in spec.resolutions:
         resolution = DRAFT_TIER
         warnings += ((f"rendering on the CPU: no resolution was given, so the {DRAFT_TIER} draft tier was used "
@@ -123,7 +126,8 @@ def video_tier(spec: VideoModelSpec, ask: VideoAsk, cpu_only: bool) -> tuple[str
 def clip_size(ask: VideoAsk, resolution: str, multiple: int, first_frame: tuple[int, int]) -> Size:
     """An exact clip size as asked, or the tier's short side at the ratio asked ('auto': the first frame's)."""
     if ask.size is not None:
-        return Size(ask.size, render_video_size_for(*ask.size, multiple))
+        short = min(min(ask.size), RESOLUTION_SHORT_SIDE[resolution])  # above the top tier: render there, upscale
+        return Size(ask.size, video_size(short, ask.size, multiple))
     short = RESOLUTION_SHORT_SIDE[resolution]
     ratio = first_frame if ask.aspect_ratio == "auto" else parse_ratio(ask.aspect_ratio)
     return Size(exact_video_size(short, ratio), video_size(short, ratio, multiple))

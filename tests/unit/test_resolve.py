@@ -94,6 +94,21 @@ def test_clip_sizes_are_even_and_follow_the_first_frame_on_auto() -> None:
     assert size.output == (720, 1280) and size.render[0] % fam.size_multiple == 0
 
 
+def test_sizes_past_the_top_tier_render_there_and_upscale_within_limits() -> None:
+    """OpenAI's 1792x1024 Sora size on a 720p stand-in: rendered at 720p on its grid, upscaled, and said so; a size
+    more than 1.5x past the top tier is refused."""
+    spec = CATALOG.get_video("sora-2-pro")
+    fam = family_class(spec.family)
+    ask = VideoAsk(model=spec.id, prompt="p", frames=(URL,), size=(1792, 1024))
+    tier, warnings = resolve.video_tier(spec, ask, cpu_only=False)
+    assert tier == "720p" and "upscaled to 1792x1024" in warnings[0]
+    size = resolve.clip_size(ask, tier, fam.size_multiple, (64, 64))
+    assert size.output == (1792, 1024) and min(size.render) <= 720 and size.render[0] > size.render[1]
+    with pytest.raises(ApiError) as exc:
+        resolve.video_tier(spec, VideoAsk(model=spec.id, prompt="p", frames=(URL,), size=(1920, 1088)), False)
+    assert exc.value.field == "size" and "1080 px" in exc.value.message
+
+
 def test_clip_timing_and_params() -> None:
     spec = CATALOG.get_video("veo-3-fast")
     fam = family_class(spec.family)
