@@ -551,6 +551,8 @@ class Family(ABC):
             raw = self.preview_latents(pipe, latents, params)
             if raw is not None:
                 tap.offer(step, total, self.projection(pipe).frames(raw))
+        except ValueError:  # a latent layout this family cannot read (an unusual size): no preview of this call
+            log.debug("%s: no preview at step %d of this render", self.name, step, exc_info=True)
         except Exception:  # a preview never fails a render: this model makes none from now on
             log.exception("%s: previews turned off after a failure", self.name)
             self.preview_off = "failed (see the server log)"

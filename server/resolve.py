@@ -100,6 +100,12 @@ def with_inputs(params: RenderParams, size: Size, sources: int, references: int,
                    source_size=source_size)
 
 
+def device_resolution(spec: VideoModelSpec, cpu_only: bool) -> str:
+    """The tier a request without a resolution gets: the model's default, or the draft tier on a CPU-only server
+    (a default-size clip takes many minutes there)."""
+    return DRAFT_TIER if cpu_only and DRAFT_TIER in spec.resolutions else spec.defaults.resolution
+
+
 def video_tier(spec: VideoModelSpec, ask: VideoAsk, cpu_only: bool) -> tuple[str, tuple[str, ...]]:
     """The resolution tier to render and the warnings it brings. An exact size picks the smallest tier that
     covers it; on a CPU an unasked resolution drops to the draft tier (a default clip takes many minutes)."""
@@ -112,8 +118,8 @@ def video_tier(spec: VideoModelSpec, ask: VideoAsk, cpu_only: bool) -> tuple[str
         if min(ask.size) > tier_short:
             warnings += ((f"{ask.size_field}: {spec.id} renders at most {resolution}; the clip was rendered at "
                           f"{tier_short} px on its short side and upscaled to {ask.size[0]}x{ask.size[1]}"),)
-    elif ask.resolution is None and cpu_only and DRAFT_TIER in spec.resolutions:
-        resolution = DRAFT_TIER
+    elif ask.resolution is None and device_resolution(spec, cpu_only) != default:
+        resolution = device_resolution(spec, cpu_only)
         warnings += ((f"rendering on the CPU: no resolution was given, so the {DRAFT_TIER} draft tier was used "
                       f"instead of the default {default} (which takes many minutes here); ask for a resolution to "
                       "override"),)

@@ -19,7 +19,8 @@ def install() -> str | None:
     """Install the SDKs when missing; None when ready, else why they cannot run here."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "Node.js and npm are not installed"
-    if (JS / "node_modules" / ".package-lock.json").is_file():
+    wanted = json.loads((JS / "package.json").read_text())["dependencies"]
+    if all((JS / "node_modules" / name / "package.json").is_file() for name in wanted):
         return None
     done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, capture_output=True,
                           text=True, timeout=600, check=False)

@@ -78,7 +78,8 @@ def task_view(record: JobRecord, links: Links) -> dict[str, Any]:
                          "compute_seconds": result["timings"]["pipeline_s"]}
     view["darkroom"] |= {"timings": result["timings"], "runtime": result["runtime"], "task": str(p.task),
                          "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
-                         "strength": p.strength, "rendered": {"width": p.width, "height": p.height}}
+                         "strength": p.strength, "negative_prompt": p.negative_prompt,
+                         "rendered": {"width": p.width, "height": p.height}}
     return view
 
 

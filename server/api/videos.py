@@ -19,7 +19,7 @@ from server.api.qolaba import read_body
 from server.asks import ImageInput, VideoAsk
 from server.context import AppContext
 from server.jobs.view import JobView
-from server.resolve import SEED_MAX
+from server.resolve import SEED_MAX, device_resolution
 
 router = APIRouter()
 
@@ -111,6 +111,7 @@ async def list_video_models(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     snap = await engine_snapshot(ctx)
     models: list[dict[str, Any]] = []
+    cpu_only = ctx.engine.cpu_only()
     for spec in ctx.catalog.video_specs():
         fam = family_class(spec.family)
         entry = ctx.catalog.weights_for(spec)
@@ -123,6 +124,8 @@ async def list_video_models(request: Request) -> JSONResponse:
             "takesLoras": fam.takes_loras,
             "supportsLastFrame": getattr(fam, "supports_last_frame", False), "supportsSeed": True,
             "defaults": spec.defaults.model_dump(),
+            # What a request without a resolution gets on this server's devices (the draft tier on a CPU).
+            "deviceDefaults": {"resolution": device_resolution(spec, cpu_only)},
             "acceleration": acceleration_view(ctx, snap, spec.id, spec.weights),
             "local": {"family": spec.family, "weights": entry.name, "repo": entry.repo, "revision": entry.revision,
                       "license": entry.license, "license_url": entry.license_url,

@@ -17,7 +17,7 @@ from server.errors import ApiError, ErrorCode
 router = APIRouter(include_in_schema=False)
 
 PREFIX = "/studio/"
-OPEN_PATHS = frozenset({"/"})
+OPEN_PATHS = frozenset({"/", "/favicon.ico"})
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 _STATIC = files("server.studio") / "static"
 
@@ -34,6 +34,12 @@ def _asset(name: str) -> FileResponse:
 async def studio_page() -> FileResponse:
     """The studio."""
     return _asset("index.html")
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    """The studio's icon, where browsers look for it unasked (no 404 on every load)."""
+    return _asset("favicon.svg")
 
 
 @router.get(PREFIX + "{name}")

@@ -59,7 +59,7 @@ def test_examples_are_real_bodies_in_the_dialects_shape(keyed_server: ServerProc
 def test_sections_ids_and_summaries(server: ServerProcess) -> None:
     doc = _doc(server)
     assert [t["name"] for t in doc["tags"]] == ["darkroom", "OpenAI", "fal", "Replicate", "Black Forest Labs",
-                                                 "Gemini", "files", "operations"]
+                                                 "Gemini", "Veo", "files", "operations"]
     ops = [(path, method, op) for path, item in doc["paths"].items() for method, op in item.items()]
     assert next(iter(doc["paths"])).startswith("/api/v1/")  # darkroom's own API opens the reference
     ids = [op["operationId"] for _p, _m, op in ops]

@@ -47,8 +47,8 @@ const base = process.env.BASE;
 const fal = createFalClient({ credentials: process.env.KEY,
   requestMiddleware: async (req) => ({ ...req, url: req.url.replace(/^https:\\/\\/(queue\\.)?fal\\.run/, base) }) });
 const updates = [];
-const result = await fal.subscribe("fal-ai/nano-banana/edit", {
-  input: { prompt: "make it teal", image_urls: ["data:image/png;base64," + process.env.PNG], seed: 3,
+const result = await fal.subscribe("fal-ai/flux-pro/kontext", {
+  input: { prompt: "make it teal", image_url: "data:image/png;base64," + process.env.PNG, seed: 3,
            num_inference_steps: 16, previews: true },
   mode: "streaming", logs: true, startTimeout: 600,
   onQueueUpdate: (u) => updates.push({ status: u.status, logs: (u.logs || []).length,

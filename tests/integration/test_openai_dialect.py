@@ -178,10 +178,11 @@ def test_sora_remix_extend_list_and_delete(server: ServerProcess) -> None:
         assert video.seconds == "8" and video.size == "426x240"  # type: ignore[attr-defined]
         both = _frames(client.videos.download_content(video.id).content)  # type: ignore[attr-defined]
         assert both == 2 * first - 1  # the extension's first frame is the original's last, kept once
+    queued = client.videos.create(model="sora-2", prompt="w", seconds="4", size="426x240",
+                                  input_reference=("f.png", _png((128, 72)), "image/png"))
     with pytest.raises(openai.ConflictError):
-        client.videos.remix(client.videos.create(model="sora-2", prompt="w", seconds="4", size="426x240",
-                                                 input_reference=("f.png", _png((128, 72)), "image/png")).id,
-                            prompt="too soon")  # queued: not yet remixable
+        client.videos.remix(queued.id, prompt="too soon")  # not finished: not yet remixable
+    httpx.post(f"{server.base_url}/api/v1/tasks/{queued.id}/cancel")  # no clip left rendering behind the test
     ids = [v.id for v in client.videos.list(limit=2)]  # the SDK follows `after` across pages
     assert {original.id, remix.id, extended.id, by_id.id} <= set(ids)  # type: ignore[attr-defined]
     page = client.videos.list(limit=1, order="asc")

@@ -40,8 +40,9 @@ def _jpeg_of(data_url: str) -> Image.Image:
 
 def test_an_image_task_that_asks_streams_previews_and_one_that_does_not_never_does(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.base_url, timeout=60) as c:
-        asked = c.post("/api/v1/images/generate", json={"model": "seedream-4.0", "prompt": "a harbour", "quality": "1K",
-                                                        "num_inference_steps": 24, "celery": True, "previews": True})
+        asked = c.post("/api/v1/images/generate", json={"model": "seedream-4.0", "prompt": "a harbour",
+                                                        "quality": "512", "num_inference_steps": 24, "celery": True,
+                                                        "previews": True})
         assert asked.status_code == 202, asked.text
         events = _events(c, asked.json()["task_id"])
         previews = [d for k, d in events if k == "progress" and "preview" in d]

@@ -3,7 +3,7 @@
 // /api/v1/videos/models; nothing about them is written here.
 
 import { ApiError, blobUrl, call, events, getKey, setKey } from "./api.js";
-import { asCode } from "./code.js";
+import { asCode, fileNames } from "./code.js";
 import { LoraPicker } from "./loras.js";
 import { MaskPainter } from "./mask.js";
 
@@ -56,6 +56,7 @@ $("key-form").addEventListener("submit", (e) => {
   loadModels().catch(() => {});
 });
 $("key-button").addEventListener("click", () => askForKey("Enter the API key this server was started with."));
+$("key-cancel").addEventListener("click", () => $("key-dialog").close());
 
 // ---- models --------------------------------------------------------------------------------------------------
 
@@ -116,14 +117,25 @@ function selectModel(value) {
   $("video-settings").hidden = !video;
   $("inputs").hidden = mode === "generate";
   $("references-box").hidden = video || !spec.maxReferenceImages;
-  fillSelect($("quality"), video ? [] : spec.quality, spec.defaultQuality);
-  fillSelect($("aspect"), video ? [] : spec.imageSize, "auto");
+  const before = { quality: $("quality").value, aspect: $("aspect").value };
+  fillSelect($("quality"), video ? [] : spec.quality, before.quality || spec.defaultQuality, spec.defaultQuality);
+  fillSelect($("aspect"), video ? [] : spec.imageSize, before.aspect || "auto", "auto");
+  // A setting this model cannot take changes: say so rather than change it silently.
+  const clamped = [];
+  if (!video && before.quality && $("quality").value !== before.quality) {
+    clamped.push(`quality ${before.quality} → ${$("quality").value} (${spec.id} makes ${spec.quality.join(", ")})`);
+  }
+  if (!video && before.aspect && $("aspect").value !== before.aspect) {
+    clamped.push(`aspect ratio ${before.aspect} → ${$("aspect").value}`);
+  }
+  if (clamped.length) notice(`Adjusted for ${spec.id}: ${clamped.join("; ")}`, "info");
   if (!video) {
     $("num-images").max = spec.maxNumImages;
     $("num-images").value = Math.min(Number($("num-images").value) || 1, spec.maxNumImages);
   } else {
     fillSelect($("duration"), spec.durations.map(String), String(spec.defaults.duration));
-    fillSelect($("resolution"), spec.resolutions, spec.defaults.resolution);
+    // What the server renders by default on its device (the draft tier on a CPU), not the model's GPU default.
+    fillSelect($("resolution"), spec.resolutions, spec.deviceDefaults?.resolution || spec.defaults.resolution);
     fillSelect($("video-aspect"), spec.aspectRatios, "auto");
     fillSelect($("fps"), spec.fps.map(String), String(spec.defaults.fps));
     $("audio-label").hidden = !spec.supportsAudio;
@@ -142,10 +154,11 @@ function selectModel(value) {
   loras.show(spec);
 }
 
-function fillSelect(select, values, preferred) {
+function fillSelect(select, values, preferred, fallback = undefined) {
   select.innerHTML = "";
   for (const v of values) select.append(new Option(v, v));
   if (values.includes(preferred)) select.value = preferred;
+  else if (values.includes(fallback)) select.value = fallback;
 }
 
 function limits() {
@@ -169,10 +182,22 @@ function readFile(file) {
   });
 }
 
+// Whether the browser can decode it: a corrupt file is refused here, not shown as a broken thumbnail.
+function decodes(dataUrl) {
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve(img.naturalWidth > 0);
+    img.onerror = () => resolve(false);
+    img.src = dataUrl;
+  });
+}
+
 async function addFiles(files) {
   for (const file of files) {
     if (!file.type.startsWith("image/")) { notice(`${file.name} is not an image`); continue; }
-    addInput(await readFile(file));
+    const item = await readFile(file);
+    if (!(await decodes(item.dataUrl))) { notice(`${file.name} could not be read as an image (is it damaged?)`); continue; }
+    addInput(item);
   }
 }
 
@@ -274,7 +299,22 @@ for (const [id, erasing] of [["mask-brush", false], ["mask-eraser", true]]) {
   });
 }
 $("mask-invert").addEventListener("click", () => mask.invert());
-$("mask-clear").addEventListener("click", () => mask.clear());
+$("mask-clear").addEventListener("click", () => { mask.remember(); mask.clear(); });
+$("mask-undo").addEventListener("click", () => mask.undo());
+$("mask-redo").addEventListener("click", () => mask.redo());
+$("mask-feather").addEventListener("input", (e) => { mask.feather = Number(e.target.value); });
+// Overlay: the mask tinted over the source; off: the mask alone, black and white, as the model gets it.
+$("mask-overlay").addEventListener("click", () => {
+  const on = $("mask-overlay").getAttribute("aria-pressed") !== "true";
+  $("mask-overlay").setAttribute("aria-pressed", String(on));
+  $("mask-stage").classList.toggle("mask-only", !on);
+});
+document.addEventListener("keydown", (e) => {
+  if ($("mask-stage").hidden || !(e.ctrlKey || e.metaKey) || e.key.toLowerCase() !== "z") return;
+  if (e.target.closest?.("input, textarea, select")) return;
+  e.preventDefault();
+  if (e.shiftKey) mask.redo(); else mask.undo();
+});
 
 // ---- the request ---------------------------------------------------------------------------------------------
 
@@ -337,6 +377,7 @@ async function submit(body) {
 function showProgress(text, fraction) {
   $("progress").hidden = false;
   $("progress-text").textContent = text;
+  $("run-status").textContent = text;  // the same, in the run bar that stays in view
   $("progress-bar").style.width = `${Math.round((fraction || 0) * 100)}%`;
 }
 
@@ -396,53 +437,83 @@ function describeProgress(p) {
   return [`Step ${p.step} of ${p.total} · ${elapsed.toFixed(1)} s${etaText}`, done];
 }
 
+// Runs in flight, newest last: each has a row in #runs (its own progress and Cancel); the big progress area and
+// the run bar follow the newest. Run stays available, so several can be queued and watched at once.
+const inFlight = [];
+
+function runRow(taskId, body) {
+  const li = document.createElement("li");
+  li.dataset.taskId = taskId;
+  const text = document.createElement("span");
+  text.textContent = `${body.model}: queued`;
+  li.append(text, button("Cancel", `Cancel the run of ${body.model}`, () => cancelRun(taskId)));
+  $("runs").append(li);
+  $("runs").hidden = false;
+  return { li, text };
+}
+
+async function cancelRun(taskId) {
+  await guarded(() => call("POST", `/api/v1/tasks/${taskId}/cancel`)).catch(() => {});
+}
+
 async function run(body) {
   const problem = check(body);
   if (problem) { notice(problem); return; }
   notice("");
-  $("run").disabled = true;
   let accepted;
-  showPreview(null);
   try {
     accepted = await submit({ ...body, previews: true });  // the studio always watches the image form
   } catch {
-    $("run").disabled = false;
     return;
   }
-  state.running = accepted.task_id;
+  const id = accepted.task_id;
+  inFlight.push(id);
+  state.running = id;
   $("cancel").disabled = false;
+  showPreview(null);
   showProgress("Queued", 0);
-  const task = await follow(accepted.task_id, (p) => {
-    showProgress(...describeProgress(p));
+  const row = runRow(id, body);
+  const task = await follow(id, (p) => {
+    const [text, fraction] = describeProgress(p);
+    row.text.textContent = `${body.model}: ${text}`;
+    if (state.running !== id) return;
+    showProgress(text, fraction);
     if (p.preview) showPreview(p.preview);
   });
-  showPreview(null);
-  state.running = null;
-  $("cancel").disabled = true;
-  $("run").disabled = false;
+  row.li.remove();
+  $("runs").hidden = !$("runs").children.length;
+  inFlight.splice(inFlight.indexOf(id), 1);
+  const newest = state.running === id;
+  if (newest) {
+    showPreview(null);
+    state.running = inFlight.at(-1) || null;
+    $("cancel").disabled = !state.running;
+  }
   if (task.status === "completed") {
     const seconds = task.completed_at && task.created_at ? task.completed_at - task.created_at : null;
-    showProgress(`Done${seconds ? ` in ${seconds.toFixed(1)} s` : ""}`, 1);
+    if (newest) showProgress(`Done${seconds ? ` in ${seconds.toFixed(1)} s` : ""}`, 1);
     if (!$("seed-lock").checked) $("seed").value = task.seed;
-    await showResults($("results"), task, true);
+    await showResults($("results"), task, false);
   } else if (task.status === "cancelled") {
-    showProgress("Cancelled", 0);
+    if (newest) showProgress("Cancelled", 0);
   } else {
-    showProgress("Failed", 0);
+    if (newest) showProgress("Failed", 0);
     notice(task.error?.message || "the task failed");
   }
 }
 
 $("form").addEventListener("submit", (e) => { e.preventDefault(); run(buildBody()); });
+$("viewer-image").addEventListener("click", (e) => e.target.classList.toggle("actual"));
 $("cancel").addEventListener("click", async () => {
-  if (!state.running) return;
-  await guarded(() => call("POST", `/api/v1/tasks/${state.running}/cancel`)).catch(() => {});
+  if (state.running) await cancelRun(state.running);
 });
 
 // ---- results -------------------------------------------------------------------------------------------------
 
+// A task's outputs as cards: replacing what the container shows, or (replace = false) ahead of it, newest first.
 async function showResults(container, task, replace = true) {
-  if (replace) container.innerHTML = "";
+  $("empty")?.remove();
+  const cards = [];
   const items = task.videos || task.images || [];
   for (const item of items) {
     const card = document.createElement("article");
@@ -464,6 +535,19 @@ async function showResults(container, task, replace = true) {
     const meta = document.createElement("p");
     meta.className = "meta";
     meta.textContent = `${task.model} · ${item.width}×${item.height} · seed ${item.seed}`;
+    const ran = document.createElement("p");
+    ran.className = "settings";
+    ran.textContent = ranWith(task, item);
+    const warned = (task.warnings || []).map((w) => {
+      const note = document.createElement("p");
+      note.className = "note";
+      note.textContent = w;
+      return note;
+    });
+    const source = (task.darkroom?.inputs || []).find((i) => i.role === "source");
+    if (!task.videos && source && task.darkroom?.task !== "generate") {
+      media = await beforeAfter(media, await blobUrl(source.url).catch(() => null));
+    }
     const tools = document.createElement("div");
     tools.className = "tools";
     const download = document.createElement("a");
@@ -481,9 +565,57 @@ async function showResults(container, task, replace = true) {
       );
     }
     tools.append(button("Details", "Show the job record", () => details(task)));
-    card.append(media, meta, tools);
-    container.append(card);
+    card.append(media, meta, ran, ...warned, tools);
+    cards.push(card);
   }
+  if (replace) container.replaceChildren(...cards);
+  else container.prepend(...cards);
+}
+
+// What the result actually ran with: the rendered size when it differs, steps, guidance, strength, the weight
+// variant and the LoRAs (the request may have been adjusted to what the model makes).
+function ranWith(task, item) {
+  const d = task.darkroom || {};
+  const parts = [];
+  if (d.rendered && (d.rendered.width !== item.width || d.rendered.height !== item.height)) {
+    parts.push(`rendered ${d.rendered.width}×${d.rendered.height}, fitted to ${item.width}×${item.height}`);
+  }
+  if (d.asked?.quality) parts.push(`tier ${d.asked.quality}`);
+  if (d.num_inference_steps) parts.push(`${d.num_inference_steps} steps`);
+  if (d.guidance_scale !== undefined && d.guidance_scale !== null) parts.push(`guidance ${d.guidance_scale}`);
+  if (d.task && d.task !== "generate" && d.strength !== undefined && d.strength !== null && d.strength !== 1) {
+    parts.push(`strength ${d.strength}`);
+  }
+  const variant = d.runtime?.variant;
+  if (variant && variant !== "bf16") parts.push(`weights ${variant}`);
+  for (const l of d.asked?.loras || []) parts.push(`LoRA ${l.name || l.id} × ${l.scale}`);
+  if (d.runtime?.demo_weights) parts.push("demo weights");
+  return parts.length ? `Ran with ${parts.join(" · ")}` : "";
+}
+
+// An edit's result over its source, with a slider: left of it the source, right of it the result.
+async function beforeAfter(media, sourceUrl) {
+  if (!sourceUrl) return media;
+  const wrap = document.createElement("div");
+  wrap.className = "ba";
+  const before = document.createElement("img");
+  before.className = "before";
+  before.src = sourceUrl;
+  before.alt = "The source, before the edit";
+  const slider = document.createElement("input");
+  slider.type = "range";
+  slider.min = "0";
+  slider.max = "100";
+  slider.value = "0";
+  slider.setAttribute("aria-label", "Before and after: slide right to show more of the source");
+  const clip = () => { before.style.clipPath = `inset(0 ${100 - Number(slider.value)}% 0 0)`; };
+  slider.addEventListener("input", clip);
+  clip();
+  const stage = document.createElement("div");
+  stage.className = "ba";
+  stage.append(media, before);
+  wrap.append(stage, slider);
+  return wrap;
 }
 
 async function toDataUrl(src) {
@@ -491,7 +623,16 @@ async function toDataUrl(src) {
   return readFile(new File([blob], "result.png", { type: blob.type }));
 }
 
+function selectFor(model, mode) {
+  const value = `${mode}:${model}`;
+  if (![...$("model").options].some((o) => o.value === value)) return false;
+  $("model").value = value;
+  selectModel(value);
+  return true;
+}
+
 async function useAsSource(src) {
+  setView("create");
   if (state.mode !== "edit") {
     const first = [...$("model").options].find((o) => o.value.startsWith("edit:"));
     $("model").value = first.value;
@@ -502,7 +643,14 @@ async function useAsSource(src) {
   notice("The image is the source now: describe the next change.", "info");
 }
 
+// The card's own model and settings, a new seed; the result shows in Create (where runs show).
 function vary(task) {
+  const mode = task.darkroom?.task === "generate" ? "generate" : "edit";
+  if (!selectFor(task.model, mode) && !selectFor(task.model, mode === "edit" ? "generate" : "edit")) {
+    notice(`${task.model} is not served now.`);
+    return;
+  }
+  setView("create");
   $("seed-lock").checked = false;
   const body = buildBody();
   delete body.seed;
@@ -510,6 +658,7 @@ function vary(task) {
 }
 
 async function animate(src) {
+  setView("create");
   const first = [...$("model").options].find((o) => o.value.startsWith("video:"));
   $("model").value = first.value;
   selectModel(first.value);
@@ -530,7 +679,18 @@ function details(task) {
 // ---- copy as code --------------------------------------------------------------------------------------------
 
 $("copy-code").addEventListener("click", async () => {
-  const text = asCode($("code-lang").value, state.mode === "video" ? "video" : "image", buildBody(), !!getKey());
+  const body = buildBody();
+  const items = [...state.sources, ...state.references];
+  if (body.mask_url) {
+    // The painted mask is no file on disk yet: it is saved as mask.png for the code to upload.
+    items.push({ dataUrl: body.mask_url, name: "mask.png" });
+    const save = document.createElement("a");
+    save.href = body.mask_url;
+    save.download = "mask.png";
+    save.click();
+  }
+  const text = asCode($("code-lang").value, state.mode === "video" ? "video" : "image", body, !!getKey(),
+                      fileNames(items));
   const pre = $("code");
   pre.textContent = text;
   pre.hidden = false;
@@ -544,9 +704,19 @@ $("copy-code").addEventListener("click", async () => {
 async function compare() {
   const chosen = [...document.querySelectorAll('input[name="compare"]:checked')].map((b) => b.value);
   if (chosen.length < 2 || chosen.length > 4) { notice("Pick 2 to 4 models to compare."); return; }
+  // What the models are compared on follows the images, not the Model select's group: with a source they all
+  // edit it, without one they all generate.
   const base = buildBody();
-  const problem = check(base);
-  if (problem) { notice(problem); return; }
+  delete base.loras;  // adapters belong to one family
+  if (state.sources.length || state.references.length) {
+    if (state.sources.length) base.image_urls = state.sources.map((s) => s.dataUrl);
+    if (state.references.length) base.reference_images = state.references.map((s) => s.dataUrl);
+  } else {
+    delete base.image_urls;
+    delete base.reference_images;
+    delete base.mask_url;
+  }
+  if (!base.prompt.trim()) { notice("Write a prompt first."); return; }
   notice("");
   const box = $("compare-results");
   box.innerHTML = "";
@@ -564,11 +734,35 @@ async function compare() {
     box.append(column);
     const spec = state.images.find((m) => m.id === model);
     const body = { ...base, model };
-    if (spec && !spec.quality.includes(body.quality)) body.quality = spec.defaultQuality;
-    if (spec && !spec.imageSize.includes(body.aspect_ratio)) body.aspect_ratio = "auto";
-    if (spec) body.num_images = Math.min(body.num_images, spec.maxNumImages);
+    if (spec && body.image_urls && !spec.maxSourceImages) {
+      status.textContent = `Left out: ${model} generates from text only and cannot edit the source`;
+      return;
+    }
+    // What this model cannot take is changed, and each change is said on its card (never silently).
+    const changed = [];
+    if (spec && !spec.quality.includes(body.quality)) {
+      changed.push(`quality ${body.quality} → ${spec.defaultQuality} (${model} has ${spec.quality.join(", ")})`);
+      body.quality = spec.defaultQuality;
+    }
+    if (spec && !spec.imageSize.includes(body.aspect_ratio)) {
+      changed.push(`aspect ratio ${body.aspect_ratio} → auto`);
+      body.aspect_ratio = "auto";
+    }
+    if (spec && body.num_images > spec.maxNumImages) {
+      changed.push(`outputs ${body.num_images} → ${spec.maxNumImages}`);
+      body.num_images = spec.maxNumImages;
+    }
     for (const field of ["strength", "negative_prompt", "mask_url"]) {
-      if (spec && !spec.editControls.includes(field)) delete body[field];
+      if (spec && body[field] !== undefined && !spec.editControls.includes(field)) {
+        changed.push(`${field.replace("_url", "")} not used (${model} has no ${field})`);
+        delete body[field];
+      }
+    }
+    if (changed.length) {
+      const note = document.createElement("p");
+      note.className = "note";
+      note.textContent = `Adjusted for this model: ${changed.join("; ")}`;
+      column.insertBefore(note, results);
     }
     let accepted;
     try { accepted = await call("POST", "/api/v1/images/generate", body); } catch (e) {
@@ -577,7 +771,10 @@ async function compare() {
     }
     const task = await follow(accepted.task_id, (p) => { status.textContent = describeProgress(p)[0]; });
     if (task.status !== "completed") { status.textContent = `${task.status}: ${task.error?.message || ""}`; return; }
-    status.textContent = `${(task.completed_at - task.created_at).toFixed(1)} s`;
+    // Run time and queue time apart: a model that waited behind another is not slower for it.
+    const ran = task.completed_at - (task.started_at ?? task.created_at);
+    const waited = (task.started_at ?? task.created_at) - task.created_at;
+    status.textContent = `ran ${ran.toFixed(1)} s · queued ${waited.toFixed(1)} s`;
     await showResults(results, task);
   }));
 }
@@ -623,6 +820,9 @@ async function historyItem(task) {
     button("Open", `Open ${task.task_id}`, () => openTask(task)),
     button("Re-run", `Run ${task.task_id} again`, () => rerun(task)),
     button("Delete", `Delete ${task.task_id}`, async () => {
+      if (!window.confirm(`Delete this task and its files? "${task.prompt.slice(0, 60)}" cannot be brought back.`)) {
+        return;
+      }
       await guarded(() => call("DELETE", `/api/v1/tasks/${task.task_id}`));
       li.remove();
       notice("Deleted, with its files.", "info");
@@ -652,20 +852,45 @@ async function rerun(task) {
   const asked = task.darkroom?.asked || {};
   if (asked.quality && !video) $("quality").value = asked.quality;
   if (asked.aspect_ratio) $(video ? "video-aspect" : "aspect").value = asked.aspect_ratio;
+  if (video) {
+    if (asked.duration) $("duration").value = String(asked.duration);
+    if (asked.resolution) $("resolution").value = asked.resolution;
+    if (asked.fps) $("fps").value = String(asked.fps);
+  } else {
+    $("num-images").value = String((task.seeds || [task.seed]).length);
+  }
   $("seed").value = task.seed;
   $("seed-lock").checked = true;
+  // Every recorded control, so the run is the same request (the ones the model ignores stay hidden).
+  const d = task.darkroom || {};
+  $("steps").value = d.num_inference_steps ?? "";
+  $("guidance").value = d.guidance_scale ?? "";
+  $("strength").value = d.task === "generate" || video ? "" : (d.strength ?? "");
+  $("negative").value = d.negative_prompt || "";
   await loras.show(state.spec);
   loras.restore(asked.loras);
   state.sources = [];
   state.references = [];
-  for (const input of task.darkroom?.inputs || []) {
-    if (input.role === "mask") continue;
+  let maskUrl = null;
+  for (const input of d.inputs || []) {
     const item = await toDataUrl(await blobUrl(input.url));
-    (input.role === "reference" ? state.references : state.sources).push(item);
+    if (input.role === "mask") maskUrl = item.dataUrl;
+    else (input.role === "reference" ? state.references : state.sources).push(item);
   }
   renderThumbs();
+  await restoreMask(maskUrl);
   setView("create");
   run(buildBody());
+}
+
+// A recorded mask, painted back over its source (or the mask painter closed when the task had none).
+async function restoreMask(maskUrl) {
+  const on = !!maskUrl && state.sources.length > 0 && !$("mask-box").hidden;
+  $("mask-stage").hidden = !on;
+  $("mask-tools").hidden = !on;
+  $("mask-toggle").setAttribute("aria-pressed", String(on));
+  $("mask-toggle").textContent = on ? "Don't use a mask" : "Paint a mask";
+  if (on) await mask.restore(state.sources[0].dataUrl, maskUrl);
 }
 
 $("history-refresh").addEventListener("click", () => loadHistory());
@@ -682,6 +907,8 @@ function setView(view) {
     $(`view-${name}`).hidden = name !== view;
   }
   $("compare-models").hidden = view !== "compare";
+  if (view === "compare") $("inputs").hidden = false;  // comparing edits needs the images, whatever the select says
+  else if (state.mode === "generate") $("inputs").hidden = true;
   $("compare-run").hidden = view !== "compare";
   $("run").hidden = view === "compare";
   if (view === "history") loadHistory().catch(() => {});

@@ -1,5 +1,9 @@
 // Mask painting over the source image: a canvas at the source's own size, painted white where the model should
-// repaint. Brush and eraser with a size, invert, clear; the mask leaves as a black-and-white PNG data URL.
+// repaint. Brush and eraser with a size, invert, clear, undo and redo (each stroke is a step); the mask leaves as
+// a PNG data URL, its edges softened by `feather` pixels when set. It stays for the next runs while the first source
+// does.
+
+const HISTORY = 30;
 
 export class MaskPainter {
   constructor(canvas, image) {
@@ -10,7 +14,15 @@ export class MaskPainter {
     this.erasing = false;
     this.painted = false;
     this.drawing = false;
-    canvas.addEventListener("pointerdown", (e) => { this.drawing = true; canvas.setPointerCapture(e.pointerId); this.paint(e); });
+    this.feather = 0;
+    this.undos = [];
+    this.redos = [];
+    canvas.addEventListener("pointerdown", (e) => {
+      this.remember();
+      this.drawing = true;
+      canvas.setPointerCapture(e.pointerId);
+      this.paint(e);
+    });
     canvas.addEventListener("pointermove", (e) => { if (this.drawing) this.paint(e); });
     canvas.addEventListener("pointerup", () => { this.drawing = false; });
     canvas.addEventListener("pointercancel", () => { this.drawing = false; });
@@ -29,6 +41,41 @@ export class MaskPainter {
     });
   }
 
+  // A mask kept with a task, painted back over its source (re-running reuses it as it was).
+  restore(src, maskUrl) {
+    return this.reset(src).then(() => new Promise((resolve) => {
+      const painted = new Image();
+      painted.onload = () => {
+        this.ctx.drawImage(painted, 0, 0, this.canvas.width, this.canvas.height);
+        this.painted = true;
+        resolve();
+      };
+      painted.onerror = () => resolve();
+      painted.src = maskUrl;
+    }));
+  }
+
+  // Keep the mask as it is now, for undo (a new change forgets what was undone).
+  remember() {
+    this.undos.push(this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height));
+    if (this.undos.length > HISTORY) this.undos.shift();
+    this.redos = [];
+  }
+
+  undo() {
+    if (!this.undos.length) return false;
+    this.redos.push(this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height));
+    this.ctx.putImageData(this.undos.pop(), 0, 0);
+    return true;
+  }
+
+  redo() {
+    if (!this.redos.length) return false;
+    this.undos.push(this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height));
+    this.ctx.putImageData(this.redos.pop(), 0, 0);
+    return true;
+  }
+
   clear() {
     this.ctx.globalCompositeOperation = "source-over";
     this.ctx.fillStyle = "#000";
@@ -37,6 +84,7 @@ export class MaskPainter {
   }
 
   invert() {
+    this.remember();
     const data = this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height);
     for (let i = 0; i < data.data.length; i += 4) {
       const v = 255 - data.data[i];
@@ -61,6 +109,16 @@ export class MaskPainter {
   }
 
   dataUrl() {
-    return this.canvas.toDataURL("image/png");
+    if (!this.feather) return this.canvas.toDataURL("image/png");
+    // Feathered: the edges blurred, so the repainted area blends into what is kept.
+    const soft = document.createElement("canvas");
+    soft.width = this.canvas.width;
+    soft.height = this.canvas.height;
+    const ctx = soft.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, soft.width, soft.height);
+    ctx.filter = `blur(${this.feather}px)`;
+    ctx.drawImage(this.canvas, 0, 0);
+    return soft.toDataURL("image/png");
   }
 }
