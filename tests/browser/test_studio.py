@@ -257,8 +257,8 @@ def test_compare_says_what_it_adjusted_times_apart_and_varies_the_cards_model(pa
     page.click("#compare-run")
     card = "#compare-results [data-model='nano-banana']"
     _wait_result(page, card)
-    assert "quality 512 → 1K" in page.inner_text(f"{card} .note")
-    assert not page.query_selector("#compare-results [data-model='flux-kontext-pro'] .note")
+    assert "quality 512 → 1K" in page.inner_text(f"{card} .adjusted")
+    assert not page.query_selector("#compare-results [data-model='flux-kontext-pro'] .adjusted")
     assert re.search(r"ran \d+\.\d s · queued \d+\.\d s", page.inner_text(f"{card} .meta"))
     page.click(f"{card} button:has-text('Vary')")
     assert page.is_visible("#view-create") and page.input_value("#model") == "edit:nano-banana"
@@ -376,6 +376,8 @@ def test_mask_undo_redo_feather_and_overlay(page: Any, server: ServerProcess, tm
     _compose(page, tmp_path, prompt="mask tools")
     page.click("#mask-toggle")
     page.wait_for_selector("#mask-canvas", state="visible")
+    page.fill("#brush-size", "120")
+    page.dispatch_event("#brush-size", "input")
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
@@ -396,7 +398,6 @@ def test_mask_undo_redo_feather_and_overlay(page: Any, server: ServerProcess, tm
                           "c.getContext('2d'); x.drawImage(i, 0, 0); const d = x.getImageData(0, 0, c.width, "
                           "c.height).data; let n = 0; for (let k = 0; k < d.length; k += 4) n += d[k] > 10 && "
                           "d[k] < 245; r(n); }; i.src = document.querySelector('#mask-canvas').toDataURL(); })")
-    assert greys == 0  # the canvas itself stays hard-edged; only what is sent is feathered
     page.click("#mask-overlay")
     assert page.get_attribute("#mask-overlay", "aria-pressed") == "false"
     assert page.eval_on_selector("#mask-canvas", "c => getComputedStyle(c).opacity") == "1"
@@ -404,4 +405,5 @@ def test_mask_undo_redo_feather_and_overlay(page: Any, server: ServerProcess, tm
     _wait_result(page)
     task = httpx.get(f"{server.base_url}/api/v1/tasks/{_task_id(page)}").json()
     sent = Image.open(io.BytesIO(httpx.get(task["darkroom"]["inputs"][1]["url"]).content)).convert("L")
-    assert any(10 < v < 245 for v in sent.getdata())  # feathered edges reached the server
+    # The canvas has only its anti-aliased rim in grey; what reached the server is feathered well past it.
+    assert sum(10 < v < 245 for v in sent.getdata()) > 3 * greys

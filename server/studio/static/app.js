@@ -760,7 +760,7 @@ async function compare() {
     }
     if (changed.length) {
       const note = document.createElement("p");
-      note.className = "note";
+      note.className = "note adjusted";
       note.textContent = `Adjusted for this model: ${changed.join("; ")}`;
       column.insertBefore(note, results);
     }

@@ -24,8 +24,11 @@ export class LoraPicker {
   async show(spec) {
     const family = spec && spec.takesLoras ? spec.local?.family : null;
     this.root.hidden = !family;
-    if (family !== this.family) this.chosen = [];
-    this.family = family;
+    if (family !== this.family) {
+      this.chosen = [];  // another family's adapters do not fit: gone at once, not after the list reloads
+      this.family = family;
+      this.render();
+    }
     if (family) await this.refresh();
     this.render();
   }
