@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
@@ -21,6 +22,7 @@ from server.api.request_body import read_json_object
 from server.context import AppContext
 from server.engine.snapshot import EngineSnapshot
 from server.errors import ApiError, ErrorCode
+from server.faults import StoreBusy
 from server.jobs.store import JobRecord, JobStatus
 
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
@@ -129,6 +131,21 @@ def failure(record: JobRecord) -> ApiError:
         504 if err.get("code") == "start_timeout" else 500
     code = ErrorCode(err["code"]) if err.get("code") in ErrorCode._value2member_map_ else ErrorCode.GENERATION_FAILED
     return ApiError(status, code, err.get("message", "the job failed"), err.get("field"))
+
+
+async def watch(request: Request, job_id: str, poll_s: float = 0.1) -> AsyncIterator[JobRecord | None]:
+    """The job's record every `poll_s` while the client stays connected (None while the store is busy: the stream
+    stays open and looks again); what every event stream reads, each stopping at a final state."""
+    ctx = ctx_of(request)
+    while True:
+        try:
+            record = await ctx.service.get(job_id, caller(request.scope))
+        except StoreBusy:
+            record = None
+        yield record
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(poll_s)
 
 
 async def wait_done(request: Request, job_id: str, timeout: float | None = None) -> JobRecord:

@@ -32,13 +32,13 @@ from server.api.dialect_io import (
     record_or_404,
     validated,
     wait_done,
+    watch,
 )
 from server.api.lora_fields import FalLora, parse_list, refs_from_paths
 from server.api.openapi_doc import json_body
 from server.api.tasks import preview_data_url
 from server.asks import ImageAsk, ImageInput, VideoAsk
 from server.errors import ApiError, ErrorCode
-from server.faults import StoreBusy
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.jobs.view import JobView
 from server.resolve import SEED_MAX
@@ -331,11 +331,7 @@ async def queue_status_stream(app: str, request_id: str, request: Request) -> St
 
     async def stream() -> AsyncIterator[str]:
         last: tuple[Any, ...] | None = None
-        while True:
-            try:
-                record = await ctx.service.get(request_id, caller(request.scope))
-            except StoreBusy:
-                record = None
+        async for record in watch(request, request_id):
             if record is not None:
                 body = await _status_body(request, app, record, logs)
                 state = (body["status"], body.get("queue_position"), record.progress_step, record.preview_step)
@@ -348,9 +344,6 @@ async def queue_status_stream(app: str, request_id: str, request: Request) -> St
                     last = state
                 if record.status in FINAL_STATES:
                     return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.1)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_request_id(request_id)})

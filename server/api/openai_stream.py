@@ -21,9 +21,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from PIL import Image
 
-from server.api.auth import caller
-from server.api.dialect_io import ctx_of, failure, file_b64
-from server.faults import StoreBusy
+from server.api.dialect_io import ctx_of, failure, file_b64, watch
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -62,11 +60,8 @@ def image_event_stream(request: Request, job_id: str, body: GenerationsBody, pre
         sent = 0
         shown = 0  # the step of the last preview sent: each partial image is a newer one
         idle = 0.0
-        while True:
-            try:
-                record = await ctx.service.get(job_id, caller(request.scope))
-            except StoreBusy:
-                record = None
+        async for record in watch(request, job_id, POLL_S):
+            idle += POLL_S
             if record is not None and record.status in FINAL_STATES:
                 for chunk in await asyncio.to_thread(_finished, record):
                     yield chunk
@@ -84,10 +79,6 @@ def image_event_stream(request: Request, job_id: str, body: GenerationsBody, pre
             if idle >= KEEPALIVE_S:
                 yield ": keep-alive\n\n"
                 idle = 0.0
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(POLL_S)
-            idle += POLL_S
 
     def _finished(record: JobRecord) -> list[str]:
         if record.status is not JobStatus.COMPLETED:

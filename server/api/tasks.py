@@ -12,11 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.api.auth import caller
-from server.api.dialect_io import record_or_404
+from server.api.dialect_io import record_or_404, watch
 from server.api.links import Links
 from server.context import AppContext
 from server.errors import ApiError, ErrorCode
-from server.faults import StoreBusy
 from server.jobs.store import FINAL_STATES, JobRecord, JobStatus
 from server.jobs.view import JobView
 from server.retention import files_expire_at
@@ -217,13 +216,9 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
     async def stream() -> AsyncIterator[str]:
         last: tuple[str, int, int, int] | None = None
         idle = 0.0
-        while True:
-            try:
-                record = await ctx.service.get(task_id, caller(request.scope))
-            except StoreBusy:
-                record = None  # the store is locked for now: keep the stream open and look again
+        async for record in watch(request, task_id, EVENT_POLL_S):
+            idle += EVENT_POLL_S
             if record is None:
-                await asyncio.sleep(EVENT_POLL_S)
                 continue
             if record.status in FINAL_STATES:
                 yield _sse(str(record.status), task_view(record, links))
@@ -241,10 +236,6 @@ async def task_events(task_id: str, request: Request) -> StreamingResponse:
             elif idle >= KEEPALIVE_S:
                 yield ": keep-alive\n\n"
                 idle = 0.0
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(EVENT_POLL_S)
-            idle += EVENT_POLL_S
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

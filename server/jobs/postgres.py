@@ -317,26 +317,24 @@ class PostgresJobStore(PostgresReads, JobStore):
 
     def retry_later(self, claim: Claim, delay_s: float, failure: dict[str, Any]) -> bool:
         return self._count(
-            "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, progress_step = 0, preview_step = 0, "
-            "not_before = %s, retries = COALESCE(retries, '[]'::jsonb) || %s WHERE id = %s AND status = %s AND "
+            "UPDATE jobs SET status = %s, worker = NULL, lease_owner = NULL, lease_expires = NULL, progress_step = 0, "
+            "preview_step = 0, not_before = %s, retries = COALESCE(retries, '[]'::jsonb) || %s WHERE id = %s AND status = %s AND "
             "lease_owner = %s AND attempts = %s",
             (JobStatus.PENDING.value, time.time() + delay_s, Jsonb([failure]), claim.job_id,
              JobStatus.PROCESSING.value, claim.owner, claim.attempt)) == 1
 
     def set_progress(self, job_id: str, step: int, total: int) -> bool:
-        # Best effort: progress is for people watching, so it never waits on a busy database (nor fails a render).
-        def write(cur: psycopg.Cursor[dict[str, Any]]) -> None:
-            cur.execute("UPDATE jobs SET progress_step = %s, progress_total = %s WHERE id = %s", (step, total, job_id))
-
-        try:
-            self._run(write, time.monotonic() + _PROGRESS_WAIT_S)
-            return True
-        except (StoreBusy, StorageFull, psycopg.Error):
-            return False
+        return self._best_effort("UPDATE jobs SET progress_step = %s, progress_total = %s WHERE id = %s",
+                                 (step, total, job_id))
 
     def set_preview_step(self, job_id: str, step: int) -> bool:
+        return self._best_effort("UPDATE jobs SET preview_step = %s WHERE id = %s", (step, job_id))
+
+    def _best_effort(self, sql: str, args: tuple[Any, ...]) -> bool:
+        """One write for people watching (progress, previews): it never waits on a busy database (nor fails a
+        render); whether it was made."""
         def write(cur: psycopg.Cursor[dict[str, Any]]) -> None:
-            cur.execute("UPDATE jobs SET preview_step = %s WHERE id = %s", (step, job_id))
+            cur.execute(sql, args)
 
         try:
             self._run(write, time.monotonic() + _PROGRESS_WAIT_S)

@@ -291,7 +291,8 @@ class SqliteJobStore(SqliteReads, JobStore):
             for r in lapsed:
                 cur = conn.execute(
                     "UPDATE jobs SET status = ?, worker = NULL, lease_owner = NULL, lease_expires = NULL, "
-                    "progress_step = 0, preview_step = 0 WHERE id = ? AND status = ? AND attempts = ? AND lease_owner IS ?",
+                    "progress_step = 0, preview_step = 0 WHERE id = ? AND status = ? AND attempts = ? AND "
+                    "lease_owner IS ?",
                     (JobStatus.PENDING, r["id"], JobStatus.PROCESSING, r["attempts"], r["lease_owner"]))
                 if cur.rowcount:
                     back.append(r["id"])
@@ -331,29 +332,21 @@ class SqliteJobStore(SqliteReads, JobStore):
         return self._write(give_back)
 
     def set_progress(self, job_id: str, step: int, total: int) -> bool:
-        # Best effort: progress is for people watching, so it never waits on a busy database (nor fails a render).
-        if not self._lock.acquire(timeout=_PROGRESS_WAIT_S):
-            return False
-        try:
-            self._conn.execute(f"PRAGMA busy_timeout={int(_PROGRESS_WAIT_S * 1000)}")
-            try:
-                self._conn.execute("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
-                                   (step, total, job_id))
-                return True
-            except sqlite3.Error:
-                return False
-            finally:
-                self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        finally:
-            self._lock.release()
+        return self._best_effort("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
+                                 (step, total, job_id))
 
     def set_preview_step(self, job_id: str, step: int) -> bool:
+        return self._best_effort("UPDATE jobs SET preview_step = ? WHERE id = ?", (step, job_id))
+
+    def _best_effort(self, sql: str, args: tuple[Any, ...]) -> bool:
+        """One write for people watching (progress, previews): it never waits on a busy database (nor fails a
+        render); whether it was made."""
         if not self._lock.acquire(timeout=_PROGRESS_WAIT_S):
             return False
         try:
             self._conn.execute(f"PRAGMA busy_timeout={int(_PROGRESS_WAIT_S * 1000)}")
             try:
-                self._conn.execute("UPDATE jobs SET preview_step = ? WHERE id = ?", (step, job_id))
+                self._conn.execute(sql, args)
                 return True
             except sqlite3.Error:
                 return False
