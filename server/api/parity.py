@@ -59,8 +59,11 @@ _PREVIEWS = [
      "`image_edit.partial_image` events, in the requested output format |"),
     ("| fal | `previews: true` (extension) | `GET .../requests/{id}/status/stream` events carry "
      "`darkroom.preview` (the SDK's `subscribe(..., {mode: \"streaming\"})` hands them to `onQueueUpdate`) |"),
-    ("| Replicate, BFL, Veo | not in their protocols; ask on the darkroom route | their prediction, request and "
-     "operation ids are task ids: `GET /api/v1/tasks/{id}/events` streams progress |"),
+    ("| Replicate | `stream: true` streams `logs` (seed, progress) and `output`; Replicate's protocol has no "
+     "preview event and its SDK refuses unknown ones | the prediction id is the task id: "
+     "`GET /api/v1/tasks/{id}/events` and `/preview` |"),
+    ("| BFL, Veo | not in their protocols | their request and operation ids are task ids: "
+     "`GET /api/v1/tasks/{id}/events` streams progress |"),
     "| Gemini generateContent | synchronous: nothing to stream | - |", "",
 ]
 

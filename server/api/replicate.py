@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from compare.clients import ReplicateClient
 from server.api import replicate_files
 from server.api.auth import caller
 from server.api.dialect import Dialect, FieldPolicy
-from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated
+from server.api.dialect_io import base_url, ctx_of, json_object, outputs, record_or_404, validated, watch
 from server.api.links import Links
 from server.api.lora_fields import ref_from_weights
 from server.api.openapi_doc import body_schema, json_body
@@ -183,7 +185,8 @@ def prediction(record: JobRecord, links: Links, owner_name: str | None = None) -
         "created_at": _iso(record.created_at), "started_at": _iso(record.started_at),
         "completed_at": _iso(record.finished_at) if record.status in FINAL_STATES else None,
         "data_removed": False, "metrics": metrics,
-        "urls": {"get": f"{base}/v1/predictions/{record.id}", "cancel": f"{base}/v1/predictions/{record.id}/cancel"},
+        "urls": {"get": f"{base}/v1/predictions/{record.id}", "cancel": f"{base}/v1/predictions/{record.id}/cancel",
+                 **({"stream": f"{base}/v1/predictions/{record.id}/stream"} if note.get("replicate_stream") else {})},
     }
 
 
@@ -213,9 +216,6 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
     if bad:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, f"webhook_events_filter takes {', '.join(EVENTS)}",
                        "webhook_events_filter")
-    if body.stream:
-        raise ApiError(422, ErrorCode.UNSUPPORTED_FEATURE, "output streaming is not supported; send stream=false",
-                       "stream")
     base = base_url(request)
     hook = None
     if body.webhook:
@@ -223,7 +223,8 @@ async def _create(request: Request, owner_name: str, body: PredictionBody) -> JS
         events = tuple(e for e in ("start", "completed") if e in body.webhook_events_filter)
         hook = await ctx.webhooks.prepare(body.webhook, "replicate", base, "webhook", caller(request.scope), events)
     ask = replace(_to_ask(model, inp, ctx, request), webhook=hook,
-                  dialect_note={"replicate_model": owner_name, "replicate_input": body.input})
+                  dialect_note={"replicate_model": owner_name, "replicate_input": body.input,
+                                **({"replicate_stream": True} if body.stream else {})})
     job_id, _ = await ctx.service.submit_image(ask, caller=caller(request.scope))
     prefer = _WAIT.match(request.headers.get("prefer", ""))
     if prefer:
@@ -323,6 +324,50 @@ async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     """The prediction object."""
     return JSONResponse(prediction(await record_or_404(request, prediction_id, "prediction_id"),
                                    ctx_of(request).links(base_url(request))))
+
+
+@router.get("/v1/predictions/{prediction_id}/stream")
+async def stream_prediction(prediction_id: str, request: Request) -> StreamingResponse:
+    """Replicate's event stream (a prediction made with `stream: true`; what `replicate.stream()` reads): `logs`
+    events with the seed and the denoising progress, one `output` event per output URL, then `done` (`error` for a
+    failure). Live previews are not sent here: Replicate's protocol has no event for them, and its SDK refuses an
+    event name it does not know; the darkroom task stream of the same id carries them."""
+    ctx = ctx_of(request)
+    await record_or_404(request, prediction_id, "prediction_id")
+    links = ctx.links(base_url(request))
+
+    async def stream() -> AsyncIterator[str]:
+        sent = 0
+        logged = ""
+        async for record in watch(request, prediction_id):
+            if record is None:
+                continue
+            logs = _logs(record)
+            if logs != logged and logs.startswith(logged):
+                for line in logs[len(logged):].splitlines():
+                    sent += 1
+                    yield f"event: logs\nid: {sent}\ndata: {line}\n\n"
+                logged = logs
+            elif logs != logged:  # the progress line moved on: send it again
+                sent += 1
+                yield f"event: logs\nid: {sent}\ndata: {logs.splitlines()[-1]}\n\n"
+                logged = logs
+            if record.status not in FINAL_STATES:
+                continue
+            if record.status is JobStatus.COMPLETED:
+                for url in (f["url"] for f in outputs(record, links)):
+                    sent += 1
+                    yield f"event: output\nid: {sent}\ndata: {url}\n\n"
+            elif record.status is JobStatus.FAILED:
+                sent += 1
+                message = (record.error or {}).get("message", "the prediction failed")
+                yield f"event: error\nid: {sent}\ndata: {json.dumps({'detail': message})}\n\n"
+            reason = {"reason": "canceled"} if record.status is JobStatus.CANCELLED else {}
+            yield f"event: done\nid: {sent + 1}\ndata: {json.dumps(reason)}\n\n"
+            return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.post("/v1/predictions/{prediction_id}/cancel")

@@ -188,6 +188,22 @@ def test_replicate_client_run_and_predictions(srv: ServerProcess) -> None:
     assert exc.value.status == 422
 
 
+def test_replicate_stream_sends_logs_then_the_output(srv: ServerProcess) -> None:
+    """replicate.stream(): the prediction's urls.stream carries the seed and progress as `logs`, each output URL as
+    `output`, then `done` -- the SDK's own event decoder reads every event."""
+    import replicate
+
+    client = replicate.Client(api_token=KEY, base_url=srv.base_url)
+    events = list(client.stream("black-forest-labs/flux-kontext-pro", input={
+        "prompt": "x", "input_image": _data_url(), "seed": 12, "output_format": "png"}, use_file_output=False))
+    kinds = [e.event.value for e in events]
+    assert kinds[-1] == "done" and kinds.count("output") == 1 and kinds.index("output") > kinds.index("logs")
+    logs = [e.data for e in events if e.event.value == "logs"]
+    assert logs[0] == "Using seed: 12" and logs[-1].strip().startswith("100%|")
+    output = next(e.data for e in events if e.event.value == "output")
+    assert httpx.get(output).status_code == 200
+
+
 def test_replicate_webhook_events_filter(srv: ServerProcess) -> None:
     hook = Receiver()
     try:
