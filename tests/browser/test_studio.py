@@ -260,6 +260,9 @@ def test_compare_says_what_it_adjusted_times_apart_and_varies_the_cards_model(pa
     assert "quality 512 → 1K" in page.inner_text(f"{card} .adjusted")
     assert not page.query_selector("#compare-results [data-model='flux-kontext-pro'] .adjusted")
     assert re.search(r"ran \d+\.\d s · queued \d+\.\d s", page.inner_text(f"{card} .meta"))
+    page.click(f"{card} button:has-text('Use as source')")  # the card's own model, in Create
+    assert page.is_visible("#view-create") and page.input_value("#model") == "edit:nano-banana"
+    page.click("#tab-compare")
     page.click(f"{card} button:has-text('Vary')")
     assert page.is_visible("#view-create") and page.input_value("#model") == "edit:nano-banana"
     page.wait_for_function("() => { const c = document.querySelector('#results [data-task-id]'); return c && "
@@ -333,6 +336,11 @@ def test_accessibility_and_screenshots_at_desktop_and_phone_sizes(browser: Any, 
         try:
             _open(page, server)
             page.screenshot(path=str(artifact(f"studio-{name}.png")), full_page=False)
+            in_view = "id => { const r = document.getElementById(id).getBoundingClientRect(); " \
+                      "return r.top >= 0 && r.bottom <= innerHeight; }"
+            assert page.evaluate(in_view, "run") and page.evaluate(in_view, "cancel")  # the run bar, at load
+            page.mouse.wheel(0, 2000)
+            assert page.evaluate(in_view, "run")  # and after scrolling the form
             page.add_script_tag(path=str(axe))
             found = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
                                   ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.length}))")
@@ -369,6 +377,12 @@ def test_two_runs_queue_and_are_watched_at_once_and_results_say_how_they_ran(pag
     page.fill(slider, "100")
     assert page.eval_on_selector(f"{card} img.before", "i => i.style.clipPath") in ("inset(0px 0% 0px 0px)",
                                                                                    "inset(0px)")
+    page.click(f"{card} button:has-text('View')")
+    page.wait_for_selector("#viewer[open]")
+    page.click("#viewer-image")  # zoom to 100 % and back
+    assert "actual" in page.get_attribute("#viewer-image", "class")
+    page.click("#viewer-image")
+    assert "actual" not in (page.get_attribute("#viewer-image", "class") or "")
 
 
 def test_mask_undo_redo_feather_and_overlay(page: Any, server: ServerProcess, tmp_path: Path) -> None:

@@ -559,7 +559,7 @@ async function showResults(container, task, replace = true) {
     if (!task.videos) {
       tools.append(
         button("View", "View full size", () => { $("viewer-image").src = src; $("viewer").showModal(); }),
-        button("Use as source", "Use this image as the source", () => useAsSource(src)),
+        button("Use as source", "Use this image as the source", () => useAsSource(src, task.model)),
         button("Vary", "Same settings, a new seed", () => vary(task)),
         button("Animate", "Animate this image into a clip", () => animate(src)),
       );
@@ -631,9 +631,10 @@ function selectFor(model, mode) {
   return true;
 }
 
-async function useAsSource(src) {
+// The next edit starts from this image, on the card's own model where it edits (else the first that does).
+async function useAsSource(src, model) {
   setView("create");
-  if (state.mode !== "edit") {
+  if (!selectFor(model, "edit") && state.mode !== "edit") {
     const first = [...$("model").options].find((o) => o.value.startsWith("edit:"));
     $("model").value = first.value;
     selectModel(first.value);
