@@ -512,7 +512,7 @@ $("cancel").addEventListener("click", async () => {
 
 // A task's outputs as cards: replacing what the container shows, or (replace = false) ahead of it, newest first.
 async function showResults(container, task, replace = true) {
-  $("empty")?.remove();
+  if (container.id === "results") $("empty")?.remove();  // Create's empty state, not Compare's columns
   const cards = [];
   const items = task.videos || task.images || [];
   for (const item of items) {
