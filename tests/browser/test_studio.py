@@ -45,6 +45,17 @@ def _compose(page: Any, tmp_path: Path, model: str = "edit:flux-kontext-pro", pr
     page.fill("#steps", str(steps))
 
 
+def _paint_mask(page: Any, reach: float) -> None:
+    """Open the mask painter and paint one stroke from the top-left corner to `reach` of the way across."""
+    page.click("#mask-toggle")
+    page.wait_for_selector("#mask-canvas", state="visible")
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + 4, box["y"] + 4)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * reach, box["y"] + box["height"] * reach, steps=8)
+    page.mouse.up()
+
+
 def _wait_result(page: Any, container: str = "#results") -> dict[str, int]:
     page.wait_for_function("c => [...document.querySelectorAll(c + ' img')].some(i => i.complete && i.naturalWidth)",
                            arg=container, timeout=120_000)
@@ -75,13 +86,7 @@ def test_upload_edit_shows_the_result_at_its_size(page: Any, server: ServerProce
 def test_a_painted_mask_runs_an_inpaint(page: Any, server: ServerProcess, tmp_path: Path) -> None:
     _open(page, server)
     _compose(page, tmp_path, prompt="replace the sky")
-    page.click("#mask-toggle")
-    page.wait_for_selector("#mask-canvas", state="visible")
-    box = page.locator("#mask-canvas").bounding_box()
-    page.mouse.move(box["x"] + 5, box["y"] + 5)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
-    page.mouse.up()
+    _paint_mask(page, 1 / 2)
     page.click("#run")
     _wait_result(page)
     task = httpx.get(f"{server.base_url}/api/v1/tasks/{_task_id(page)}").json()
@@ -273,13 +278,7 @@ def test_rerun_reproduces_the_mask_steps_and_guidance(page: Any, server: ServerP
     _open(page, server)
     _compose(page, tmp_path, prompt="rerun exactly", steps=3)
     page.fill("#guidance", "3.5")
-    page.click("#mask-toggle")
-    page.wait_for_selector("#mask-canvas", state="visible")
-    box = page.locator("#mask-canvas").bounding_box()
-    page.mouse.move(box["x"] + 4, box["y"] + 4)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3, steps=6)
-    page.mouse.up()
+    _paint_mask(page, 1 / 3)
     page.click("#run")
     _wait_result(page)
     first = httpx.get(f"{server.base_url}/api/v1/tasks/{_task_id(page)}").json()
