@@ -173,6 +173,12 @@ class Family(ABC):
                              "remove negative_prompt", unsupported=True)
 
     @classmethod
+    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+        """Whether a render of `params` calls the denoiser twice per step, conditional then unconditional, and
+        combines the two after the second call (what CFG parallel splits between two ranks)."""
+        return False
+
+    @classmethod
     def denoising_steps(cls, params: RenderParams) -> int:
         """The denoising steps a render of `params` runs: all of them, or int(steps x strength) for the edits that
         start from a partly noised source (inpainting, and plain edits where the family honours strength)."""

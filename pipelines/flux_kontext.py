@@ -96,6 +96,11 @@ class FluxKontextFamily(Family):
         raw = grid.reshape(b, d // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, d // 4, h * 2, w * 2)
         return raw / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
 
+    @classmethod
+    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+        # true CFG runs only when a negative prompt is given (see run).
+        return bool(params.negative_prompt)
+
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         p = spec.params
         area = p.width * p.height

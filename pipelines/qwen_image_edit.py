@@ -67,6 +67,11 @@ class QwenImageEditFamily(Family):
         std = torch.tensor(cfg.latents_std, device=raw.device, dtype=raw.dtype).view(1, -1, 1, 1)
         return raw * std + mean
 
+    @classmethod
+    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+        # guidance_scale is Qwen's true_cfg_scale, always with a negative prompt (" " when none is given).
+        return params.guidance_scale > 1.0
+
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 

@@ -38,6 +38,11 @@ class WanVideoFamily(VideoFamily):
         std = torch.tensor(cfg.latents_std, device=frame.device, dtype=frame.dtype).view(1, -1, 1, 1)
         return frame * std + mean
 
+    @classmethod
+    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+        # Wan runs its negative prompt as a second pass whenever guidance is above 1.
+        return params.guidance_scale > 1.0
+
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 

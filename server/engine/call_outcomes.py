@@ -21,7 +21,17 @@ from pipelines.previews import PreviewOptions
 from server.engine.policy import Placement, split_after_oom
 from server.engine.recording import Recorder
 from server.engine.slots import Call, WorkerSlot
-from server.engine.work import Cancelled, Completed, DeviceFault, Failed, Outcome, OutOfMemory, RenderWork, WorkerLost
+from server.engine.work import (
+    Cancelled,
+    Completed,
+    DeviceFault,
+    Failed,
+    Outcome,
+    OutOfMemory,
+    RankLost,
+    RenderWork,
+    WorkerLost,
+)
 from server.faults import InputMissing
 from server.jobs.store import Claim, JobStore
 from server.logs import event
@@ -164,6 +174,8 @@ class CallOutcomes:
             case WorkerLost(detail=detail):
                 # The process is fine; only that worker is gone (a Ray actor or its node): no restart.
                 self._take_out(slot, list(call.ids), f"worker lost ({detail})", list(claims.values()), restart=False)
+            case RankLost(detail=detail):
+                self._rank_lost(call, detail, claims)
             case OutOfMemory() if len(call.jobs) > 1:
                 self._split_after_oom(slot, call, info, memory_before)
             case OutOfMemory():
@@ -176,6 +188,22 @@ class CallOutcomes:
                 for job in call.jobs:
                     self.recorder.fail(job.id, error or _GENERATION_FAILED | {
                         "message": _GENERATION_FAILED["message"] + job.id}, claims[job.id])
+
+    def _rank_lost(self, call: Call, detail: str, claims: dict[str, Claim]) -> None:
+        """A gang lost a rank (its devices are free again): each job goes back to the queue once, like a job whose
+        worker was lost; a second loss fails it."""
+        with self._cond:
+            self.stats["gang_rank_losses"] += 1
+        for job in call.jobs:
+            if any(r.get("code") == "gang_rank_lost" for r in job.retries or []):
+                self.recorder.fail(job.id, {"code": "worker_lost", "field": None, "message": (
+                    "the GPUs running this job failed twice; send it again, and if it keeps failing tell the "
+                    "server's operator (the server log names the device)")}, claims[job.id])
+                continue
+            self.store.retry_later(claims[job.id], 0.0, {"attempt": job.attempts, "code": "gang_rank_lost",
+                                                         "message": detail, "at": round(time.time(), 3)})
+            event(log, "job.requeued", f"{job.id}: a rank of its gang was lost ({detail}); back in the queue",
+                  job_id=job.id, model=job.model, reason="gang_rank_lost")
 
     def _completed(self, call: Call, outcome: Completed, started: float, claims: dict[str, Claim]) -> None:
         offset = 0

@@ -89,4 +89,12 @@ class WorkerLost:
     detail: str
 
 
-Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed | WorkerLost
+@dataclass(frozen=True)
+class RankLost:
+    """A rank of a gang (server/engine/gang_worker.py) died or the gang could not form: every rank has been
+    stopped and the devices are free again; the job goes back to the queue once."""
+
+    detail: str
+
+
+Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed | WorkerLost | RankLost

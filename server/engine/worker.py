@@ -112,6 +112,15 @@ def _image(data: bytes, mode: str) -> Image.Image:
         return im.convert(mode)
 
 
+def render_spec(work: RenderWork) -> RenderSpec:
+    """The family-facing spec of `work`: its encoded inputs decoded."""
+    params = work.params
+    masks = tuple(_image(b, "L") for b in work.masks)
+    return RenderSpec(params=params, sources=tuple(_image(b, "RGB") for b in work.sources),
+                      references=tuple(_image(b, "RGB") for b in work.references),
+                      mask=None if params.prompts or not masks else masks[0], masks=masks if params.prompts else ())
+
+
 class Worker(WorkerHandle):
     """A device, the families on it (or parked in its host-RAM tier), and the thread that alone calls them.
 
@@ -374,11 +383,7 @@ class Worker(WorkerHandle):
         coeffs = self.memory[fam_class.name]
         fam, load_s = self.family(work.weights, fam_class.activation_bytes(params, 1, coeffs), work.force,
                                   work.demand)
-        masks = tuple(_image(b, "L") for b in work.masks)
-        spec = RenderSpec(params=params, sources=tuple(_image(b, "RGB") for b in work.sources),
-                          references=tuple(_image(b, "RGB") for b in work.references),
-                          mask=None if params.prompts or not masks else masks[0],
-                          masks=masks if params.prompts else ())
+        spec = render_spec(work)
         started = time.perf_counter()
         chunk = self.images_per_call(work.weights, params)
         images: list[Image.Image] = []
