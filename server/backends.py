@@ -129,9 +129,46 @@ def build_workers(settings: Settings, config: DarkroomConfig) -> Workers:
 
     route_torch_logs()  # before demo weights build: torch and torchao warn while they import
     located = prepare_weights(settings.files, settings.engine.demo, config.manifest, needed)
+    devices = resolve_devices(settings.engine.device)
     handles = [local_worker(f"w{i}", dev, settings.engine, config, located, profiles)
-               for i, dev in enumerate(resolve_devices(settings.engine.device))]
-    return Workers(handles, located)
+               for i, dev in enumerate(devices)]
+    return Workers(handles + gang_workers(handles, settings.engine, config, located, profiles), located)
+
+
+def gang_sizes(setting: str, devices: list[str]) -> list[int]:
+    """The gang sizes `DARKROOM_GANGS` asks for on these devices ('auto': 2, 4, 8 up to the CUDA devices)."""
+    from server.engine.gangs import GANG_SIZES
+
+    if setting == "off":
+        return []
+    if setting == "auto":
+        cuda = [d for d in devices if d.startswith("cuda")]
+        return [k for k in GANG_SIZES if k <= len(cuda)]
+    sizes = sorted({int(k) for k in setting.split(",") if k.strip()})
+    if any(k not in GANG_SIZES for k in sizes):
+        raise ValueError(f"DARKROOM_GANGS may list only {', '.join(map(str, GANG_SIZES))} (or be auto / off)")
+    return [k for k in sizes if k <= len(devices)]
+
+
+def gang_workers(handles: list[WorkerHandle], engine: EngineSettings, config: DarkroomConfig,
+                 located: dict[str, LocatedWeights], profiles: Mapping[str, LoadProfile]) -> list[WorkerHandle]:
+    """One gang per aligned group of k devices for each gang size (devices 0-1, 2-3, ... for k = 2): the groups
+    that share a switch or NVLink pair on most multi-GPU boards."""
+    from server.engine.gang_worker import GangWorker
+    from server.engine.worker import Worker
+
+    solo = [h for h in handles if isinstance(h, Worker)]
+    gangs: list[WorkerHandle] = []
+    for k in gang_sizes(engine.gangs, [h.device for h in solo]):
+        for start in range(0, len(solo) - k + 1, k):
+            group = solo[start:start + k]
+            budgets = [h.budget for h in group if h.budget is not None]
+            gangs.append(GangWorker(
+                f"gang{k}-{start}", tuple(h.device for h in group), tuple(h.name for h in group),
+                str(group[0].dtype).removeprefix("torch."), located, config.parallel, group[0].footprint,
+                budget=min(budgets) if budgets else None, profiles=profiles,
+                collective_timeout_s=engine.step_timeout_s))
+    return gangs
 
 
 def _ray_workers(settings: Settings, config: DarkroomConfig, needed: set[str],

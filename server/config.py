@@ -19,11 +19,12 @@ from server.acceleration_config import Acceleration
 from server.catalog import Catalog
 from server.dialects import ModelNames
 from server.engine.costs import Costs, load_costs
+from server.engine.gangs import ParallelSpec, load_parallel
 from server.engine.variant_plan import CardProfile, load_cards
 from weights.manifest import WeightsEntry, load_manifest
 
 FILES = ("manifest.toml", "models.toml", "dialects.toml", "acceleration.toml", "costs.toml", "memory.toml",
-         "prices.toml", "cards.toml")
+         "prices.toml", "cards.toml", "parallel.toml")
 """The files a config dir holds."""
 
 
@@ -43,6 +44,8 @@ class DarkroomConfig:
     prices: PriceTable
     cards: Mapping[str, CardProfile]
     """GPU profiles the variant planner judges against (cards.toml)."""
+    parallel: Mapping[str, ParallelSpec]
+    """How each family spreads over a gang of GPUs (parallel.toml)."""
 
     @classmethod
     def load(cls, directory: Path, license_policy: str = "any", models: list[str] | tuple[str, ...] = ()
@@ -60,7 +63,8 @@ class DarkroomConfig:
             catalog = catalog.only(list(models))
         return cls(directory, manifest, catalog, names, acceleration.serving(catalog),
                    load_costs(directory / "costs.toml"), load_memory_table(directory / "memory.toml"),
-                   PriceTable.load(directory / "prices.toml"), load_cards(directory / "cards.toml"))
+                   PriceTable.load(directory / "prices.toml"), load_cards(directory / "cards.toml"),
+                   load_parallel(directory / "parallel.toml"))
 
     @classmethod
     def packaged(cls) -> DarkroomConfig:

@@ -244,6 +244,19 @@ class EngineSettings(_Section):
     preview_min_interval_s: float = Field(0.25, ge=0.0, le=60.0, description="...and at most one per this many "
                                           "seconds.")
     preview_max_side: int = Field(256, ge=32, le=1024, description="Longest side of a live preview in pixels.")
+    gangs: str = Field(
+        "auto", description="Gang sizes: one job spread over this many GPUs of the node when GPUs are idle "
+        "(sequence and CFG parallel). 'auto' = 2, 4 and 8 up to the number of CUDA devices (none on a CPU), 'off', "
+        "or a list like '2,4'. Gangs are aligned groups of the devices (cuda:0-1, cuda:2-3, ...).")
+    gang_max_gpus: int = Field(8, ge=1, le=8, description="Most GPUs any one job may take.")
+    gang_max_gpus_per_id: dict[str, int] = Field(
+        default_factory=dict, description="Most GPUs per model id, as JSON ({\"sora-2-pro\": 4}); 1 keeps an id on "
+        "one GPU.")
+    gang_min_efficiency: float = Field(
+        0.35, gt=0.0, le=1.0, description="A job is spread over k GPUs only if it runs at least this share of k "
+        "times faster (configs/parallel.toml's speed-ups).")
+    gang_min_job_s: float = Field(
+        3.0, ge=0.0, description="Jobs predicted shorter than this on one GPU are never spread.")
     step_timeout_s: float = Field(
         600.0, gt=0.0, description="Watchdog: a worker with no denoising step (or load) for this long is hung; its "
         "jobs are re-queued and the server restarts its workers.")

@@ -122,8 +122,8 @@ def rig(tmp_path: Path, workers: list[FakeWorker], max_batch: int = 4, lease_s: 
     scheduler = VramAwareScheduler(BatchConfig(max_batch=max_batch), workers[0].footprint, config.costs.transfer)
     outputs = OutputStore(blobs)
     hooks = EngineHooks(on_fault=kw.pop("on_fault", lambda _reason: None), storage_probe=outputs.probe)
-    engine = Engine(store, scheduler, workers, outputs, InputStore(blobs),
-                    EngineSettings(step_timeout_s=kw.pop("step_timeout_s", 600.0)), config, hooks,
+    settings = EngineSettings(step_timeout_s=kw.pop("step_timeout_s", 600.0), **kw.pop("settings", {}))
+    engine = Engine(store, scheduler, workers, outputs, InputStore(blobs), settings, config, hooks,
                     faults=kw.pop("faults", None) or FaultPolicy())
     engine.wait_s = 0.05
     engine.reap_every_s = kw.pop("reap_every_s", Engine.reap_every_s)

@@ -25,13 +25,16 @@ def engine_view(ctx: AppContext, snap: EngineSnapshot,
     return {
         "version": __version__,
         "workers": [w.as_json(visible(list(w.busy_with))) for w in snap.workers],
+        "gangs": [{**g, "current_batch": visible(list(g["current_batch"]))} for g in snap.gangs],
         "queue": dict(queue.pending_by_weights),
         "jobs": dict(queue.counts),
         "batching": dict(snap.batching),
         "not_batched": dict(snap.not_batched),
         "settings": {"max_batch": ctx.settings.engine.max_batch, "batch_max_wait_s": ctx.settings.engine.batch_max_wait_s,
                      "residency_policy": ctx.settings.engine.residency_policy,
-                     "offload_ram_gb": ctx.settings.engine.offload_ram_gb},
+                     "offload_ram_gb": ctx.settings.engine.offload_ram_gb, "gangs": ctx.settings.engine.gangs,
+                     "gang_max_gpus": ctx.settings.engine.gang_max_gpus,
+                     "gang_max_gpus_per_id": ctx.settings.engine.gang_max_gpus_per_id},
     }
 
 

@@ -127,9 +127,9 @@ class GangWorker(WorkerHandle):
 
     def evict(self, weights: str) -> None:
         if self.formed == weights:
-            self.dissolve()
+            self.release()
 
-    def dissolve(self) -> None:
+    def release(self) -> None:
         """End the gang's ranks (their devices' memory is free when this returns)."""
         with self._lock:
             ranks, self._ranks = self._ranks, None
@@ -160,7 +160,7 @@ class GangWorker(WorkerHandle):
         started = time.perf_counter()
         ranks = self._ranks
         if ranks is not None and (ranks.weights != work.weights or ranks.plan != plan):
-            self.dissolve()
+            self.release()
             ranks = None
         load_s = 0.0
         if ranks is None:

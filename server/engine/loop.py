@@ -27,6 +27,8 @@ from pipelines.registry import family_class
 from server.engine.admission import Admission, admit
 from server.engine.call_outcomes import CallOutcomes
 from server.engine.costs import Costs
+from server.engine.gang_scheduling import GangScheduling, GangView
+from server.engine.gangs import GangPolicy
 from server.engine.policy import Placement
 from server.engine.recording import Recorder
 from server.engine.recovery import FaultPolicy, RoundFailures, StorageGate
@@ -38,7 +40,7 @@ from server.engine.snapshot import EngineSnapshot, QueueState, WorkerState
 from server.engine.supervision import Supervision
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
-from server.jobs.store import Claim, JobRecord, JobStore
+from server.jobs.store import Claim, JobRecord, JobStore, QueuedJob
 from server.logs import event
 from server.media.storage import InputStore, OutputStore, PreviewStore
 
@@ -121,6 +123,10 @@ class Engine(CallOutcomes):
                                  hooks.observe)
         self._supervision = Supervision(self)
         self._round_failures = RoundFailures("an engine round")
+        self.gangs = GangScheduling(
+            GangPolicy(settings.gang_max_gpus, settings.gang_max_gpus_per_id, settings.gang_min_efficiency,
+                       settings.gang_min_job_s), config.parallel, config.costs, store,
+            weight_bytes=lambda weights: self.slots[0].handle.footprint(weights).bytes)
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,15 +174,19 @@ class Engine(CallOutcomes):
     def snapshot(self, queue: bool = True) -> EngineSnapshot:
         """The engine's state as one immutable view (the read model the API and metrics use). Blocking: workers
         may be remote and, with `queue`, the store is read; call it off the event loop."""
-        workers = []
+        workers, gangs = [], []
         for slot in list(self.slots):
             view = slot.handle.snapshot()
+            if slot.handle.gpus > 1:
+                gangs.append({**view, "alive": slot.alive, "fault": slot.fault, "current_batch": list(slot.busy_with)})
+                continue
             # A front end that does not run the engine (another holds the lock) has no worker threads: its
             # workers count as alive while they answer.
             alive = slot.alive if self.started else not view.get("unreachable")
             workers.append(WorkerState.of(view, alive, slot.fault, tuple(slot.busy_with)))
         return EngineSnapshot(
-            workers=tuple(workers), running=tuple(self.running()), runs_engine=self.started,
+            workers=tuple(workers), gangs=tuple(MappingProxyType(g) for g in gangs), running=tuple(self.running()),
+            runs_engine=self.started,
             ready=self.ready.is_set(), load_failures=tuple(sorted(self.load_failures.values())),
             storage_full=self.storage_full, batching=MappingProxyType(dict(self.stats)),
             not_batched=MappingProxyType(dict(self.not_batched)),
@@ -226,13 +236,13 @@ class Engine(CallOutcomes):
 
     def admit(self, model_id: str, weights: str, family: str, params: RenderParams) -> Admission:
         """The job's memory and time estimate on the healthy device that fits it best (see admission.py)."""
-        return admit(model_id, weights, family_class(family), params, [s.handle for s in self.slots if not s.fault],
-                     self.costs, self.memory)
+        return admit(model_id, weights, family_class(family), params,
+                     [s.handle for s in self.slots if not s.fault and s.handle.gpus == 1], self.costs, self.memory)
 
     def cpu_only(self) -> bool:
         """Whether every healthy worker is a CPU (renders there take orders of magnitude longer); False while no
         worker is known (a cluster whose GPUs have not joined yet)."""
-        devices = [s.device.rsplit("/", 1)[-1] for s in self.slots if not s.fault]
+        devices = [s.device.rsplit("/", 1)[-1] for s in self.slots if not s.fault and s.handle.gpus == 1]
         return bool(devices) and all(d == "cpu" for d in devices)
 
     def _count(self, key: str) -> None:
@@ -283,6 +293,11 @@ class Engine(CallOutcomes):
             slot.busy_with = tuple(j.id for j in jobs)
             slot.claims = [Claim.of(j) for j in jobs]
             held = list(slot.claims)
+            members = self._members(slot)
+            for member in members:
+                member.held_by = slot.name
+            # A gang that formed over this device holds memory a single-device job needs: it ends first.
+            formed = [] if members else [g for g in self.slots if slot.name in g.handle.members and not g.busy_with]
         assert plan is not None
         now = time.time()
         for job in jobs:
@@ -290,6 +305,7 @@ class Engine(CallOutcomes):
                   f"{len(jobs)})", job_id=job.id, model=job.model, worker=slot.name, device=slot.device,
                   attempt=job.attempts, batch=len(jobs), queued_s=round(now - job.created_at, 3))
         try:
+            self._hand_over(slot, members, formed, plan)
             self._execute_batch(slot, jobs, plan)
         except BaseException:
             self._give_back(held)
@@ -297,7 +313,25 @@ class Engine(CallOutcomes):
         finally:
             with self._cond:
                 slot.busy_with, slot.claims = (), []
+                for member in members:
+                    member.held_by = None
+                self._cond.notify_all()
         return True
+
+    def _members(self, slot: WorkerSlot) -> list[WorkerSlot]:
+        """A gang's single-device workers (none for a single-device worker)."""
+        names = set(slot.handle.members)
+        return [s for s in self.slots if s.name in names] if names else []
+
+    def _hand_over(self, slot: WorkerSlot, members: list[WorkerSlot], formed: list[WorkerSlot], plan: Plan) -> None:
+        """Give the devices `slot` is about to use their memory: a gang's members park what does not fit beside
+        its model; a single-device worker's idle gangs end their ranks."""
+        for gang in formed:
+            gang.handle.release()
+        if members:
+            need = slot.handle.footprint(plan.model).bytes
+            for member in members:
+                member.handle.make_room(need)
 
     def _give_back(self, claims: list[Claim]) -> None:
         """Best effort after a failed round: jobs still held (not finished, not with the savers) go back to the
@@ -324,15 +358,44 @@ class Engine(CallOutcomes):
     def _claim_next(self, slot: WorkerSlot) -> tuple[Plan | None, list[JobRecord]]:
         """Called with `_cond` held."""
         queue = self.store.pending()
-        if not queue:
+        if not queue or slot.held_by:
             return None, []
+        wanted = self._gang_wanted(queue)
+        if slot.handle.gpus > 1:
+            return self._claim_for_gang(slot, queue, wanted)
+        if wanted:
+            self._cond.notify_all()  # the gangs' threads take those
+            queue = [j for j in queue if j.id not in wanted]
+            if not queue:
+                return None, []
         peers = tuple(s.handle.state() for s in self.slots
-                      if s is not slot and not s.fault and not s.busy_with and s.alive)
+                      if s is not slot and not s.fault and not s.busy_with and s.alive and s.handle.gpus == 1)
         view = WorkerView(name=slot.name, device=slot.device, state=slot.handle.state(), idle_peers=peers)
         plan = self.scheduler.schedule(queue, view, time.time())
         if plan is None:
             return None, []
         return plan, self.store.claim(list(plan.job_ids), slot.name, slot.owner)
+
+    def _gang_wanted(self, queue: list[QueuedJob]) -> dict[str, str]:
+        """Called with `_cond` held: queued job id -> the gang that should take it now (gangs.py's rule)."""
+        gangs = [s for s in self.slots if s.handle.gpus > 1 and not s.fault and not s.busy_with and s.alive]
+        if not gangs:
+            return {}
+        idle = {s.name for s in self.slots if s.handle.gpus == 1 and not s.fault and not s.busy_with and s.alive
+                and not s.held_by}
+        views = [GangView(g.name, g.handle.gpus, frozenset(g.handle.members), not g.device.startswith("cpu"),
+                          g.handle.state().gpu[0].name if g.handle.state().gpu else None) for g in gangs]
+        return self.gangs.wanted(queue, idle, views)
+
+    def _claim_for_gang(self, slot: WorkerSlot, queue: list[QueuedJob],
+                        wanted: dict[str, str]) -> tuple[Plan | None, list[JobRecord]]:
+        """Called with `_cond` held: the oldest queued job the rule gives this gang, claimed."""
+        mine = [j for j in queue if wanted.get(j.id) == slot.name]
+        if not mine:
+            return None, []
+        job = min(mine, key=lambda j: (-j.priority, j.created_at))
+        plan = Plan(slot.name, (job.id,), job.weights or job.model, job.batch_key)
+        return plan, self.store.claim([job.id], slot.name, slot.owner)
 
     def _execute_batch(self, slot: WorkerSlot, jobs: list[JobRecord], plan: Plan) -> None:
         """Run a planned batch: one shared pipeline call when the family can merge its requests, else in turn."""

@@ -22,6 +22,8 @@ class WorkerSlot:
     claims: list[Claim] = field(default_factory=list)
     fault: str | None = None
     """Set when the device failed in a way that poisons it, or the worker hung; the engine stops using it."""
+    held_by: str | None = None
+    """The gang whose job uses this worker's device now (the worker claims nothing meanwhile)."""
     beat: float = 0.0
     """Monotonic time of the last sign of life while rendering (claim, each step); read by the watchdog."""
 

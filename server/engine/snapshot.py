@@ -113,6 +113,9 @@ class EngineSnapshot:
     not_batched: Mapping[str, int]
     queue: QueueState | None
     """None when the snapshot was taken without the store (readiness)."""
+    gangs: tuple[Mapping[str, Any], ...] = ()
+    """Gangs of devices (server/engine/gang_worker.py): size, devices, members, the model and plan they hold
+    formed, the job they run."""
 
     @property
     def serving(self) -> tuple[WorkerState, ...]:

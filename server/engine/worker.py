@@ -407,7 +407,7 @@ class Worker(WorkerHandle):
                    "placement": placement, "versions": self._versions, "variant": self.variant_of(work.weights),
                    "acceleration": fam.applied.record() if fam.applied else None,
                    "step_cache": stats.get("step_cache"), "denoiser_passes": passes,
-                   "pipeline_calls": -(-params.num_images // chunk)}
+                   "pipeline_calls": -(-params.num_images // chunk), "gpus": 1}
         if "step_cache_off" in stats:
             runtime["step_cache_off"] = stats["step_cache_off"]
         if "previews" in stats:
@@ -473,6 +473,18 @@ class Worker(WorkerHandle):
         room = None if self.budget is None else self.budget - self.state().used
         return policy.images_per_call(
             room, lambda n: fam_class.activation_bytes(replace(params, num_images=n), 1, coeffs), params.num_images)
+
+    def make_room(self, nbytes: int) -> None:
+        """Park (or evict) models, least recently used first, until `nbytes` fit beside the rest."""
+        if self.budget is None:
+            return
+        while self._families and self.state().used + nbytes > self.budget:
+            with self._book:
+                oldest = next(iter(self._families))
+            if self.ram_budget > 0:
+                self._park(oldest)
+            else:
+                self.evict(oldest)
 
     def memory_allocated(self) -> int:
         return torch.cuda.memory_allocated(torch.device(self.device)) if self.device.startswith("cuda") else 0

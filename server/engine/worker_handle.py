@@ -30,6 +30,10 @@ class WorkerHandle(ABC):
     """What the device is, e.g. `cuda:0`, `cpu`, `node-3/cuda:1`."""
     budget: int | None
     """Bytes models and activations may use there (None: unmanaged, as on a CPU)."""
+    gpus: int = 1
+    """Devices it renders on together: 1, or a gang's k (server/engine/gang_worker.py)."""
+    members: tuple[str, ...] = ()
+    """A gang's: the single-device workers whose devices it takes while it runs."""
 
     @abstractmethod
     def state(self) -> DeviceState:
@@ -55,6 +59,12 @@ class WorkerHandle(ABC):
     def render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None = None) -> Outcome:
         """Make `work`'s outputs, bringing its model onto the device first as the residency policy says; previews
         (when `work.previews` asks and the family makes them) go to `on_preview`."""
+
+    def make_room(self, nbytes: int) -> None:
+        """Free device memory until `nbytes` fit beside what stays (a gang is about to use this device)."""
+
+    def release(self) -> None:
+        """A gang: end its ranks, so its devices' memory is free for their single-device workers."""
 
     def memory_allocated(self) -> int:
         """Bytes the device allocator holds now (0 where not measurable)."""

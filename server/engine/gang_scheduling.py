@@ -1,0 +1,124 @@
+"""Which queued jobs a gang takes now: the engine's side of server/engine/gangs.py (the pure rule), reading the
+few jobs it needs from the store. Torch-free: bytes, seconds and plans.
+
+Gangs are considered only while the node has more idle GPUs than queued jobs (otherwise every job gets one GPU);
+then each queued job, oldest first, gets the gang size `choose_gpus` picks, from the gangs whose devices are all
+idle and not already promised to an earlier job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pipelines.registry import family_class
+from server.engine.costs import Costs
+from server.engine.gangs import GangCandidate, GangPolicy, ParallelSpec, choose_gpus, plan_for
+from server.engine.request import GenerationRequest
+from server.jobs.store import JobStore, QueuedJob
+
+log = logging.getLogger("darkroom.engine")
+
+
+@dataclass(frozen=True)
+class GangView:
+    """A gang as the rule sees it: its name, size, member workers and the weights it holds formed."""
+
+    name: str
+    gpus: int
+    members: frozenset[str]
+    on_gpu: bool
+    formed: str | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    model_id: str
+    weights: str
+    family: str
+    seconds_one: float
+    true_cfg: bool
+    tokens: int
+    loras: bool
+
+
+class GangScheduling:
+    """Decides, for the engine, which queued jobs gangs take (see the module docstring)."""
+
+    def __init__(self, policy: GangPolicy, specs: Mapping[str, ParallelSpec], costs: Costs, store: JobStore,
+                 weight_bytes: Callable[[str], int] = lambda _weights: 0) -> None:
+        self.policy = policy
+        self.specs = specs
+        self.costs = costs
+        self.store = store
+        self.weight_bytes = weight_bytes
+        self._jobs: OrderedDict[str, _Job | None] = OrderedDict()
+
+    def _job(self, job_id: str) -> _Job | None:
+        """What the rule needs of a queued job (read once per job)."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        found: _Job | None = None
+        try:
+            record = self.store.get(job_id)
+            if record is not None:
+                request = GenerationRequest.from_json(record.request)
+                p = request.params
+                fam = family_class(request.family)
+                cost = self.costs.families.get(fam.name)
+                seconds = 0.0 if cost is None else cost.job_seconds(fam.denoising_steps(p), p.width * p.height,
+                                                                    p.num_frames, p.num_images)
+                spec = self.specs.get(fam.name)
+                tokens = spec.sequence(p.width, p.height, p.num_frames) if spec else 0
+                found = _Job(request.model_id, request.weights, fam.name, seconds, fam.true_cfg_pairs(p), tokens,
+                             any(p.adapters_per_image()))
+        except Exception:  # an unreadable row runs on one GPU, where its own error is reported
+            log.debug("job %s is not considered for a gang", job_id, exc_info=True)
+        self._jobs[job_id] = found
+        while len(self._jobs) > 1024:
+            self._jobs.popitem(last=False)
+        return found
+
+    def wanted(self, queue: Sequence[QueuedJob], idle: set[str], gangs: Sequence[GangView]) -> dict[str, str]:
+        """Job id -> the name of the gang that should take it now (the rest run on one GPU each). `idle` names the
+        single-GPU workers that are idle; `gangs` the gangs not running a job."""
+        if not gangs or len(queue) >= len(idle):
+            return {}
+        taken: set[str] = set()
+        out: dict[str, str] = {}
+        ordered = sorted(queue, key=lambda j: (-j.priority, j.created_at))
+        for index, queued in enumerate(ordered):
+            free = [g for g in gangs if g.members <= idle - taken]
+            if not free:
+                break
+            job = self._job(queued.id)
+            spec = self.specs.get(job.family) if job is not None else None
+            if job is None or spec is None or job.loras:
+                taken |= self._one_gpu(idle - taken)
+                continue
+            plans = {g.gpus: plan for g in free
+                     if (plan := plan_for(spec, g.gpus, job.true_cfg, job.tokens, g.on_gpu)) is not None}
+            nbytes = self.weight_bytes(job.weights)
+            load = self.costs.transfer.load_seconds(nbytes, from_ram=False)
+            formed = {g.gpus for g in free if g.formed == job.weights}
+            candidate = GangCandidate(queued.id, job.model_id, job.seconds_one, plans, spec.speedup_at,
+                                      weights_resident=True, load_s=load,
+                                      gang_load_s={k: 0.0 if k in formed else load for k in plans})
+            waiting = len(ordered) - index - 1
+            k = choose_gpus(candidate, list(plans), len(idle - taken), waiting, self.policy)
+            if k == 1:
+                taken |= self._one_gpu(idle - taken)
+                continue
+            # Prefer a gang that holds the model already, then the first aligned one.
+            gang = min((g for g in free if g.gpus == k), key=lambda g: (g.formed != job.weights, g.name))
+            out[queued.id] = gang.name
+            taken |= gang.members
+        return out
+
+    @staticmethod
+    def _one_gpu(idle: set[str]) -> set[str]:
+        # A job on one GPU takes one of the idle ones (which one is the scheduler's business): the last by name,
+        # so the first aligned gangs stay whole as long as possible.
+        return {max(idle)} if idle else set()

@@ -1,0 +1,207 @@
+"""Gangs on real processes: k rank processes on the gloo backend over loopback, tiny real pipelines.
+
+What runs here is what runs on GPUs but for the backend (NCCL there) and ring attention (it needs a kernel that
+returns the log-sum-exp; GPU only): the spread render equals the single-process one, a rank killed mid-step ends
+the attempt on every rank and frees the devices, and a server with two devices spreads a lone clip over both.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.base import RenderParams, Task
+from server.engine.gang_worker import GangWorker
+from server.engine.work import Completed, RankLost, RenderWork
+from server.engine.worker import Worker
+from tests.packaged import packaged_config
+from tests.support import ServerProcess, data_url, png_bytes
+from weights.locate import LocatedWeights
+
+CONFIG = packaged_config()
+
+
+def _source() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 40, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _work(weights: str, guidance: float, negative: str | None = None, steps: int = 3) -> RenderWork:
+    family = CONFIG.manifest[weights].family
+    video = family.startswith(("wan", "ltx"))
+    params = RenderParams(Task.IMAGE_TO_VIDEO if video else Task.EDIT, "a cat on a wall", 64, 64, 1, (7,), steps,
+                          guidance, 1.0, num_sources=1, negative_prompt=negative, num_frames=9 if video else 0,
+                          fps=16.0 if video else 0.0)
+    return RenderWork(weights, family, params, sources=(_source(),))
+
+
+def _pixels(done: Completed) -> np.ndarray:
+    if done.videos:
+        return done.videos[0].frames.astype(np.float64)
+    return np.asarray(done.images[0], dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def located(demo_dir: Path) -> dict[str, LocatedWeights]:
+    return {w: LocatedWeights(CONFIG.manifest[w], demo_dir / w, True) for w in ("wan2.2-ti2v-5b", "flux1-kontext-dev")}
+
+
+def _gang(located: dict[str, LocatedWeights], solo: Worker, k: int = 2) -> GangWorker:
+    return GangWorker(f"gang{k}-0", ("cpu",) * k, tuple(f"w{i}" for i in range(k)), "float32", located,
+                      CONFIG.parallel, solo.footprint, form_timeout_s=240, collective_timeout_s=60)
+
+
+@pytest.mark.parametrize(("weights", "guidance", "negative", "split"), [
+    ("wan2.2-ti2v-5b", 5.0, None, {"cfg": 2, "ulysses": 1}),     # true CFG: the pair split over two ranks
+    ("wan2.2-ti2v-5b", 1.0, None, {"cfg": 1, "ulysses": 2}),     # no CFG: Ulysses over the sequence
+    ("flux1-kontext-dev", 2.5, None, {"cfg": 1, "ulysses": 2}),  # guidance-distilled FLUX: Ulysses
+])
+def test_a_render_on_two_ranks_equals_the_single_process_render(located: dict[str, LocatedWeights], weights: str,
+                                                                 guidance: float, negative: str | None,
+                                                                 split: dict[str, int]) -> None:
+    solo = Worker("solo", "cpu", torch.float32, located, CONFIG.memory)
+    work = _work(weights, guidance, negative)
+    alone = solo.render(work, lambda _d, _t: None)
+    assert isinstance(alone, Completed)
+    gang = _gang(located, solo)
+    try:
+        spread = gang.render(work, lambda _d, _t: None)
+        assert isinstance(spread, Completed), spread
+        plan = spread.runtime["parallel"]
+        assert {k: plan[k] for k in split} == split and spread.runtime["gpus"] == 2
+        if split["cfg"] == 2:
+            assert plan["cfg_split_pairs"] == work.params.num_inference_steps - 1  # the first pair learns shapes
+        a, b = _pixels(alone), _pixels(spread)
+        assert a.shape == b.shape
+        # Same arithmetic in another order: at most one 8-bit level apart, almost everywhere equal.
+        assert np.abs(a - b).max() <= 1.0 and np.abs(a - b).mean() < 1e-3
+    finally:
+        gang.release()
+
+
+def _rank_pids(parent: int) -> list[int]:
+    """Rank processes under `parent` (spawned interpreters, not multiprocessing's resource tracker)."""
+    pids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+                pids.append(int(child))
+    return sorted(pids)
+
+
+def test_a_rank_killed_mid_step_ends_the_attempt_on_every_rank(located: dict[str, LocatedWeights]) -> None:
+    solo = Worker("solo", "cpu", torch.float32, located, CONFIG.memory)
+    gang = _gang(located, solo)
+    try:
+        first = gang.render(_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
+        assert isinstance(first, Completed)
+        ranks = _rank_pids(os.getpid())
+        assert len(ranks) == 2 and gang.formed == "wan2.2-ti2v-5b"
+
+        def kill_at_step_2(done: int, _total: int) -> None:
+            if done == 2:
+                os.kill(ranks[1], signal.SIGKILL)
+
+        lost = gang.render(_work("wan2.2-ti2v-5b", 5.0, steps=12), kill_at_step_2)
+        assert isinstance(lost, RankLost) and "exited" in lost.detail
+        assert gang.formed is None and gang.rank_losses == 1
+        for pid in ranks:  # every rank is gone: the devices are free
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        again = gang.render(_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
+        assert isinstance(again, Completed) and gang.forms == 2
+    finally:
+        gang.release()
+    assert _rank_pids(os.getpid()) == []
+
+
+# ---- through a server: DARKROOM_DEVICE=cpu,cpu with gangs of 2 -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def gang_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Iterator[ServerProcess]:
+    """Two CPU devices and gangs of two. Its config dir says loads are free (tiny weights load in well under a
+    second), so the cost model finds a spread worth its gang's load for tiny clips as it does for real ones."""
+    configs = tmp_path_factory.mktemp("configs")
+    shutil.copytree(CONFIG.directory, configs, dirs_exist_ok=True)
+    costs = configs / "costs.toml"
+    costs.write_text(costs.read_text().replace("fixed_s = 0.5", "fixed_s = 0.0")
+                     .replace("disk_gb_per_s = 2.0", "disk_gb_per_s = 1000.0"))
+    proc = ServerProcess(tmp_path_factory.mktemp("data") / "gangs", demo_dir, env={
+        "DARKROOM_DEVICE": "cpu,cpu", "DARKROOM_GANGS": "2", "DARKROOM_GANG_MIN_JOB_S": "0",
+        "DARKROOM_CONFIG_DIR": str(configs), "DARKROOM_MODELS": "sora-2,seedream-4.0"})
+    try:
+        proc.wait_ready(timeout=240)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _clip(c: httpx.Client, steps: int) -> str:
+    r = c.post("/api/v1/videos/generate", json={
+        "model": "sora-2", "prompt": "waves", "image_urls": [data_url(png_bytes((64, 64)))], "resolution": "240p",
+        "duration": 4, "num_inference_steps": steps})
+    assert r.status_code == 202, r.text
+    return str(r.json()["task_id"])
+
+
+def _final(c: httpx.Client, task_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = c.get(f"/api/v1/tasks/{task_id}").json()
+        if view["status"] in ("completed", "failed", "cancelled"):
+            return dict(view)
+        time.sleep(0.1)
+    raise AssertionError(f"{task_id} did not finish")
+
+
+def test_a_lone_clip_is_spread_over_both_devices_and_says_so(gang_server: ServerProcess) -> None:
+    with httpx.Client(base_url=gang_server.base_url, timeout=60) as c:
+        engine = c.get("/api/v1/engine").json()
+        assert [g["gpus"] for g in engine["gangs"]] == [2] and engine["gangs"][0]["members"] == ["w0", "w1"]
+        view = _final(c, _clip(c, steps=3))
+        assert view["status"] == "completed", view
+        runtime = view["darkroom"]["runtime"]
+        assert runtime["gpus"] == 2 and runtime["worker"] == "gang2-0"
+        assert runtime["parallel"]["cfg"] * runtime["parallel"]["ulysses"] == 2
+        gang = c.get("/api/v1/engine").json()["gangs"][0]
+        assert gang["formed"] and gang["weights"] == "wan2.2-ti2v-5b" and gang["plan"]["gpus"] == 2
+        # Two at once: one GPU each (a spread is for idle GPUs), and the gang lets go of its devices first.
+        both = [_clip(c, steps=2), _clip(c, steps=2)]
+        runs = [_final(c, t) for t in both]
+        assert all(v["status"] == "completed" for v in runs)
+        assert {v["darkroom"]["runtime"]["gpus"] for v in runs} <= {1, 2}
+
+
+def test_a_rank_killed_mid_clip_puts_the_job_back_once(gang_server: ServerProcess) -> None:
+    with httpx.Client(base_url=gang_server.base_url, timeout=60) as c:
+        task = _clip(c, steps=40)
+        server_pid = gang_server.server_pid()
+        assert server_pid is not None
+        deadline = time.monotonic() + 180
+        killed = False
+        while time.monotonic() < deadline and not killed:
+            view = c.get(f"/api/v1/tasks/{task}").json()
+            ranks = _rank_pids(server_pid)
+            if view["status"] == "processing" and (view.get("progress") or {}).get("step", 0) >= 2 and ranks:
+                os.kill(ranks[-1], signal.SIGKILL)
+                killed = True
+            time.sleep(0.05)
+        assert killed, "the clip never ran on the gang"
+        view = _final(c, task)
+        assert view["status"] == "completed", view
+        engine = c.get("/api/v1/engine").json()
+        assert engine["batching"].get("gang_rank_losses") == 1
+        assert engine["gangs"][0]["rank_losses"] == 1
