@@ -21,6 +21,8 @@ about residency and batching only.
     python -m benchmarks.scheduler_sim --json     # one JSON object on stdout
     python -m benchmarks.scheduler_sim --device rtx4090   # every id's weight variant and placement on one card,
                                                           # and the studio mix there vs bf16 with offload only
+    python -m benchmarks.scheduler_sim --node 8xH100      # gangs (one job over k idle GPUs) vs one job per GPU
+                                                          # on video- and image-heavy mixes (benchmarks/gang_sim.py)
 """
 
 from __future__ import annotations
@@ -440,7 +442,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", action="store_true", help="also compare darkroom's eviction orders")
     parser.add_argument("--device", help="one card of configs/cards.toml (rtx4090, rtx5090, rtx6000-ada, a6000, "
                         "h100, h200): every id's variant plan there and the studio mix vs bf16 offload only")
+    parser.add_argument("--node", help="a multi-GPU node (8xH100, 4xH100, 8xL40S, 2xRTX6000): gangs vs one job per "
+                        "GPU on video- and image-heavy mixes")
     args = parser.parse_args(argv)
+    if args.node:
+        from benchmarks.gang_sim import node_report, print_node_report
+
+        node = node_report(args.node, min(args.jobs, 400))
+        if args.json:
+            json.dump(node, sys.stdout)
+            print()
+            return 0
+        print_node_report(node)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"gang_sim_{args.node}.json"
+        path.write_text(json.dumps({"command": f"python -m benchmarks.scheduler_sim --node {args.node}", **node},
+                                   indent=1))
+        print(f"\nwrote {path.relative_to(ROOT)}")
+        return 0
     if args.device:
         report = card_report(args.device, args.jobs)
         if args.json:

@@ -21,36 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class ParallelPlan:
-    """How one call is spread: the degrees multiply to the gang's size."""
-
-    ulysses: int = 1
-    ring: int = 1
-    cfg: int = 1
-    vae_tiling: bool = False
-
-    @property
-    def gpus(self) -> int:
-        """Ranks the plan needs."""
-        return self.ulysses * self.ring * self.cfg
-
-    def record(self) -> dict[str, Any]:
-        """What the task record says ran (`runtime.parallel`)."""
-        return {"gpus": self.gpus, "ulysses": self.ulysses, "ring": self.ring, "cfg": self.cfg,
-                "vae": "tiled" if self.vae_tiling else "whole"}
-
-    @classmethod
-    def of(cls, record: dict[str, Any]) -> ParallelPlan:
-        """The plan a record describes."""
-        return cls(int(record["ulysses"]), int(record["ring"]), int(record["cfg"]), record.get("vae") == "tiled")
+from pipelines.parallel_plan import ParallelPlan
 
 
 @contextmanager

@@ -165,7 +165,7 @@ def gang_workers(handles: list[WorkerHandle], engine: EngineSettings, config: Da
             budgets = [h.budget for h in group if h.budget is not None]
             gangs.append(GangWorker(
                 f"gang{k}-{start}", tuple(h.device for h in group), tuple(h.name for h in group),
-                str(group[0].dtype).removeprefix("torch."), located, config.parallel, group[0].footprint,
+                str(group[0].dtype).removeprefix("torch."), located, config.parallel, group[0].footprint, config.memory,
                 budget=min(budgets) if budgets else None, profiles=profiles,
                 collective_timeout_s=engine.step_timeout_s))
     return gangs

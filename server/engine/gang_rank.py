@@ -25,7 +25,8 @@ import torch.distributed as dist
 
 from pipelines.acceleration import LoadProfile
 from pipelines.base import ParamError, RenderCancelled
-from pipelines.parallel import ParallelPlan, apply_plan
+from pipelines.parallel import apply_plan
+from pipelines.parallel_plan import ParallelPlan
 from pipelines.previews import PreviewTap
 from pipelines.registry import family_class
 from server.engine.work import RenderWork
@@ -48,6 +49,9 @@ class RankSetup:
     plan: dict[str, Any]
     profile: LoadProfile | None = None
     collective_timeout_s: float = 300.0
+    placement: str = "resident"
+    """How the weights sit on each rank's device: resident, or model offload when the model does not fit one
+    device whole (the policy's answer for the gang's budget)."""
 
 
 def run_rank(setup: RankSetup, conn: Connection, cancel: Any) -> None:
@@ -66,7 +70,10 @@ def run_rank(setup: RankSetup, conn: Connection, cancel: Any) -> None:
         dtype = getattr(torch, setup.dtype)
         fam = family_class(setup.family)(Path(setup.model_dir), setup.device, dtype, setup.profile)
         fam.load()
-        fam.move_to(setup.device)
+        if setup.placement == "resident":
+            fam.move_to(setup.device)
+        else:
+            fam.enable_offload(setup.placement, setup.device)
         plan = ParallelPlan.of(setup.plan)
         split = apply_plan(fam.denoiser_modules(), plan, "cuda" if cuda else "cpu")
         conn.send(("ready", time.perf_counter() - started))
@@ -128,7 +135,7 @@ def _render(setup: RankSetup, fam: Any, plan: ParallelPlan, split: Any, work: Re
     if not lead:
         return ("done", None)
     runtime = {"device": setup.device, "dtype": setup.dtype, "weights": work.weights, "family": work.family,
-               "placement": "resident", "versions": versions,
+               "placement": setup.placement, "versions": versions,
                "variant": fam.variant_choice.variant.name if fam.variant_choice is not None else "bf16",
                "acceleration": fam.applied.record() if fam.applied else None,
                "step_cache": result.stats.get("step_cache"),

@@ -21,10 +21,20 @@ from typing import Any
 
 from pipelines.acceleration import LoadProfile
 from pipelines.base import RenderCancelled
+from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
 from server.engine.gang_rank import RankSetup, run_rank
 from server.engine.gangs import ParallelSpec, plan_for
-from server.engine.policy import DeviceState, ModelFootprint, Resident
+from server.engine.policy import (
+    EVICTION_ORDERS,
+    DeviceState,
+    ModelFootprint,
+    NeverFits,
+    Placement,
+    Resident,
+    Transfer,
+    plan_residency,
+)
 from server.engine.work import Cancelled, Completed, Failed, Outcome, OutOfMemory, RankLost, RenderWork
 from server.engine.worker_handle import PreviewReport, StepReport, WorkerHandle
 from weights.locate import LocatedWeights
@@ -77,7 +87,8 @@ class GangWorker(WorkerHandle):
 
     def __init__(self, name: str, devices: tuple[str, ...], members: tuple[str, ...], dtype: str,
                  located: Mapping[str, LocatedWeights], specs: Mapping[str, ParallelSpec],
-                 footprint: Callable[[str], ModelFootprint], budget: int | None = None,
+                 footprint: Callable[[str], ModelFootprint], memory: Mapping[str, MemoryCoefficients],
+                 budget: int | None = None,
                  profiles: Mapping[str, LoadProfile] | None = None, form_timeout_s: float = 600.0,
                  collective_timeout_s: float = 300.0) -> None:
         self.name = name
@@ -89,6 +100,7 @@ class GangWorker(WorkerHandle):
         self.located = located
         self.specs = specs
         self._footprint = footprint
+        self.memory = memory
         self.budget = budget
         self.profiles = profiles or {}
         self.form_timeout_s = form_timeout_s
@@ -171,8 +183,24 @@ class GangWorker(WorkerHandle):
         self.last_plan = plan
         return self._run(ranks, work, plan, load_s, on_step, on_preview)
 
+    def placement(self, work: RenderWork) -> Placement:
+        """How each rank holds the model: the residency policy's answer on an empty device of the gang's budget
+        (each rank holds the whole model; NeverFits when not even offload fits)."""
+        fam = family_class(work.family)
+        activation = fam.activation_bytes(work.params, 1, self.memory[fam.name]) if fam.name in self.memory else 0
+        return plan_residency(DeviceState(self.name, self.budget), self.footprint(work.weights), activation, {},
+                              EVICTION_ORDERS["lru"], Transfer()).placement
+
     def _form(self, work: RenderWork, plan: dict[str, Any]) -> _Ranks | Outcome:
         where = self.located[work.weights]
+        try:
+            placement = self.placement(work)
+        except NeverFits as exc:
+            return Failed(str(exc), {"code": "insufficient_vram", "field": None,
+                                     "message": f"this job {exc}; lower the size or num_images"})
+        if placement is Placement.GROUP_OFFLOAD:
+            return Failed("group offload is not spread", {"code": "invalid_request", "field": None, "message": (
+                "this job needs group offload on these GPUs, which a gang does not run; it runs on one GPU")})
         ctx = multiprocessing.get_context("spawn")
         cancel = ctx.Value("i", 0)
         port = free_port()
@@ -180,7 +208,7 @@ class GangWorker(WorkerHandle):
         for rank, device in enumerate(self.devices):
             mine, theirs = ctx.Pipe()
             setup = RankSetup(rank, self.gpus, port, device, self.dtype, work.family, str(where.path), work.weights,
-                              plan, self.profiles.get(work.weights), self.collective_timeout_s)
+                              plan, self.profiles.get(work.weights), self.collective_timeout_s, placement.value)
             proc = ctx.Process(target=run_rank, args=(setup, theirs, cancel), name=f"{self.name}-rank{rank}",
                                daemon=True)
             proc.start()

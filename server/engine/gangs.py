@@ -7,20 +7,23 @@ split the denoiser's work (pipelines/parallel.py). Two questions, answered here 
    CFG parallel first where the request runs true CFG (two ranks), the rest as Ulysses when the degree divides the
    heads and the sequence, else ring attention on GPUs.
 2. *Should it be?* (`choose_gpus`): a job takes k GPUs only when (a) k GPUs are free that no other waiting job
-   could use now (each waiting job is owed one GPU first: a saturated node runs one job per GPU, which is where
-   throughput is highest, since no spread is perfectly efficient), (b) the spread is efficient enough (speed-up / k
-   at least `min_efficiency`), and (c) it finishes sooner than on one GPU counting the gang's own load. The
-   largest such k wins: with idle GPUs, latency is what the waiting artist has left to lose.
+   could use now and that the node's usual load will not want meanwhile (each waiting job is owed one GPU first,
+   and the GPUs the node keeps busy on average beyond those busy now are left for arrivals: a loaded node runs one
+   job per GPU, which is where throughput is highest, since no spread is perfectly efficient), (b) the spread is
+   efficient enough (speed-up / k at least `min_efficiency`), and (c) it finishes sooner than on one GPU counting
+   the gang's own load. Of those, the k that finishes the job soonest wins: on idle GPUs, latency is what the
+   waiting artist has left to lose.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.parallel import ParallelPlan
+from pipelines.parallel_plan import ParallelPlan
 
 GANG_SIZES = (2, 4, 8)
 
@@ -121,11 +124,35 @@ class GangCandidate:
     gang_load_s: Mapping[int, float] | None = None
 
 
+class BusyGpus:
+    """How many GPUs the node keeps busy, on average over the last `tau_s` seconds (a time-weighted moving
+    average of the busy count): the demand that will keep arriving while a gang runs."""
+
+    def __init__(self, tau_s: float = 300.0) -> None:
+        self.tau_s = tau_s
+        self.value = 0.0
+        self._last: tuple[float, int] | None = None
+
+    def update(self, now: float, busy: int) -> float:
+        """Account the busy count since the last update; the average now."""
+        if self._last is not None:
+            then, was = self._last
+            weight = 1.0 - math.exp(-max(0.0, now - then) / self.tau_s)
+            self.value += (was - self.value) * weight
+        self._last = (now, busy)
+        return self.value
+
+    def expected_new(self, busy_now: int) -> int:
+        """GPUs that arrivals will want beyond those busy now (what a gang must leave free)."""
+        return max(0, math.ceil(self.value - busy_now - 1e-9))
+
+
 def choose_gpus(job: GangCandidate, free_sizes: Sequence[int], idle_gpus: int, waiting: int,
-                policy: GangPolicy) -> int:
+                policy: GangPolicy, expected_new: int = 0) -> int:
     """How many GPUs `job` takes now: 1, or a gang size that is free (`free_sizes`: sizes of gangs whose GPUs are
-    all idle). `waiting` counts the other queued jobs that could start now; `idle_gpus` the idle GPUs."""
-    spare = idle_gpus - waiting
+    all idle). `waiting` counts the other queued jobs that could start now; `idle_gpus` the idle GPUs;
+    `expected_new` the GPUs work arriving soon will want (BusyGpus): a gang leaves them free."""
+    spare = idle_gpus - waiting - expected_new
     if spare < 2 or job.seconds_one < policy.min_job_s:
         return 1
     solo_s = job.seconds_one + (0.0 if job.weights_resident else job.load_s)

@@ -61,7 +61,7 @@ def located(demo_dir: Path) -> dict[str, LocatedWeights]:
 
 def _gang(located: dict[str, LocatedWeights], solo: Worker, k: int = 2) -> GangWorker:
     return GangWorker(f"gang{k}-0", ("cpu",) * k, tuple(f"w{i}" for i in range(k)), "float32", located,
-                      CONFIG.parallel, solo.footprint, form_timeout_s=240, collective_timeout_s=60)
+                      CONFIG.parallel, solo.footprint, CONFIG.memory, form_timeout_s=240, collective_timeout_s=60)
 
 
 @pytest.mark.parametrize(("weights", "guidance", "negative", "split"), [

@@ -13,7 +13,7 @@ import pytest
 from pipelines.base import RenderParams, Task
 from server.engine.gangs import GangCandidate, GangPolicy, ParallelSpec, choose_gpus, load_parallel, plan_for
 from server.engine.request import GenerationRequest
-from server.engine.work import Outcome, RankLost, RenderWork
+from server.engine.work import RankLost
 from tests.fakes import FakeWorker, rig, submit, wait_final
 from tests.packaged import packaged_config
 
@@ -22,9 +22,10 @@ VIDEO_SPEEDUP = SPECS["wan2.2-i2v-a14b"].speedup_at
 
 
 def _spec(**kw: Any) -> ParallelSpec:
-    base = dict(family="f", degrees=(2, 4, 8), ulysses=True, ring=True, cfg=True, heads=24, token_px=16,
-                frame_step=0, vae_tiled=True, speedup={2: 1.9, 4: 3.6, 8: 6.9})
-    return ParallelSpec(**(base | kw))  # type: ignore[arg-type]
+    base: dict[str, Any] = {"family": "f", "degrees": (2, 4, 8), "ulysses": True, "ring": True, "cfg": True,
+                            "heads": 24, "token_px": 16, "frame_step": 0, "vae_tiled": True,
+                            "speedup": {2: 1.9, 4: 3.6, 8: 6.9}}
+    return ParallelSpec(**(base | kw))
 
 
 def test_plans_split_cfg_pairs_first_then_the_sequence() -> None:

@@ -1,0 +1,203 @@
+"""One node of several GPUs: gangs (a job spread over k idle GPUs, server/engine/gangs.py's rule) against one job per
+GPU, on a video-heavy and an image-heavy studio mix at several loads. Same residency and batching policy
+(server/engine/policy.py) on both sides; the gang side adds only the gang rule, with the speed-ups of
+configs/parallel.toml (published anchors, not yet measured here) and a gang's load paid on each of its GPUs.
+
+    python -m benchmarks.scheduler_sim --node 8xH100     # table + benchmarks/results/sim/gang_sim_8xH100.json
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.scheduler_sim import DEFAULT_ORDER, OFFLOAD_SLOWDOWN, Job, SimDevice, Simulation, poisson_trace
+from server.config import DarkroomConfig
+from server.engine.costs import FamilyCost
+from server.engine.gangs import (
+    GANG_SIZES,
+    BusyGpus,
+    GangCandidate,
+    GangPolicy,
+    ParallelSpec,
+    choose_gpus,
+    plan_for,
+)
+from server.engine.policy import (
+    EVICTION_ORDERS,
+    DeviceState,
+    NeverFits,
+    Placement,
+    Resident,
+    Transfer,
+    plan_residency,
+)
+
+NODES = {"8xH100": (8, 80), "4xH100": (4, 80), "8xL40S": (8, 48), "2xRTX6000": (2, 48)}
+
+MIXES = {
+    # A studio animating: Wan and LTX clips most of the time, stills between.
+    "video_heavy": {"wan2.2-i2v-a14b": 0.25, "wan2.2-ti2v-5b": 0.25, "ltx2": 0.15, "flux-kontext": 0.2,
+                    "flux2-klein": 0.15},
+    # The scheduler simulator's studio mix: edits and variations, a clip now and then.
+    "image_heavy": {"flux-kontext": 0.35, "sdxl": 0.30, "flux2-klein": 0.30, "wan2.2-ti2v-5b": 0.05},
+}
+LOADS = (0.2, 0.5, 0.8)
+
+
+@dataclass(frozen=True)
+class _Gang:
+    size: int
+    devices: tuple[SimDevice, ...]
+
+
+class GangSimulation(Simulation):
+    """The darkroom policy on n devices, with (`gangs`) or without gangs."""
+
+    def __init__(self, jobs: list[Job], n: int, gb: float, fams: dict[str, FamilyCost], transfer: Transfer,
+                 specs: dict[str, ParallelSpec], gangs: bool, policy: GangPolicy | None = None) -> None:
+        super().__init__(jobs, n, gb, fams, transfer, "darkroom")
+        self.specs = specs
+        self.gangs = gangs
+        self.policy = "darkroom"
+        self.gang_policy = policy or GangPolicy()
+        self.groups = [_Gang(k, tuple(self.devices[s:s + k])) for k in GANG_SIZES if k <= n
+                       for s in range(0, n - k + 1, k)]
+        self.spread_jobs: dict[int, int] = {}
+        self.busy = BusyGpus()
+
+    def run(self) -> Any:
+        pending: list[Job] = []
+        arrivals = list(self.jobs)
+        now = 0.0
+        while arrivals or pending:
+            while arrivals and arrivals[0].arrival <= now:
+                pending.append(arrivals.pop(0))
+            idle = [d for d in self.devices if d.free_at <= now]
+            if pending and idle:
+                if self.gangs and self.spread(pending, idle, now):
+                    continue
+                for dev in idle:
+                    if not pending:
+                        break
+                    for job in self.choose(pending, dev, now):
+                        pending.remove(job)
+                continue
+            now = self.next_event(arrivals, now)
+        return self.finished()
+
+    def spread(self, pending: list[Job], idle: list[SimDevice], now: float) -> bool:
+        """Start the first pending job the gang rule spreads (True), or none (False)."""
+        busy_now = len(self.devices) - len(idle)
+        self.busy.update(now, busy_now)
+        if len(pending) >= len(idle):
+            return False
+        idle_set = {d.name for d in idle}
+        for index, job in enumerate(sorted(pending, key=lambda j: j.arrival)):
+            spec = self.specs.get(job.model)
+            free = [g for g in self.groups if {d.name for d in g.devices} <= idle_set]
+            if spec is None or not free:
+                continue
+            fam = self.fams[job.model]
+            if self._placement(fam, job.model) is Placement.GROUP_OFFLOAD:
+                continue  # each rank holds the whole model (model offload at most: the experts take turns)
+            nbytes = sum(fam.components)
+            plans = {g.size: plan for g in free if (plan := plan_for(spec, g.size, True, 1 << 20, True)) is not None}
+
+            def load(group: _Gang, model: str = job.model, nbytes: int = nbytes) -> float:
+                if all(model in d.gpu for d in group.devices):
+                    return 0.0
+                return self.transfer.load_seconds(nbytes, from_ram=model in self.ram)
+
+            gang_load = {k: min(load(g) for g in free if g.size == k) for k in plans}
+            resident = any(job.model in d.gpu for d in idle)
+            candidate = GangCandidate(job.id, job.model, fam.job_s, plans, spec.speedup_at, weights_resident=resident,
+                                      load_s=self.transfer.load_seconds(nbytes, from_ram=job.model in self.ram),
+                                      gang_load_s=gang_load)
+            waiting = len(pending) - index - 1
+            k = choose_gpus(candidate, list(plans), len(idle), waiting, self.gang_policy,
+                            self.busy.expected_new(busy_now))
+            if k == 1:
+                continue
+            group = min((g for g in free if g.size == k), key=load)
+            self.run_gang(job, group, spec, now)
+            pending.remove(job)
+            return True
+        return False
+
+    def _placement(self, fam: FamilyCost, model: str) -> Placement:
+        try:
+            empty = DeviceState(self.devices[0].name, self.devices[0].budget)
+            return plan_residency(empty, self.footprint(model), fam.activation, {}, EVICTION_ORDERS["lru"],
+                                  self.transfer).placement
+        except NeverFits:
+            return Placement.GROUP_OFFLOAD
+
+    def run_gang(self, job: Job, group: _Gang, spec: ParallelSpec, now: float) -> None:
+        """The job on every device of `group`: each loads the model as the residency policy says, then they run
+        together at the family's speed-up for k."""
+        fam = self.fams[job.model]
+        foot = self.footprint(job.model)
+        load_s = 0.0
+        for dev in group.devices:
+            plan = plan_residency(self.state(dev), foot, fam.activation, {}, EVICTION_ORDERS[DEFAULT_ORDER],
+                                  self.transfer)
+            for move in plan.moves:
+                if move.action == "load":
+                    self.out.loads += 1
+                    self.out.bytes_moved += move.bytes
+                    dev.gpu[move.model] = dev.gpu.get(move.model) or Resident(move.model, move.bytes, now)
+                else:
+                    dev.gpu.pop(move.model, None)
+                    self.out.bytes_moved += move.bytes
+                    if move.action == "offload_to_ram" and move.model not in self.ram:
+                        self.ram.add(move.model)
+                        self.ram_free -= move.bytes
+            load_s = max(load_s, plan.load_s)
+        run_s = fam.job_s / spec.speedup_at(group.size) * OFFLOAD_SLOWDOWN[self._placement(fam, job.model)]
+        end = now + load_s + run_s
+        for dev in group.devices:
+            dev.free_at = end
+            dev.busy_s += run_s
+            if job.model in dev.gpu:
+                dev.gpu[job.model] = Resident(job.model, dev.gpu[job.model].bytes, end)
+        self.out.latencies.append(end - job.arrival)
+        self.spread_jobs[group.size] = self.spread_jobs.get(group.size, 0) + 1
+
+
+def node_report(node: str, n_jobs: int = 400) -> dict[str, Any]:
+    """Both mixes at each load on `node`: one job per GPU vs gangs."""
+    config = DarkroomConfig.packaged()
+    count, gb = NODES[node]
+    fams, transfer, specs = config.costs.families, config.costs.transfer, dict(config.parallel)
+    out: dict[str, Any] = {}
+    for mix_name, mix in MIXES.items():
+        for load in LOADS:
+            jobs = poisson_trace(mix, load, n_jobs, count, fams, seed=int(load * 100) + len(mix_name))
+            solo = GangSimulation(jobs, count, gb, fams, transfer, specs, gangs=False)
+            gang = GangSimulation(jobs, count, gb, fams, transfer, specs, gangs=True)
+            a, b = solo.run().summary(), gang.run().summary()
+            out[f"{mix_name}@{load}"] = {
+                "one_job_per_gpu": a, "gangs": b | {"spread_jobs": {str(k): v for k, v in
+                                                                 sorted(gang.spread_jobs.items())}},
+                "p95_ratio": round(b["p95_s"] / a["p95_s"], 3) if a["p95_s"] else math.nan,
+                "p50_ratio": round(b["p50_s"] / a["p50_s"], 3) if a["p50_s"] else math.nan,
+                "throughput_ratio": round(b["throughput_per_h"] / a["throughput_per_h"], 3)}
+    return {"node": node, "gpus": count, "gpu_gb": gb, "jobs_per_trace": n_jobs, "mixes": MIXES,
+            "speedups": {name: dict(spec.speedup) for name, spec in specs.items()},
+            "speedups_basis": "configs/parallel.toml: published anchors (xDiT, cache-dit, SGLang, LightX2V), not "
+                              "measured here", "results": out}
+
+
+def print_node_report(report: dict[str, Any]) -> None:
+    """The comparison as text."""
+    print(f"{report['node']}: one job per GPU vs gangs ({report['jobs_per_trace']} jobs per trace; speed-ups from "
+          "configs/parallel.toml, published anchors)")
+    cols = ["throughput_per_h", "p50_s", "p95_s", "idle_share"]
+    for name, row in report["results"].items():
+        print(f"\n{name}  (p50 x{row['p50_ratio']}, p95 x{row['p95_ratio']}, throughput x{row['throughput_ratio']};"
+              f" spread: {row['gangs']['spread_jobs']})")
+        print("  " + f"{'policy':18}" + "".join(f"{c:>18}" for c in cols))
+        for policy in ("one_job_per_gpu", "gangs"):
+            print("  " + f"{policy:18}" + "".join(f"{row[policy][c]:>18}" for c in cols))
