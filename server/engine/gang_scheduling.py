@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pipelines.registry import family_class
 from server.engine.costs import Costs
-from server.engine.gangs import GangCandidate, GangPolicy, ParallelSpec, choose_gpus, plan_for
+from server.engine.gangs import BusyGpus, GangCandidate, GangPolicy, ParallelSpec, choose_gpus, plan_for
 from server.engine.request import GenerationRequest
 from server.jobs.store import JobStore, QueuedJob
 
@@ -55,6 +55,8 @@ class GangScheduling:
         self.store = store
         self.weight_bytes = weight_bytes
         self._jobs: OrderedDict[str, _Job | None] = OrderedDict()
+        self.busy = BusyGpus()
+        """The node's usual load in GPUs: what a gang leaves free for arrivals."""
 
     def _job(self, job_id: str) -> _Job | None:
         """What the rule needs of a queued job (read once per job)."""
@@ -81,11 +83,14 @@ class GangScheduling:
             self._jobs.popitem(last=False)
         return found
 
-    def wanted(self, queue: Sequence[QueuedJob], idle: set[str], gangs: Sequence[GangView]) -> dict[str, str]:
+    def wanted(self, queue: Sequence[QueuedJob], idle: set[str], gangs: Sequence[GangView], busy: int,
+               now: float) -> dict[str, str]:
         """Job id -> the name of the gang that should take it now (the rest run on one GPU each). `idle` names the
-        single-GPU workers that are idle; `gangs` the gangs not running a job."""
+        single-GPU workers that are idle, `busy` counts the devices at work; `gangs` are the gangs not running."""
+        self.busy.update(now, busy)
         if not gangs or len(queue) >= len(idle):
             return {}
+        expected = self.busy.expected_new(busy)
         taken: set[str] = set()
         out: dict[str, str] = {}
         ordered = sorted(queue, key=lambda j: (-j.priority, j.created_at))
@@ -107,7 +112,7 @@ class GangScheduling:
                                       weights_resident=True, load_s=load,
                                       gang_load_s={k: 0.0 if k in formed else load for k in plans})
             waiting = len(ordered) - index - 1
-            k = choose_gpus(candidate, list(plans), len(idle - taken), waiting, self.policy)
+            k = choose_gpus(candidate, list(plans), len(idle - taken), waiting, self.policy, expected)
             if k == 1:
                 taken |= self._one_gpu(idle - taken)
                 continue

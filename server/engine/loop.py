@@ -381,11 +381,11 @@ class Engine(CallOutcomes):
         gangs = [s for s in self.slots if s.handle.gpus > 1 and not s.fault and not s.busy_with and s.alive]
         if not gangs:
             return {}
-        idle = {s.name for s in self.slots if s.handle.gpus == 1 and not s.fault and not s.busy_with and s.alive
-                and not s.held_by}
+        single = [s for s in self.slots if s.handle.gpus == 1 and not s.fault and s.alive]
+        idle = {s.name for s in single if not s.busy_with and not s.held_by}
         views = [GangView(g.name, g.handle.gpus, frozenset(g.handle.members), not g.device.startswith("cpu"),
                           g.handle.state().gpu[0].name if g.handle.state().gpu else None) for g in gangs]
-        return self.gangs.wanted(queue, idle, views)
+        return self.gangs.wanted(queue, idle, views, len(single) - len(idle), time.time())
 
     def _claim_for_gang(self, slot: WorkerSlot, queue: list[QueuedJob],
                         wanted: dict[str, str]) -> tuple[Plan | None, list[JobRecord]]:
