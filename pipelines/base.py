@@ -172,10 +172,14 @@ class Family(ABC):
             raise ParamError("negative_prompt", f"{cls.name} is guidance-distilled and has no negative prompt; "
                              "remove negative_prompt", unsupported=True)
 
+    cfg_style: ClassVar[str] = "pairs"
+    """How the family's pipeline runs true classifier-free guidance: "pairs" (two denoiser calls per step,
+    conditional then unconditional, combined after the second) or "batch" (one call on a doubled batch). CFG
+    parallel (pipelines/parallel.py) splits either between two ranks."""
+
     @classmethod
-    def true_cfg_pairs(cls, params: RenderParams) -> bool:
-        """Whether a render of `params` calls the denoiser twice per step, conditional then unconditional, and
-        combines the two after the second call (what CFG parallel splits between two ranks)."""
+    def true_cfg(cls, params: RenderParams) -> bool:
+        """Whether a render of `params` runs true classifier-free guidance (two denoiser passes per step)."""
         return False
 
     @classmethod

@@ -97,7 +97,7 @@ class FluxKontextFamily(Family):
         return raw / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
 
     @classmethod
-    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+    def true_cfg(cls, params: RenderParams) -> bool:
         # true CFG runs only when a negative prompt is given (see run).
         return bool(params.negative_prompt)
 

@@ -55,6 +55,14 @@ class LTX2Family(VideoFamily):
         i2v = self._from_pretrained()
         self._use({"i2v": i2v, "keyframes": self.sibling(LTX2ConditionPipeline, i2v)})
 
+    cfg_style: ClassVar[str] = "batch"
+
+    @classmethod
+    def true_cfg(cls, params: RenderParams) -> bool:
+        # LTX-2's pipelines double the batch (unconditional, conditional) when the video or the audio guidance is
+        # above 1; run() leaves the audio guidance at the pipelines' default (7), so every render does.
+        return True
+
     def run(self, spec: RenderSpec, on_step: StepCallback) -> RenderResult:
         import torch
 

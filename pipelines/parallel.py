@@ -6,12 +6,14 @@ Every rank holds the whole pipeline and runs the same call with the same seeds; 
   token sequence; attention exchanges heads (Ulysses: all-to-all) or key/value blocks (ring) and the output is
   gathered, so the pipeline around the denoiser sees whole tensors. Ring attention needs an attention kernel that
   returns the log-sum-exp (flash, cuDNN, sage): a GPU; Ulysses also runs on gloo on a CPU.
-- **CFG parallel**: a family that runs true classifier-free guidance calls its denoiser twice per step (conditional,
-  then unconditional) and combines the two only after the second call. With two CFG ranks, the first computes the
-  conditional pass and the second the unconditional one; after the second call the two results are exchanged and
-  written into the tensors the pipeline already holds, so both ranks combine identical values and stay in step.
-  The placeholders need the outputs' shapes: the first pair of a call (per denoiser and input shape) runs on both
-  ranks to learn them, every later pair is split.
+- **CFG parallel**, two ways, as the family's pipeline runs true classifier-free guidance (`Family.cfg_style`):
+  "pairs": the denoiser is called twice per step (conditional, then unconditional) and the two are combined only
+  after the second call. With two CFG ranks, the first computes the conditional pass and the second the
+  unconditional one; after the second call the two results are exchanged and written into the tensors the
+  pipeline already holds, so both ranks combine identical values and stay in step. The placeholders need the
+  outputs' shapes: the first pair of a call (per denoiser and input shape) runs on both ranks to learn them, every
+  later pair is split. "batch": one call on a doubled batch (LTX-2); each rank runs its half of every per-sample
+  input and the halves are gathered.
 
 The two compose on a (cfg, ring, ulysses) device mesh: 4 ranks as 2 CFG x Ulysses-2 run each CFG branch over two.
 The VAE decode is tiled on every rank (diffusers 0.42 has no decode split across devices).
@@ -52,7 +54,8 @@ def device_mesh(plan: ParallelPlan, device_type: str) -> Any:
                             mesh_dim_names=("cfg", "ring", "ulysses"))
 
 
-def apply_plan(denoisers: list[torch.nn.Module], plan: ParallelPlan, device_type: str) -> CfgSplit | None:
+def apply_plan(denoisers: list[torch.nn.Module], plan: ParallelPlan, device_type: str,
+               cfg_style: str = "pairs") -> CfgSplit | None:
     """Spread `denoisers` over the gang as `plan` says (once per loaded model); the CFG split to switch per call."""
     if plan.gpus != dist.get_world_size():
         raise ValueError(f"the plan needs {plan.gpus} ranks; the gang has {dist.get_world_size()}")
@@ -62,11 +65,13 @@ def apply_plan(denoisers: list[torch.nn.Module], plan: ParallelPlan, device_type
 
         with _accelerator_count_for_cpu():
             for module in denoisers:
+                # Uneven: sequences of any length (Qwen's text tokens are not padded to a fixed count).
                 module.enable_parallelism(config=ContextParallelConfig(
-                    ulysses_degree=plan.ulysses, ring_degree=plan.ring, mesh=mesh))
+                    ulysses_degree=plan.ulysses, ring_degree=plan.ring, mesh=mesh,
+                    ulysses_anything=plan.uneven and plan.ring == 1, ring_anything=plan.uneven and plan.ring > 1))
     if plan.cfg == 1:
         return None
-    split = CfgSplit(mesh.get_group("cfg"), mesh["cfg"].get_local_rank())
+    split = CfgSplit(mesh.get_group("cfg"), mesh["cfg"].get_local_rank(), cfg_style)
     for module in denoisers:
         split.wrap(module)
     return split
@@ -79,9 +84,12 @@ class CfgSplit:
     """Divides each (conditional, unconditional) pair of denoiser calls between two CFG ranks (see the module's
     docstring). `active` is set per pipeline call: only a call that runs true CFG makes its calls in pairs."""
 
-    def __init__(self, group: Any, index: int) -> None:
+    def __init__(self, group: Any, index: int, style: str = "pairs") -> None:
+        if style not in ("pairs", "batch"):
+            raise ValueError(f"unknown CFG style {style!r}")
         self.group = group
         self.index = index
+        self.style = style
         """0 computes the conditional passes, 1 the unconditional ones."""
         self.active = False
         self.split_pairs = 0
@@ -111,6 +119,8 @@ class CfgSplit:
                  kwargs: dict[str, Any]) -> Any:
         if not self.active:
             return inner(*args, **kwargs)
+        if self.style == "batch":
+            return self._halves(inner, args, kwargs)
         conditional = self._calls % 2 == 0
         self._calls += 1
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -145,6 +155,30 @@ class CfgSplit:
                 out[i].copy_(gathered[1])
         self.split_pairs += 1
         return _rebuild(out)
+
+
+    def _halves(self, inner: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One call on a doubled batch: this rank's half of every per-sample input, the halves gathered."""
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) else 1
+        if batch % 2:
+            return inner(*args, **kwargs)
+        half = batch // 2
+        low = self.index * half
+
+        def part(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+                return value[low:low + half]
+            return value
+
+        out = _tensors(inner(*[part(a) for a in args], **{k: part(v) for k, v in kwargs.items()}))
+        whole = []
+        for tensor in out:
+            gathered = [torch.empty_like(tensor) for _ in range(2)]
+            dist.all_gather(gathered, tensor.contiguous(), group=self.group)
+            whole.append(torch.cat(gathered, dim=0))
+        self.split_pairs += 1
+        return tuple(whole)
 
 
 def _tensors(out: Any) -> Outputs:

@@ -15,6 +15,9 @@ class ParallelPlan:
     ring: int = 1
     cfg: int = 1
     vae_tiling: bool = False
+    uneven: bool = False
+    """Sequences of any length (diffusers' ulysses_anything / ring_anything): for families whose sequence holds
+    unpadded text tokens."""
 
     @property
     def gpus(self) -> int:
@@ -24,9 +27,10 @@ class ParallelPlan:
     def record(self) -> dict[str, Any]:
         """What the task record says ran (`runtime.parallel`)."""
         return {"gpus": self.gpus, "ulysses": self.ulysses, "ring": self.ring, "cfg": self.cfg,
-                "vae": "tiled" if self.vae_tiling else "whole"}
+                "vae": "tiled" if self.vae_tiling else "whole", "uneven": self.uneven}
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> ParallelPlan:
         """The plan a record describes."""
-        return cls(int(record["ulysses"]), int(record["ring"]), int(record["cfg"]), record.get("vae") == "tiled")
+        return cls(int(record["ulysses"]), int(record["ring"]), int(record["cfg"]), record.get("vae") == "tiled",
+                   bool(record.get("uneven")))

@@ -68,7 +68,7 @@ class QwenImageEditFamily(Family):
         return raw * std + mean
 
     @classmethod
-    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+    def true_cfg(cls, params: RenderParams) -> bool:
         # guidance_scale is Qwen's true_cfg_scale, always with a negative prompt (" " when none is given).
         return params.guidance_scale > 1.0
 

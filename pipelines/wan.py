@@ -39,7 +39,7 @@ class WanVideoFamily(VideoFamily):
         return frame * std + mean
 
     @classmethod
-    def true_cfg_pairs(cls, params: RenderParams) -> bool:
+    def true_cfg(cls, params: RenderParams) -> bool:
         # Wan runs its negative prompt as a second pass whenever guidance is above 1.
         return params.guidance_scale > 1.0
 

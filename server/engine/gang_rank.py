@@ -75,7 +75,7 @@ def run_rank(setup: RankSetup, conn: Connection, cancel: Any) -> None:
         else:
             fam.enable_offload(setup.placement, setup.device)
         plan = ParallelPlan.of(setup.plan)
-        split = apply_plan(fam.denoiser_modules(), plan, "cuda" if cuda else "cpu")
+        split = apply_plan(fam.denoiser_modules(), plan, "cuda" if cuda else "cpu", fam.cfg_style)
         conn.send(("ready", time.perf_counter() - started))
         versions = {pkg: version(pkg) for pkg in ("torch", "diffusers", "transformers")}
         while True:
@@ -110,7 +110,7 @@ def _render(setup: RankSetup, fam: Any, plan: ParallelPlan, split: Any, work: Re
         tap = PreviewTap(work.previews, lambda step, total, jpegs: conn.send(("preview", step, total, jpegs)))
         fam.preview_tap = tap
     started = time.perf_counter()
-    true_cfg = fam.true_cfg_pairs(work.params)
+    true_cfg = fam.true_cfg(work.params)
     try:
         spec = render_spec(work)
         if split is not None:

@@ -74,7 +74,7 @@ class GangScheduling:
                                                                     p.num_frames, p.num_images)
                 spec = self.specs.get(fam.name)
                 tokens = spec.sequence(p.width, p.height, p.num_frames) if spec else 0
-                found = _Job(request.model_id, request.weights, fam.name, seconds, fam.true_cfg_pairs(p), tokens,
+                found = _Job(request.model_id, request.weights, fam.name, seconds, fam.true_cfg(p), tokens,
                              any(p.adapters_per_image()))
         except Exception:  # an unreadable row runs on one GPU, where its own error is reported
             log.debug("job %s is not considered for a gang", job_id, exc_info=True)

@@ -156,7 +156,7 @@ class GangWorker(WorkerHandle):
         if spec is None:
             return None
         p = work.params
-        plan = plan_for(spec, self.gpus, family_class(work.family).true_cfg_pairs(p),
+        plan = plan_for(spec, self.gpus, family_class(work.family).true_cfg(p),
                         spec.sequence(p.width, p.height, p.num_frames), self.devices[0].startswith("cuda"))
         return plan.record() if plan is not None else None
 

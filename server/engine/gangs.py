@@ -42,6 +42,8 @@ class ParallelSpec:
     frame_step: int
     vae_tiled: bool
     speedup: Mapping[int, float]
+    uneven: bool = False
+    """The sequence holds unpadded text tokens: Ulysses / ring run in diffusers' any-length mode."""
 
     def speedup_at(self, k: int) -> float:
         """Seconds on one GPU over seconds on k (1 when the family does not run at k)."""
@@ -66,7 +68,7 @@ def load_parallel(path: Path) -> dict[str, ParallelSpec]:
             raise ValueError(f"{path.name}: families.{name} needs one speedup per degree")
         specs[name] = ParallelSpec(name, degrees, bool(body["ulysses"]), bool(body["ring"]), bool(body["cfg"]),
                                    int(body["heads"]), int(body["token_px"]), int(body["frame_step"]),
-                                   body.get("vae") == "tiled", speedup)
+                                   body.get("vae") == "tiled", speedup, bool(body.get("uneven", False)))
     return specs
 
 
@@ -81,12 +83,12 @@ def plan_for(spec: ParallelSpec, k: int, true_cfg: bool, tokens: int, on_gpu: bo
     rest = k // cfg
     if rest == 1:
         return ParallelPlan(cfg=cfg, vae_tiling=spec.vae_tiled)
-    if tokens % rest:
+    if tokens % rest and not spec.uneven:
         return None
     if spec.ulysses and spec.heads % rest == 0:
-        return ParallelPlan(ulysses=rest, cfg=cfg, vae_tiling=spec.vae_tiled)
+        return ParallelPlan(ulysses=rest, cfg=cfg, vae_tiling=spec.vae_tiled, uneven=spec.uneven)
     if spec.ring and on_gpu:
-        return ParallelPlan(ring=rest, cfg=cfg, vae_tiling=spec.vae_tiled)
+        return ParallelPlan(ring=rest, cfg=cfg, vae_tiling=spec.vae_tiled, uneven=spec.uneven)
     return None
 
 

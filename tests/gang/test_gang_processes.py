@@ -40,6 +40,7 @@ def _source() -> bytes:
 
 
 def _work(weights: str, guidance: float, negative: str | None = None, steps: int = 3) -> RenderWork:
+    """A small render of `weights` (an edit for the image families, a clip for the video ones)."""
     family = CONFIG.manifest[weights].family
     video = family.startswith(("wan", "ltx"))
     params = RenderParams(Task.IMAGE_TO_VIDEO if video else Task.EDIT, "a cat on a wall", 64, 64, 1, (7,), steps,
@@ -56,7 +57,8 @@ def _pixels(done: Completed) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def located(demo_dir: Path) -> dict[str, LocatedWeights]:
-    return {w: LocatedWeights(CONFIG.manifest[w], demo_dir / w, True) for w in ("wan2.2-ti2v-5b", "flux1-kontext-dev")}
+    names = ("wan2.2-ti2v-5b", "flux1-kontext-dev", "flux2-klein-4b", "qwen-image-edit-2511", "ltx-2")
+    return {w: LocatedWeights(CONFIG.manifest[w], demo_dir / w, True) for w in names}
 
 
 def _gang(located: dict[str, LocatedWeights], solo: Worker, k: int = 2) -> GangWorker:
@@ -64,26 +66,31 @@ def _gang(located: dict[str, LocatedWeights], solo: Worker, k: int = 2) -> GangW
                       CONFIG.parallel, solo.footprint, CONFIG.memory, form_timeout_s=240, collective_timeout_s=60)
 
 
-@pytest.mark.parametrize(("weights", "guidance", "negative", "split"), [
-    ("wan2.2-ti2v-5b", 5.0, None, {"cfg": 2, "ulysses": 1}),     # true CFG: the pair split over two ranks
-    ("wan2.2-ti2v-5b", 1.0, None, {"cfg": 1, "ulysses": 2}),     # no CFG: Ulysses over the sequence
-    ("flux1-kontext-dev", 2.5, None, {"cfg": 1, "ulysses": 2}),  # guidance-distilled FLUX: Ulysses
+@pytest.mark.parametrize(("weights", "guidance", "k", "split"), [
+    ("wan2.2-ti2v-5b", 5.0, 2, {"cfg": 2, "ulysses": 1}),        # true CFG: the (cond, uncond) pair split
+    ("wan2.2-ti2v-5b", 1.0, 2, {"cfg": 1, "ulysses": 2}),        # no CFG: Ulysses over the sequence
+    ("wan2.2-ti2v-5b", 5.0, 4, {"cfg": 2, "ulysses": 2}),        # both: each CFG branch over two ranks
+    ("ltx-2", 3.0, 2, {"cfg": 2, "ulysses": 1}),                 # CFG as a doubled batch: half each
+    ("flux1-kontext-dev", 2.5, 2, {"cfg": 1, "ulysses": 2}),     # guidance-distilled FLUX.1: Ulysses
+    ("flux2-klein-4b", 1.0, 2, {"cfg": 1, "ulysses": 2}),        # FLUX.2
+    ("qwen-image-edit-2511", 1.0, 2, {"cfg": 1, "ulysses": 2}),  # unpadded text tokens: any-length Ulysses
 ])
-def test_a_render_on_two_ranks_equals_the_single_process_render(located: dict[str, LocatedWeights], weights: str,
-                                                                 guidance: float, negative: str | None,
-                                                                 split: dict[str, int]) -> None:
+def test_a_render_on_several_ranks_equals_the_single_process_render(located: dict[str, LocatedWeights],
+                                                                    weights: str, guidance: float, k: int,
+                                                                    split: dict[str, int]) -> None:
     solo = Worker("solo", "cpu", torch.float32, located, CONFIG.memory)
-    work = _work(weights, guidance, negative)
+    work = _work(weights, guidance)
     alone = solo.render(work, lambda _d, _t: None)
     assert isinstance(alone, Completed)
-    gang = _gang(located, solo)
+    gang = _gang(located, solo, k)
     try:
         spread = gang.render(work, lambda _d, _t: None)
         assert isinstance(spread, Completed), spread
         plan = spread.runtime["parallel"]
-        assert {k: plan[k] for k in split} == split and spread.runtime["gpus"] == 2
-        if split["cfg"] == 2:
-            assert plan["cfg_split_pairs"] == work.params.num_inference_steps - 1  # the first pair learns shapes
+        assert {key: plan[key] for key in split} == split and spread.runtime["gpus"] == k
+        if split["cfg"] == 2:  # every step's pair (or doubled batch) was split; pairs learn shapes on the first
+            steps = work.params.num_inference_steps
+            assert plan["cfg_split_pairs"] == (steps if weights == "ltx-2" else steps - 1)
         a, b = _pixels(alone), _pixels(spread)
         assert a.shape == b.shape
         # Same arithmetic in another order: at most one 8-bit level apart, almost everywhere equal.

@@ -47,6 +47,15 @@ def test_plans_refuse_what_cannot_divide() -> None:
     assert plan_for(_spec(degrees=(2,), speedup={2: 1.5}), 4, true_cfg=False, tokens=4096, on_gpu=True) is None
 
 
+def test_unpadded_text_spreads_in_any_length_mode_and_ltx2_only_by_cfg() -> None:
+    qwen = plan_for(SPECS["qwen-image-edit"], 2, true_cfg=False, tokens=4097, on_gpu=False)
+    assert qwen is not None and qwen.uneven and qwen.ulysses == 2
+    assert plan_for(SPECS["flux-kontext"], 2, true_cfg=False, tokens=4097, on_gpu=False) is None
+    ltx = SPECS["ltx2"]
+    assert plan_for(ltx, 2, true_cfg=True, tokens=4096, on_gpu=True).cfg == 2  # type: ignore[union-attr]
+    assert plan_for(ltx, 4, true_cfg=True, tokens=4096, on_gpu=True) is None
+
+
 def test_sequence_counts_latent_frames() -> None:
     wan = SPECS["wan2.2-i2v-a14b"]
     assert wan.sequence(1280, 720, 81) == (1280 // 16) * (720 // 16) * 21

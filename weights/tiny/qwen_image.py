@@ -43,7 +43,7 @@ def build_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
     transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=1,
+        patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=HIDDEN, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
         zero_cond_t=True,  # as Qwen-Image-Edit-2511: conditioning tokens are modulated at t = 0
     )
