@@ -17,9 +17,9 @@ from server.config import DarkroomConfig
 from server.engine.costs import FamilyCost
 from server.engine.gangs import (
     GANG_SIZES,
-    BusyGpus,
     GangCandidate,
     GangPolicy,
+    OfferedLoad,
     ParallelSpec,
     choose_gpus,
     plan_for,
@@ -65,7 +65,26 @@ class GangSimulation(Simulation):
         self.groups = [_Gang(k, tuple(self.devices[s:s + k])) for k in GANG_SIZES if k <= n
                        for s in range(0, n - k + 1, k)]
         self.spread_jobs: dict[int, int] = {}
-        self.busy = BusyGpus()
+        self.offered = OfferedLoad()
+        self.in_gang: dict[str, float] = {}
+        """Device name -> when the gang holding it ends."""
+        self.by_model: dict[str, list[float]] = {}
+        """Each job's latency by model (what the mix's percentiles hide: whose jobs got faster or slower)."""
+
+    def execute(self, batch: list[Job], dev: SimDevice, now: float, demand: dict[str, int]) -> None:
+        before = len(self.out.latencies)
+        super().execute(batch, dev, now, demand)
+        for job, latency in zip(batch, self.out.latencies[before:], strict=True):
+            self.by_model.setdefault(job.model, []).append(latency)
+
+    def per_model(self) -> dict[str, dict[str, float]]:
+        """p50 and p95 latency per model."""
+        out = {}
+        for model, lat in sorted(self.by_model.items()):
+            lat = sorted(lat)
+            out[model] = {"jobs": len(lat), "p50_s": round(lat[(len(lat) - 1) // 2], 2),
+                          "p95_s": round(lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)], 2)}
+        return out
 
     def run(self) -> Any:
         pending: list[Job] = []
@@ -73,7 +92,9 @@ class GangSimulation(Simulation):
         now = 0.0
         while arrivals or pending:
             while arrivals and arrivals[0].arrival <= now:
-                pending.append(arrivals.pop(0))
+                job = arrivals.pop(0)
+                pending.append(job)
+                self.offered.arrived(job.arrival, self.fams[job.model].job_s)
             idle = [d for d in self.devices if d.free_at <= now]
             if pending and idle:
                 if self.gangs and self.spread(pending, idle, now):
@@ -89,8 +110,9 @@ class GangSimulation(Simulation):
 
     def spread(self, pending: list[Job], idle: list[SimDevice], now: float) -> bool:
         """Start the first pending job the gang rule spreads (True), or none (False)."""
-        busy_now = len(self.devices) - len(idle)
-        self.busy.update(now, busy_now)
+        # A running gang serves one job of the arriving work, like a busy single GPU.
+        serving = sum(1 for d in self.devices if d.free_at > now and self.in_gang.get(d.name, 0.0) <= now) + \
+            len({end for end in self.in_gang.values() if end > now})
         if len(pending) >= len(idle):
             return False
         idle_set = {d.name for d in idle}
@@ -117,7 +139,7 @@ class GangSimulation(Simulation):
                                       gang_load_s=gang_load)
             waiting = len(pending) - index - 1
             k = choose_gpus(candidate, list(plans), len(idle), waiting, self.gang_policy,
-                            self.busy.expected_new(busy_now))
+                            self.offered.reserve(now, serving))
             if k == 1:
                 continue
             group = min((g for g in free if g.size == k), key=load)
@@ -160,9 +182,11 @@ class GangSimulation(Simulation):
         for dev in group.devices:
             dev.free_at = end
             dev.busy_s += run_s
+            self.in_gang[dev.name] = end
             if job.model in dev.gpu:
                 dev.gpu[job.model] = Resident(job.model, dev.gpu[job.model].bytes, end)
         self.out.latencies.append(end - job.arrival)
+        self.by_model.setdefault(job.model, []).append(end - job.arrival)
         self.spread_jobs[group.size] = self.spread_jobs.get(group.size, 0) + 1
 
 
@@ -179,8 +203,9 @@ def node_report(node: str, n_jobs: int = 400) -> dict[str, Any]:
             gang = GangSimulation(jobs, count, gb, fams, transfer, specs, gangs=True)
             a, b = solo.run().summary(), gang.run().summary()
             out[f"{mix_name}@{load}"] = {
-                "one_job_per_gpu": a, "gangs": b | {"spread_jobs": {str(k): v for k, v in
-                                                                 sorted(gang.spread_jobs.items())}},
+                "one_job_per_gpu": a | {"by_model": solo.per_model()},
+                "gangs": b | {"spread_jobs": {str(k): v for k, v in sorted(gang.spread_jobs.items())},
+                              "by_model": gang.per_model()},
                 "p95_ratio": round(b["p95_s"] / a["p95_s"], 3) if a["p95_s"] else math.nan,
                 "p50_ratio": round(b["p50_s"] / a["p50_s"], 3) if a["p50_s"] else math.nan,
                 "throughput_ratio": round(b["throughput_per_h"] / a["throughput_per_h"], 3)}
@@ -201,3 +226,6 @@ def print_node_report(report: dict[str, Any]) -> None:
         print("  " + f"{'policy':18}" + "".join(f"{c:>18}" for c in cols))
         for policy in ("one_job_per_gpu", "gangs"):
             print("  " + f"{policy:18}" + "".join(f"{row[policy][c]:>18}" for c in cols))
+        print("  p50 / p95 by model: " + "; ".join(
+            f"{m} {row['one_job_per_gpu']['by_model'][m]['p50_s']}/{row['one_job_per_gpu']['by_model'][m]['p95_s']}"
+            f" -> {g['p50_s']}/{g['p95_s']}" for m, g in row["gangs"]["by_model"].items()))

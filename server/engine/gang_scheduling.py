@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pipelines.registry import family_class
 from server.engine.costs import Costs
-from server.engine.gangs import BusyGpus, GangCandidate, GangPolicy, ParallelSpec, choose_gpus, plan_for
+from server.engine.gangs import GangCandidate, GangPolicy, OfferedLoad, ParallelSpec, choose_gpus, plan_for
 from server.engine.request import GenerationRequest
 from server.jobs.store import JobStore, QueuedJob
 
@@ -48,15 +48,18 @@ class GangScheduling:
     """Decides, for the engine, which queued jobs gangs take (see the module docstring)."""
 
     def __init__(self, policy: GangPolicy, specs: Mapping[str, ParallelSpec], costs: Costs, store: JobStore,
-                 weight_bytes: Callable[[str], int] = lambda _weights: 0) -> None:
+                 weight_bytes: Callable[[str], int] = lambda _weights: 0,
+                 family_of: Callable[[str], str | None] = lambda _weights: None) -> None:
         self.policy = policy
         self.specs = specs
         self.costs = costs
         self.store = store
         self.weight_bytes = weight_bytes
         self._jobs: OrderedDict[str, _Job | None] = OrderedDict()
-        self.busy = BusyGpus()
-        """The node's usual load in GPUs: what a gang leaves free for arrivals."""
+        self.family_of = family_of
+        self.offered = OfferedLoad()
+        """The GPUs arriving work needs: what a gang leaves free."""
+        self._arrived: OrderedDict[str, None] = OrderedDict()
 
     def _job(self, job_id: str) -> _Job | None:
         """What the rule needs of a queued job (read once per job)."""
@@ -83,14 +86,28 @@ class GangScheduling:
             self._jobs.popitem(last=False)
         return found
 
-    def wanted(self, queue: Sequence[QueuedJob], idle: set[str], gangs: Sequence[GangView], busy: int,
+    def _count_arrivals(self, queue: Sequence[QueuedJob]) -> None:
+        """Each queued job once into the offered load, at its family's reference seconds (no store read: every
+        job passes through here while pending, at every claim round)."""
+        for job in queue:
+            if job.id in self._arrived:
+                continue
+            self._arrived[job.id] = None
+            cost = self.costs.families.get(self.family_of(job.weights or job.model) or "")
+            if cost is not None:
+                self.offered.arrived(job.created_at, cost.job_s)
+        while len(self._arrived) > 4096:
+            self._arrived.popitem(last=False)
+
+    def wanted(self, queue: Sequence[QueuedJob], idle: set[str], gangs: Sequence[GangView], serving: int,
                now: float) -> dict[str, str]:
         """Job id -> the name of the gang that should take it now (the rest run on one GPU each). `idle` names the
-        single-GPU workers that are idle, `busy` counts the devices at work; `gangs` are the gangs not running."""
-        self.busy.update(now, busy)
+        single-GPU workers that are idle, `serving` counts those running single-GPU jobs; `gangs` are the gangs
+        not running."""
+        self._count_arrivals(queue)
         if not gangs or len(queue) >= len(idle):
             return {}
-        expected = self.busy.expected_new(busy)
+        reserve = self.offered.reserve(now, serving)
         taken: set[str] = set()
         out: dict[str, str] = {}
         ordered = sorted(queue, key=lambda j: (-j.priority, j.created_at))
@@ -112,7 +129,7 @@ class GangScheduling:
                                       weights_resident=True, load_s=load,
                                       gang_load_s={k: 0.0 if k in formed else load for k in plans})
             waiting = len(ordered) - index - 1
-            k = choose_gpus(candidate, list(plans), len(idle - taken), waiting, self.policy, expected)
+            k = choose_gpus(candidate, list(plans), len(idle - taken), waiting, self.policy, reserve)
             if k == 1:
                 taken |= self._one_gpu(idle - taken)
                 continue

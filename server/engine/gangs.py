@@ -7,9 +7,10 @@ split the denoiser's work (pipelines/parallel.py). Two questions, answered here 
    CFG parallel first where the request runs true CFG (two ranks), the rest as Ulysses when the degree divides the
    heads and the sequence, else ring attention on GPUs.
 2. *Should it be?* (`choose_gpus`): a job takes k GPUs only when (a) k GPUs are free that no other waiting job
-   could use now and that the node's usual load will not want meanwhile (each waiting job is owed one GPU first,
-   and the GPUs the node keeps busy on average beyond those busy now are left for arrivals: a loaded node runs one
-   job per GPU, which is where throughput is highest, since no spread is perfectly efficient), (b) the spread is
+   could use now and that arriving work will not want meanwhile (each waiting job is owed one GPU first, and the
+   GPUs the arriving work keeps busy on average (`OfferedLoad`) beyond those serving single jobs now are left
+   free: a loaded node runs one job per GPU, which is where throughput is highest, since no spread is perfectly
+   efficient; short jobs keep GPUs to land on while a long clip is spread), (b) the spread is
    efficient enough (speed-up / k at least `min_efficiency`), and (c) it finishes sooner than on one GPU counting
    the gang's own load. Of those, the k that finishes the job soonest wins: on idle GPUs, latency is what the
    waiting artist has left to lose.
@@ -126,35 +127,43 @@ class GangCandidate:
     gang_load_s: Mapping[int, float] | None = None
 
 
-class BusyGpus:
-    """How many GPUs the node keeps busy, on average over the last `tau_s` seconds (a time-weighted moving
-    average of the busy count): the demand that will keep arriving while a gang runs."""
+class OfferedLoad:
+    """The GPUs the node's arriving work needs on average: single-GPU seconds arriving per second, as a moving
+    average over the last `tau_s` seconds (Little's law: that many GPUs are kept busy by it). Measured from what
+    arrives, not from what is busy, so gangs holding GPUs do not make the node look loaded."""
 
-    def __init__(self, tau_s: float = 300.0) -> None:
+    def __init__(self, tau_s: float = 600.0) -> None:
         self.tau_s = tau_s
-        self.value = 0.0
-        self._last: tuple[float, int] | None = None
+        self._seconds = 0.0
+        self._last: float | None = None
 
-    def update(self, now: float, busy: int) -> float:
-        """Account the busy count since the last update; the average now."""
-        if self._last is not None:
-            then, was = self._last
-            weight = 1.0 - math.exp(-max(0.0, now - then) / self.tau_s)
-            self.value += (was - self.value) * weight
-        self._last = (now, busy)
-        return self.value
+    def _decay(self, now: float) -> None:
+        if self._last is not None and now > self._last:
+            self._seconds *= math.exp(-(now - self._last) / self.tau_s)
+        self._last = now if self._last is None else max(self._last, now)
 
-    def expected_new(self, busy_now: int) -> int:
-        """GPUs that arrivals will want beyond those busy now (what a gang must leave free)."""
-        return max(0, math.ceil(self.value - busy_now - 1e-9))
+    def arrived(self, now: float, seconds: float) -> None:
+        """A job arrived that takes `seconds` on one GPU."""
+        self._decay(now)
+        self._seconds += seconds
+
+    def gpus(self, now: float) -> float:
+        """GPUs the arriving work keeps busy, on average."""
+        self._decay(now)
+        return self._seconds / self.tau_s
+
+    def reserve(self, now: float, serving: int) -> int:
+        """GPUs a gang must leave free for arrivals: what they need beyond the GPUs serving single jobs now."""
+        # Rounded, not ceiled: a trickle of work (0.3 GPUs on average) must not keep a two-GPU node from spreading.
+        return max(0, math.floor(self.gpus(now) - serving + 0.5))
 
 
 def choose_gpus(job: GangCandidate, free_sizes: Sequence[int], idle_gpus: int, waiting: int,
-                policy: GangPolicy, expected_new: int = 0) -> int:
+                policy: GangPolicy, reserve: int = 0) -> int:
     """How many GPUs `job` takes now: 1, or a gang size that is free (`free_sizes`: sizes of gangs whose GPUs are
-    all idle). `waiting` counts the other queued jobs that could start now; `idle_gpus` the idle GPUs;
-    `expected_new` the GPUs work arriving soon will want (BusyGpus): a gang leaves them free."""
-    spare = idle_gpus - waiting - expected_new
+    all idle). `waiting` counts the other queued jobs that could start now; `idle_gpus` the idle GPUs; `reserve`
+    the GPUs arriving work will want meanwhile (OfferedLoad.reserve): a gang leaves them free."""
+    spare = idle_gpus - waiting - reserve
     if spare < 2 or job.seconds_one < policy.min_job_s:
         return 1
     solo_s = job.seconds_one + (0.0 if job.weights_resident else job.load_s)

@@ -126,7 +126,8 @@ class Engine(CallOutcomes):
         self.gangs = GangScheduling(
             GangPolicy(settings.gang_max_gpus, settings.gang_max_gpus_per_id, settings.gang_min_efficiency,
                        settings.gang_min_job_s), config.parallel, config.costs, store,
-            weight_bytes=lambda weights: self.slots[0].handle.footprint(weights).bytes)
+            weight_bytes=lambda weights: self.slots[0].handle.footprint(weights).bytes,
+            family_of=lambda weights: entry.family if (entry := config.manifest.get(weights)) else None)
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -385,7 +386,9 @@ class Engine(CallOutcomes):
         idle = {s.name for s in single if not s.busy_with and not s.held_by}
         views = [GangView(g.name, g.handle.gpus, frozenset(g.handle.members), not g.device.startswith("cpu"),
                           g.handle.state().gpu[0].name if g.handle.state().gpu else None) for g in gangs]
-        return self.gangs.wanted(queue, idle, views, len(single) - len(idle), time.time())
+        # A running gang serves one job of the arriving work, as a busy single-device worker does.
+        serving = sum(1 for s in single if s.busy_with) + sum(1 for s in self.slots if s.handle.gpus > 1 and s.busy_with)
+        return self.gangs.wanted(queue, idle, views, serving, time.time())
 
     def _claim_for_gang(self, slot: WorkerSlot, queue: list[QueuedJob],
                         wanted: dict[str, str]) -> tuple[Plan | None, list[JobRecord]]:

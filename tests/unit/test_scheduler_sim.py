@@ -59,3 +59,19 @@ def test_a_24_gb_card_runs_every_id_and_variants_beat_offload_only() -> None:
     assert mix["planned_variants"]["throughput_per_h"] > mix["bf16_offload_only"]["throughput_per_h"]  # type: ignore[index]
     # On an Ampere card nothing of the mix is faster than bf16 there: the two runs are the same.
     assert scheduler_sim.card_report("a6000", 60)["throughput_vs_offload_only"] == 1.0
+
+
+def test_gangs_on_an_idle_8_gpu_node_cut_clip_latency_and_keep_throughput() -> None:
+    from benchmarks.gang_sim import node_report
+
+    report = node_report("8xH100", 160)
+    results = report["results"]
+    light = results["video_heavy@0.2"]
+    assert light["gangs"]["spread_jobs"], "nothing was spread on a lightly loaded node"
+    for model in ("wan2.2-ti2v-5b", "ltx2"):
+        assert light["gangs"]["by_model"][model]["p50_s"] < light["one_job_per_gpu"]["by_model"][model]["p50_s"]
+    for row in results.values():
+        assert 0.95 <= row["throughput_ratio"] <= 1.05
+    # A loaded node spreads little: each waiting job is owed its GPU first.
+    busy, light_spread = results["video_heavy@0.8"], sum(light["gangs"]["spread_jobs"].values())
+    assert sum(busy["gangs"]["spread_jobs"].values()) < light_spread
