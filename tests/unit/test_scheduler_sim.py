@@ -71,7 +71,7 @@ def test_gangs_on_an_idle_8_gpu_node_cut_clip_latency_and_keep_throughput() -> N
     for model in ("wan2.2-ti2v-5b", "ltx2"):
         assert light["gangs"]["by_model"][model]["p50_s"] < light["one_job_per_gpu"]["by_model"][model]["p50_s"]
     for row in results.values():
-        assert 0.95 <= row["throughput_ratio"] <= 1.05
+        assert row["throughput_ratio"] >= 0.95  # no starving: a spread is only for GPUs nobody else wants
     # A loaded node spreads little: each waiting job is owed its GPU first.
     busy, light_spread = results["video_heavy@0.8"], sum(light["gangs"]["spread_jobs"].values())
     assert sum(busy["gangs"]["spread_jobs"].values()) < light_spread
