@@ -21,6 +21,9 @@ from server.jobs.store import JobStore, QueuedJob
 
 log = logging.getLogger("darkroom.engine")
 
+_EXACT_QUEUE = 64
+"""Queues up to this long have each new job's row read for its predicted seconds."""
+
 
 @dataclass(frozen=True)
 class GangView:
@@ -87,14 +90,19 @@ class GangScheduling:
         return found
 
     def _count_arrivals(self, queue: Sequence[QueuedJob]) -> None:
-        """Each queued job once into the offered load, at its family's reference seconds (no store read: every
-        job passes through here while pending, at every claim round)."""
+        """Each queued job once into the offered load, at its predicted seconds on one GPU (every job passes
+        through here while pending: the claim rounds look at the whole queue)."""
+        # A long queue (a backlog after a restart, a burst) is counted at each family's reference job instead:
+        # reading every row under the engine's lock would stall the claims; no gang forms then anyway.
+        exact = len(queue) <= _EXACT_QUEUE
         for job in queue:
             if job.id in self._arrived:
                 continue
             self._arrived[job.id] = None
-            cost = self.costs.families.get(self.family_of(job.weights or job.model) or "")
-            if cost is not None:
+            known = self._job(job.id) if exact else None
+            if known is not None:
+                self.offered.arrived(job.created_at, known.seconds_one)
+            elif (cost := self.costs.families.get(self.family_of(job.weights or job.model) or "")) is not None:
                 self.offered.arrived(job.created_at, cost.job_s)
         while len(self._arrived) > 4096:
             self._arrived.popitem(last=False)

@@ -123,6 +123,11 @@ class Engine(CallOutcomes):
                                  hooks.observe)
         self._supervision = Supervision(self)
         self._round_failures = RoundFailures("an engine round")
+        served = set(config.catalog.ids()) | set(config.catalog.video_ids())
+        unknown = sorted(set(settings.gang_max_gpus_per_id) - served)
+        if unknown:
+            raise ValueError(f"DARKROOM_GANG_MAX_GPUS_PER_ID names ids this server does not serve: "
+                             f"{', '.join(unknown)}; served ids: {', '.join(sorted(served))}")
         self.gangs = GangScheduling(
             GangPolicy(settings.gang_max_gpus, settings.gang_max_gpus_per_id, settings.gang_min_efficiency,
                        settings.gang_min_job_s), config.parallel, config.costs, store,

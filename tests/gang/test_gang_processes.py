@@ -156,10 +156,10 @@ def gang_server(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Ite
         proc.stop()
 
 
-def _clip(c: httpx.Client, steps: int) -> str:
+def _clip(c: httpx.Client, steps: int, **extra: Any) -> str:
     r = c.post("/api/v1/videos/generate", json={
         "model": "sora-2", "prompt": "waves", "image_urls": [data_url(png_bytes((64, 64)))], "resolution": "240p",
-        "duration": 4, "num_inference_steps": steps})
+        "duration": 4, "num_inference_steps": steps, **extra})
     assert r.status_code == 202, r.text
     return str(r.json()["task_id"])
 
@@ -178,10 +178,11 @@ def test_a_lone_clip_is_spread_over_both_devices_and_says_so(gang_server: Server
     with httpx.Client(base_url=gang_server.base_url, timeout=60) as c:
         engine = c.get("/api/v1/engine").json()
         assert [g["gpus"] for g in engine["gangs"]] == [2] and engine["gangs"][0]["members"] == ["w0", "w1"]
-        view = _final(c, _clip(c, steps=3))
+        view = _final(c, _clip(c, steps=4, previews=True))
         assert view["status"] == "completed", view
         runtime = view["darkroom"]["runtime"]
         assert runtime["gpus"] == 2 and runtime["worker"] == "gang2-0"
+        assert runtime["previews"]["made"] >= 1  # rank 0 makes the live previews
         assert runtime["parallel"]["cfg"] * runtime["parallel"]["ulysses"] == 2
         gang = c.get("/api/v1/engine").json()["gangs"][0]
         assert gang["formed"] and gang["weights"] == "wan2.2-ti2v-5b" and gang["plan"]["gpus"] == 2
@@ -212,3 +213,30 @@ def test_a_rank_killed_mid_clip_puts_the_job_back_once(gang_server: ServerProces
         engine = c.get("/api/v1/engine").json()
         assert engine["batching"].get("gang_rank_losses") == 1
         assert engine["gangs"][0]["rank_losses"] == 1
+
+
+def _wait_step(c: httpx.Client, task: str, step: int) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        view = c.get(f"/api/v1/tasks/{task}").json()
+        if view["status"] == "processing" and (view.get("progress") or {}).get("step", 0) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{task} never reached step {step}")
+
+
+def test_a_cancelled_clip_stops_every_rank_at_one_step_and_the_gang_stays(gang_server: ServerProcess) -> None:
+    with httpx.Client(base_url=gang_server.base_url, timeout=60) as c:
+        warm = _final(c, _clip(c, steps=2))
+        assert warm["darkroom"]["runtime"]["gpus"] == 2
+        before = c.get("/api/v1/engine").json()["gangs"][0]
+        task = _clip(c, steps=60)
+        _wait_step(c, task, 2)
+        assert c.post(f"/api/v1/tasks/{task}/cancel").status_code == 202
+        assert _final(c, task)["status"] == "cancelled"
+        # All ranks stopped at the same step (a rank left behind would hang a collective and be killed): the gang
+        # is still formed and runs the next clip without forming again.
+        after = _final(c, _clip(c, steps=2))
+        assert after["status"] == "completed" and after["darkroom"]["runtime"]["gpus"] == 2
+        gang = c.get("/api/v1/engine").json()["gangs"][0]
+        assert gang["forms"] == before["forms"] and gang["rank_losses"] == before["rank_losses"]
