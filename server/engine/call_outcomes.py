@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.base import RenderCancelled
 from pipelines.previews import PreviewOptions
+from server.engine.gang_scheduling import GangScheduling
 from server.engine.policy import Placement, split_after_oom
 from server.engine.recording import Recorder
 from server.engine.slots import Call, WorkerSlot
@@ -26,6 +27,7 @@ from server.engine.work import (
     Completed,
     DeviceFault,
     Failed,
+    NotSpread,
     Outcome,
     OutOfMemory,
     RankLost,
@@ -56,6 +58,7 @@ class CallOutcomes:
     _cond: threading.Condition
     _cancel_requested: set[str]
     _interrupt: threading.Event
+    gangs: GangScheduling
 
     def _take_out(self, slot: WorkerSlot, job_ids: list[str], reason: str, claims: list[Claim],
                   restart: bool = True) -> None:
@@ -176,6 +179,10 @@ class CallOutcomes:
                 self._take_out(slot, list(call.ids), f"worker lost ({detail})", list(claims.values()), restart=False)
             case RankLost(detail=detail):
                 self._rank_lost(call, detail, claims)
+            case NotSpread(detail=detail):
+                log.info("%s declined %s (%s); it runs on one device", slot.name, ", ".join(sorted(call.ids)), detail)
+                self.gangs.decline(list(call.ids))
+                self.store.requeue(list(call.ids), list(claims.values()))
             case OutOfMemory() if len(call.jobs) > 1:
                 self._split_after_oom(slot, call, info, memory_before)
             case OutOfMemory():

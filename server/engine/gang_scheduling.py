@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from pipelines.registry import family_class
 from server.engine.costs import Costs
-from server.engine.gangs import GangCandidate, GangPolicy, OfferedLoad, ParallelSpec, choose_gpus, plan_for
+from server.engine.gangs import (
+    GangCandidate,
+    GangPolicy,
+    OfferedLoad,
+    ParallelSpec,
+    choose_gpus,
+    plan_for,
+    rank_placement,
+)
+from server.engine.policy import ModelFootprint, NeverFits, Placement
 from server.engine.request import GenerationRequest
 from server.jobs.store import JobStore, QueuedJob
 
@@ -34,6 +43,8 @@ class GangView:
     members: frozenset[str]
     on_gpu: bool
     formed: str | None = None
+    budget: int | None = None
+    """Bytes each of its devices may hold (None: unmanaged, a CPU)."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,15 @@ class GangScheduling:
     """Decides, for the engine, which queued jobs gangs take (see the module docstring)."""
 
     def __init__(self, policy: GangPolicy, specs: Mapping[str, ParallelSpec], costs: Costs, store: JobStore,
-                 weight_bytes: Callable[[str], int] = lambda _weights: 0,
+                 footprint: Callable[[str], ModelFootprint] = lambda weights: ModelFootprint(weights, ()),
                  family_of: Callable[[str], str | None] = lambda _weights: None) -> None:
         self.policy = policy
         self.specs = specs
         self.costs = costs
         self.store = store
-        self.weight_bytes = weight_bytes
+        self.footprint = footprint
+        self.declined: OrderedDict[str, None] = OrderedDict()
+        """Jobs a gang declined (NotSpread): they run on one device."""
         self._jobs: OrderedDict[str, _Job | None] = OrderedDict()
         self.family_of = family_of
         self.offered = OfferedLoad()
@@ -123,14 +136,16 @@ class GangScheduling:
             free = [g for g in gangs if g.members <= idle - taken]
             if not free:
                 break
-            job = self._job(queued.id)
+            job = None if queued.id in self.declined else self._job(queued.id)
             spec = self.specs.get(job.family) if job is not None else None
             if job is None or spec is None or job.loras:
                 taken |= self._one_gpu(idle - taken)
                 continue
+            foot = self.footprint(job.weights)
+            free = [g for g in free if self._fits(g, foot, queued.activation_bytes)]
             plans = {g.gpus: plan for g in free
                      if (plan := plan_for(spec, g.gpus, job.true_cfg, job.tokens, g.on_gpu)) is not None}
-            nbytes = self.weight_bytes(job.weights)
+            nbytes = foot.bytes
             load = self.costs.transfer.load_seconds(nbytes, from_ram=False)
             formed = {g.gpus for g in free if g.formed == job.weights}
             candidate = GangCandidate(queued.id, job.model_id, job.seconds_one, plans, spec.speedup_at,
@@ -146,6 +161,21 @@ class GangScheduling:
             out[queued.id] = gang.name
             taken |= gang.members
         return out
+
+    def decline(self, job_ids: list[str]) -> None:
+        """A gang declined these jobs before starting them: from now on they run on one device."""
+        for job_id in job_ids:
+            self.declined[job_id] = None
+        while len(self.declined) > 4096:
+            self.declined.popitem(last=False)
+
+    @staticmethod
+    def _fits(gang: GangView, foot: ModelFootprint, activation: int) -> bool:
+        """Whether each of the gang's devices holds the model whole or with model offload."""
+        try:
+            return rank_placement(gang.budget, foot, activation) is not Placement.GROUP_OFFLOAD
+        except NeverFits:
+            return False
 
     @staticmethod
     def _one_gpu(idle: set[str]) -> set[str]:

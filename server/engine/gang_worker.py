@@ -24,18 +24,15 @@ from pipelines.base import RenderCancelled
 from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
 from server.engine.gang_rank import RankSetup, run_rank
-from server.engine.gangs import ParallelSpec, plan_for
+from server.engine.gangs import ParallelSpec, plan_for, rank_placement
 from server.engine.policy import (
-    EVICTION_ORDERS,
     DeviceState,
     ModelFootprint,
     NeverFits,
     Placement,
     Resident,
-    Transfer,
-    plan_residency,
 )
-from server.engine.work import Cancelled, Completed, Failed, Outcome, OutOfMemory, RankLost, RenderWork
+from server.engine.work import Cancelled, Completed, Failed, NotSpread, Outcome, OutOfMemory, RankLost, RenderWork
 from server.engine.worker_handle import PreviewReport, StepReport, WorkerHandle
 from weights.locate import LocatedWeights
 
@@ -163,12 +160,9 @@ class GangWorker(WorkerHandle):
     def render(self, work: RenderWork, on_step: StepReport, on_preview: PreviewReport | None = None) -> Outcome:
         plan = self.plan_of(work)
         if plan is None:
-            return Failed(f"{work.family} cannot be spread over {self.gpus} devices", {
-                "code": "invalid_request", "field": None,
-                "message": f"this job cannot run on {self.gpus} GPUs; it is re-planned on one"})
+            return NotSpread(f"{work.family} has no plan for {self.gpus} devices at this size")
         if work.adapters or any(work.params.adapters_per_image()):
-            return Failed("gangs run no LoRA adapters", {"code": "invalid_request", "field": "loras",
-                                                         "message": "LoRA jobs run on one GPU"})
+            return NotSpread("gangs run no LoRA adapters")
         started = time.perf_counter()
         ranks = self._ranks
         if ranks is not None and (ranks.weights != work.weights or ranks.plan != plan):
@@ -188,19 +182,16 @@ class GangWorker(WorkerHandle):
         (each rank holds the whole model; NeverFits when not even offload fits)."""
         fam = family_class(work.family)
         activation = fam.activation_bytes(work.params, 1, self.memory[fam.name]) if fam.name in self.memory else 0
-        return plan_residency(DeviceState(self.name, self.budget), self.footprint(work.weights), activation, {},
-                              EVICTION_ORDERS["lru"], Transfer()).placement
+        return rank_placement(self.budget, self.footprint(work.weights), activation)
 
     def _form(self, work: RenderWork, plan: dict[str, Any]) -> _Ranks | Outcome:
         where = self.located[work.weights]
         try:
             placement = self.placement(work)
         except NeverFits as exc:
-            return Failed(str(exc), {"code": "insufficient_vram", "field": None,
-                                     "message": f"this job {exc}; lower the size or num_images"})
+            return NotSpread(str(exc))
         if placement is Placement.GROUP_OFFLOAD:
-            return Failed("group offload is not spread", {"code": "invalid_request", "field": None, "message": (
-                "this job needs group offload on these GPUs, which a gang does not run; it runs on one GPU")})
+            return NotSpread("it needs group offload on these devices, which a gang does not run")
         ctx = multiprocessing.get_context("spawn")
         cancel = ctx.Value("i", 0)
         port = free_port()

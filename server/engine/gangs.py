@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.parallel_plan import ParallelPlan
+from server.engine.policy import EVICTION_ORDERS, DeviceState, ModelFootprint, Placement, Transfer, plan_residency
 
 GANG_SIZES = (2, 4, 8)
 
@@ -91,6 +92,14 @@ def plan_for(spec: ParallelSpec, k: int, true_cfg: bool, tokens: int, on_gpu: bo
     if spec.ring and on_gpu:
         return ParallelPlan(ring=rest, cfg=cfg, vae_tiling=spec.vae_tiled, uneven=spec.uneven)
     return None
+
+
+def rank_placement(budget: int | None, footprint: ModelFootprint, activation: int) -> Placement:
+    """How a rank holds a model on a device of `budget` bytes (each rank holds the whole model): the residency
+    policy's answer on an empty device; NeverFits when not even offload fits. A gang runs resident or with model
+    offload, never group offload."""
+    return plan_residency(DeviceState("rank", budget), footprint, activation, {}, EVICTION_ORDERS["lru"],
+                          Transfer()).placement
 
 
 @dataclass(frozen=True)

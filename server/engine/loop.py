@@ -131,7 +131,7 @@ class Engine(CallOutcomes):
         self.gangs = GangScheduling(
             GangPolicy(settings.gang_max_gpus, settings.gang_max_gpus_per_id, settings.gang_min_efficiency,
                        settings.gang_min_job_s), config.parallel, config.costs, store,
-            weight_bytes=lambda weights: self.slots[0].handle.footprint(weights).bytes,
+            footprint=lambda weights: self.slots[0].handle.footprint(weights),
             family_of=lambda weights: entry.family if (entry := config.manifest.get(weights)) else None)
 
     # ---- control -----------------------------------------------------------------------------------------
@@ -389,8 +389,11 @@ class Engine(CallOutcomes):
             return {}
         single = [s for s in self.slots if s.handle.gpus == 1 and not s.fault and s.alive]
         idle = {s.name for s in single if not s.busy_with and not s.held_by}
-        views = [GangView(g.name, g.handle.gpus, frozenset(g.handle.members), not g.device.startswith("cpu"),
-                          g.handle.state().gpu[0].name if g.handle.state().gpu else None) for g in gangs]
+        views = []
+        for g in gangs:
+            held = g.handle.state().gpu
+            views.append(GangView(g.name, g.handle.gpus, frozenset(g.handle.members), not g.device.startswith("cpu"),
+                                  held[0].name if held else None, g.handle.budget))
         # A running gang serves one job of the arriving work, as a busy single-device worker does.
         serving = sum(1 for s in single if s.busy_with) + sum(1 for s in self.slots if s.handle.gpus > 1 and s.busy_with)
         return self.gangs.wanted(queue, idle, views, serving, time.time())

@@ -97,4 +97,12 @@ class RankLost:
     detail: str
 
 
-Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed | WorkerLost | RankLost
+@dataclass(frozen=True)
+class NotSpread:
+    """A gang declined the work before starting it (no plan fits it, it needs group offload there, it brings
+    LoRAs): the job goes back to the queue to run on one device."""
+
+    detail: str
+
+
+Outcome = Completed | OutOfMemory | DeviceFault | Cancelled | Failed | WorkerLost | RankLost | NotSpread

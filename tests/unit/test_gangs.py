@@ -13,7 +13,7 @@ import pytest
 from pipelines.base import RenderParams, Task
 from server.engine.gangs import GangCandidate, GangPolicy, ParallelSpec, choose_gpus, load_parallel, plan_for
 from server.engine.request import GenerationRequest
-from server.engine.work import RankLost
+from server.engine.work import NotSpread, RankLost
 from tests.fakes import FakeWorker, rig, submit, wait_final
 from tests.packaged import packaged_config
 
@@ -188,5 +188,33 @@ def test_a_lost_rank_gives_the_job_back_once_then_fails_it(tmp_path: Path) -> No
         wait_final(r.store, ["clip"])
         job = r.store.get("clip")
         assert job is not None and job.status == "failed" and job.error["code"] == "worker_lost"  # type: ignore[index]
+    finally:
+        r.engine.stop()
+
+
+def test_a_job_a_gang_declines_runs_on_one_device(tmp_path: Path) -> None:
+    declines = FakeGang(script=lambda _work, _index: NotSpread("it needs group offload on these devices"))
+    w0, w1 = FakeWorker("w0"), FakeWorker("w1")
+    r = rig(tmp_path, [w0, w1, declines], settings=SETTINGS)
+    submit(r.store, "clip", _clip("one"))
+    r.engine.start()
+    try:
+        wait_final(r.store, ["clip"])
+        job = r.store.get("clip")
+        assert job is not None and job.status == "completed" and job.worker in ("w0", "w1")
+        assert len(declines.calls) == 1 and not job.retries
+    finally:
+        r.engine.stop()
+
+
+def test_a_gang_whose_devices_cannot_hold_the_model_is_not_offered_the_job(tmp_path: Path) -> None:
+    small = FakeGang()
+    small.budget = 500  # each device holds less than the model's 1000 bytes, even with model offload
+    r = rig(tmp_path, [FakeWorker("w0"), FakeWorker("w1"), small], settings=SETTINGS)
+    submit(r.store, "clip", _clip("one"))
+    r.engine.start()
+    try:
+        wait_final(r.store, ["clip"])
+        assert not small.calls
     finally:
         r.engine.stop()
