@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -96,6 +97,13 @@ def _render(setup: RankSetup, fam: Any, plan: ParallelPlan, split: Any, work: Re
 
     lead = setup.rank == 0
     flag = torch.zeros(1, dtype=torch.int32, device=setup.device)
+    # Previews are encoded and sent from the tap's side thread while steps are sent from this one: a pipe's
+    # messages must not interleave.
+    sending = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending:
+            conn.send(message)
 
     def on_step(done: int, total: int) -> None:
         flag.fill_(int(cancel.value))
@@ -103,11 +111,11 @@ def _render(setup: RankSetup, fam: Any, plan: ParallelPlan, split: Any, work: Re
         if int(flag.item()):
             raise RenderCancelled("gang")
         if lead:
-            conn.send(("step", done, total))
+            send(("step", done, total))
 
     tap = None
     if lead and work.previews is not None and fam.makes_previews():
-        tap = PreviewTap(work.previews, lambda step, total, jpegs: conn.send(("preview", step, total, jpegs)))
+        tap = PreviewTap(work.previews, lambda step, total, jpegs: send(("preview", step, total, jpegs)))
         fam.preview_tap = tap
     started = time.perf_counter()
     true_cfg = fam.true_cfg(work.params)
