@@ -7,7 +7,6 @@ the attempt on every rank and frees the devices, and a server with two devices s
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
@@ -20,39 +19,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from pipelines.base import RenderParams, Task
 from server.engine.gang_worker import GangWorker
-from server.engine.work import Completed, RankLost, RenderWork
+from server.engine.work import Completed, RankLost
 from server.engine.worker import Worker
-from tests.packaged import packaged_config
+from tests.gang.renders import CONFIG, pixels, render_work
 from tests.support import ServerProcess, data_url, png_bytes
 from weights.locate import LocatedWeights
-
-CONFIG = packaged_config()
-
-
-def _source() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 40, 200)).save(out, "PNG")
-    return out.getvalue()
-
-
-def _work(weights: str, guidance: float, negative: str | None = None, steps: int = 3) -> RenderWork:
-    """A small render of `weights` (an edit for the image families, a clip for the video ones)."""
-    family = CONFIG.manifest[weights].family
-    video = family.startswith(("wan", "ltx"))
-    params = RenderParams(Task.IMAGE_TO_VIDEO if video else Task.EDIT, "a cat on a wall", 64, 64, 1, (7,), steps,
-                          guidance, 1.0, num_sources=1, negative_prompt=negative, num_frames=9 if video else 0,
-                          fps=16.0 if video else 0.0)
-    return RenderWork(weights, family, params, sources=(_source(),))
-
-
-def _pixels(done: Completed) -> np.ndarray:
-    if done.videos:
-        return done.videos[0].frames.astype(np.float64)
-    return np.asarray(done.images[0], dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +52,7 @@ def test_a_render_on_several_ranks_equals_the_single_process_render(located: dic
                                                                     weights: str, guidance: float, k: int,
                                                                     split: dict[str, int]) -> None:
     solo = Worker("solo", "cpu", torch.float32, located, CONFIG.memory)
-    work = _work(weights, guidance)
+    work = render_work(weights, guidance)
     alone = solo.render(work, lambda _d, _t: None)
     assert isinstance(alone, Completed)
     gang = _gang(located, solo, k)
@@ -91,7 +64,7 @@ def test_a_render_on_several_ranks_equals_the_single_process_render(located: dic
         if split["cfg"] == 2:  # every step's pair (or doubled batch) was split; pairs learn shapes on the first
             steps = work.params.num_inference_steps
             assert plan["cfg_split_pairs"] == (steps if weights == "ltx-2" else steps - 1)
-        a, b = _pixels(alone), _pixels(spread)
+        a, b = pixels(alone), pixels(spread)
         assert a.shape == b.shape
         # Same arithmetic in another order: at most one 8-bit level apart, almost everywhere equal.
         assert np.abs(a - b).max() <= 1.0 and np.abs(a - b).mean() < 1e-3
@@ -114,7 +87,7 @@ def test_a_rank_killed_mid_step_ends_the_attempt_on_every_rank(located: dict[str
     solo = Worker("solo", "cpu", torch.float32, located, CONFIG.memory)
     gang = _gang(located, solo)
     try:
-        first = gang.render(_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
+        first = gang.render(render_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
         assert isinstance(first, Completed)
         ranks = _rank_pids(os.getpid())
         assert len(ranks) == 2 and gang.formed == "wan2.2-ti2v-5b"
@@ -123,12 +96,12 @@ def test_a_rank_killed_mid_step_ends_the_attempt_on_every_rank(located: dict[str
             if done == 2:
                 os.kill(ranks[1], signal.SIGKILL)
 
-        lost = gang.render(_work("wan2.2-ti2v-5b", 5.0, steps=12), kill_at_step_2)
+        lost = gang.render(render_work("wan2.2-ti2v-5b", 5.0, steps=12), kill_at_step_2)
         assert isinstance(lost, RankLost) and "exited" in lost.detail
         assert gang.formed is None and gang.rank_losses == 1
         for pid in ranks:  # every rank is gone: the devices are free
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-        again = gang.render(_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
+        again = gang.render(render_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
         assert isinstance(again, Completed) and gang.forms == 2
     finally:
         gang.release()
