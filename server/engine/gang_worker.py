@@ -232,12 +232,17 @@ class GangWorker(WorkerHandle):
         return ranks
 
     def _lost(self, ranks: _Ranks, deadline: float | None) -> RankLost | None:
+        """RankLost (every rank stopped) when a rank has died or the gang did not form by `deadline`; else None."""
         dead = ranks.dead()
         late = deadline is not None and time.monotonic() > deadline
         if not dead and not late:
             return None
-        why = (f"rank {dead[0]} on {self.devices[dead[0]]} exited (code {ranks.processes[dead[0]].exitcode})"
-               if dead else f"the gang did not form within {self.form_timeout_s:.0f}s")
+        return self._end(ranks, f"rank {dead[0]} on {self.devices[dead[0]]} exited (code "
+                         f"{ranks.processes[dead[0]].exitcode})" if dead else
+                         f"the gang did not form within {self.form_timeout_s:.0f}s")
+
+    def _end(self, ranks: _Ranks, why: str) -> RankLost:
+        """A rank is lost: stop every rank (their devices are free when this returns)."""
         self.rank_losses += 1
         with self._lock:
             if self._ranks is ranks:
@@ -250,7 +255,10 @@ class GangWorker(WorkerHandle):
              on_preview: PreviewReport | None) -> Outcome:
         ranks.cancel.value = 0
         for conn in ranks.conns:
-            conn.send(("render", work))
+            try:
+                conn.send(("render", work))
+            except OSError as exc:  # a rank died between renders
+                return self._lost(ranks, None) or self._end(ranks, f"a rank's pipe broke ({exc})")
         results: dict[int, tuple[Any, ...]] = {}
         while len(results) < self.gpus:
             for i, conn in enumerate(ranks.conns):
@@ -293,7 +301,16 @@ class GangWorker(WorkerHandle):
 
     def _failed(self, ranks: _Ranks, message: tuple[Any, ...]) -> Outcome:
         """A rank failed mid-render: the others may wait in a collective that will never complete, so the gang
-        ends (its devices are freed) and the attempt fails."""
+        ends (its devices are freed) and the attempt fails. A failure that is another rank's death seen from a
+        survivor (its collective broke, or a rank is found dead within a moment) is that rank's loss."""
+        deadline = time.monotonic() + _DEATH_GRACE_S
+        while message[1] == "error" and not ranks.dead() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lost = self._lost(ranks, None)
+        if lost is not None:
+            return lost
+        if message[1] == "error" and _collective_broke(message[2]):
+            return self._end(ranks, f"a collective failed: {message[2][:200]}")
         with self._lock:
             if self._ranks is ranks:
                 self._ranks = None
@@ -301,3 +318,15 @@ class GangWorker(WorkerHandle):
         if message[1] == "oom":
             return OutOfMemory(message[2])
         return Failed(message[2])
+
+
+_DEATH_GRACE_S = 2.0
+"""How long a rank's error waits for news of a dead peer (a survivor's collective often fails first)."""
+_COLLECTIVE_ERRORS = ("connection closed by peer", "connection reset", "timed out", "nccl", "processgroup",
+                      "broken pipe", "gloo")
+
+
+def _collective_broke(detail: str) -> bool:
+    """Whether a rank's error is its process group failing (a peer gone or hung), not the render's own."""
+    text = detail.lower()
+    return any(marker in text for marker in _COLLECTIVE_ERRORS)
