@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from pipelines.base import RenderParams, Task
-from server.engine.gangs import GangCandidate, GangPolicy, ParallelSpec, choose_gpus, load_parallel, plan_for
+from server.engine.gangs import (
+    GangCandidate,
+    GangPolicy,
+    OfferedLoad,
+    ParallelSpec,
+    choose_gpus,
+    load_parallel,
+    plan_for,
+)
 from server.engine.request import GenerationRequest
 from server.engine.work import NotSpread, RankLost
 from tests.fakes import FakeWorker, rig, submit, wait_final
@@ -218,3 +226,24 @@ def test_a_gang_whose_devices_cannot_hold_the_model_is_not_offered_the_job(tmp_p
         assert not small.calls
     finally:
         r.engine.stop()
+
+
+def test_the_offered_load_counts_arrivals_and_forgets_them() -> None:
+    load = OfferedLoad(tau_s=100.0)
+    for t in range(100):
+        load.arrived(float(t * 10), 30.0)  # 30 GPU-seconds every 10 s: 3 GPUs' worth
+    assert 2.5 < load.gpus(1000.0) < 3.3
+    assert load.reserve(1000.0, serving=0) == 3 and load.reserve(1000.0, serving=3) == 0
+    assert load.gpus(2000.0) < 0.01  # nothing new for 10 tau
+    trickle = OfferedLoad(tau_s=600.0)
+    trickle.arrived(0.0, 180.0)  # one clip in ten minutes: 0.3 GPUs, which keeps no GPU back
+    assert trickle.reserve(1.0, serving=0) == 0
+
+
+def test_a_broken_collective_reads_as_a_lost_rank() -> None:
+    from server.engine.gang_worker import _collective_broke
+
+    assert _collective_broke("RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
+                             "by peer [127.0.0.1]:4123")
+    assert _collective_broke("DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error")
+    assert not _collective_broke("ValueError: height must be a multiple of 16")
