@@ -86,30 +86,13 @@ class GangSimulation(Simulation):
                           "p95_s": round(lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)], 2)}
         return out
 
-    def run(self) -> Any:
-        pending: list[Job] = []
-        arrivals = list(self.jobs)
-        now = 0.0
-        while arrivals or pending:
-            while arrivals and arrivals[0].arrival <= now:
-                job = arrivals.pop(0)
-                pending.append(job)
-                self.offered.arrived(job.arrival, self.fams[job.model].job_s)
-            idle = [d for d in self.devices if d.free_at <= now]
-            if pending and idle:
-                if self.gangs and self.spread(pending, idle, now):
-                    continue
-                for dev in idle:
-                    if not pending:
-                        break
-                    for job in self.choose(pending, dev, now):
-                        pending.remove(job)
-                continue
-            now = self.next_event(arrivals, now)
-        return self.finished()
+    def arrived(self, job: Job) -> None:
+        self.offered.arrived(job.arrival, self.fams[job.model].job_s)
 
     def spread(self, pending: list[Job], idle: list[SimDevice], now: float) -> bool:
         """Start the first pending job the gang rule spreads (True), or none (False)."""
+        if not self.gangs:
+            return False
         # A running gang serves one job of the arriving work, like a busy single GPU.
         serving = sum(1 for d in self.devices if d.free_at > now and self.in_gang.get(d.name, 0.0) <= now) + \
             len({end for end in self.in_gang.values() if end > now})
@@ -163,20 +146,9 @@ class GangSimulation(Simulation):
         foot = self.footprint(job.model)
         load_s = 0.0
         for dev in group.devices:
-            plan = plan_residency(self.state(dev), foot, fam.activation, {}, EVICTION_ORDERS[DEFAULT_ORDER],
-                                  self.transfer)
-            for move in plan.moves:
-                if move.action == "load":
-                    self.out.loads += 1
-                    self.out.bytes_moved += move.bytes
-                    dev.gpu[move.model] = dev.gpu.get(move.model) or Resident(move.model, move.bytes, now)
-                else:
-                    dev.gpu.pop(move.model, None)
-                    self.out.bytes_moved += move.bytes
-                    if move.action == "offload_to_ram" and move.model not in self.ram:
-                        self.ram.add(move.model)
-                        self.ram_free -= move.bytes
-            load_s = max(load_s, plan.load_s)
+            _placement, seconds = self.make_resident(dev, foot, fam.activation, {}, EVICTION_ORDERS[DEFAULT_ORDER],
+                                                     now)
+            load_s = max(load_s, seconds)
         run_s = fam.job_s / spec.speedup_at(group.size) * OFFLOAD_SLOWDOWN[self._placement(fam, job.model)]
         end = now + load_s + run_s
         for dev in group.devices:

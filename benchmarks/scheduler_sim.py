@@ -199,9 +199,13 @@ class Simulation:
         now = 0.0
         while arrivals or pending:
             while arrivals and arrivals[0].arrival <= now:
-                pending.append(arrivals.pop(0))
+                job = arrivals.pop(0)
+                pending.append(job)
+                self.arrived(job)
             idle = [d for d in self.devices if d.free_at <= now]
             if pending and idle:
+                if self.spread(pending, idle, now):
+                    continue
                 for dev in idle:
                     if not pending:
                         break
@@ -211,6 +215,13 @@ class Simulation:
                 continue
             now = self.next_event(arrivals, now)
         return self.finished()
+
+    def arrived(self, job: Job) -> None:
+        """A job entered the queue (a subclass may count it)."""
+
+    def spread(self, pending: list[Job], idle: list[SimDevice], now: float) -> bool:
+        """Start a job over several idle devices (True) before each idle device picks alone; none here."""
+        return False
 
     def next_event(self, arrivals: list[Job], now: float) -> float:
         """The clock's next stop: a device coming free or the next arrival."""
@@ -284,24 +295,7 @@ class Simulation:
         else:
             order = EVICTION_ORDERS[self.policy.removeprefix("darkroom_")] if self.policy != "darkroom" \
                 else EVICTION_ORDERS[DEFAULT_ORDER]
-            plan = plan_residency(self.state(dev), foot, activation, demand, order, self.transfer)
-            placement = plan.placement
-            for move in plan.moves:
-                if move.action == "load":
-                    self.out.loads += 1
-                    self.out.bytes_moved += move.bytes
-                    if placement is Placement.RESIDENT:
-                        dev.gpu[move.model] = Resident(move.model, move.bytes, now)
-                    elif move.model not in self.ram:
-                        self.ram.add(move.model)
-                        self.ram_free -= move.bytes
-                else:
-                    dev.gpu.pop(move.model, None)
-                    self.out.bytes_moved += move.bytes
-                    if move.action == "offload_to_ram" and move.model not in self.ram:
-                        self.ram.add(move.model)
-                        self.ram_free -= move.bytes
-            load_s = plan.load_s
+            placement, load_s = self.make_resident(dev, foot, activation, demand, order, now)
         run_s = fam.batch_seconds(len(batch)) * (1.0 if self.placed_seconds else OFFLOAD_SLOWDOWN[placement])
         if model in dev.gpu:
             dev.gpu[model] = Resident(model, dev.gpu[model].bytes, now + load_s + run_s)
@@ -310,6 +304,27 @@ class Simulation:
         dev.busy_s += run_s
         for job in batch:
             self.out.latencies.append(dev.free_at - job.arrival)
+
+    def make_resident(self, dev: SimDevice, foot: ModelFootprint, activation: int, demand: dict[str, int],
+                      order: Any, now: float) -> tuple[Placement, float]:
+        """Carry out darkroom's residency plan for `foot` on `dev`: the placement and the load seconds."""
+        plan = plan_residency(self.state(dev), foot, activation, demand, order, self.transfer)
+        for move in plan.moves:
+            if move.action == "load":
+                self.out.loads += 1
+                self.out.bytes_moved += move.bytes
+                if plan.placement is Placement.RESIDENT:
+                    dev.gpu[move.model] = Resident(move.model, move.bytes, now)
+                elif move.model not in self.ram:
+                    self.ram.add(move.model)
+                    self.ram_free -= move.bytes
+            else:
+                dev.gpu.pop(move.model, None)
+                self.out.bytes_moved += move.bytes
+                if move.action == "offload_to_ram" and move.model not in self.ram:
+                    self.ram.add(move.model)
+                    self.ram_free -= move.bytes
+        return plan.placement, plan.load_s
 
     def place_alone(self, foot: ModelFootprint, activation: int, dev: SimDevice) -> Placement:
         """The baselines' placement: the same fallback ladder on an empty device."""
@@ -454,11 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             return 0
         print_node_report(node)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"gang_sim_{args.node}.json"
-        path.write_text(json.dumps({"command": f"python -m benchmarks.scheduler_sim --node {args.node}", **node},
-                                   indent=1))
-        print(f"\nwrote {path.relative_to(ROOT)}")
+        _write(f"gang_sim_{args.node}.json", {"command": f"python -m benchmarks.scheduler_sim --node {args.node}",
+                                              **node})
         return 0
     if args.device:
         report = card_report(args.device, args.jobs)
@@ -467,12 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             print()
             return 0
         print_card_report(report)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"scheduler_sim_{args.device}.json"
-        path.write_text(json.dumps({"command": f"python -m benchmarks.scheduler_sim --device {args.device}",
-                                    "costs": "configs/costs.toml and configs/cards.toml (uncalibrated)",
-                                    **report}, indent=1))
-        print(f"\nwrote {path.relative_to(ROOT)}")
+        _write(f"scheduler_sim_{args.device}.json", {
+            "command": f"python -m benchmarks.scheduler_sim --device {args.device}",
+            "costs": "configs/costs.toml and configs/cards.toml (uncalibrated)", **report})
         return 0
     results = run_all(args.jobs, POLICIES + (VARIANTS if args.variants else []))
     if args.json:
@@ -506,6 +515,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "target": target, "disk_rate_sensitivity": sweep, "results": results}, indent=1))
     print(f"\nwrote {path.relative_to(ROOT)}")
     return 0
+
+
+def _write(name: str, payload: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"\nwrote {path.relative_to(ROOT)}")
 
 
 def headline(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict[str, float | bool]:
