@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipelines.registry import family_class
 from server.engine.costs import Costs
@@ -27,6 +28,10 @@ from server.engine.gangs import (
 from server.engine.policy import ModelFootprint, NeverFits, Placement
 from server.engine.request import GenerationRequest
 from server.jobs.store import JobStore, QueuedJob
+
+if TYPE_CHECKING:
+    from server.config import DarkroomConfig
+    from server.settings import EngineSettings
 
 log = logging.getLogger("darkroom.engine")
 
@@ -76,6 +81,20 @@ class GangScheduling:
         self.offered = OfferedLoad()
         """The GPUs arriving work needs: what a gang leaves free."""
         self._arrived: OrderedDict[str, None] = OrderedDict()
+
+    @classmethod
+    def of(cls, settings: EngineSettings, config: DarkroomConfig, store: JobStore,
+           footprint: Callable[[str], ModelFootprint]) -> GangScheduling:
+        """The engine's: the operator's bounds from `settings` (ValueError naming unknown ids in the per-id caps)."""
+        served = set(config.catalog.ids()) | set(config.catalog.video_ids())
+        unknown = sorted(set(settings.gang_max_gpus_per_id) - served)
+        if unknown:
+            raise ValueError(f"DARKROOM_GANG_MAX_GPUS_PER_ID names ids this server does not serve: "
+                             f"{', '.join(unknown)}; served ids: {', '.join(sorted(served))}")
+        policy = GangPolicy(settings.gang_max_gpus, settings.gang_max_gpus_per_id, settings.gang_min_efficiency,
+                            settings.gang_min_job_s)
+        return cls(policy, config.parallel, config.costs, store, footprint,
+                   lambda weights: entry.family if (entry := config.manifest.get(weights)) else None)
 
     def _job(self, job_id: str) -> _Job | None:
         """What the rule needs of a queued job (read once per job)."""

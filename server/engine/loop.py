@@ -27,8 +27,8 @@ from pipelines.registry import family_class
 from server.engine.admission import Admission, admit
 from server.engine.call_outcomes import CallOutcomes
 from server.engine.costs import Costs
-from server.engine.gang_scheduling import GangScheduling, GangView
-from server.engine.gangs import GangPolicy
+from server.engine.gang_rounds import GangRounds
+from server.engine.gang_scheduling import GangScheduling
 from server.engine.policy import Placement
 from server.engine.recording import Recorder
 from server.engine.recovery import FaultPolicy, RoundFailures, StorageGate
@@ -40,7 +40,7 @@ from server.engine.snapshot import EngineSnapshot, QueueState, WorkerState
 from server.engine.supervision import Supervision
 from server.engine.worker_handle import WorkerHandle
 from server.jobs.leases import owner_id
-from server.jobs.store import Claim, JobRecord, JobStore, QueuedJob
+from server.jobs.store import Claim, JobRecord, JobStore
 from server.logs import event
 from server.media.storage import InputStore, OutputStore, PreviewStore
 
@@ -73,7 +73,7 @@ class EngineHooks:
     """A LoRA file by content hash (the LoRA library), sent to a worker that does not hold it converted."""
 
 
-class Engine(CallOutcomes):
+class Engine(CallOutcomes, GangRounds):
     """Runs pending jobs on the workers. Each worker has its own thread; the scheduler decides what it runs."""
 
     reap_every_s: float = 2.0
@@ -123,16 +123,7 @@ class Engine(CallOutcomes):
                                  hooks.observe)
         self._supervision = Supervision(self)
         self._round_failures = RoundFailures("an engine round")
-        served = set(config.catalog.ids()) | set(config.catalog.video_ids())
-        unknown = sorted(set(settings.gang_max_gpus_per_id) - served)
-        if unknown:
-            raise ValueError(f"DARKROOM_GANG_MAX_GPUS_PER_ID names ids this server does not serve: "
-                             f"{', '.join(unknown)}; served ids: {', '.join(sorted(served))}")
-        self.gangs = GangScheduling(
-            GangPolicy(settings.gang_max_gpus, settings.gang_max_gpus_per_id, settings.gang_min_efficiency,
-                       settings.gang_min_job_s), config.parallel, config.costs, store,
-            footprint=lambda weights: self.slots[0].handle.footprint(weights),
-            family_of=lambda weights: entry.family if (entry := config.manifest.get(weights)) else None)
+        self.gangs = GangScheduling.of(settings, config, store, lambda weights: self.slots[0].handle.footprint(weights))
 
     # ---- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -324,21 +315,6 @@ class Engine(CallOutcomes):
                 self._cond.notify_all()
         return True
 
-    def _members(self, slot: WorkerSlot) -> list[WorkerSlot]:
-        """A gang's single-device workers (none for a single-device worker)."""
-        names = set(slot.handle.members)
-        return [s for s in self.slots if s.name in names] if names else []
-
-    def _hand_over(self, slot: WorkerSlot, members: list[WorkerSlot], formed: list[WorkerSlot], plan: Plan) -> None:
-        """Give the devices `slot` is about to use their memory: a gang's members park what does not fit beside
-        its model; a single-device worker's idle gangs end their ranks."""
-        for gang in formed:
-            gang.handle.release()
-        if members:
-            need = slot.handle.footprint(plan.model).bytes
-            for member in members:
-                member.handle.make_room(need)
-
     def _give_back(self, claims: list[Claim]) -> None:
         """Best effort after a failed round: jobs still held (not finished, not with the savers) go back to the
         queue; if the store cannot take them now, their leases lapse and they go back then."""
@@ -381,32 +357,6 @@ class Engine(CallOutcomes):
         if plan is None:
             return None, []
         return plan, self.store.claim(list(plan.job_ids), slot.name, slot.owner)
-
-    def _gang_wanted(self, queue: list[QueuedJob]) -> dict[str, str]:
-        """Called with `_cond` held: queued job id -> the gang that should take it now (gangs.py's rule)."""
-        gangs = [s for s in self.slots if s.handle.gpus > 1 and not s.fault and not s.busy_with and s.alive]
-        if not gangs:
-            return {}
-        single = [s for s in self.slots if s.handle.gpus == 1 and not s.fault and s.alive]
-        idle = {s.name for s in single if not s.busy_with and not s.held_by}
-        views = []
-        for g in gangs:
-            held = g.handle.state().gpu
-            views.append(GangView(g.name, g.handle.gpus, frozenset(g.handle.members), not g.device.startswith("cpu"),
-                                  held[0].name if held else None, g.handle.budget))
-        # A running gang serves one job of the arriving work, as a busy single-device worker does.
-        serving = sum(1 for s in single if s.busy_with) + sum(1 for s in self.slots if s.handle.gpus > 1 and s.busy_with)
-        return self.gangs.wanted(queue, idle, views, serving, time.time())
-
-    def _claim_for_gang(self, slot: WorkerSlot, queue: list[QueuedJob],
-                        wanted: dict[str, str]) -> tuple[Plan | None, list[JobRecord]]:
-        """Called with `_cond` held: the oldest queued job the rule gives this gang, claimed."""
-        mine = [j for j in queue if wanted.get(j.id) == slot.name]
-        if not mine:
-            return None, []
-        job = min(mine, key=lambda j: (-j.priority, j.created_at))
-        plan = Plan(slot.name, (job.id,), job.weights or job.model, job.batch_key)
-        return plan, self.store.claim([job.id], slot.name, slot.owner)
 
     def _execute_batch(self, slot: WorkerSlot, jobs: list[JobRecord], plan: Plan) -> None:
         """Run a planned batch: one shared pipeline call when the family can merge its requests, else in turn."""
