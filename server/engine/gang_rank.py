@@ -53,11 +53,13 @@ class RankSetup:
     placement: str = "resident"
     """How the weights sit on each rank's device: resident, or model offload when the model does not fit one
     device whole (the policy's answer for the gang's budget)."""
+    log_level: str = "WARNING"
+    """The server's log level (the rank's records go to the server's stderr)."""
 
 
 def run_rank(setup: RankSetup, conn: Connection, cancel: Any) -> None:
     """The rank's life: join, load, then render until told to stop (or the handle goes away)."""
-    logging.basicConfig(level=os.environ.get("DARKROOM_LOG_LEVEL", "WARNING").upper())
+    logging.basicConfig(level=setup.log_level)
     started = time.perf_counter()
     cuda = setup.device.startswith("cuda")
     if cuda:
@@ -68,15 +70,20 @@ def run_rank(setup: RankSetup, conn: Connection, cancel: Any) -> None:
                             rank=setup.rank, world_size=setup.world,
                             timeout=timedelta(seconds=setup.collective_timeout_s))
     try:
-        dtype = getattr(torch, setup.dtype)
-        fam = family_class(setup.family)(Path(setup.model_dir), setup.device, dtype, setup.profile)
-        fam.load()
-        if setup.placement == "resident":
-            fam.move_to(setup.device)
-        else:
-            fam.enable_offload(setup.placement, setup.device)
-        plan = ParallelPlan.of(setup.plan)
-        split = apply_plan(fam.denoiser_modules(), plan, "cuda" if cuda else "cpu", fam.cfg_style)
+        try:
+            dtype = getattr(torch, setup.dtype)
+            fam = family_class(setup.family)(Path(setup.model_dir), setup.device, dtype, setup.profile)
+            fam.load()
+            if setup.placement == "resident":
+                fam.move_to(setup.device)
+            else:
+                fam.enable_offload(setup.placement, setup.device)
+            plan = ParallelPlan.of(setup.plan)
+            split = apply_plan(fam.denoiser_modules(), plan, "cuda" if cuda else "cpu", fam.cfg_style)
+        except Exception as exc:  # told to the handle: the job then runs on one device, which reports it
+            log.exception("rank %d could not set up %s", setup.rank, setup.weights)
+            conn.send(("failed", "setup", f"{type(exc).__name__}: {exc}"[:500], None))
+            return
         conn.send(("ready", time.perf_counter() - started))
         versions = {pkg: version(pkg) for pkg in ("torch", "diffusers", "transformers")}
         while True:

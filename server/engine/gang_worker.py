@@ -25,14 +25,8 @@ from pipelines.memory import MemoryCoefficients
 from pipelines.registry import family_class
 from server.engine.gang_rank import RankSetup, run_rank
 from server.engine.gangs import ParallelSpec, plan_for, rank_placement
-from server.engine.policy import (
-    DeviceState,
-    ModelFootprint,
-    NeverFits,
-    Placement,
-    Resident,
-)
-from server.engine.work import Cancelled, Completed, Failed, NotSpread, Outcome, OutOfMemory, RankLost, RenderWork
+from server.engine.policy import DeviceState, ModelFootprint, NeverFits, Placement, Resident
+from server.engine.work import Cancelled, Completed, Failed, NotSpread, Outcome, RankLost, RenderWork
 from server.engine.worker_handle import PreviewReport, StepReport, WorkerHandle
 from weights.locate import LocatedWeights
 
@@ -199,7 +193,8 @@ class GangWorker(WorkerHandle):
         for rank, device in enumerate(self.devices):
             mine, theirs = ctx.Pipe()
             setup = RankSetup(rank, self.gpus, port, device, self.dtype, work.family, str(where.path), work.weights,
-                              plan, self.profiles.get(work.weights), self.collective_timeout_s, placement.value)
+                              plan, self.profiles.get(work.weights), self.collective_timeout_s, placement.value,
+                              logging.getLevelName(logging.getLogger().getEffectiveLevel()))
             proc = ctx.Process(target=run_rank, args=(setup, theirs, cancel), name=f"{self.name}-rank{rank}",
                                daemon=True)
             proc.start()
@@ -223,6 +218,9 @@ class GangWorker(WorkerHandle):
                     if message[0] == "ready":
                         ready.add(i)
                         ranks.load_s = max(ranks.load_s, float(message[1]))
+                    elif message[0] == "failed":  # could not load or spread the model: one device will say why
+                        ranks.stop(grace_s=0.0)
+                        return NotSpread(f"rank {i} could not set up: {message[2]}")
             wait([c for i, c in enumerate(ranks.conns) if i not in ready] + [p.sentinel for p in processes],
                  timeout=0.5)
         with self._lock:
@@ -316,7 +314,8 @@ class GangWorker(WorkerHandle):
                 self._ranks = None
         ranks.stop(grace_s=0.0)
         if message[1] == "oom":
-            return OutOfMemory(message[2])
+            # The plan's memory estimate was wrong for this request: one device, with its offload ladder, runs it.
+            return NotSpread(message[2])
         return Failed(message[2])
 
 

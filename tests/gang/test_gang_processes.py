@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from server.engine.gang_worker import GangWorker
-from server.engine.work import Completed, RankLost
+from server.engine.policy import ModelFootprint
+from server.engine.work import Completed, NotSpread, RankLost
 from server.engine.worker import Worker
 from tests.gang.renders import CONFIG, pixels, render_work
 from tests.support import ServerProcess, data_url, png_bytes
@@ -105,6 +106,16 @@ def test_a_rank_killed_mid_step_ends_the_attempt_on_every_rank(located: dict[str
         assert isinstance(again, Completed) and gang.forms == 2
     finally:
         gang.release()
+    assert _rank_pids(os.getpid()) == []
+
+
+def test_a_model_a_rank_cannot_load_is_declined_for_one_device(tmp_path: Path) -> None:
+    broken = {"wan2.2-ti2v-5b": LocatedWeights(CONFIG.manifest["wan2.2-ti2v-5b"], tmp_path / "missing", True)}
+    gang = GangWorker("gang2-0", ("cpu", "cpu"), ("w0", "w1"), "float32", broken, CONFIG.parallel,
+                      lambda weights: ModelFootprint(weights, (1000,)), CONFIG.memory, form_timeout_s=240)
+    outcome = gang.render(render_work("wan2.2-ti2v-5b", 5.0), lambda _d, _t: None)
+    assert isinstance(outcome, NotSpread) and "could not set up" in outcome.detail
+    assert gang.formed is None and gang.rank_losses == 0
     assert _rank_pids(os.getpid()) == []
 
 
