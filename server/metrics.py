@@ -19,7 +19,7 @@ budget) device_memory_bytes and worker_budget_bytes read 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import fields
 from typing import Any
@@ -121,7 +121,21 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[Any]:
         snap = self.state()
         yield from self._workers(snap.workers)
+        yield from self._gangs(snap.gangs)
         yield from self._queue_and_counters(snap)
+
+    def _gangs(self, gangs: tuple[Mapping[str, Any], ...]) -> Iterator[Any]:
+        labels = [([str(g["name"]), str(g["gpus"])], g) for g in gangs]
+        yield gauge("gang_formed", "1 while a gang's ranks hold a model on its devices.", ["gang", "gpus"],
+                    [(names, 1 if g["formed"] else 0) for names, g in labels])
+        yield gauge("gang_current_jobs", "Jobs a gang is running (0 or 1).", ["gang", "gpus"],
+                    [(names, len(g["current_batch"])) for names, g in labels])
+        yield counter("gang_renders", "Jobs a gang rendered.", ["gang", "gpus"],
+                      [(names, g["renders"]) for names, g in labels])
+        yield counter("gang_forms", "Times a gang started its ranks and loaded a model.", ["gang", "gpus"],
+                      [(names, g["forms"]) for names, g in labels])
+        yield counter("gang_rank_losses", "Ranks of a gang that died mid-render (the job went back once).",
+                      ["gang", "gpus"], [(names, g["rank_losses"]) for names, g in labels])
 
     def _workers(self, workers: tuple[WorkerState, ...]) -> Iterator[Any]:
         yield gauge("model_resident_bytes", "Weight bytes of a model on a worker's device.",

@@ -170,6 +170,9 @@ def test_a_lone_clip_is_spread_over_both_devices_and_says_so(gang_server: Server
         assert runtime["parallel"]["cfg"] * runtime["parallel"]["ulysses"] == 2
         gang = c.get("/api/v1/engine").json()["gangs"][0]
         assert gang["formed"] and gang["weights"] == "wan2.2-ti2v-5b" and gang["plan"]["gpus"] == 2
+        metrics = c.get("/metrics").text
+        assert 'darkroom_gang_formed{gang="gang2-0",gpus="2"} 1.0' in metrics
+        assert 'darkroom_gang_renders_total{gang="gang2-0",gpus="2"} 1.0' in metrics
         # Two at once: one GPU each (a spread is for idle GPUs), and the gang lets go of its devices first.
         both = [_clip(c, steps=2), _clip(c, steps=2)]
         runs = [_final(c, t) for t in both]
