@@ -212,6 +212,9 @@ class Engine(CallOutcomes, GangRounds):
             # A worker taken out as hung may never return; its thread is a daemon and dies with the process.
             if slot.thread is not None and not slot.fault:
                 slot.thread.join(timeout)
+        for slot in self.slots:
+            if slot.handle.gpus > 1 and not slot.busy_with:
+                slot.handle.release()  # gang ranks end with the engine, not whenever the process does
         self._savers.shutdown()  # rendered outputs are stored before the process goes
 
     def notify(self) -> None:
