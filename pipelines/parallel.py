@@ -34,7 +34,8 @@ from pipelines.parallel_plan import ParallelPlan
 @contextmanager
 def _accelerator_count_for_cpu() -> Iterator[None]:
     """diffusers computes `rank % torch.accelerator.device_count()` while setting parallelism up, a division by zero
-    on a machine without an accelerator; there the count reads 1 for the duration (the device resolves to cpu)."""
+    on a machine without an accelerator; there the count reads 1 for the duration (the device resolves to cpu).
+    Only rank processes call this: each is a process of its own, so nothing else sees the patch."""
     if torch.accelerator.device_count() > 0:
         yield
         return
@@ -81,16 +82,17 @@ Outputs = tuple[torch.Tensor, ...]
 
 
 class CfgSplit:
-    """Divides each (conditional, unconditional) pair of denoiser calls between two CFG ranks (see the module's
-    docstring). `active` is set per pipeline call: only a call that runs true CFG makes its calls in pairs."""
+    """Divides classifier-free guidance between two CFG ranks: each (conditional, unconditional) pair of denoiser
+    calls ("pairs"), or each call on a doubled batch ("batch"); see the module's docstring. `active` is set per
+    pipeline call: only a call that runs true CFG is split."""
 
     def __init__(self, group: Any, index: int, style: str = "pairs") -> None:
         if style not in ("pairs", "batch"):
             raise ValueError(f"unknown CFG style {style!r}")
         self.group = group
         self.index = index
+        """0 computes the conditional passes (or the first half of a doubled batch), 1 the unconditional ones."""
         self.style = style
-        """0 computes the conditional passes, 1 the unconditional ones."""
         self.active = False
         self.split_pairs = 0
         self._calls = 0

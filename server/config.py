@@ -3,8 +3,9 @@ the worker backends, `darkroom doctor`, Ray worker actors (serialised with their
 and the benchmarks.
 
 It holds the weights manifest, the model catalog, the providers' model names, the acceleration profiles, the cost
-table, the activation-memory coefficients, the price table and the GPU card profiles. Nothing else in the code reads a file under
-configs/ or keeps a default path to one: a deployment's own config dir (DARKROOM_CONFIG_DIR) changes all of them.
+table, the activation-memory coefficients, the price table, the GPU card profiles and the gang plans. Nothing else
+in the code reads a file under configs/ or keeps a default path to one: a deployment's own config dir
+(DARKROOM_CONFIG_DIR) changes all of them.
 """
 
 from __future__ import annotations
@@ -61,10 +62,14 @@ class DarkroomConfig:
         acceleration = Acceleration.load(directory / "acceleration.toml", catalog)
         if models:
             catalog = catalog.only(list(models))
-        return cls(directory, manifest, catalog, names, acceleration.serving(catalog),
-                   load_costs(directory / "costs.toml"), load_memory_table(directory / "memory.toml"),
-                   PriceTable.load(directory / "prices.toml"), load_cards(directory / "cards.toml"),
-                   load_parallel(directory / "parallel.toml"))
+        costs, parallel = load_costs(directory / "costs.toml"), load_parallel(directory / "parallel.toml")
+        unknown = sorted(set(parallel) - set(costs.families))
+        if unknown:
+            raise ValueError(f"parallel.toml: no such family {', '.join(unknown)}; families: "
+                             f"{', '.join(sorted(costs.families))}")
+        return cls(directory, manifest, catalog, names, acceleration.serving(catalog), costs,
+                   load_memory_table(directory / "memory.toml"), PriceTable.load(directory / "prices.toml"),
+                   load_cards(directory / "cards.toml"), parallel)
 
     @classmethod
     def packaged(cls) -> DarkroomConfig:

@@ -98,6 +98,18 @@ def test_short_jobs_caps_and_inefficient_spreads_stay_small() -> None:
     assert choose_gpus(_candidate(seconds=4.0, load_s=12.0), [2, 4, 8], 8, 0, GangPolicy()) == 1
 
 
+def test_the_config_refuses_a_family_it_does_not_know(tmp_path: Path) -> None:
+    import shutil
+
+    from server.config import DarkroomConfig
+
+    shutil.copytree(packaged_config().directory, tmp_path, dirs_exist_ok=True)
+    plans = tmp_path / "parallel.toml"
+    plans.write_text(plans.read_text().replace("[families.flux2-dev]", "[families.flux3-dev]"))
+    with pytest.raises(ValueError, match="no such family flux3-dev"):
+        DarkroomConfig.load(tmp_path)
+
+
 def test_the_config_refuses_sizes_the_policy_cannot_use(tmp_path: Path) -> None:
     bad = tmp_path / "parallel.toml"
     bad.write_text('[families.x]\ndegrees = [3]\nulysses = true\nring = false\ncfg = false\nheads = 6\n'
